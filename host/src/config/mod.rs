@@ -1,0 +1,566 @@
+//! Configuration: the gateway's TOML file, parsed once into typed structs.
+//!
+//! Relative paths resolve against the config file's directory. Secrets are
+//! never written in the file: they come from an environment variable
+//! (`*_env`) or a file (`*_file`). Every error names file, line, key and fix.
+
+pub mod diag;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use diag::{at_span, TomlError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default)]
+    listeners: RawListeners,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    connections: BTreeMap<String, RawConnection>,
+    #[serde(default)]
+    service_accounts: Vec<RawServiceAccount>,
+    #[serde(default)]
+    grants: Vec<RawGrant>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    state_dir: Option<Spanned<String>>,
+    plugin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    record_rows: Option<u32>,
+    #[serde(default)]
+    max_plugin_instances: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListeners {
+    postgres: Option<RawPgListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgListener {
+    bind: Spanned<String>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    #[serde(default)]
+    tls_self_signed: bool,
+    #[serde(default = "no")]
+    allow_plaintext: Spanned<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    #[serde(default = "pg")]
+    protocol: Spanned<String>,
+    host: Spanned<String>,
+    port: u16,
+    database: String,
+    user: String,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    #[serde(default = "disable")]
+    sslmode: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    plugins: Vec<String>,
+}
+
+fn no() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+fn pg() -> Spanned<String> {
+    Spanned::new(0..0, "postgres".into())
+}
+fn disable() -> Spanned<String> {
+    Spanned::new(0..0, "disable".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceAccount {
+    name: Spanned<String>,
+    #[serde(default = "agent")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    key_sha256: Spanned<String>,
+    on_behalf_of: Option<String>,
+    expires_at: Option<Spanned<String>>,
+    #[serde(default)]
+    revoked: bool,
+}
+
+fn agent() -> Spanned<String> {
+    Spanned::new(0..0, "agent".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    connection: Spanned<String>,
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM certificate chain and key files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Generate a self-signed certificate at start (demo and tests).
+    SelfSigned,
+    /// No TLS (only with `allow_plaintext` on loopback).
+    None,
+}
+
+/// The PostgreSQL listener.
+#[derive(Debug, Clone)]
+pub struct PgListener {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS.
+    pub tls: TlsSource,
+    /// Accept clients that do not use TLS (loopback only).
+    pub allow_plaintext: bool,
+}
+
+/// How the gateway talks TLS to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plain TCP.
+    Disable,
+    /// TLS, certificate not verified (like libpq's `require`).
+    Require,
+    /// TLS, certificate and host name verified against `ca_file` or the system roots.
+    VerifyFull(Option<PathBuf>),
+}
+
+/// Where a connection's upstream password comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// Environment variable.
+    Env(String),
+    /// File (first line).
+    File(PathBuf),
+    /// No password (trust / peer authentication upstream).
+    None,
+}
+
+impl SecretSource {
+    /// Read the secret now (so rotation takes effect without a restart).
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match self {
+            SecretSource::None => Ok(None),
+            SecretSource::Env(v) => {
+                std::env::var(v).map(Some).map_err(|_| format!("environment variable {v} is not set"))
+            }
+            SecretSource::File(p) => std::fs::read_to_string(p)
+                .map(|s| Some(s.lines().next().unwrap_or("").to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+        }
+    }
+}
+
+/// One upstream the gateway fronts.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Name clients use as `dbname`.
+    pub name: String,
+    /// Upstream host.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Upstream database.
+    pub database: String,
+    /// Upstream user.
+    pub user: String,
+    /// Upstream password source.
+    pub password: SecretSource,
+    /// TLS to upstream.
+    pub tls: UpstreamTls,
+    /// Plugins this connection cannot run without (fail closed if missing).
+    pub plugins: Vec<String>,
+}
+
+/// A Wardgate-issued service-account key.
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    /// Name (principal subject is `sa:NAME`).
+    pub name: String,
+    /// `agent` or `service-account`.
+    pub kind: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// SHA-256 of the key, hex.
+    pub key_sha256: String,
+    /// The human it acts for.
+    pub on_behalf_of: Option<String>,
+    /// Expiry, ms since epoch.
+    pub expires_at_ms: Option<u64>,
+    /// Revoked keys are refused.
+    pub revoked: bool,
+}
+
+/// Who may reach a connection.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Connection name.
+    pub connection: String,
+    /// Principal subjects (`sa:NAME`, OIDC `sub`).
+    pub principals: Vec<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// State: recordings, plugin cache.
+    pub state_dir: PathBuf,
+    /// Plugin directory (watched).
+    pub plugin_dir: PathBuf,
+    /// Result rows recorded per request (masked).
+    pub record_rows: u32,
+    /// Pooled plugin instance slots.
+    pub max_plugin_instances: u32,
+    /// PostgreSQL listener.
+    pub postgres: Option<PgListener>,
+    /// Admin API address.
+    pub admin_bind: SocketAddr,
+    /// Connections by name.
+    pub connections: BTreeMap<String, Connection>,
+    /// Service accounts.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Grants.
+    pub grants: Vec<Grant>,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, TomlError> {
+        let src = std::fs::read_to_string(path).map_err(|e| TomlError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read config: {e}"),
+            fix: Some("pass an existing file to --config".into()),
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Validate config text (`path` names it in errors and anchors relative paths).
+    pub fn parse(path: &Path, src: &str) -> Result<Config, TomlError> {
+        let raw: RawConfig = diag::parse(path, src)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
+        let err = |span: std::ops::Range<usize>, key: &str, msg: String, fix: &str| {
+            at_span(path, src, Some(span), key, msg, Some(fix))
+        };
+
+        let state_dir =
+            raw.gateway.state_dir.as_ref().map(|s| resolve(s.get_ref())).unwrap_or_else(|| base.join("state"));
+        let plugin_dir =
+            raw.gateway.plugin_dir.as_ref().map(|s| resolve(s.get_ref())).unwrap_or_else(|| base.join("plugins"));
+
+        let postgres = match raw.listeners.postgres {
+            None => None,
+            Some(l) => {
+                let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| {
+                    err(
+                        l.bind.span(),
+                        "listeners.postgres.bind",
+                        format!("\"{}\" is not an address", l.bind.get_ref()),
+                        "use IP:PORT, e.g. \"127.0.0.1:6432\"",
+                    )
+                })?;
+                let tls = match (&l.tls_cert, &l.tls_key, l.tls_self_signed) {
+                    (Some(c), Some(k), false) => {
+                        TlsSource::Files { cert: resolve(c.get_ref()), key: resolve(k.get_ref()) }
+                    }
+                    (None, None, true) => TlsSource::SelfSigned,
+                    (None, None, false) => TlsSource::None,
+                    (Some(c), None, _) => {
+                        return Err(err(
+                            c.span(),
+                            "listeners.postgres.tls_cert",
+                            "tls_cert without tls_key".into(),
+                            "add tls_key = \"key.pem\"",
+                        ))
+                    }
+                    (None, Some(k), _) => {
+                        return Err(err(
+                            k.span(),
+                            "listeners.postgres.tls_key",
+                            "tls_key without tls_cert".into(),
+                            "add tls_cert = \"cert.pem\"",
+                        ))
+                    }
+                    (Some(c), Some(_), true) => {
+                        return Err(err(
+                            c.span(),
+                            "listeners.postgres.tls_self_signed",
+                            "both certificate files and tls_self_signed".into(),
+                            "choose one",
+                        ))
+                    }
+                };
+                let allow_plaintext = *l.allow_plaintext.get_ref();
+                if matches!(tls, TlsSource::None) && !allow_plaintext {
+                    return Err(err(
+                        l.bind.span(),
+                        "listeners.postgres",
+                        "no TLS configured; clients would send their tokens in clear text".into(),
+                        "set tls_cert and tls_key (or tls_self_signed = true), or allow_plaintext = true on a loopback address",
+                    ));
+                }
+                if allow_plaintext && !bind.ip().is_loopback() {
+                    return Err(err(
+                        l.allow_plaintext.span(),
+                        "listeners.postgres.allow_plaintext",
+                        format!("plaintext is only allowed on loopback, not {}", bind.ip()),
+                        "bind to 127.0.0.1 or ::1, or turn allow_plaintext off",
+                    ));
+                }
+                Some(PgListener { bind, tls, allow_plaintext })
+            }
+        };
+
+        let admin_bind = match &raw.admin.bind {
+            None => "127.0.0.1:9190".parse().expect("valid"),
+            Some(b) => b.get_ref().parse().map_err(|_| {
+                err(
+                    b.span(),
+                    "admin.bind",
+                    format!("\"{}\" is not an address", b.get_ref()),
+                    "use IP:PORT, e.g. \"127.0.0.1:9190\"",
+                )
+            })?,
+        };
+
+        let mut connections = BTreeMap::new();
+        for (name, c) in raw.connections {
+            let key = |k: &str| format!("connections.{name}.{k}");
+            if c.protocol.get_ref() != "postgres" {
+                return Err(err(
+                    c.protocol.span(),
+                    &key("protocol"),
+                    format!("unsupported protocol \"{}\"", c.protocol.get_ref()),
+                    "use \"postgres\" (ssh and http arrive later)",
+                ));
+            }
+            if c.host.get_ref().is_empty() {
+                return Err(err(c.host.span(), &key("host"), "empty host".into(), "set the upstream host"));
+            }
+            let password = match (&c.password_env, &c.password_file) {
+                (Some(v), None) => SecretSource::Env(v.get_ref().clone()),
+                (None, Some(f)) => SecretSource::File(resolve(f.get_ref())),
+                (None, None) => SecretSource::None,
+                (Some(v), Some(_)) => {
+                    return Err(err(
+                        v.span(),
+                        &key("password_env"),
+                        "both password_env and password_file".into(),
+                        "keep one",
+                    ))
+                }
+            };
+            let tls = match c.sslmode.get_ref().as_str() {
+                "disable" => UpstreamTls::Disable,
+                "require" => UpstreamTls::Require,
+                "verify-full" => UpstreamTls::VerifyFull(c.ca_file.as_ref().map(|f| resolve(f.get_ref()))),
+                other => {
+                    return Err(err(
+                        c.sslmode.span(),
+                        &key("sslmode"),
+                        format!("unknown sslmode \"{other}\""),
+                        "use disable, require or verify-full",
+                    ))
+                }
+            };
+            connections.insert(
+                name.clone(),
+                Connection {
+                    name,
+                    host: c.host.into_inner(),
+                    port: c.port,
+                    database: c.database,
+                    user: c.user,
+                    password,
+                    tls,
+                    plugins: c.plugins,
+                },
+            );
+        }
+
+        let mut service_accounts = Vec::new();
+        for (i, s) in raw.service_accounts.into_iter().enumerate() {
+            let key = |k: &str| format!("service_accounts[{i}].{k}");
+            let h = s.key_sha256.get_ref();
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(err(
+                    s.key_sha256.span(),
+                    &key("key_sha256"),
+                    "not a SHA-256 hex digest".into(),
+                    "store the key's hash, never the key: `wardgate service-accounts hash` prints it",
+                ));
+            }
+            if !["agent", "service-account"].contains(&s.kind.get_ref().as_str()) {
+                return Err(err(
+                    s.kind.span(),
+                    &key("kind"),
+                    format!("unknown kind \"{}\"", s.kind.get_ref()),
+                    "use agent or service-account",
+                ));
+            }
+            let expires_at_ms = match &s.expires_at {
+                None => None,
+                Some(e) => Some(crate::util::parse_rfc3339_ms(e.get_ref()).ok_or_else(|| {
+                    err(
+                        e.span(),
+                        &key("expires_at"),
+                        format!("\"{}\" is not a time", e.get_ref()),
+                        "use RFC 3339, e.g. \"2027-01-31T00:00:00Z\"",
+                    )
+                })?),
+            };
+            if s.name.get_ref().is_empty() {
+                return Err(err(s.name.span(), &key("name"), "empty name".into(), "name the account"));
+            }
+            service_accounts.push(ServiceAccount {
+                name: s.name.into_inner(),
+                kind: s.kind.into_inner(),
+                groups: s.groups,
+                key_sha256: h.to_ascii_lowercase(),
+                on_behalf_of: s.on_behalf_of,
+                expires_at_ms,
+                revoked: s.revoked,
+            });
+        }
+
+        let mut grants = Vec::new();
+        for (i, g) in raw.grants.into_iter().enumerate() {
+            if !connections.contains_key(g.connection.get_ref()) {
+                return Err(err(
+                    g.connection.span(),
+                    &format!("grants[{i}].connection"),
+                    format!("no connection named \"{}\"", g.connection.get_ref()),
+                    "grant access to a connection defined under [connections.NAME]",
+                ));
+            }
+            grants.push(Grant { connection: g.connection.into_inner(), principals: g.principals, groups: g.groups });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir,
+            plugin_dir,
+            record_rows: raw.gateway.record_rows.unwrap_or(20),
+            max_plugin_instances: raw.gateway.max_plugin_instances.unwrap_or(1000),
+            postgres,
+            admin_bind,
+            connections,
+            service_accounts,
+            grants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[gateway]
+state_dir = "state"
+
+[listeners.postgres]
+bind = "127.0.0.1:6432"
+tls_self_signed = true
+
+[connections.app]
+host = "127.0.0.1"
+port = 5432
+database = "app"
+user = "wardgate"
+password_env = "APP_PW"
+plugins = ["sql-guard"]
+
+[[service_accounts]]
+name = "bot"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[[grants]]
+connection = "app"
+groups = ["agents"]
+"#;
+
+    #[test]
+    fn a_valid_config_loads_with_paths_resolved() {
+        let c = Config::parse(Path::new("/etc/wardgate/wardgate.toml"), OK).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/wardgate/state"));
+        assert_eq!(c.connections["app"].plugins, vec!["sql-guard".to_string()]);
+        assert!(matches!(c.postgres.unwrap().tls, TlsSource::SelfSigned));
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused_with_line_and_key() {
+        let src =
+            OK.replace("tls_self_signed = true", "allow_plaintext = true").replace("127.0.0.1:6432", "0.0.0.0:6432");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!(e.key, "listeners.postgres.allow_plaintext");
+        assert_eq!(e.line, 7);
+    }
+
+    #[test]
+    fn grant_to_unknown_connection_is_refused() {
+        let src = OK.replace("connection = \"app\"", "connection = \"nope\"");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!(e.key, "grants[0].connection");
+        assert!(e.to_string().contains("w.toml:"), "{e}");
+    }
+
+    #[test]
+    fn a_plaintext_key_instead_of_its_hash_is_refused() {
+        let src = OK.replace("0000000000000000000000000000000000000000000000000000000000000000", "wg_secret");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!(e.key, "service_accounts[0].key_sha256");
+    }
+
+    #[test]
+    fn typo_in_a_key_names_line() {
+        let src = OK.replace("database = \"app\"", "databse = \"app\"");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!(e.key, "connections.app.databse");
+        assert!(e.line > 0);
+    }
+}

@@ -1,0 +1,256 @@
+//! `wardgate demo`: a throwaway PostgreSQL with realistic PII, the gateway
+//! with the first-party plugins, and a scripted agent session through it with
+//! the real psql client.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::config::Config;
+use crate::devenv::{seed_demo, PgCluster};
+
+/// Demo options.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Stay up after the script and write `demo.env`.
+    pub keep: bool,
+    /// Where the built plugins (`NAME.wasm` + `NAME.toml`) are.
+    pub plugins: PathBuf,
+    /// Working directory for the cluster, config, state (a temp dir if None).
+    pub dir: Option<PathBuf>,
+    /// Where `--keep` writes `demo.env`.
+    pub env_file: PathBuf,
+}
+
+const SCRIPT: &[(&str, &str)] = &[
+    (
+        "A SELECT of customer data: e-mails, cards, SSNs and secrets come back masked",
+        "SELECT id, name, email, phone, card_number, ssn, notes FROM customers ORDER BY id LIMIT 3;",
+    ),
+    (
+        "An alias does not hide a column, and aggregates still work",
+        "SELECT ssn AS x, count(*) OVER () AS customers FROM customers ORDER BY id LIMIT 2;",
+    ),
+    ("DROP TABLE is refused by sql-guard (and never reaches PostgreSQL)", "DROP TABLE customers;"),
+    (
+        "...even hidden behind a comment and odd case, sent with a SELECT in one query: nothing runs",
+        "SELECT count(*) FROM orders \\; /* cleanup */ dRoP/**/TABLE \"orders\";",
+    ),
+    ("DELETE without WHERE is refused", "DELETE FROM orders;"),
+    ("...and so is WHERE true", "DELETE FROM orders WHERE true;"),
+    ("A targeted DELETE is allowed", "DELETE FROM orders WHERE id = 1;"),
+    (
+        "A DO block is routed to human review (approvals arrive with the next release: refused)",
+        "DO $$ BEGIN PERFORM pg_sleep(0); END $$;",
+    ),
+    ("Reading server files is refused", "SELECT pg_read_file('/etc/passwd');"),
+    (
+        "COPY TO STDOUT is masked too",
+        "COPY (SELECT name, email, card_number FROM customers ORDER BY id LIMIT 2) TO STDOUT WITH (FORMAT csv);",
+    ),
+    ("The session goes on after every refusal", "SELECT status, count(*) FROM orders GROUP BY status ORDER BY status;"),
+];
+
+fn find_plugin_dir(p: &Path) -> anyhow::Result<PathBuf> {
+    for name in ["sql-guard", "pii-mask"] {
+        if !p.join(format!("{name}.wasm")).exists() || !p.join(format!("{name}.toml")).exists() {
+            bail!(
+                "{}: {name}.wasm/{name}.toml not found. Build the plugins first: scripts/build-plugins.sh (or run scripts/demo.sh, which does everything)",
+                p.display()
+            );
+        }
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Run the demo.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let plugin_src = find_plugin_dir(&opts.plugins)?;
+    let tmp;
+    let dir = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = std::env::temp_dir().join(format!("wardgate-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp)?;
+            tmp.clone()
+        }
+    };
+    let dir = std::fs::canonicalize(&dir)?;
+    println!("Wardgate demo — working directory {}\n", dir.display());
+
+    print!("Starting a throwaway PostgreSQL ... ");
+    std::io::stdout().flush()?;
+    let pg = PgCluster::start(&dir.join("pg")).context("starting PostgreSQL")?;
+    let app_pw = seed_demo(&pg, "shop").context("seeding the demo schema")?;
+    println!("127.0.0.1:{} (database \"shop\": customers with e-mails, cards, SSNs; orders)", pg.port);
+
+    // Plugins: copy so experiments with hot reload do not touch the build output.
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir)?;
+    for e in std::fs::read_dir(&plugin_src)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "wasm" || x == "toml") {
+            std::fs::copy(&p, plugin_dir.join(p.file_name().unwrap_or_default()))?;
+        }
+    }
+    let (key, hash) = crate::identity::generate_key();
+    let pw_file = dir.join("upstream-password");
+    std::fs::write(&pw_file, &app_pw)?;
+    set_private(&pw_file);
+    let gw_port = crate::devenv::free_port()?;
+    let admin_port = crate::devenv::free_port()?;
+    let config_text = format!(
+        r#"# Written by `wardgate demo`. A real config: `wardgate serve --config {cfg}` runs it.
+[gateway]
+state_dir = "state"
+plugin_dir = "plugins"
+
+[listeners.postgres]
+bind = "127.0.0.1:{gw_port}"
+tls_self_signed = true
+
+[admin]
+bind = "127.0.0.1:{admin_port}"
+
+[connections.shop]
+host = "127.0.0.1"
+port = {pg_port}
+database = "shop"
+user = "wardgate_app"
+password_file = "upstream-password"
+plugins = ["sql-guard", "pii-mask"]
+
+[[service_accounts]]
+name = "demo-agent"
+kind = "agent"
+groups = ["agents"]
+on_behalf_of = "alice@example.com"
+key_sha256 = "{hash}"
+
+[[grants]]
+connection = "shop"
+groups = ["agents"]
+"#,
+        cfg = dir.join("wardgate.toml").display(),
+        pg_port = pg.port,
+    );
+    let cfg_path = dir.join("wardgate.toml");
+    std::fs::write(&cfg_path, config_text)?;
+    let config = Config::load(&cfg_path)?;
+    let gw = crate::gateway::start(config).await?;
+    let gw_addr = gw.postgres_addr.context("no postgres listener")?;
+    println!("Gateway on {gw_addr} (TLS, self-signed), admin API on http://{}", gw.admin_addr);
+    for p in crate::admin::plugin_list(&gw.registry) {
+        match &p.error {
+            None => println!("  plugin {} {} ({}) sha256:{}", p.name, p.version, p.exports.join("+"), &p.hash[..12]),
+            Some(e) => println!("  plugin {} NOT LOADED: {e}", p.name),
+        }
+    }
+    println!("\nAgent \"demo-agent\" (a Wardgate service-account key, acting for alice@example.com)");
+    println!("connects with plain psql; it never sees the database password.\n");
+
+    let env = [
+        ("PGHOST", "127.0.0.1".to_string()),
+        ("PGPORT", gw_addr.port().to_string()),
+        ("PGDATABASE", "shop".to_string()),
+        ("PGUSER", "demo-agent".to_string()),
+        ("PGPASSWORD", key.clone()),
+        ("PGSSLMODE", "require".to_string()),
+    ];
+    let mut script = String::new();
+    for (i, (title, sql)) in SCRIPT.iter().enumerate() {
+        script.push_str(&format!(
+            "\\echo '\\n[{}] {}'\n\\echo 'agent=> {}'\n{}\n",
+            i + 1,
+            title.replace('\'', "''"),
+            sql.replace('\'', "''"),
+            sql
+        ));
+    }
+    let script_path = dir.join("agent-session.sql");
+    std::fs::write(&script_path, &script)?;
+    let psql = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("psql -X -v ON_ERROR_STOP=0 -P pager=off -f '{}' 2>&1", script_path.display()))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PGAPPNAME", "demo-agent")
+        .output()
+        .await
+        .context("running psql")?;
+    println!("{}", String::from_utf8_lossy(&psql.stdout).trim_end());
+
+    gw.recorder.flush();
+    let rec_dir = gw.recorder.dir().to_path_buf();
+    let mut recordings: Vec<PathBuf> = std::fs::read_dir(&rec_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    recordings.sort();
+    println!("\nEvidence:");
+    for r in &recordings {
+        match crate::record::verify::verify_file(r) {
+            Ok(n) => println!("  recording {} — {n} events, SHA-256 chain verified, masked data only", r.display()),
+            Err(e) => println!("  recording {} — DOES NOT VERIFY: {e}", r.display()),
+        }
+    }
+    let siem = dir.join("state").join("siem.jsonl");
+    if siem.exists() {
+        println!("  SIEM feed (jsonl-sink plugin, ECS fields): {}", siem.display());
+    }
+    println!("  config: {}", cfg_path.display());
+
+    if opts.keep {
+        let env_text: String = env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .chain([
+                format!("WARDGATE_UPSTREAM_DSN={}\n", pg.dsn("shop")),
+                format!("WARDGATE_ADMIN_URL=http://{}\n", gw.admin_addr),
+                format!("WARDGATE_DEMO_DIR={}\n", dir.display()),
+            ])
+            .collect();
+        std::fs::write(&opts.env_file, env_text)?;
+        set_private(&opts.env_file);
+        println!(
+            "\nThe demo stays up. {} holds the agent's libpq variables and the direct DSN:",
+            opts.env_file.display()
+        );
+        println!("  set -a; . {}; set +a; psql", opts.env_file.display());
+        println!("Plugins hot-reload from {} — edit a manifest or drop in a new .wasm.", plugin_dir.display());
+        println!("Ctrl-C (or SIGTERM) stops everything.");
+        wait_for_shutdown().await;
+        println!("\nStopping.");
+        let _ = std::fs::remove_file(&opts.env_file);
+    }
+    drop(gw);
+    drop(pg);
+    if opts.dir.is_none() && !opts.keep {
+        println!("(working directory kept for inspection: {})", dir.display());
+    }
+    Ok(())
+}
+
+fn set_private(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Is psql on PATH?
+pub fn have_psql() -> bool {
+    Command::new("psql").arg("--version").output().is_ok_and(|o| o.status.success())
+}

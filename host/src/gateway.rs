@@ -1,0 +1,110 @@
+//! Assemble a running gateway from a [`Config`]: engine, plugins (watched),
+//! recorder, identity, listeners and admin API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::identity::Authenticator;
+use crate::metrics::Stats;
+use crate::plugins::engine::EngineOptions;
+use crate::plugins::{PluginEngine, Registry};
+use crate::protocol::postgres::{self, PgContext};
+use crate::record::Recorder;
+
+/// A running gateway.
+pub struct Gateway {
+    /// PostgreSQL listener address.
+    pub postgres_addr: Option<SocketAddr>,
+    /// Admin API address.
+    pub admin_addr: SocketAddr,
+    /// Plugins.
+    pub registry: Arc<Registry>,
+    /// Recording.
+    pub recorder: Recorder,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// PEM of the self-signed certificate, when one was generated.
+    pub self_signed_pem: Option<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Hot-reload debounce: editors and `cp` write in several steps.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Start everything the config describes.
+pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let engine = PluginEngine::new(EngineOptions {
+        cache_dir: Some(config.state_dir.join("plugin-cache")),
+        max_instances: config.max_plugin_instances,
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))?;
+    let registry = Registry::open(engine, &config.plugin_dir, &config.state_dir)
+        .with_context(|| format!("cannot read plugin_dir {}", config.plugin_dir.display()))?;
+    registry.watch(RELOAD_DEBOUNCE).context("cannot watch the plugin directory")?;
+    for (name, err) in &registry.current().errors {
+        tracing::error!(plugin = %name, "plugin not loaded: {err}");
+    }
+    let recorder = Recorder::start(&config.state_dir.join("recordings"), Some(registry.clone()))
+        .context("cannot start the recorder")?;
+    let stats = Arc::new(Stats::default());
+    let mut tasks = Vec::new();
+    let mut postgres_addr = None;
+    let mut self_signed_pem = None;
+    if let Some(l) = &config.postgres {
+        let tls = postgres::tls::server_config(&l.tls).context("TLS for listeners.postgres")?;
+        let (tls, pem) = match tls {
+            Some(t) => (Some(t.config), t.self_signed_pem),
+            None => (None, None),
+        };
+        self_signed_pem = pem;
+        let listener = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {}", l.bind))?;
+        postgres_addr = Some(listener.local_addr()?);
+        let ctx = Arc::new(PgContext {
+            config: config.clone(),
+            listener: l.clone(),
+            tls,
+            auth: Arc::new(Authenticator::from_config(&config)),
+            registry: registry.clone(),
+            recorder: recorder.clone(),
+            cancels: Default::default(),
+            stats: stats.clone(),
+        });
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = postgres::serve(listener, ctx).await {
+                tracing::error!("postgres listener stopped: {e}");
+            }
+        }));
+    }
+    let admin = TcpListener::bind(config.admin_bind)
+        .await
+        .with_context(|| format!("cannot listen on admin.bind {}", config.admin_bind))?;
+    let admin_addr = admin.local_addr()?;
+    let app = crate::admin::router(crate::admin::AdminState {
+        registry: registry.clone(),
+        stats: stats.clone(),
+        recorder: recorder.clone(),
+    });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, app).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    }));
+    Ok(Gateway { postgres_addr, admin_addr, registry, recorder, stats, self_signed_pem, tasks })
+}

@@ -1,0 +1,284 @@
+//! The `wardgate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wardgate", version, about = "Identity-aware gateway with WebAssembly policy plugins", long_about = None)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", env = "WARDGATE_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a complete local demo: PostgreSQL, gateway, plugins and an agent session.
+    Demo {
+        /// Stay up afterwards and write demo.env for other tools.
+        #[arg(long)]
+        keep: bool,
+        /// Directory holding the built plugins (NAME.wasm + NAME.toml).
+        #[arg(long, default_value = "dist/plugins", env = "WARDGATE_PLUGINS")]
+        plugins: PathBuf,
+        /// Working directory (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where --keep writes the environment file.
+        #[arg(long, default_value = "demo.env")]
+        env_file: PathBuf,
+    },
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Inspect plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCmd,
+    },
+    /// Manage Wardgate-issued service-account keys.
+    ServiceAccounts {
+        #[command(subcommand)]
+        command: SaCmd,
+    },
+    /// Recorded sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file and print a summary.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCmd {
+    /// Validate a plugin component: world, contract version, exports, manifest.
+    Check {
+        /// The .wasm file (its NAME.toml beside it is checked too, if present).
+        file: PathBuf,
+    },
+    /// What a running gateway has loaded.
+    List {
+        /// Admin API of the gateway.
+        #[arg(long, env = "WARDGATE_ADMIN_URL", default_value = "http://127.0.0.1:9190")]
+        admin_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SaCmd {
+    /// Create a key for a service account; prints the key once and the config entry.
+    Create {
+        /// Account name.
+        name: String,
+        /// Groups (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// agent or service-account.
+        #[arg(long, default_value = "agent")]
+        kind: String,
+        /// The human this agent acts for.
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCmd {
+    /// Verify the hash chain of recordings (a file, or every file in a directory).
+    Verify {
+        /// A recording file or the recordings directory.
+        path: PathBuf,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDGATE_LOG")
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wardgate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Serve { config } => {
+            init_logging(&cli.log_format);
+            let config = wardgate::config::Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let gw = wardgate::gateway::start(config).await?;
+                if let Some(a) = gw.postgres_addr {
+                    tracing::info!(%a, "postgres listener ready");
+                }
+                tracing::info!(admin = %gw.admin_addr, "admin API ready");
+                wardgate::demo::wait_for_shutdown().await;
+                tracing::info!("shutting down");
+                gw.recorder.flush();
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { keep, plugins, dir, env_file } => {
+            if std::env::var_os("WARDGATE_LOG").is_none() {
+                std::env::set_var("WARDGATE_LOG", "warn");
+            }
+            init_logging(&cli.log_format);
+            if !wardgate::demo::have_psql() {
+                anyhow::bail!("psql not found: install postgresql-client (scripts/setup.sh does)");
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(wardgate::demo::run(wardgate::demo::DemoOptions { keep, plugins, dir, env_file }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Config { command: ConfigCmd::Check { file } } => {
+            let c = wardgate::config::Config::load(&file)?;
+            println!("{}: ok", file.display());
+            println!("  connections: {}", c.connections.keys().cloned().collect::<Vec<_>>().join(", "));
+            println!("  service accounts: {}, grants: {}", c.service_accounts.len(), c.grants.len());
+            println!("  plugin_dir: {}\n  state_dir: {}", c.plugin_dir.display(), c.state_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Plugins { command: PluginsCmd::Check { file } } => plugins_check(&file),
+        Cmd::Plugins { command: PluginsCmd::List { admin_url } } => {
+            let url = format!("{}/api/plugins", admin_url.trim_end_matches('/'));
+            let list: Vec<wardgate::admin::PluginInfo> = ureq::get(&url)
+                .call()
+                .with_context(|| format!("cannot reach the admin API at {admin_url} (is the gateway running? set --admin-url or WARDGATE_ADMIN_URL)"))?
+                .body_mut()
+                .read_json()?;
+            println!(
+                "{:<16} {:<9} {:<14} {:<17} {:>8} {:>8}  STATUS",
+                "NAME", "VERSION", "SHA256", "EXPORTS", "CALLS", "FAILED"
+            );
+            for p in list {
+                println!(
+                    "{:<16} {:<9} {:<14} {:<17} {:>8} {:>8}  {}{}",
+                    p.name,
+                    p.version,
+                    p.hash.get(..12).unwrap_or(""),
+                    p.exports.join("+"),
+                    p.calls,
+                    p.failures,
+                    p.status,
+                    p.error.map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ServiceAccounts { command: SaCmd::Create { name, groups, kind, on_behalf_of } } => {
+            let (key, hash) = wardgate::identity::generate_key();
+            eprintln!("Key for {name} (shown once; store it in the agent's secret store):");
+            println!("{key}");
+            eprintln!("\nAdd to the gateway config (only the hash is stored):\n");
+            eprintln!("[[service_accounts]]\nname = \"{name}\"\nkind = \"{kind}\"\ngroups = {groups:?}\nkey_sha256 = \"{hash}\"");
+            if let Some(h) = on_behalf_of {
+                eprintln!("on_behalf_of = \"{h}\"");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sessions { command: SessionsCmd::Verify { path } } => {
+            let files: Vec<PathBuf> = if path.is_dir() {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(&path)?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                    .collect();
+                v.sort();
+                v
+            } else {
+                vec![path]
+            };
+            let mut bad = 0;
+            for f in &files {
+                match wardgate::record::verify::verify_file(f) {
+                    Ok(n) => println!("ok   {} ({n} events)", f.display()),
+                    Err(e) => {
+                        bad += 1;
+                        println!("FAIL {}: {e}", f.display());
+                    }
+                }
+            }
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn plugins_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let engine = wardgate::plugins::PluginEngine::new(Default::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, info) = match wardgate::plugins::loader::inspect(&engine, file, &bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("wardgate: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    println!("{}: a Wardgate plugin component", file.display());
+    println!("  contract: wardgate:plugin@{}", wardgate::plugins::CONTRACT_VERSION);
+    println!("  exports:  {}", info.exports.names().join(", "));
+    println!("  sha256:   {}", info.hash);
+    println!("  imports:  {}", info.import_names.join(", "));
+    let manifest = file.with_extension("toml");
+    if manifest.exists() {
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        match wardgate::plugins::manifest::Manifest::load(&manifest, name) {
+            Ok(m) => {
+                println!(
+                    "  manifest: {} {} (order {}, {} MiB, {} ms per call)",
+                    m.name,
+                    m.version,
+                    m.order,
+                    m.memory_bytes >> 20,
+                    m.call_timeout.as_millis()
+                );
+                let engine_check = wardgate::plugins::loader::load(&engine, file, &std::env::temp_dir());
+                if let Err(e) = engine_check {
+                    eprintln!("wardgate: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            Err(e) => {
+                eprintln!("wardgate: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        println!("  manifest: none beside it ({}); the gateway will refuse to load it without one", manifest.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,221 @@
+//! The protocol-neutral policy pipeline of one session.
+//!
+//! request -> guards (in manifest order; first non-allow wins) -> decision;
+//! response rows -> maskers (chained in order) -> client. Protocol adapters
+//! build [`types::Request`]s and row batches and never see wasmtime.
+
+pub mod types {
+    //! The contract's data types, shared by the pipeline and protocol adapters.
+    pub use crate::plugins::bindings::wardgate::plugin::types::*;
+}
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::plugins::instances::Role;
+use crate::plugins::{CallError, LoadedPlugin, Registry, SessionPlugins};
+use types::{Column, Finding, PackedCells, Request, Review, RowBatch, Session, Verdict};
+
+/// What one guard said, for the recording.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerdictRecord {
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub version: String,
+    /// SHA-256 of the plugin's `.wasm`.
+    pub hash: String,
+    /// allow | deny | review | rewrite | error
+    pub decision: &'static str,
+    /// Reason given, if any.
+    pub reason: Option<String>,
+    /// Time the call took, microseconds.
+    pub micros: u64,
+}
+
+/// The pipeline's decision on a request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Run it (possibly rewritten by a guard).
+    Allow(Request),
+    /// Refuse it.
+    Deny {
+        /// Plugin that refused (or failed).
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A human must approve it first.
+    Review {
+        /// Plugin that asked.
+        plugin: String,
+        /// Its review request.
+        review: Review,
+    },
+}
+
+/// Outcome plus the evidence of how it was reached.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Every guard consulted, in order.
+    pub verdicts: Vec<VerdictRecord>,
+}
+
+/// Masked rows plus what was found.
+#[derive(Debug, Clone)]
+pub struct Masked {
+    /// Cells after every masker.
+    pub cells: PackedCells,
+    /// Findings, summed over maskers.
+    pub findings: Vec<Finding>,
+}
+
+/// The pipeline of one session.
+pub struct SessionPipeline {
+    plugins: SessionPlugins,
+    /// The session as plugins see it.
+    pub session: Session,
+    guards: Vec<Arc<LoadedPlugin>>,
+    maskers: Vec<Arc<LoadedPlugin>>,
+    generation: u64,
+}
+
+fn record(plugin: &LoadedPlugin, decision: &'static str, reason: Option<String>, started: Instant) -> VerdictRecord {
+    VerdictRecord {
+        plugin: plugin.manifest.name.clone(),
+        version: plugin.manifest.version.clone(),
+        hash: plugin.hash.clone(),
+        decision,
+        reason,
+        micros: started.elapsed().as_micros() as u64,
+    }
+}
+
+impl SessionPipeline {
+    /// The pipeline for `session`; `required` names plugins its connection needs.
+    pub fn new(registry: Arc<Registry>, session: Session, required: Vec<String>) -> Self {
+        let protocol = match session.protocol {
+            types::Protocol::Postgres => "postgres",
+            types::Protocol::Ssh => "ssh",
+            types::Protocol::Http => "http",
+        };
+        let plugins = SessionPlugins::new(registry, &session.id, &session.connection, protocol, required);
+        let mut p = SessionPipeline { plugins, session, guards: vec![], maskers: vec![], generation: u64::MAX };
+        p.refresh();
+        p
+    }
+
+    /// Pick up hot-reloaded plugins; called at the start of each request.
+    pub fn refresh(&mut self) {
+        self.plugins.refresh();
+        if self.plugins.generation() != self.generation {
+            self.generation = self.plugins.generation();
+            self.guards = self.plugins.with_role(Role::Guard);
+            self.maskers = self.plugins.with_role(Role::Masker);
+        }
+    }
+
+    /// True when at least one masker applies (or a required plugin is missing,
+    /// in which case masking must fail closed).
+    pub fn masks(&self) -> bool {
+        !self.maskers.is_empty() || self.plugins.missing_required().is_some()
+    }
+
+    /// Ask every guard about `request`. `reanalyze` turns a guard's rewrite
+    /// into a fully analysed request (for SQL: parse the new text again).
+    pub fn check(&mut self, request: Request, reanalyze: impl Fn(Request) -> Request) -> Decision {
+        self.refresh();
+        let mut verdicts = Vec::with_capacity(self.guards.len());
+        if let Some(err) = self.plugins.missing_required() {
+            return Decision {
+                outcome: Outcome::Deny { plugin: err.plugin.clone(), reason: err.to_string() },
+                verdicts,
+            };
+        }
+        let mut request = request;
+        for g in self.guards.clone() {
+            let started = Instant::now();
+            match self.plugins.check(&g, &self.session, &request) {
+                Ok(Verdict::Allow) => verdicts.push(record(&g, "allow", None, started)),
+                Ok(Verdict::Deny(reason)) => {
+                    verdicts.push(record(&g, "deny", Some(reason.clone()), started));
+                    return Decision { outcome: Outcome::Deny { plugin: g.manifest.name.clone(), reason }, verdicts };
+                }
+                Ok(Verdict::Review(review)) => {
+                    verdicts.push(record(&g, "review", Some(review.reason.clone()), started));
+                    return Decision { outcome: Outcome::Review { plugin: g.manifest.name.clone(), review }, verdicts };
+                }
+                Ok(Verdict::Rewrite(new)) => {
+                    verdicts.push(record(&g, "rewrite", None, started));
+                    request = reanalyze(new);
+                }
+                Err(e) => {
+                    verdicts.push(record(&g, "error", Some(e.to_string()), started));
+                    return Decision {
+                        outcome: Outcome::Deny { plugin: g.manifest.name.clone(), reason: e.to_string() },
+                        verdicts,
+                    };
+                }
+            }
+        }
+        Decision { outcome: Outcome::Allow(request), verdicts }
+    }
+
+    /// Run `cells` (rows of `columns`) through every masker in order.
+    pub fn mask_rows(&mut self, columns: &[Column], cells: PackedCells) -> Result<Masked, CallError> {
+        if let Some(err) = self.plugins.missing_required() {
+            return Err(err);
+        }
+        let mut batch = RowBatch { columns: columns.to_vec(), cells };
+        let mut findings: Vec<Finding> = Vec::new();
+        for m in self.maskers.clone() {
+            let expected = batch.cells.lengths.len();
+            let out = self.plugins.mask_rows(&m, &self.session, &batch)?;
+            if out.cells.lengths.len() != expected || !lengths_fit(&out.cells) {
+                return Err(CallError {
+                    plugin: m.manifest.name.clone(),
+                    kind: crate::plugins::instances::FailureKind::Refused,
+                    detail: format!(
+                        "returned {} cells for {} (or inconsistent lengths)",
+                        out.cells.lengths.len(),
+                        expected
+                    ),
+                });
+            }
+            for f in out.findings {
+                match findings.iter_mut().find(|x| x.entity == f.entity) {
+                    Some(x) => x.count += f.count,
+                    None => findings.push(f),
+                }
+            }
+            batch.cells = out.cells;
+        }
+        Ok(Masked { cells: batch.cells, findings })
+    }
+
+    /// Run free text through every masker in order.
+    pub fn mask_text(&mut self, text: &str) -> Result<String, CallError> {
+        if let Some(err) = self.plugins.missing_required() {
+            return Err(err);
+        }
+        let mut text = text.to_string();
+        for m in self.maskers.clone() {
+            text = self.plugins.mask_text(&m, &self.session, &text)?;
+        }
+        Ok(text)
+    }
+}
+
+/// Lengths are -1 or more and add up to the data length.
+fn lengths_fit(cells: &PackedCells) -> bool {
+    let mut total: usize = 0;
+    for &l in &cells.lengths {
+        if l < -1 {
+            return false;
+        }
+        total += l.max(0) as usize;
+    }
+    total == cells.data.len()
+}

@@ -1,0 +1,326 @@
+//! Per-session plugin instances and the fail-closed call wrappers.
+//!
+//! Each session gets its own instance of each plugin it uses (never shared,
+//! so one session never sees another's plugin memory), created lazily from the
+//! plugin's `InstancePre` in the pooling allocator. After a trap wasmtime
+//! poisons an instance, so it is dropped and the next call gets a fresh one.
+//! Every failure — trap, deadline, memory limit, missing or quarantined plugin
+//! — comes back as a [`CallError`] naming the plugin; callers deny.
+//!
+//! Hot reload: [`SessionPlugins::refresh`] is called at the start of each
+//! request. If the registry swapped in a new set, instances of plugins whose
+//! version changed are dropped and the new version is used from this request
+//! on; a request already running finishes on the version it started with.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::exports::wardgate::plugin::{guard, masker, recorder};
+use super::bindings::wardgate::plugin::types::{Event, MaskedBatch, Request, RowBatch, Session, Verdict};
+use super::engine::EPOCH_TICK;
+use super::host_api::PluginState;
+use super::loader::LoadedPlugin;
+use super::registry::{PluginEvent, PluginSet, Registry};
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (panic, unreachable, out-of-bounds, ...).
+    Trap,
+    /// The call ran past its deadline.
+    Deadline,
+    /// The guest hit its memory limit.
+    Memory,
+    /// The plugin is quarantined after repeated failures.
+    Quarantined,
+    /// A plugin the connection requires is not loaded.
+    Missing,
+    /// Instantiation failed (pool exhausted, start function trapped).
+    Instantiate,
+    /// The plugin returned an error value.
+    Refused,
+}
+
+/// A failed plugin call. Its `Display` is what clients and logs see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} {}", self.describe())]
+pub struct CallError {
+    /// Plugin name.
+    pub plugin: String,
+    /// What happened.
+    pub kind: FailureKind,
+    /// Details (wasmtime's message, the plugin's error string).
+    pub detail: String,
+}
+
+impl CallError {
+    fn describe(&self) -> String {
+        match self.kind {
+            FailureKind::Trap => format!("crashed ({})", self.detail),
+            FailureKind::Deadline => format!("exceeded its deadline of {}", self.detail),
+            FailureKind::Memory => format!("exceeded its memory limit of {}", self.detail),
+            FailureKind::Quarantined => "is quarantined after repeated failures".to_string(),
+            FailureKind::Missing => format!("is required but not loaded ({})", self.detail),
+            FailureKind::Instantiate => format!("could not be started ({})", self.detail),
+            FailureKind::Refused => format!("returned an error: {}", self.detail),
+        }
+    }
+}
+
+struct Live {
+    plugin: Arc<LoadedPlugin>,
+    store: Store<PluginState>,
+    guard: Option<guard::Guest>,
+    masker: Option<masker::Guest>,
+    recorder: Option<recorder::Guest>,
+}
+
+/// The plugins of one session.
+pub struct SessionPlugins {
+    registry: Arc<Registry>,
+    set: Arc<PluginSet>,
+    session_id: Arc<str>,
+    connection: String,
+    protocol: &'static str,
+    required: Vec<String>,
+    live: HashMap<String, Live>,
+}
+
+/// Which export to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// guard
+    Guard,
+    /// masker
+    Masker,
+    /// recorder
+    Recorder,
+}
+
+impl SessionPlugins {
+    /// Plugins for a session on `connection` over `protocol`; `required` names
+    /// plugins the connection cannot run without.
+    pub fn new(
+        registry: Arc<Registry>,
+        session_id: &str,
+        connection: &str,
+        protocol: &'static str,
+        required: Vec<String>,
+    ) -> Self {
+        let set = registry.current();
+        SessionPlugins {
+            registry,
+            set,
+            session_id: Arc::from(session_id),
+            connection: connection.to_string(),
+            protocol,
+            required,
+            live: HashMap::new(),
+        }
+    }
+
+    /// Pick up a newly swapped plugin set (call at the start of each request).
+    pub fn refresh(&mut self) {
+        if self.registry.generation() == self.set.generation {
+            return;
+        }
+        self.set = self.registry.current();
+        let set = &self.set;
+        self.live.retain(|name, l| set.plugins.get(name).is_some_and(|p| Arc::ptr_eq(p, &l.plugin)));
+    }
+
+    /// Generation of the set this session uses.
+    pub fn generation(&self) -> u64 {
+        self.set.generation
+    }
+
+    /// Plugins that apply to this session and export `role`, in call order.
+    pub fn with_role(&self, role: Role) -> Vec<Arc<LoadedPlugin>> {
+        self.set
+            .ordered()
+            .into_iter()
+            .filter(|p| p.manifest.applies_to(&self.connection, self.protocol))
+            .filter(|p| match role {
+                Role::Guard => p.exports.guard,
+                Role::Masker => p.exports.masker,
+                Role::Recorder => p.exports.recorder,
+            })
+            .collect()
+    }
+
+    /// The first required plugin that is not loaded, as an error to deny with.
+    pub fn missing_required(&self) -> Option<CallError> {
+        self.required.iter().find_map(|name| match self.set.plugins.get(name) {
+            Some(p) if p.health.quarantined.load(Ordering::Relaxed) => {
+                Some(CallError { plugin: name.clone(), kind: FailureKind::Quarantined, detail: String::new() })
+            }
+            Some(_) => None,
+            None => Some(CallError {
+                plugin: name.clone(),
+                kind: FailureKind::Missing,
+                detail: self
+                    .set
+                    .errors
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| format!("no {name}.wasm in the plugin directory")),
+            }),
+        })
+    }
+
+    /// Ask a guard.
+    pub fn check(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        session: &Session,
+        request: &Request,
+    ) -> Result<Verdict, CallError> {
+        self.call(plugin, |live| match &live.guard {
+            Some(g) => g.call_check(&mut live.store, session, request).map(Ok),
+            None => Ok(Err("does not export guard".to_string())),
+        })
+    }
+
+    /// Ask a masker to mask a row batch.
+    pub fn mask_rows(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        session: &Session,
+        batch: &RowBatch,
+    ) -> Result<MaskedBatch, CallError> {
+        self.call(plugin, |live| match &live.masker {
+            Some(m) => m.call_mask_rows(&mut live.store, session, batch),
+            None => Ok(Err("does not export masker".to_string())),
+        })
+    }
+
+    /// Ask a masker to mask free text.
+    pub fn mask_text(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        session: &Session,
+        text: &str,
+    ) -> Result<String, CallError> {
+        self.call(plugin, |live| match &live.masker {
+            Some(m) => m.call_mask_text(&mut live.store, session, text),
+            None => Ok(Err("does not export masker".to_string())),
+        })
+    }
+
+    /// Deliver events to a recorder.
+    pub fn record(&mut self, plugin: &Arc<LoadedPlugin>, events: &[Event]) -> Result<(), CallError> {
+        self.call(plugin, |live| match &live.recorder {
+            Some(r) => r.call_record(&mut live.store, events),
+            None => Ok(Err("does not export recorder".to_string())),
+        })
+    }
+
+    fn instantiate(&self, plugin: &Arc<LoadedPlugin>) -> wasmtime::Result<Live> {
+        let state = PluginState::new(plugin.context.clone(), self.session_id.clone(), plugin.manifest.memory_bytes);
+        let mut store = Store::new(self.registry.engine().engine(), state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(deadline_ticks(plugin.manifest.call_timeout));
+        store.epoch_deadline_trap();
+        let instance = plugin.pre.instantiate(&mut store)?;
+        let guard = plugin.guard.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
+        let masker = plugin.masker.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
+        let recorder = plugin.recorder.as_ref().map(|i| i.load(&mut store, &instance)).transpose()?;
+        Ok(Live { plugin: plugin.clone(), store, guard, masker, recorder })
+    }
+
+    fn call<R>(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, CallError> {
+        let name = plugin.manifest.name.clone();
+        if plugin.health.quarantined.load(Ordering::Relaxed) {
+            return Err(CallError { plugin: name, kind: FailureKind::Quarantined, detail: String::new() });
+        }
+        plugin.health.calls.fetch_add(1, Ordering::Relaxed);
+        let stale = self.live.get(&name).is_some_and(|l| !Arc::ptr_eq(&l.plugin, plugin));
+        if stale {
+            self.live.remove(&name);
+        }
+        if !self.live.contains_key(&name) {
+            match self.instantiate(plugin) {
+                Ok(l) => {
+                    self.live.insert(name.clone(), l);
+                }
+                Err(e) => {
+                    let err = CallError { plugin: name, kind: FailureKind::Instantiate, detail: format!("{e:#}") };
+                    self.failed(plugin, &err);
+                    return Err(err);
+                }
+            }
+        }
+        let live = self.live.get_mut(&name).expect("inserted above");
+        live.store.set_epoch_deadline(deadline_ticks(plugin.manifest.call_timeout));
+        live.store.data_mut().memory_refused = false;
+        let started = Instant::now();
+        let outcome = f(live);
+        match outcome {
+            Ok(Ok(r)) => {
+                plugin.health.consecutive_failures.store(0, Ordering::Relaxed);
+                Ok(r)
+            }
+            Ok(Err(msg)) => {
+                let err =
+                    CallError { plugin: name, kind: FailureKind::Refused, detail: msg.chars().take(500).collect() };
+                self.failed(plugin, &err);
+                Err(err)
+            }
+            Err(e) => {
+                let memory_refused = live.store.data().memory_refused;
+                // The instance may be poisoned: drop it; the next call re-instantiates.
+                self.live.remove(&name);
+                let kind = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    FailureKind::Deadline
+                } else if memory_refused {
+                    FailureKind::Memory
+                } else {
+                    FailureKind::Trap
+                };
+                let detail = match kind {
+                    FailureKind::Deadline => {
+                        format!(
+                            "{} ms (stopped after {} ms)",
+                            plugin.manifest.call_timeout.as_millis(),
+                            started.elapsed().as_millis()
+                        )
+                    }
+                    FailureKind::Memory => format!("{} MiB", plugin.manifest.memory_bytes >> 20),
+                    _ => first_line(&format!("{e}")),
+                };
+                let err = CallError { plugin: name, kind, detail };
+                self.failed(plugin, &err);
+                Err(err)
+            }
+        }
+    }
+
+    fn failed(&self, plugin: &Arc<LoadedPlugin>, err: &CallError) {
+        plugin.health.failures.fetch_add(1, Ordering::Relaxed);
+        let n = plugin.health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        self.registry.emit(PluginEvent::CallFailed {
+            name: err.plugin.clone(),
+            session: self.session_id.to_string(),
+            error: err.to_string(),
+        });
+        if n >= self.registry.quarantine_after && !plugin.health.quarantined.swap(true, Ordering::Relaxed) {
+            self.registry.emit(PluginEvent::Quarantined { name: err.plugin.clone(), failures: n });
+        }
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() as u64).div_ceil(EPOCH_TICK.as_micros() as u64).max(1) + 1
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}

@@ -1,0 +1,290 @@
+//! Plugin manifests: `NAME.toml` beside `NAME.wasm`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::diag::{at_span, parse, TomlError};
+
+/// Resource limits of one plugin instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory ceiling per instance, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: Spanned<u32>,
+    /// Wall-clock deadline per call, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub call_timeout_ms: Spanned<u32>,
+}
+
+fn default_memory() -> Spanned<u32> {
+    Spanned::new(0..0, 64)
+}
+fn default_timeout() -> Spanned<u32> {
+    Spanned::new(0..0, 250)
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_mib: default_memory(), call_timeout_ms: default_timeout() }
+    }
+}
+
+/// Capabilities the operator grants. Everything is denied unless listed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Where `write-output` lines go: `stdout`, `stderr` or `file:PATH`.
+    pub output: Option<Spanned<String>>,
+}
+
+/// Where a plugin's `write-output` lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// Standard output of the gateway.
+    Stdout,
+    /// Standard error of the gateway.
+    Stderr,
+    /// A file (relative paths resolve against the state directory).
+    File(std::path::PathBuf),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "star")]
+    connections: Vec<String>,
+    #[serde(default = "all_protocols")]
+    protocols: Vec<Spanned<String>>,
+    #[serde(default = "default_order")]
+    order: i32,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    capabilities: Capabilities,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+fn star() -> Vec<String> {
+    vec!["*".into()]
+}
+fn all_protocols() -> Vec<Spanned<String>> {
+    ["postgres", "ssh", "http"].iter().map(|p| Spanned::new(0..0, p.to_string())).collect()
+}
+fn default_order() -> i32 {
+    100
+}
+fn yes() -> bool {
+    true
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Plugin name (must match the file stem).
+    pub name: String,
+    /// Plugin version (semver).
+    pub version: String,
+    /// One line for humans.
+    pub description: String,
+    /// Connections it applies to; `*` = all.
+    pub connections: Vec<String>,
+    /// Protocols it applies to.
+    pub protocols: Vec<String>,
+    /// Lower runs first.
+    pub order: i32,
+    /// Disabled plugins are loaded and checked but never called.
+    pub enabled: bool,
+    /// Memory ceiling, bytes.
+    pub memory_bytes: usize,
+    /// Deadline per call.
+    pub call_timeout: std::time::Duration,
+    /// Granted output, if any.
+    pub output: Option<OutputTarget>,
+    /// `[config]` as JSON.
+    pub config_json: String,
+    /// `[config]` values for `config-get` (strings raw, others JSON).
+    pub config_values: BTreeMap<String, String>,
+    /// SHA-256 of the manifest text: an unchanged manifest is not reloaded.
+    pub digest: String,
+}
+
+impl Manifest {
+    /// Does this plugin apply to `connection` over `protocol`?
+    pub fn applies_to(&self, connection: &str, protocol: &str) -> bool {
+        self.enabled
+            && self.protocols.iter().any(|p| p == protocol)
+            && self.connections.iter().any(|c| c == "*" || c == connection)
+    }
+
+    /// Read and validate `path`; `expected_name` is the `.wasm` file's stem.
+    pub fn load(path: &Path, expected_name: &str) -> Result<Manifest, TomlError> {
+        let src = std::fs::read_to_string(path).map_err(|e| TomlError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read manifest: {e}"),
+            fix: Some(format!("every plugin needs a manifest: create {} beside the .wasm", path.display())),
+        })?;
+        Self::parse(path, &src, expected_name)
+    }
+
+    /// Validate manifest text.
+    pub fn parse(path: &Path, src: &str, expected_name: &str) -> Result<Manifest, TomlError> {
+        let raw: RawManifest = parse(path, src)?;
+        let err = |span: std::ops::Range<usize>, key: &str, msg: String, fix: &str| {
+            at_span(path, src, Some(span), key, msg, Some(fix))
+        };
+        if raw.name.get_ref() != expected_name {
+            return Err(err(
+                raw.name.span(),
+                "name",
+                format!("manifest says \"{}\" but the file is {expected_name}.wasm", raw.name.get_ref()),
+                "make `name` equal the .wasm file's name (without .wasm)",
+            ));
+        }
+        if !valid_version(raw.version.get_ref()) {
+            return Err(err(
+                raw.version.span(),
+                "version",
+                format!("\"{}\" is not a version like 1.2.3", raw.version.get_ref()),
+                "use semantic versioning: MAJOR.MINOR.PATCH",
+            ));
+        }
+        for p in &raw.protocols {
+            if !["postgres", "ssh", "http"].contains(&p.get_ref().as_str()) {
+                return Err(err(
+                    p.span(),
+                    "protocols",
+                    format!("unknown protocol \"{}\"", p.get_ref()),
+                    "use postgres, ssh or http",
+                ));
+            }
+        }
+        let mem = *raw.limits.memory_mib.get_ref();
+        if !(1..=4096).contains(&mem) {
+            return Err(err(
+                raw.limits.memory_mib.span(),
+                "limits.memory_mib",
+                format!("{mem} is out of range"),
+                "use 1..=4096",
+            ));
+        }
+        let timeout = *raw.limits.call_timeout_ms.get_ref();
+        if !(1..=60_000).contains(&timeout) {
+            return Err(err(
+                raw.limits.call_timeout_ms.span(),
+                "limits.call_timeout_ms",
+                format!("{timeout} is out of range"),
+                "use 1..=60000 (milliseconds)",
+            ));
+        }
+        let output = match &raw.capabilities.output {
+            None => None,
+            Some(o) => Some(match o.get_ref().as_str() {
+                "stdout" => OutputTarget::Stdout,
+                "stderr" => OutputTarget::Stderr,
+                s if s.starts_with("file:") && s.len() > 5 => OutputTarget::File(s[5..].into()),
+                s => {
+                    return Err(err(
+                        o.span(),
+                        "capabilities.output",
+                        format!("\"{s}\" is not an output"),
+                        "use \"stdout\", \"stderr\" or \"file:/path/to/file\"",
+                    ))
+                }
+            }),
+        };
+        let config_json = serde_json::to_string(&raw.config).unwrap_or_else(|_| "{}".into());
+        let config_values = raw
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                };
+                (k.clone(), s)
+            })
+            .collect();
+        Ok(Manifest {
+            name: raw.name.into_inner(),
+            version: raw.version.into_inner(),
+            description: raw.description,
+            connections: raw.connections,
+            protocols: raw.protocols.into_iter().map(Spanned::into_inner).collect(),
+            order: raw.order,
+            enabled: raw.enabled,
+            memory_bytes: mem as usize * 1024 * 1024,
+            call_timeout: std::time::Duration::from_millis(timeout as u64),
+            output,
+            config_json,
+            config_values,
+            digest: {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(src.as_bytes()))
+            },
+        })
+    }
+}
+
+fn valid_version(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(src: &str) -> Result<Manifest, TomlError> {
+        Manifest::parse(Path::new("plugins/x.toml"), src, "x")
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse_str("name = \"x\"\nversion = \"1.0.0\"\n").unwrap();
+        assert_eq!(m.memory_bytes, 64 << 20);
+        assert!(m.applies_to("anything", "postgres"));
+        assert_eq!(m.config_json, "{}");
+    }
+
+    #[test]
+    fn name_mismatch_names_key_and_fix() {
+        let e = parse_str("name = \"y\"\nversion = \"1.0.0\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (1, "name"));
+        assert!(e.to_string().contains("x.wasm"));
+    }
+
+    #[test]
+    fn limits_out_of_range_point_at_the_line() {
+        let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[limits]\nmemory_mib = 0\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "limits.memory_mib"));
+    }
+
+    #[test]
+    fn bad_output_capability_is_refused() {
+        let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[capabilities]\noutput = \"tcp:1.2.3.4\"\n").unwrap_err();
+        assert_eq!(e.key, "capabilities.output");
+    }
+
+    #[test]
+    fn config_values_are_strings_or_json() {
+        let m = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[config]\nmode = \"a\"\nn = 3\nl = [\"p\"]\n").unwrap();
+        assert_eq!(m.config_values["mode"], "a");
+        assert_eq!(m.config_values["n"], "3");
+        assert_eq!(m.config_values["l"], "[\"p\"]");
+    }
+}

@@ -1,0 +1,21 @@
+//! The PostgreSQL adapter: a listener that speaks the frontend/backend
+//! protocol to clients (psql, drivers) and to the upstream, with guard and
+//! masker plugins on every request and result.
+//!
+//! * [`listener`]: accept loop, TLS negotiation, cancel requests.
+//! * [`session`]: one client's life: startup, authentication, upstream login.
+//! * [`relay`]: the two directions of an authenticated session.
+//! * [`rows`]: DataRow/CopyData <-> packed row batches.
+//! * [`codec`]: message framing.
+
+pub mod cancel;
+pub mod codec;
+pub mod listener;
+pub mod relay;
+pub mod rows;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+pub use listener::{serve, PgContext};

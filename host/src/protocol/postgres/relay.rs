@@ -1,0 +1,978 @@
+//! The relay of an authenticated session: client -> gateway -> upstream and
+//! back, with guards on every Query/Parse and maskers on every result row.
+//!
+//! Two tasks, one per direction, so neither can block the other (a single
+//! task writing to a full upstream socket while the upstream waits for us to
+//! read would deadlock a pipelining client). They share an expectation queue:
+//! the client side pushes what each forwarded message will produce; the
+//! upstream side pops as responses arrive and so always knows which
+//! statement and which columns a DataRow belongs to, in simple and extended
+//! protocol, with pipelining. A denied request never reaches the upstream:
+//! its ErrorResponse is queued in order and emitted by the upstream side when
+//! everything before it has been answered.
+//!
+//! Writes are batched: everything produced from one read is written at once,
+//! so a large result costs one syscall per read buffer, not per row; memory
+//! stays bounded by the batch size however large the result is.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+
+use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
+use super::rows::{self, CopyFormat, Field, Shape};
+use super::session::SessionError;
+use super::stream::BoxStream;
+use super::upstream::{TableInfo, Upstream};
+use crate::metrics::Stats;
+use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest};
+use crate::pipeline::{Decision, Outcome, SessionPipeline};
+use crate::record::SessionRecorder;
+
+/// Rows masked per plugin call.
+const BATCH_ROWS: usize = 1024;
+/// Bytes of rows masked per plugin call.
+const BATCH_BYTES: usize = 1 << 20;
+/// Read buffer size.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a forwarded client message will produce.
+#[derive(Debug)]
+enum Expect {
+    /// Simple Query: zero or more results, then ReadyForQuery.
+    Query {
+        copy: Option<CopyFormat>,
+        id: u64,
+    },
+    Parse {
+        name: String,
+    },
+    Bind {
+        portal: String,
+        stmt: String,
+        formats: Vec<i16>,
+    },
+    Describe {
+        portal: bool,
+        name: String,
+    },
+    Execute {
+        portal: String,
+        id: u64,
+    },
+    Close,
+    Sync,
+    /// A denial, emitted in place; `ready` adds ReadyForQuery (simple protocol).
+    Synthetic {
+        bytes: Bytes,
+        ready: bool,
+    },
+}
+
+#[derive(Default)]
+struct Statement {
+    fields: Option<Vec<Field>>,
+}
+
+struct Portal {
+    stmt: String,
+    formats: Vec<i16>,
+    fields: Option<Vec<Field>>,
+    shape: Option<Arc<Shape>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    expect: VecDeque<Expect>,
+    statements: HashMap<String, Statement>,
+    portals: HashMap<String, Portal>,
+    /// Statement ids by name on the client side (Parse seen, analysis id).
+    parsed_ids: HashMap<String, u64>,
+    tx_status: u8,
+    closed: bool,
+}
+
+struct Ctx<'a> {
+    shared: Arc<Mutex<Shared>>,
+    pipeline: Arc<Mutex<SessionPipeline>>,
+    notify: Arc<Notify>,
+    recorder: &'a SessionRecorder,
+    catalog: Arc<HashMap<u32, TableInfo>>,
+    record_rows: usize,
+    stats: Arc<Stats>,
+}
+
+/// Relay until either side closes.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: BoxStream,
+    client_buf: BytesMut,
+    upstream: Upstream,
+    pipeline: SessionPipeline,
+    catalog: HashMap<u32, TableInfo>,
+    recorder: &SessionRecorder,
+    record_rows: usize,
+    stats: Arc<Stats>,
+) -> Result<(), SessionError> {
+    let (client_r, client_w) = tokio::io::split(client);
+    let (up_r, up_w) = tokio::io::split(upstream.stream);
+    let ctx = Ctx {
+        shared: Arc::new(Mutex::new(Shared { tx_status: upstream.tx_status, ..Default::default() })),
+        pipeline: Arc::new(Mutex::new(pipeline)),
+        notify: Arc::new(Notify::new()),
+        recorder,
+        catalog: Arc::new(catalog),
+        record_rows,
+        stats,
+    };
+    let c2u = client_to_upstream(&ctx, client_r, client_buf, up_w);
+    let u2c = upstream_to_client(&ctx, up_r, upstream.leftover, client_w);
+    // Whichever side ends first ends the session.
+    tokio::select! {
+        r = c2u => r,
+        r = u2c => r,
+    }
+}
+
+// ---------------------------------------------------------------- client side
+
+struct ClientState {
+    /// After a denied Parse, discard messages until Sync (as PostgreSQL does after an error).
+    skipping: bool,
+    next_id: u64,
+}
+
+async fn client_to_upstream(
+    ctx: &Ctx<'_>,
+    mut client: ReadHalf<BoxStream>,
+    mut buf: BytesMut,
+    mut upstream: WriteHalf<BoxStream>,
+) -> Result<(), SessionError> {
+    let mut st = ClientState { skipping: false, next_id: 0 };
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        loop {
+            let m = match take_message(&mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return Err(protocol_violation(ctx, e).await),
+            };
+            if m.tag == b'X' {
+                codec::put_message(&mut out, b'X', &[]);
+                let _ = upstream.write_all(&out).await;
+                return Ok(());
+            }
+            if let Err(e) = on_client_message(ctx, &mut st, m, &mut out) {
+                return Err(protocol_violation(ctx, e).await);
+            }
+        }
+        if !out.is_empty() {
+            upstream.write_all(&out).await?;
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK);
+        }
+        if client.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn protocol_violation(ctx: &Ctx<'_>, e: ProtocolError) -> SessionError {
+    ctx.recorder.emit("protocol.error", json!({"error": e.to_string()}));
+    tracing::warn!("closing session: {e}");
+    // The upstream side owns the client writer; it sees the closed flag and sends the error.
+    {
+        let mut s = ctx.shared.lock();
+        s.expect.push_back(Expect::Synthetic {
+            bytes: codec::fatal_bytes("08P01", &format!("Wardgate: {e}"), None),
+            ready: false,
+        });
+        s.closed = true;
+    }
+    ctx.notify.notify_one();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    SessionError::Protocol(e)
+}
+
+fn deny_bytes(plugin: &str, reason: &str) -> Bytes {
+    error_bytes("42501", &format!("Wardgate: denied by {plugin}: {reason}"), None)
+}
+
+fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut BytesMut) -> Result<(), ProtocolError> {
+    if st.skipping {
+        if m.tag == b'S' {
+            st.skipping = false;
+            ctx.shared.lock().expect.push_back(Expect::Sync);
+            codec::put_message(out, b'S', &m.body);
+        }
+        return Ok(());
+    }
+    match m.tag {
+        b'Q' => {
+            let text = Reader::new(&m.body, m.tag).cstr()?.to_string();
+            st.next_id += 1;
+            let id = st.next_id;
+            let request = crate::sql::analyze(&text, SqlPhase::SimpleQuery, "");
+            let copy = copy_format(&request);
+            match decide(ctx, request, id, copy.as_ref()) {
+                Ok(rewritten) => {
+                    ctx.shared.lock().expect.push_back(Expect::Query { copy, id });
+                    match rewritten {
+                        None => codec::put_message(out, b'Q', &m.body),
+                        Some(text) => {
+                            let at = codec::begin(out, b'Q');
+                            codec::put_cstr(out, &text);
+                            codec::finish(out, at);
+                        }
+                    }
+                }
+                Err(bytes) => {
+                    ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
+                    ctx.notify.notify_one();
+                }
+            }
+        }
+        b'P' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let name = r.cstr()?.to_string();
+            let text = r.cstr()?.to_string();
+            let param_types = r.rest();
+            st.next_id += 1;
+            let id = st.next_id;
+            let request = crate::sql::analyze(&text, SqlPhase::Parse, &name);
+            let copy = copy_format(&request);
+            match decide(ctx, request, id, copy.as_ref()) {
+                Ok(rewritten) => {
+                    let mut s = ctx.shared.lock();
+                    s.parsed_ids.insert(name.clone(), id);
+                    s.expect.push_back(Expect::Parse { name: name.clone() });
+                    drop(s);
+                    match rewritten {
+                        None => codec::put_message(out, b'P', &m.body),
+                        Some(text) => {
+                            let at = codec::begin(out, b'P');
+                            codec::put_cstr(out, &name);
+                            codec::put_cstr(out, &text);
+                            bytes::BufMut::put_slice(out, param_types);
+                            codec::finish(out, at);
+                        }
+                    }
+                }
+                Err(bytes) => {
+                    ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: false });
+                    st.skipping = true;
+                    ctx.notify.notify_one();
+                }
+            }
+        }
+        b'B' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let portal = r.cstr()?.to_string();
+            let stmt = r.cstr()?.to_string();
+            let nfmt = r.i16()?.max(0) as usize;
+            for _ in 0..nfmt {
+                r.i16()?;
+            }
+            let nparams = r.i16()?.max(0) as usize;
+            for _ in 0..nparams {
+                let len = r.i32()?;
+                if len > 0 {
+                    r.bytes(len as usize)?;
+                }
+            }
+            let nres = r.i16()?.max(0) as usize;
+            let mut formats = Vec::with_capacity(nres);
+            for _ in 0..nres {
+                formats.push(r.i16()?);
+            }
+            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, formats });
+            codec::put_message(out, b'B', &m.body);
+        }
+        b'D' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let kind = r.u8()?;
+            let name = r.cstr()?.to_string();
+            ctx.shared.lock().expect.push_back(Expect::Describe { portal: kind == b'P', name });
+            codec::put_message(out, b'D', &m.body);
+        }
+        b'E' => {
+            let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
+            let mut s = ctx.shared.lock();
+            let id = s.portals.get(&portal).and_then(|p| s.parsed_ids.get(&p.stmt)).copied().unwrap_or(0);
+            s.expect.push_back(Expect::Execute { portal, id });
+            drop(s);
+            codec::put_message(out, b'E', &m.body);
+        }
+        b'C' => {
+            ctx.shared.lock().expect.push_back(Expect::Close);
+            codec::put_message(out, b'C', &m.body);
+        }
+        b'S' => {
+            ctx.shared.lock().expect.push_back(Expect::Sync);
+            codec::put_message(out, b'S', &m.body);
+        }
+        b'H' | b'd' | b'c' | b'f' => codec::put_message(out, m.tag, &m.body),
+        b'F' => {
+            // The fastpath function-call protocol bypasses SQL: guards cannot see it.
+            let bytes = error_bytes(
+                "0A000",
+                "Wardgate: the function-call protocol is not supported; call the function with SELECT",
+                None,
+            );
+            ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
+            ctx.notify.notify_one();
+        }
+        other => return Err(ProtocolError::Unexpected(other as char)),
+    }
+    Ok(())
+}
+
+/// COPY ... TO STDOUT format of the request's statements, if any.
+fn copy_format(req: &SqlRequest) -> Option<CopyFormat> {
+    use crate::pipeline::types::StatementKind;
+    let stmt = req.statements.iter().find(|s| s.kind == StatementKind::CopyTo)?;
+    // The host's analysis has no COPY options; read them from the parser.
+    let parsed = pg_query::parse(&stmt.text, 0).ok()?;
+    let raw = parsed.protobuf.stmts.first()?.stmt.as_ref()?.node.as_ref()?;
+    let pg_query::NodeEnum::CopyStmt(c) = raw else { return None };
+    let mut f = CopyFormat { csv: false, binary: false, delimiter: b'\t', table: None, columns: vec![] };
+    let mut delim: Option<u8> = None;
+    for o in &c.options {
+        if let Some(pg_query::NodeEnum::DefElem(d)) = o.node.as_ref() {
+            let val = match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                Some(pg_query::NodeEnum::String(s)) => s.sval.clone(),
+                _ => String::new(),
+            };
+            match d.defname.as_str() {
+                "format" => {
+                    f.csv = val.eq_ignore_ascii_case("csv");
+                    f.binary = val.eq_ignore_ascii_case("binary");
+                }
+                "delimiter" => delim = val.bytes().next(),
+                _ => {}
+            }
+        }
+    }
+    f.delimiter = delim.unwrap_or(if f.csv { b',' } else { b'\t' });
+    if let Some(r) = &c.relation {
+        f.table =
+            Some(if r.schemaname.is_empty() { r.relname.clone() } else { format!("{}.{}", r.schemaname, r.relname) });
+    }
+    for a in &c.attlist {
+        if let Some(pg_query::NodeEnum::String(s)) = a.node.as_ref() {
+            f.columns.push(s.sval.clone());
+        }
+    }
+    Some(f)
+}
+
+fn statements_json(req: &SqlRequest) -> Value {
+    Value::Array(
+        req.statements
+            .iter()
+            .map(|s| {
+                json!({
+                    "kind": crate::sql::kind_name(s.kind),
+                    "node": s.node,
+                    "tables_read": s.tables_read,
+                    "tables_written": s.tables_written,
+                    "functions": s.functions,
+                    "has_where": s.has_where,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Guards decide; the decision is recorded. Ok carries a guard's rewritten
+/// text, if any; Err carries the ErrorResponse.
+fn decide(ctx: &Ctx<'_>, request: SqlRequest, id: u64, copy: Option<&CopyFormat>) -> Result<Option<String>, Bytes> {
+    let mut pipeline = ctx.pipeline.lock();
+    let masks = pipeline.masks();
+    // Recordings hold masked data only: statement literals can carry PII too.
+    let recorded_text = if masks {
+        pipeline.mask_text(&request.text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
+    } else {
+        request.text.clone()
+    };
+    let statements = statements_json(&request);
+    let phase = if request.phase == SqlPhase::Parse { "parse" } else { "query" };
+    let parse_error = request.parse_error.clone();
+    let original_text = request.text.clone();
+    let started = std::time::Instant::now();
+    let Decision { outcome, verdicts } = pipeline.check(Request::Sql(request), |r| match r {
+        Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
+        other => other,
+    });
+    let result = match &outcome {
+        Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
+            Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
+        }
+        Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => Ok(Some(rewritten.text.clone())),
+        Outcome::Allow(Request::Sql(_)) => Ok(None),
+        Outcome::Allow(_) => Err(error_bytes("42501", "Wardgate: a guard rewrote this SQL request into another protocol's request", None)),
+        Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
+        Outcome::Review { plugin, review } => Err(error_bytes(
+            "42501",
+            &format!("Wardgate: {plugin} routed this statement to human review ({}); approvals are not enabled on this gateway, so it is refused", review.reason),
+            Some("ask an operator to enable approvals for this connection"),
+        )),
+    };
+    drop(pipeline);
+    let decision = match (&outcome, &result) {
+        (_, Err(_)) if matches!(outcome, Outcome::Allow(_)) => "deny",
+        (Outcome::Allow(_), _) => "allow",
+        (Outcome::Deny { .. }, _) => "deny",
+        (Outcome::Review { .. }, _) => "review",
+    };
+    if result.is_err() {
+        ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+    }
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.recorder.emit(
+        "request",
+        json!({
+            "request_id": id,
+            "phase": phase,
+            "statement": recorded_text,
+            "statements": statements,
+            "parse_error": parse_error,
+            "decision": decision,
+            "verdicts": verdicts,
+            "policy_micros": started.elapsed().as_micros() as u64,
+        }),
+    );
+    result
+}
+
+// -------------------------------------------------------------- upstream side
+
+struct Results {
+    /// Result of the current simple-protocol statement.
+    current: Option<Arc<Shape>>,
+    /// COPY TO STDOUT in progress (format and the shape of its rows).
+    copy_out: Option<(CopyFormat, Arc<Shape>)>,
+    /// Partial COPY line carried between CopyData messages.
+    copy_pending: Vec<u8>,
+    /// Summary of the result being produced, for the recording.
+    rows: u64,
+    bytes: u64,
+    findings: Vec<Finding>,
+    sample: Vec<Vec<Option<String>>>,
+    request_id: u64,
+}
+
+async fn upstream_to_client(
+    ctx: &Ctx<'_>,
+    mut upstream: ReadHalf<BoxStream>,
+    mut buf: BytesMut,
+    mut client: WriteHalf<BoxStream>,
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut res = Results {
+        current: None,
+        copy_out: None,
+        copy_pending: vec![],
+        rows: 0,
+        bytes: 0,
+        findings: vec![],
+        sample: vec![],
+        request_id: 0,
+    };
+    let masks = ctx.pipeline.lock().masks();
+    loop {
+        flush_synthetic(ctx, &mut out);
+        let mut pending_rows: Vec<Bytes> = Vec::new();
+        let mut pending_bytes = 0usize;
+        loop {
+            let total = match frame_len(&buf) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("upstream sent malformed bytes: {e}");
+                    let _ =
+                        client.write_all(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None)).await;
+                    return Err(SessionError::Protocol(e));
+                }
+            };
+            let tag = buf[0];
+            if tag == b'D' && masks {
+                let mut frame = buf.split_to(total);
+                bytes::Buf::advance(&mut frame, 5);
+                pending_bytes += frame.len();
+                pending_rows.push(frame.freeze());
+                if pending_rows.len() >= BATCH_ROWS || pending_bytes >= BATCH_BYTES {
+                    mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
+                    pending_bytes = 0;
+                }
+                continue;
+            }
+            if !pending_rows.is_empty() {
+                mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
+                pending_bytes = 0;
+            }
+            let Some(m) = take_message(&mut buf).map_err(SessionError::Protocol)? else { break };
+            on_upstream_message(ctx, &mut res, masks, m, &mut out)?;
+            flush_synthetic(ctx, &mut out);
+        }
+        if !pending_rows.is_empty() {
+            mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
+        }
+        if !out.is_empty() {
+            client.write_all(&out).await?;
+            out.clear();
+        }
+        if ctx.shared.lock().closed {
+            let _ = client.flush().await;
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            n = upstream.read_buf(&mut buf) => {
+                if n? == 0 {
+                    flush_synthetic(ctx, &mut out);
+                    out.extend_from_slice(&codec::fatal_bytes("57P01", "Wardgate: the upstream server closed the connection", None));
+                    let _ = client.write_all(&out).await;
+                    return Ok(());
+                }
+            }
+            _ = ctx.notify.notified() => {}
+        }
+    }
+}
+
+/// Emit denials that have reached the head of the queue.
+fn flush_synthetic(ctx: &Ctx<'_>, out: &mut BytesMut) {
+    let mut s = ctx.shared.lock();
+    while let Some(Expect::Synthetic { .. }) = s.expect.front() {
+        if let Some(Expect::Synthetic { bytes, ready }) = s.expect.pop_front() {
+            out.extend_from_slice(&bytes);
+            if ready {
+                codec::put_message(out, b'Z', &[s.tx_status]);
+            }
+        }
+    }
+}
+
+fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut BytesMut) -> Result<(), SessionError> {
+    let ncols = Reader::new(&rows_in[0], b'D').i16().unwrap_or(0).max(0) as usize;
+    let shape = {
+        let mut s = ctx.shared.lock();
+        current_shape(&mut s, res, &ctx.catalog).unwrap_or_else(|| rows::unknown_shape(ncols))
+    };
+    let shape = if shape.conv.len() == ncols { shape } else { rows::unknown_shape(ncols) };
+    let packed = match rows::pack(rows_in, &shape) {
+        Ok(p) => p,
+        Err(e) => return Err(SessionError::Protocol(e)),
+    };
+    let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed.clone());
+    match masked {
+        Ok(m) => {
+            res.rows += rows_in.len() as u64;
+            res.bytes += m.cells.data.len() as u64;
+            merge_findings(&mut res.findings, &m.findings);
+            sample(res, &m.cells, ncols, ctx.record_rows);
+            ctx.stats.rows_masked.fetch_add(rows_in.len() as u64, Ordering::Relaxed);
+            rows::unpack(&m.cells, &packed, rows_in, &shape, out);
+            Ok(())
+        }
+        Err(e) => {
+            // Fail closed: no unmasked row leaves; the client gets an error and the
+            // connection is closed (the rest of the result cannot be skipped safely).
+            ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": "masking"}));
+            out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: result withheld: {e}"), None));
+            ctx.shared.lock().closed = true;
+            Err(SessionError::Refused(e.to_string()))
+        }
+    }
+}
+
+fn merge_findings(into: &mut Vec<Finding>, from: &[Finding]) {
+    for f in from {
+        match into.iter_mut().find(|x| x.entity == f.entity) {
+            Some(x) => x.count += f.count,
+            None => into.push(f.clone()),
+        }
+    }
+}
+
+fn sample(res: &mut Results, cells: &PackedCells, ncols: usize, cap: usize) {
+    if res.sample.len() >= cap || ncols == 0 {
+        return;
+    }
+    let mut off = 0usize;
+    for row in cells.lengths.chunks(ncols) {
+        if res.sample.len() >= cap {
+            break;
+        }
+        let mut r = Vec::with_capacity(ncols);
+        for &l in row {
+            if l < 0 {
+                r.push(None);
+            } else {
+                let end = off + l as usize;
+                r.push(Some(String::from_utf8_lossy(&cells.data[off..end]).chars().take(200).collect()));
+                off = end;
+            }
+        }
+        res.sample.push(r);
+    }
+}
+
+/// The shape of the rows now arriving: the simple-protocol description, or the
+/// portal of the Execute at the head of the queue.
+fn current_shape(s: &mut Shared, res: &Results, catalog: &HashMap<u32, TableInfo>) -> Option<Arc<Shape>> {
+    match s.expect.front() {
+        Some(Expect::Execute { portal, .. }) => {
+            let portal = portal.clone();
+            let (stmt, formats, pfields, cached) = {
+                let p = s.portals.get(&portal)?;
+                (p.stmt.clone(), p.formats.clone(), p.fields.clone(), p.shape.clone())
+            };
+            if let Some(c) = cached {
+                return Some(c);
+            }
+            let shape = match pfields {
+                Some(f) => rows::shape(&f, None, catalog),
+                None => {
+                    let f = s.statements.get(&stmt)?.fields.clone()?;
+                    rows::shape(&f, Some(&formats), catalog)
+                }
+            };
+            if let Some(p) = s.portals.get_mut(&portal) {
+                p.shape = Some(shape.clone());
+            }
+            Some(shape)
+        }
+        _ => res.current.clone(),
+    }
+}
+
+fn record_response(ctx: &Ctx<'_>, res: &mut Results, tag: Option<&str>, error: Option<(String, String)>) {
+    if res.rows == 0 && tag.is_none() && error.is_none() {
+        return;
+    }
+    ctx.recorder.emit(
+        "response",
+        json!({
+            "request_id": res.request_id,
+            "command": tag,
+            "rows": res.rows,
+            "bytes": res.bytes,
+            "findings": res.findings.iter().map(|f| json!({"entity": f.entity, "count": f.count})).collect::<Vec<_>>(),
+            "sample_rows": std::mem::take(&mut res.sample),
+            "error": error.map(|(code, message)| json!({"code": code, "message": message})),
+        }),
+    );
+    res.rows = 0;
+    res.bytes = 0;
+    res.findings.clear();
+}
+
+fn on_upstream_message(
+    ctx: &Ctx<'_>,
+    res: &mut Results,
+    masks: bool,
+    m: Message,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let mut s = ctx.shared.lock();
+    match m.tag {
+        b'1' => {
+            if let Some(Expect::Parse { name }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
+                s.statements.insert(name, Statement { fields: None });
+            }
+        }
+        b'2' => {
+            if let Some(Expect::Bind { portal, stmt, formats }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
+                s.portals.insert(portal, Portal { stmt, formats, fields: None, shape: None });
+            }
+        }
+        b'3' => {
+            pop_if(&mut s, |e| matches!(e, Expect::Close));
+        }
+        b't' => {}
+        b'T' | b'n' => {
+            let fields = if m.tag == b'T' {
+                Some(rows::parse_row_description(&m.body).map_err(SessionError::Protocol)?)
+            } else {
+                None
+            };
+            match s.expect.front() {
+                Some(Expect::Describe { .. }) => {
+                    if let Some(Expect::Describe { portal, name }) = s.expect.pop_front() {
+                        if portal {
+                            if let Some(p) = s.portals.get_mut(&name) {
+                                p.fields = fields;
+                                p.shape = None;
+                            }
+                        } else {
+                            let st = s.statements.entry(name).or_default();
+                            st.fields = fields;
+                        }
+                    }
+                }
+                Some(Expect::Query { id, .. }) => {
+                    res.request_id = *id;
+                    res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog));
+                }
+                _ => res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog)),
+            }
+        }
+        b'C' | b'I' | b's' => {
+            let tag = (m.tag == b'C').then(|| Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string());
+            if let Some(Expect::Execute { id, .. }) = s.expect.front() {
+                res.request_id = *id;
+            }
+            drop(s);
+            record_response(ctx, res, tag.as_deref(), None);
+            s = ctx.shared.lock();
+            match s.expect.front() {
+                Some(Expect::Execute { .. }) => {
+                    s.expect.pop_front();
+                }
+                _ => res.current = None,
+            }
+        }
+        b'E' => {
+            let fields = error_fields(&m.body);
+            let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
+            drop(s);
+            let masked = mask_notice(ctx, masks, &m)?;
+            record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));
+            s = ctx.shared.lock();
+            // In extended protocol the server skips to Sync: so do we.
+            let extended = !matches!(s.expect.front(), Some(Expect::Query { .. }) | None);
+            if extended {
+                while let Some(e) = s.expect.front() {
+                    if matches!(e, Expect::Sync) {
+                        break;
+                    }
+                    s.expect.pop_front();
+                }
+            }
+            res.copy_out = None;
+            res.current = None;
+            codec::put_message(out, b'E', &masked.0);
+            return Ok(());
+        }
+        b'Z' => {
+            s.tx_status = m.body.first().copied().unwrap_or(b'I');
+            while let Some(e) = s.expect.pop_front() {
+                if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                    break;
+                }
+            }
+            res.current = None;
+            res.copy_out = None;
+        }
+        b'H' => {
+            // COPY TO STDOUT begins.
+            let copy = match s.expect.front() {
+                Some(Expect::Query { copy, id }) => {
+                    res.request_id = *id;
+                    copy.clone()
+                }
+                _ => None,
+            };
+            if let Some(c) = copy {
+                let shape = copy_shape(&c, &ctx.catalog);
+                res.copy_out = Some((c, shape));
+            } else if masks {
+                // We cannot tell how these rows are laid out: mask each line as text.
+                let c = CopyFormat { csv: false, binary: false, delimiter: 0, table: None, columns: vec![] };
+                let shape = rows::unknown_shape(1);
+                res.copy_out = Some((c, shape));
+            }
+            res.copy_pending.clear();
+        }
+        b'd' if masks && res.copy_out.is_some() => {
+            drop(s);
+            return mask_copy_data(ctx, res, &m.body, out);
+        }
+        b'c' => {
+            if masks && !res.copy_pending.is_empty() {
+                drop(s);
+                let rest = std::mem::take(&mut res.copy_pending);
+                let mut line = rest;
+                line.push(b'\n');
+                mask_copy_data(ctx, res, &line, out)?;
+                s = ctx.shared.lock();
+            }
+            res.copy_out = None;
+        }
+        b'N' | b'A' if masks => {
+            drop(s);
+            if m.tag == b'N' {
+                let (body, _) = mask_notice(ctx, masks, &m)?;
+                codec::put_message(out, b'N', &body);
+            } else {
+                let mut r = Reader::new(&m.body, m.tag);
+                let pid = r.i32().map_err(SessionError::Protocol)?;
+                let channel = r.cstr().map_err(SessionError::Protocol)?.to_string();
+                let payload = r.cstr().map_err(SessionError::Protocol)?.to_string();
+                let payload =
+                    ctx.pipeline.lock().mask_text(&payload).map_err(|e| SessionError::Refused(e.to_string()))?;
+                let mut body = BytesMut::new();
+                bytes::BufMut::put_i32(&mut body, pid);
+                codec::put_cstr(&mut body, &channel);
+                codec::put_cstr(&mut body, &payload);
+                codec::put_message(out, b'A', &body);
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    drop(s);
+    codec::put_message(out, m.tag, &m.body);
+    Ok(())
+}
+
+fn pop_if(s: &mut Shared, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
+    if s.expect.front().is_some_and(f) {
+        s.expect.pop_front()
+    } else {
+        None
+    }
+}
+
+/// Mask the text fields of an ErrorResponse/NoticeResponse (messages and
+/// details can quote row values, e.g. a unique-violation's key).
+fn mask_notice(ctx: &Ctx<'_>, masks: bool, m: &Message) -> Result<(Bytes, String), SessionError> {
+    let fields = error_fields(&m.body);
+    let message = fields.iter().find(|(k, _)| *k == b'M').map(|(_, v)| v.clone()).unwrap_or_default();
+    if !masks {
+        return Ok((m.body.clone(), message));
+    }
+    let mut p = ctx.pipeline.lock();
+    let mut body = BytesMut::new();
+    let mut masked_message = message;
+    for (code, value) in &fields {
+        let v = if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
+            p.mask_text(value).map_err(|e| SessionError::Refused(e.to_string()))?
+        } else {
+            value.clone()
+        };
+        if *code == b'M' {
+            masked_message = v.clone();
+        }
+        bytes::BufMut::put_u8(&mut body, *code);
+        codec::put_cstr(&mut body, &v);
+    }
+    bytes::BufMut::put_u8(&mut body, 0);
+    Ok((body.freeze(), masked_message))
+}
+
+fn copy_shape(c: &CopyFormat, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
+    let table = c.table.as_ref().and_then(|t| {
+        let qualified = if t.contains('.') { t.clone() } else { format!("public.{t}") };
+        catalog.values().find(|i| i.name == qualified)
+    });
+    let names: Vec<String> = if !c.columns.is_empty() {
+        c.columns.clone()
+    } else {
+        table.map(|t| t.columns.iter().filter(|n| !n.is_empty()).cloned().collect()).unwrap_or_default()
+    };
+    let mut shape = rows::unknown_shape(names.len().max(1));
+    let s = Arc::make_mut(&mut shape);
+    for (i, n) in names.iter().enumerate() {
+        s.columns[i] = Column {
+            name: n.clone(),
+            type_oid: 0,
+            table: table.map(|t| t.name.clone()),
+            format: crate::pipeline::types::CellFormat::Text,
+        };
+    }
+    shape
+}
+
+/// Mask one CopyData message of COPY TO STDOUT (text or CSV).
+fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+    let Some((fmt, shape)) = res.copy_out.clone() else { return Ok(()) };
+    res.copy_pending.extend_from_slice(data);
+    let Some(last_nl) = res.copy_pending.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
+    let complete: Vec<u8> = res.copy_pending.drain(..=last_nl).collect();
+    let lines: Vec<&[u8]> = complete[..complete.len() - 1].split(|&b| b == b'\n').collect();
+    let whole_line = fmt.delimiter == 0;
+    let split = |l: &[u8]| -> Vec<Option<Vec<u8>>> {
+        if whole_line {
+            vec![Some(l.to_vec())]
+        } else if fmt.csv {
+            rows::split_csv(l, fmt.delimiter)
+        } else {
+            rows::split_copy_text(l, fmt.delimiter)
+        }
+    };
+    let parsed: Vec<Vec<Option<Vec<u8>>>> = lines.iter().map(|l| split(l)).collect();
+    let ncols = parsed.first().map(|r| r.len()).unwrap_or(0);
+    let uniform = parsed.iter().all(|r| r.len() == ncols);
+    // Rows that do not split evenly (a quoted newline in CSV) are masked as whole lines.
+    let raw_lines = whole_line || !(uniform && ncols > 0);
+    let (parsed, shape) = if !raw_lines {
+        let shape = if shape.columns.len() == ncols { shape } else { rows::unknown_shape(ncols) };
+        (parsed, shape)
+    } else {
+        (lines.iter().map(|l| vec![Some(l.to_vec())]).collect(), rows::unknown_shape(1))
+    };
+    let ncols = shape.columns.len();
+    let mut packed =
+        PackedCells { data: Vec::with_capacity(complete.len()), lengths: Vec::with_capacity(parsed.len() * ncols) };
+    for r in &parsed {
+        for c in r {
+            match c {
+                None => packed.lengths.push(-1),
+                Some(b) => {
+                    packed.data.extend_from_slice(b);
+                    packed.lengths.push(b.len() as i32);
+                }
+            }
+        }
+    }
+    let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed);
+    let m = match masked {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": "copy masking"}));
+            out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: COPY output withheld: {e}"), None));
+            ctx.shared.lock().closed = true;
+            return Err(SessionError::Refused(e.to_string()));
+        }
+    };
+    res.rows += parsed.len() as u64;
+    res.bytes += m.cells.data.len() as u64;
+    merge_findings(&mut res.findings, &m.findings);
+    sample(res, &m.cells, ncols, ctx.record_rows);
+    let mut off = 0usize;
+    for row in m.cells.lengths.chunks(ncols.max(1)) {
+        let mut cells: Vec<Option<&[u8]>> = Vec::with_capacity(ncols);
+        for &l in row {
+            if l < 0 {
+                cells.push(None);
+            } else {
+                cells.push(Some(&m.cells.data[off..off + l as usize]));
+                off += l as usize;
+            }
+        }
+        let mut line = Vec::new();
+        if raw_lines {
+            line.extend_from_slice(cells[0].unwrap_or(b""));
+        } else if fmt.csv {
+            rows::join_csv(&cells, fmt.delimiter, &mut line);
+        } else {
+            rows::join_copy_text(&cells, fmt.delimiter, &mut line);
+        }
+        line.push(b'\n');
+        codec::put_message(out, b'd', &line);
+    }
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! Result rows between the wire and packed batches.
+//!
+//! DataRow messages become one packed batch (one buffer + one length per
+//! cell) with the result's column descriptions; the maskers' answer becomes
+//! DataRow messages again. Binary-format cells: text-like types are UTF-8 on
+//! the wire and are masked as text; `jsonb` loses and regains its version
+//! byte; integers are rendered as decimal text so detectors see them, and if a
+//! masker changes one the cell becomes NULL (a typed binary integer cannot
+//! carry a mask); any other binary type is passed as opaque bytes that a
+//! masker may keep or turn into NULL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::codec::{self, ProtocolError, Reader};
+use super::upstream::TableInfo;
+use crate::pipeline::types::{CellFormat, Column, PackedCells};
+
+/// How one column's cells are converted for maskers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conv {
+    /// Text format: as is.
+    Text,
+    /// Binary, text-like type: bytes are UTF-8 text.
+    BinaryText,
+    /// Binary jsonb: version byte 1 + text.
+    BinaryJsonb,
+    /// Binary int2/int4/int8.
+    BinaryInt(u8),
+    /// Binary, other type.
+    Opaque,
+}
+
+/// The columns of a result and how to convert them.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// As maskers see them.
+    pub columns: Vec<Column>,
+    /// Conversion per column.
+    pub conv: Vec<Conv>,
+}
+
+/// A RowDescription field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Output name.
+    pub name: String,
+    /// Source table oid (0 if none).
+    pub table_oid: u32,
+    /// Source column number (0 if none).
+    pub attnum: i16,
+    /// Type oid.
+    pub type_oid: u32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// Parse a RowDescription body.
+pub fn parse_row_description(body: &[u8]) -> Result<Vec<Field>, ProtocolError> {
+    let mut r = Reader::new(body, b'T');
+    let n = r.i16()?;
+    if n < 0 {
+        return Err(ProtocolError::Truncated('T'));
+    }
+    let mut v = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let name = r.cstr()?.to_string();
+        let table_oid = r.i32()? as u32;
+        let attnum = r.i16()?;
+        let type_oid = r.i32()? as u32;
+        let _typlen = r.i16()?;
+        let _typmod = r.i32()?;
+        let format = r.i16()?;
+        v.push(Field { name, table_oid, attnum, type_oid, format });
+    }
+    Ok(v)
+}
+
+fn is_text_like(oid: u32) -> bool {
+    // text, varchar, bpchar, name, json, xml, unknown, char, citext-like domains are text too but have other oids
+    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142 | 705 | 18)
+}
+
+/// The shape of a result: `fields` with `formats` from Bind overriding (for
+/// statement descriptions, whose formats are always 0).
+pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
+    let mut columns = Vec::with_capacity(fields.len());
+    let mut conv = Vec::with_capacity(fields.len());
+    for (i, f) in fields.iter().enumerate() {
+        let format = match formats {
+            None => f.format,
+            Some([]) => 0,
+            Some([one]) => *one,
+            Some(all) => all.get(i).copied().unwrap_or(0),
+        };
+        let c = if format == 0 {
+            Conv::Text
+        } else if is_text_like(f.type_oid) {
+            Conv::BinaryText
+        } else if f.type_oid == 3802 {
+            Conv::BinaryJsonb
+        } else if let Some(w) = match f.type_oid {
+            21 => Some(2),
+            23 => Some(4),
+            20 => Some(8),
+            _ => None,
+        } {
+            Conv::BinaryInt(w)
+        } else {
+            Conv::Opaque
+        };
+        let table = catalog.get(&f.table_oid);
+        // Column rules match the source column, not an alias: `ssn AS x` is still ssn.
+        let name = table
+            .and_then(|t| t.columns.get((f.attnum as usize).wrapping_sub(1)))
+            .filter(|n| !n.is_empty() && f.attnum > 0)
+            .cloned()
+            .unwrap_or_else(|| f.name.clone());
+        columns.push(Column {
+            name,
+            type_oid: f.type_oid,
+            table: table.map(|t| t.name.clone()),
+            format: match c {
+                Conv::Text => CellFormat::Text,
+                Conv::BinaryText | Conv::BinaryJsonb => CellFormat::BinaryText,
+                Conv::BinaryInt(_) | Conv::Opaque => CellFormat::BinaryOpaque,
+            },
+        });
+        conv.push(c);
+    }
+    Arc::new(Shape { columns, conv })
+}
+
+/// A shape for rows whose description we never saw (text, unnamed).
+pub fn unknown_shape(n: usize) -> Arc<Shape> {
+    Arc::new(Shape {
+        columns: (0..n)
+            .map(|_| Column { name: String::new(), type_oid: 0, table: None, format: CellFormat::Text })
+            .collect(),
+        conv: vec![Conv::Text; n],
+    })
+}
+
+fn int_text(bytes: &[u8], width: u8) -> Option<String> {
+    Some(match (width, bytes.len()) {
+        (2, 2) => i16::from_be_bytes([bytes[0], bytes[1]]).to_string(),
+        (4, 4) => i32::from_be_bytes(bytes.try_into().ok()?).to_string(),
+        (8, 8) => i64::from_be_bytes(bytes.try_into().ok()?).to_string(),
+        _ => return None,
+    })
+}
+
+/// Pack DataRow bodies into cells. Every row must have `shape`'s column count.
+pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError> {
+    let ncols = shape.conv.len();
+    let bytes: usize = rows.iter().map(|r| r.len()).sum();
+    let mut data = Vec::with_capacity(bytes);
+    let mut lengths = Vec::with_capacity(rows.len() * ncols);
+    for body in rows {
+        let mut r = Reader::new(body, b'D');
+        let n = r.i16()?;
+        if n as usize != ncols {
+            return Err(ProtocolError::Truncated('D'));
+        }
+        for conv in &shape.conv {
+            let len = r.i32()?;
+            if len < 0 {
+                lengths.push(-1);
+                continue;
+            }
+            let cell = r.bytes(len as usize)?;
+            let cell: &[u8] = match conv {
+                Conv::BinaryJsonb if cell.first() == Some(&1) => &cell[1..],
+                _ => cell,
+            };
+            match conv {
+                Conv::BinaryInt(w) => match int_text(cell, *w) {
+                    Some(t) => {
+                        data.extend_from_slice(t.as_bytes());
+                        lengths.push(t.len() as i32);
+                    }
+                    None => {
+                        data.extend_from_slice(cell);
+                        lengths.push(cell.len() as i32);
+                    }
+                },
+                _ => {
+                    data.extend_from_slice(cell);
+                    lengths.push(cell.len() as i32);
+                }
+            }
+        }
+    }
+    Ok(PackedCells { data, lengths })
+}
+
+/// Write masked cells back as DataRow messages into `out`. `original` is the
+/// packed input (to detect unchanged binary integers).
+pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shape: &Shape, out: &mut BytesMut) {
+    let ncols = shape.conv.len();
+    let mut off = 0usize;
+    let mut orig_off = 0usize;
+    for (ri, row_body) in rows.iter().enumerate() {
+        let at = codec::begin(out, b'D');
+        out.put_i16(ncols as i16);
+        // Original cells of this row, for binary integers kept as they were.
+        let mut orig_reader = Reader::new(row_body, b'D');
+        let _ = orig_reader.i16();
+        for (ci, conv) in shape.conv.iter().enumerate() {
+            let idx = ri * ncols + ci;
+            let len = masked.lengths[idx];
+            let olen = original.lengths[idx];
+            let cell = if len >= 0 { &masked.data[off..off + len as usize] } else { &[][..] };
+            let ocell = if olen >= 0 { &original.data[orig_off..orig_off + olen as usize] } else { &[][..] };
+            off += len.max(0) as usize;
+            orig_off += olen.max(0) as usize;
+            let wire_len = orig_reader.i32().unwrap_or(-1);
+            let wire = if wire_len >= 0 { orig_reader.bytes(wire_len as usize).unwrap_or(&[]) } else { &[][..] };
+            if len < 0 {
+                out.put_i32(-1);
+                continue;
+            }
+            match conv {
+                Conv::Text | Conv::BinaryText => {
+                    out.put_i32(cell.len() as i32);
+                    out.put_slice(cell);
+                }
+                Conv::BinaryJsonb => {
+                    // Masked text must still be JSON for the client to parse it;
+                    // if a masker broke it, quote it as a JSON string.
+                    let text = String::from_utf8_lossy(cell);
+                    let body = if cell == ocell || serde_json::from_str::<serde_json::Value>(&text).is_ok() {
+                        text.into_owned()
+                    } else {
+                        serde_json::Value::String(text.into_owned()).to_string()
+                    };
+                    out.put_i32(body.len() as i32 + 1);
+                    out.put_u8(1);
+                    out.put_slice(body.as_bytes());
+                }
+                Conv::BinaryInt(_) | Conv::Opaque => {
+                    if cell == ocell && olen >= 0 {
+                        out.put_i32(wire.len() as i32);
+                        out.put_slice(wire);
+                    } else {
+                        out.put_i32(-1);
+                    }
+                }
+            }
+        }
+        codec::finish(out, at);
+    }
+}
+
+/// Options of a `COPY ... TO STDOUT` that matter for masking its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFormat {
+    /// `csv` rather than `text`.
+    pub csv: bool,
+    /// Binary format (cannot be masked: refused when maskers apply).
+    pub binary: bool,
+    /// Field delimiter.
+    pub delimiter: u8,
+    /// `schema.table` or `table` when copying a table.
+    pub table: Option<String>,
+    /// Column list when given.
+    pub columns: Vec<String>,
+}
+
+/// Split one text-format COPY line into fields (None = `\N`), unescaping.
+pub fn split_copy_text(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
+    let mut fields = vec![];
+    for raw in line.split(|&b| b == delim) {
+        if raw == b"\\N" {
+            fields.push(None);
+            continue;
+        }
+        let mut v = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'\\' && i + 1 < raw.len() {
+                i += 1;
+                v.push(match raw[i] {
+                    b't' => b'\t',
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b'b' => 8,
+                    b'f' => 12,
+                    b'v' => 11,
+                    c => c,
+                });
+            } else {
+                v.push(raw[i]);
+            }
+            i += 1;
+        }
+        fields.push(Some(v));
+    }
+    fields
+}
+
+/// Join fields back into a text-format COPY line (without the newline).
+pub fn join_copy_text(fields: &[Option<&[u8]>], delim: u8, out: &mut Vec<u8>) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(delim);
+        }
+        match f {
+            None => out.extend_from_slice(b"\\N"),
+            Some(b) => {
+                for &c in b.iter() {
+                    match c {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        b'\t' if delim == b'\t' => out.extend_from_slice(b"\\t"),
+                        c if c == delim => {
+                            out.push(b'\\');
+                            out.push(c);
+                        }
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Split one CSV line into fields (unquoted empty = NULL, as COPY writes it).
+pub fn split_csv(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
+    let mut fields = vec![];
+    let mut i = 0;
+    loop {
+        if i < line.len() && line[i] == b'"' {
+            let mut v = vec![];
+            i += 1;
+            while i < line.len() {
+                if line[i] == b'"' {
+                    if i + 1 < line.len() && line[i + 1] == b'"' {
+                        v.push(b'"');
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                } else {
+                    v.push(line[i]);
+                    i += 1;
+                }
+            }
+            // skip to delimiter
+            while i < line.len() && line[i] != delim {
+                i += 1;
+            }
+            fields.push(Some(v));
+        } else {
+            let start = i;
+            while i < line.len() && line[i] != delim {
+                i += 1;
+            }
+            let raw = &line[start..i];
+            fields.push(if raw.is_empty() { None } else { Some(raw.to_vec()) });
+        }
+        if i >= line.len() {
+            break;
+        }
+        i += 1; // delimiter
+        if i == line.len() {
+            fields.push(None);
+            break;
+        }
+    }
+    fields
+}
+
+/// Join CSV fields, quoting when needed.
+pub fn join_csv(fields: &[Option<&[u8]>], delim: u8, out: &mut Vec<u8>) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(delim);
+        }
+        if let Some(b) = f {
+            let quote = b.is_empty() || b.iter().any(|&c| c == delim || c == b'"' || c == b'\n' || c == b'\r');
+            if quote {
+                out.push(b'"');
+                for &c in b.iter() {
+                    if c == b'"' {
+                        out.push(b'"');
+                    }
+                    out.push(c);
+                }
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_row(cells: &[Option<&[u8]>]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_i16(cells.len() as i16);
+        for c in cells {
+            match c {
+                None => b.put_i32(-1),
+                Some(x) => {
+                    b.put_i32(x.len() as i32);
+                    b.put_slice(x);
+                }
+            }
+        }
+        b.freeze()
+    }
+
+    fn field(name: &str, type_oid: u32, format: i16) -> Field {
+        Field { name: name.into(), table_oid: 0, attnum: 0, type_oid, format }
+    }
+
+    #[test]
+    fn binary_ints_are_rendered_and_nulled_when_changed() {
+        let s = shape(&[field("id", 20, 1), field("email", 25, 1)], None, &HashMap::new());
+        let rows = vec![data_row(&[Some(&7i64.to_be_bytes()), Some(b"a@b.io")])];
+        let packed = pack(&rows, &s).unwrap();
+        assert_eq!(&packed.data[..], b"7a@b.io");
+        // masker changes the email only
+        let masked = PackedCells { data: b"7x".to_vec(), lengths: vec![1, 1] };
+        let mut out = BytesMut::new();
+        unpack(&masked, &packed, &rows, &s, &mut out);
+        let m = codec::take_message(&mut out).unwrap().unwrap();
+        assert_eq!(m.body, data_row(&[Some(&7i64.to_be_bytes()), Some(b"x")]));
+        // masker changes the int: it becomes NULL
+        let masked = PackedCells { data: b"Xx".to_vec(), lengths: vec![1, 1] };
+        let mut out = BytesMut::new();
+        unpack(&masked, &packed, &rows, &s, &mut out);
+        let m = codec::take_message(&mut out).unwrap().unwrap();
+        assert_eq!(m.body, data_row(&[None, Some(b"x")]));
+    }
+
+    #[test]
+    fn aliases_do_not_hide_the_source_column() {
+        let mut cat = HashMap::new();
+        cat.insert(42, TableInfo { name: "public.customers".into(), columns: vec!["id".into(), "ssn".into()] });
+        let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };
+        let s = shape(&[f], None, &cat);
+        assert_eq!(s.columns[0].name, "ssn");
+        assert_eq!(s.columns[0].table.as_deref(), Some("public.customers"));
+    }
+
+    #[test]
+    fn ragged_rows_are_errors() {
+        let s = shape(&[field("a", 25, 0)], None, &HashMap::new());
+        assert!(pack(&[data_row(&[Some(b"x"), Some(b"y")])], &s).is_err());
+        assert!(pack(&[Bytes::from_static(&[0, 1, 0, 0, 0, 9, b'a'])], &s).is_err());
+    }
+
+    #[test]
+    fn copy_text_and_csv_round_trip() {
+        let f = split_copy_text(b"1\ta\\tb\t\\N", b'\t');
+        assert_eq!(f, vec![Some(b"1".to_vec()), Some(b"a\tb".to_vec()), None]);
+        let mut out = vec![];
+        let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
+        join_copy_text(&refs, b'\t', &mut out);
+        assert_eq!(out, b"1\ta\\tb\t\\N");
+        let f = split_csv(b"1,\"a,\"\"b\",,x", b',');
+        assert_eq!(f, vec![Some(b"1".to_vec()), Some(b"a,\"b".to_vec()), None, Some(b"x".to_vec())]);
+        let mut out = vec![];
+        let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
+        join_csv(&refs, b',', &mut out);
+        assert_eq!(out, b"1,\"a,\"\"b\",,x");
+    }
+}

@@ -1,0 +1,313 @@
+//! One client's life: SSL negotiation, startup, authentication with a bearer
+//! credential (the password), grant check, upstream login, then the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::cancel::UpstreamKey;
+use super::codec::{self, fatal_bytes, take_message, take_startup, ProtocolError, Reader};
+use super::listener::PgContext;
+use super::stream::BoxStream;
+use super::upstream;
+use crate::pipeline::types::{Identity, Protocol, Session};
+use crate::pipeline::SessionPipeline;
+
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// Startup parameters passed on to the upstream. Anything else (notably
+/// `options`, which can set `role` or `session_authorization`) is dropped.
+const PASSTHROUGH: [&str; 6] =
+    ["application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits", "intervalstyle"];
+
+/// How a session ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Malformed bytes from the client.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The client was refused (already told why).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Client went away during startup.
+    #[error("client disconnected during startup")]
+    Gone,
+}
+
+async fn read_startup(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
+    loop {
+        if let Some(p) = take_startup(buf)? {
+            return Ok(p);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(buf))
+            .await
+            .map_err(|_| SessionError::Refused("startup timed out".into()))??;
+        if n == 0 {
+            return Err(SessionError::Gone);
+        }
+    }
+}
+
+async fn refuse(stream: &mut BoxStream, code: &str, message: &str, hint: Option<&str>) -> SessionError {
+    let _ = stream.write_all(&fatal_bytes(code, message, hint)).await;
+    let _ = stream.flush().await;
+    SessionError::Refused(message.to_string())
+}
+
+/// Run one client connection to its end.
+pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgContext>) -> Result<(), SessionError> {
+    let mut stream: BoxStream = Box::new(sock);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut tls = false;
+    // Negotiation: SSLRequest / GSSENCRequest / CancelRequest / StartupMessage.
+    let startup = loop {
+        let packet = read_startup(&mut stream, &mut buf).await?;
+        let mut r = Reader::new(&packet, b'0');
+        let code = r.i32()?;
+        match code {
+            SSL_REQUEST if !tls => {
+                if !buf.is_empty() {
+                    // Bytes sent before the TLS handshake could be injected by a
+                    // man in the middle (CVE-2021-23214): refuse.
+                    return Err(SessionError::Refused("data received after SSLRequest before TLS".into()));
+                }
+                match &ctx.tls {
+                    Some(cfg) => {
+                        stream.write_all(b"S").await?;
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                        let t = tokio::time::timeout(Duration::from_secs(15), acceptor.accept(stream))
+                            .await
+                            .map_err(|_| SessionError::Tls("handshake timed out".into()))?
+                            .map_err(|e| SessionError::Tls(e.to_string()))?;
+                        stream = Box::new(t);
+                        tls = true;
+                    }
+                    None => stream.write_all(b"N").await?,
+                }
+            }
+            GSSENC_REQUEST => stream.write_all(b"N").await?,
+            CANCEL_REQUEST => {
+                let (pid, secret) = (r.i32()?, r.i32()?);
+                forward_cancel(&ctx, pid, secret).await;
+                return Ok(());
+            }
+            v if v >> 16 == 3 => break (v, packet),
+            v => {
+                let msg = format!("unsupported frontend protocol {}.{}: Wardgate speaks 3.0", v >> 16, v & 0xffff);
+                return Err(refuse(&mut stream, "0A000", &msg, None).await);
+            }
+        }
+    };
+    let (version, packet) = startup;
+    let mut r = Reader::new(&packet, b'0');
+    r.i32()?;
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut unknown_pq: Vec<String> = Vec::new();
+    loop {
+        let k = r.cstr()?;
+        if k.is_empty() {
+            break;
+        }
+        let v = r.cstr()?;
+        if k.starts_with("_pq_.") {
+            unknown_pq.push(k.to_string());
+        } else {
+            params.push((k.to_string(), v.to_string()));
+        }
+    }
+    if version & 0xffff != 0 || !unknown_pq.is_empty() {
+        // NegotiateProtocolVersion: we speak 3.0 and none of the _pq_ options.
+        let mut out = BytesMut::new();
+        let at = codec::begin(&mut out, b'v');
+        out.put_i32(196_608);
+        out.put_i32(unknown_pq.len() as i32);
+        for o in &unknown_pq {
+            codec::put_cstr(&mut out, o);
+        }
+        codec::finish(&mut out, at);
+        stream.write_all(&out).await?;
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").unwrap_or_default();
+    let connection_name = get("database").unwrap_or_else(|| user.clone());
+    if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        return Err(
+            refuse(&mut stream, "0A000", "replication connections are not supported through Wardgate", None).await
+        );
+    }
+    if !tls && !ctx.listener.allow_plaintext {
+        return Err(refuse(
+            &mut stream,
+            "28000",
+            "Wardgate requires TLS: your credential is a bearer token",
+            Some("connect with sslmode=require (or verify-full with the gateway's CA)"),
+        )
+        .await);
+    }
+    let recorder = ctx.recorder.session(&id);
+
+    // Authentication: the password is the credential.
+    let mut out = BytesMut::new();
+    let at = codec::begin(&mut out, b'R');
+    out.put_i32(3);
+    codec::finish(&mut out, at);
+    stream.write_all(&out).await?;
+    let credential = loop {
+        if let Some(m) = take_message(&mut buf)? {
+            if m.tag != b'p' {
+                return Err(refuse(&mut stream, "08P01", "expected a password message", None).await);
+            }
+            break Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(60), stream.read_buf(&mut buf))
+            .await
+            .map_err(|_| SessionError::Refused("authentication timed out".into()))??;
+        if n == 0 {
+            return Err(SessionError::Gone);
+        }
+    };
+    let identity: Identity = match ctx.auth.authenticate(&credential).and_then(|id| {
+        ctx.auth.authorize(&id, &connection_name)?;
+        Ok(id)
+    }) {
+        Ok(id) => id,
+        Err(e) => {
+            ctx.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            recorder.emit(
+                "auth.failed",
+                json!({"client_addr": peer.to_string(), "connection": connection_name, "user": user, "reason": e.to_string(), "tls": tls}),
+            );
+            tracing::warn!(connection = %connection_name, "authentication refused: {e}");
+            let code = if matches!(e, crate::identity::AuthError::NoGrant { .. }) { "28000" } else { "28P01" };
+            return Err(refuse(&mut stream, code, &format!("Wardgate: {e}"), None).await);
+        }
+    };
+    drop(credential);
+    let Some(conn) = ctx.config.connections.get(&connection_name).cloned() else {
+        // Granted but not configured cannot happen (config validation); refuse the same way.
+        return Err(refuse(&mut stream, "28000", "Wardgate: no access to this connection", None).await);
+    };
+
+    let pass: Vec<(String, String)> =
+        params.iter().filter(|(k, _)| PASSTHROUGH.contains(&k.to_ascii_lowercase().as_str())).cloned().collect();
+    let mut up = match upstream::connect(&conn, &pass).await {
+        Ok(u) => u,
+        Err(e) => {
+            recorder.emit("upstream.failed", json!({"connection": conn.name, "error": e.to_string()}));
+            tracing::warn!(connection = %conn.name, "upstream login failed: {e}");
+            return Err(refuse(
+                &mut stream,
+                "08006",
+                &format!("Wardgate: upstream for \"{}\" is unavailable: {e}", conn.name),
+                None,
+            )
+            .await);
+        }
+    };
+
+    let session = Session {
+        id: id.clone(),
+        connection: conn.name.clone(),
+        protocol: Protocol::Postgres,
+        identity,
+        client_addr: peer.to_string(),
+        started_at_ms: crate::util::now_ms(),
+    };
+    let pipeline = SessionPipeline::new(ctx.registry.clone(), session.clone(), conn.plugins.clone());
+    let catalog = if pipeline.masks() {
+        match upstream::load_catalog(&mut up).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("catalog not loaded, column rules cannot apply to this session: {e}");
+                Default::default()
+            }
+        }
+    } else {
+        Default::default()
+    };
+
+    let registration =
+        ctx.cancels.register(UpstreamKey { host: conn.host.clone(), port: conn.port, pid: up.key.0, secret: up.key.1 });
+    let mut out = BytesMut::new();
+    let at = codec::begin(&mut out, b'R');
+    out.put_i32(0);
+    codec::finish(&mut out, at);
+    for (k, v) in &up.params {
+        let at = codec::begin(&mut out, b'S');
+        codec::put_cstr(&mut out, k);
+        codec::put_cstr(&mut out, v);
+        codec::finish(&mut out, at);
+    }
+    let at = codec::begin(&mut out, b'K');
+    out.put_i32(registration.client.0);
+    out.put_i32(registration.client.1);
+    codec::finish(&mut out, at);
+    codec::put_message(&mut out, b'Z', &[up.tx_status]);
+    stream.write_all(&out).await?;
+
+    let p = &session.identity.principal;
+    recorder.emit(
+        "session.start",
+        json!({
+            "principal": {"subject": p.subject, "name": p.name, "email": p.email, "groups": p.groups, "kind": crate::sql::enum_name(&p.kind), "issuer": p.issuer},
+            "on_behalf_of": session.identity.on_behalf_of.iter().map(|o| json!({"subject": o.subject, "name": o.name})).collect::<Vec<_>>(),
+            "connection": conn.name,
+            "client_addr": peer.to_string(),
+            "tls": tls,
+            "application_name": get("application_name"),
+        }),
+    );
+    tracing::info!(principal = %p.subject, connection = %conn.name, "session authorized");
+    let result = super::relay::run(
+        stream,
+        buf,
+        up,
+        pipeline,
+        catalog,
+        &recorder,
+        ctx.config.record_rows as usize,
+        ctx.stats.clone(),
+    )
+    .await;
+    recorder.emit(
+        "session.end",
+        json!({"reason": match &result { Ok(()) => "client closed".to_string(), Err(e) => e.to_string() }}),
+    );
+    drop(registration);
+    result
+}
+
+async fn forward_cancel(ctx: &PgContext, pid: i32, secret: i32) {
+    let Some(key) = ctx.cancels.lookup(pid, secret) else {
+        tracing::warn!("cancel request with an unknown key ignored");
+        return;
+    };
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((key.host.as_str(), key.port))).await
+    else {
+        tracing::warn!("cancel: upstream unreachable");
+        return;
+    };
+    let mut out = BytesMut::new();
+    out.put_i32(16);
+    out.put_i32(CANCEL_REQUEST);
+    out.put_i32(key.pid);
+    out.put_i32(key.secret);
+    let _ = s.write_all(&out).await;
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+    tracing::info!("cancel request forwarded");
+}

@@ -1,0 +1,63 @@
+//! Verify a recording's hash chain.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{chain_hash, genesis};
+
+/// Why a recording does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The file could not be read.
+    #[error("cannot read {0}")]
+    Io(String),
+    /// A line is not JSON or lacks fields.
+    #[error("event {0}: not a valid event line")]
+    Malformed(usize),
+    /// The chain is broken at this event (edited, deleted or reordered).
+    #[error("event {line}: {reason}")]
+    Broken {
+        /// 1-based line.
+        line: usize,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+/// Check every line of a session file; returns the number of events.
+pub fn verify_file(path: &Path) -> Result<usize, VerifyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
+    let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let mut prev = genesis(id);
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let mut v: Value = serde_json::from_str(line).map_err(|_| VerifyError::Malformed(lineno))?;
+        let obj = v.as_object_mut().ok_or(VerifyError::Malformed(lineno))?;
+        let hash =
+            obj.remove("hash").and_then(|h| h.as_str().map(str::to_string)).ok_or(VerifyError::Malformed(lineno))?;
+        if obj.get("seq").and_then(Value::as_u64) != Some(lineno as u64) {
+            return Err(VerifyError::Broken {
+                line: lineno,
+                reason: "sequence number out of order (an event was deleted or inserted)".into(),
+            });
+        }
+        if obj.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            return Err(VerifyError::Broken { line: lineno, reason: "does not link to the previous event".into() });
+        }
+        let content = Value::Object(obj.clone()).to_string();
+        if chain_hash(&prev, &content) != hash {
+            return Err(VerifyError::Broken {
+                line: lineno,
+                reason: "content does not match its hash (edited)".into(),
+            });
+        }
+        prev = hash;
+        n += 1;
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(VerifyError::Broken { line: n + 1, reason: "truncated last line".into() });
+    }
+    Ok(n)
+}

@@ -1,0 +1,567 @@
+//! SQL analysis with PostgreSQL's own grammar (libpg_query via `pg_query`).
+//!
+//! Every Query and Parse message is analysed here once, and guards receive the
+//! result: one entry per statement with its kind, tables, functions and WHERE
+//! presence. Comments, case and quoting are resolved by the real parser, so
+//! `/* x */ dRoP/**/TABLE "Users"` is a DROP of `Users`. Data-changing
+//! statements nested inside others (a DELETE in a CTE, EXPLAIN ANALYZE UPDATE,
+//! PREPARE ... AS DELETE) are surfaced as statements of their own so a guard
+//! cannot be walked around. A WHERE that is trivially true (`WHERE true`,
+//! `WHERE 1=1`) counts as no WHERE.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pg_query::protobuf::{self, AlterTableType, ObjectType};
+use pg_query::{Node, NodeEnum, NodeRef};
+
+use crate::pipeline::types::{SqlPhase, SqlRequest, SqlStatement, StatementKind};
+
+const CACHE_CAP: usize = 4096;
+
+/// The manifest name of a statement kind (`drop`, `do-block`, ...).
+pub fn kind_name(kind: StatementKind) -> String {
+    enum_name(&kind)
+}
+
+/// The kebab-case name of a contract enum value (`Agent` -> `agent`, `DoBlock` -> `do-block`).
+pub fn enum_name(v: &impl std::fmt::Debug) -> String {
+    let dbg = format!("{v:?}");
+    kebab(dbg.rsplit("::").next().unwrap_or(&dbg))
+}
+
+/// Parse `text` and describe its statements. Never panics; a text the parser
+/// rejects comes back with `parse_error` set and no statements.
+pub fn analyze(text: &str, phase: SqlPhase, statement_name: &str) -> SqlRequest {
+    let statements = analyze_cached(text);
+    let (statements, parse_error) = match &*statements {
+        Ok(s) => (s.clone(), None),
+        Err(e) => (Vec::new(), Some(e.clone())),
+    };
+    SqlRequest { text: text.to_string(), statements, parse_error, phase, statement_name: statement_name.to_string() }
+}
+
+type Analysis = Arc<Result<Vec<SqlStatement>, String>>;
+
+fn analyze_cached(text: &str) -> Analysis {
+    static CACHE: Mutex<Option<HashMap<String, Analysis>>> = Mutex::new(None);
+    if let Some(hit) = CACHE.lock().as_ref().and_then(|c| c.get(text).cloned()) {
+        return hit;
+    }
+    let result: Analysis = Arc::new(
+        std::panic::catch_unwind(|| analyze_uncached(text))
+            .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string())),
+    );
+    if text.len() <= 16 * 1024 {
+        let mut guard = CACHE.lock();
+        let cache = guard.get_or_insert_with(HashMap::new);
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(text.to_string(), result.clone());
+    }
+    result
+}
+
+fn analyze_uncached(text: &str) -> Result<Vec<SqlStatement>, String> {
+    if text.as_bytes().contains(&0) {
+        return Err("query text contains a NUL byte".into());
+    }
+    let parsed = pg_query::parse(text, 0).map_err(|e| match e {
+        pg_query::Error::Parse(m) => m,
+        other => other.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
+        let start = (raw.stmt_location.max(0) as usize).min(text.len());
+        let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
+        let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
+        describe_tree(node, &stmt_text, &mut out);
+    }
+    Ok(out)
+}
+
+/// Describe `node` and any data-changing statements nested in it.
+fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
+    out.push(describe(node, text));
+    let nested: Vec<&NodeEnum> = match node {
+        NodeEnum::PrepareStmt(p) => p.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
+        NodeEnum::DeclareCursorStmt(d) => d.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
+        NodeEnum::CreateTableAsStmt(c) => c.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
+        _ => Vec::new(),
+    };
+    for n in nested {
+        describe_tree(n, text, out);
+    }
+    for (child, depth, _, _) in node.nodes() {
+        if depth <= 1 {
+            continue;
+        }
+        let inner = match child {
+            NodeRef::DeleteStmt(s) => NodeEnum::DeleteStmt(Box::new(s.clone())),
+            NodeRef::UpdateStmt(s) => NodeEnum::UpdateStmt(Box::new(s.clone())),
+            NodeRef::InsertStmt(s) => NodeEnum::InsertStmt(Box::new(s.clone())),
+            NodeRef::MergeStmt(s) => NodeEnum::MergeStmt(Box::new(s.clone())),
+            _ => continue,
+        };
+        out.push(describe(&inner, text));
+    }
+}
+
+fn relname(v: &protobuf::RangeVar) -> String {
+    if v.schemaname.is_empty() {
+        v.relname.clone()
+    } else {
+        format!("{}.{}", v.schemaname, v.relname)
+    }
+}
+
+fn strings(list: &[Node]) -> String {
+    list.iter()
+        .filter_map(|n| match n.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn object_type_name(t: i32) -> String {
+    let Ok(t) = ObjectType::try_from(t) else { return String::new() };
+    kebab(format!("{t:?}").trim_start_matches("Object"))
+}
+
+/// CamelCase -> kebab-case.
+fn kebab(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            s.push('-');
+        }
+        s.push(c.to_ascii_lowercase());
+    }
+    s
+}
+
+/// A WHERE that selects every row anyway.
+fn trivially_true(n: Option<&Node>) -> bool {
+    let Some(node) = n.and_then(|n| n.node.as_ref()) else { return true };
+    is_constant(node)
+        || matches!(node, NodeEnum::BoolExpr(b) if b.boolop() == protobuf::BoolExprType::OrExpr && b.args.iter().any(|a| trivially_true(Some(a))))
+        || matches!(node, NodeEnum::AExpr(e) if e.lexpr.as_deref().and_then(|l| l.node.as_ref()).is_some_and(is_constant) && e.rexpr.as_deref().and_then(|r| r.node.as_ref()).is_some_and(is_constant))
+}
+
+fn is_constant(n: &NodeEnum) -> bool {
+    match n {
+        NodeEnum::AConst(_) => true,
+        NodeEnum::TypeCast(c) => c.arg.as_deref().and_then(|a| a.node.as_ref()).is_some_and(is_constant),
+        _ => false,
+    }
+}
+
+fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
+    use StatementKind as K;
+    let mut s = SqlStatement {
+        kind: K::Other,
+        node: node_name(node),
+        text: text.to_string(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        functions: Vec::new(),
+        has_where: false,
+        alter_drops: false,
+        copy_program: false,
+        object_type: String::new(),
+    };
+    s.kind = match node {
+        NodeEnum::SelectStmt(sel) => {
+            if let Some(into) = sel.into_clause.as_ref().and_then(|i| i.rel.as_ref()) {
+                s.tables_written.push(relname(into));
+            }
+            K::Select
+        }
+        NodeEnum::InsertStmt(_) => K::Insert,
+        NodeEnum::UpdateStmt(u) => {
+            s.has_where = !trivially_true(u.where_clause.as_deref());
+            K::Update
+        }
+        NodeEnum::DeleteStmt(d) => {
+            s.has_where = !trivially_true(d.where_clause.as_deref());
+            K::Delete
+        }
+        NodeEnum::MergeStmt(_) => K::Merge,
+        NodeEnum::CopyStmt(c) => {
+            s.copy_program = c.is_program;
+            if let Some(r) = &c.relation {
+                if c.is_from {
+                    s.tables_written.push(relname(r));
+                } else {
+                    s.tables_read.push(relname(r));
+                }
+            }
+            if c.is_from {
+                K::CopyFrom
+            } else {
+                K::CopyTo
+            }
+        }
+        NodeEnum::CreateStmt(c) => {
+            s.object_type = "table".into();
+            if let Some(r) = &c.relation {
+                s.tables_written.push(relname(r));
+            }
+            K::Create
+        }
+        NodeEnum::CreateTableAsStmt(_) => {
+            s.object_type = "table".into();
+            K::Create
+        }
+        NodeEnum::ViewStmt(_) => {
+            s.object_type = "view".into();
+            K::Create
+        }
+        NodeEnum::IndexStmt(_) => {
+            s.object_type = "index".into();
+            K::Create
+        }
+        NodeEnum::CreateSchemaStmt(_) => {
+            s.object_type = "schema".into();
+            K::Create
+        }
+        NodeEnum::CreateFunctionStmt(_) => {
+            s.object_type = "function".into();
+            K::Create
+        }
+        NodeEnum::CreateRoleStmt(_) => {
+            s.object_type = "role".into();
+            K::Create
+        }
+        NodeEnum::CreateSeqStmt(_)
+        | NodeEnum::CreateExtensionStmt(_)
+        | NodeEnum::CreateTrigStmt(_)
+        | NodeEnum::RuleStmt(_)
+        | NodeEnum::CompositeTypeStmt(_)
+        | NodeEnum::CreateEnumStmt(_)
+        | NodeEnum::CreateDomainStmt(_)
+        | NodeEnum::DefineStmt(_)
+        | NodeEnum::CreatedbStmt(_)
+        | NodeEnum::CreatePolicyStmt(_)
+        | NodeEnum::CreateEventTrigStmt(_)
+        | NodeEnum::CreateCastStmt(_)
+        | NodeEnum::CreateStatsStmt(_) => K::Create,
+        NodeEnum::AlterTableStmt(a) => {
+            s.object_type = object_type_name(a.objtype);
+            if let Some(r) = &a.relation {
+                s.tables_written.push(relname(r));
+            }
+            s.alter_drops = a.cmds.iter().any(|c| match c.node.as_ref() {
+                Some(NodeEnum::AlterTableCmd(cmd)) => matches!(
+                    cmd.subtype(),
+                    AlterTableType::AtDropColumn
+                        | AlterTableType::AtDropConstraint
+                        | AlterTableType::AtDropNotNull
+                        | AlterTableType::AtDropExpression
+                        | AlterTableType::AtDropIdentity
+                        | AlterTableType::AtDropInherit
+                        | AlterTableType::AtDropOf
+                        | AlterTableType::AtDropCluster
+                ),
+                _ => false,
+            });
+            K::Alter
+        }
+        NodeEnum::RenameStmt(_)
+        | NodeEnum::AlterRoleStmt(_)
+        | NodeEnum::AlterObjectSchemaStmt(_)
+        | NodeEnum::AlterOwnerStmt(_)
+        | NodeEnum::AlterSeqStmt(_)
+        | NodeEnum::AlterFunctionStmt(_)
+        | NodeEnum::AlterDomainStmt(_)
+        | NodeEnum::AlterEnumStmt(_)
+        | NodeEnum::AlterExtensionStmt(_)
+        | NodeEnum::AlterDatabaseStmt(_)
+        | NodeEnum::AlterDatabaseSetStmt(_)
+        | NodeEnum::AlterRoleSetStmt(_)
+        | NodeEnum::AlterPolicyStmt(_)
+        | NodeEnum::CommentStmt(_) => K::Alter,
+        NodeEnum::DropStmt(d) => {
+            s.object_type = object_type_name(d.remove_type);
+            for o in &d.objects {
+                match o.node.as_ref() {
+                    Some(NodeEnum::List(l)) => s.tables_written.push(strings(&l.items)),
+                    Some(NodeEnum::String(st)) => s.tables_written.push(st.sval.clone()),
+                    _ => {}
+                }
+            }
+            K::Drop
+        }
+        NodeEnum::DropRoleStmt(_) => {
+            s.object_type = "role".into();
+            K::Drop
+        }
+        NodeEnum::DropdbStmt(d) => {
+            s.object_type = "database".into();
+            s.tables_written.push(d.dbname.clone());
+            K::Drop
+        }
+        NodeEnum::DropOwnedStmt(_) | NodeEnum::DropTableSpaceStmt(_) | NodeEnum::DropSubscriptionStmt(_) => K::Drop,
+        NodeEnum::TruncateStmt(t) => {
+            for r in &t.relations {
+                if let Some(NodeEnum::RangeVar(v)) = r.node.as_ref() {
+                    s.tables_written.push(relname(v));
+                }
+            }
+            K::Truncate
+        }
+        NodeEnum::GrantStmt(g) => {
+            if g.is_grant {
+                K::Grant
+            } else {
+                K::Revoke
+            }
+        }
+        NodeEnum::GrantRoleStmt(g) => {
+            if g.is_grant {
+                K::Grant
+            } else {
+                K::Revoke
+            }
+        }
+        NodeEnum::AlterDefaultPrivilegesStmt(_) => K::Grant,
+        NodeEnum::DoStmt(_) => K::DoBlock,
+        NodeEnum::CallStmt(_) => K::Call,
+        NodeEnum::TransactionStmt(_) => K::Transaction,
+        NodeEnum::VariableSetStmt(v) => {
+            // Changing the role or authorization is a privilege change, not a setting.
+            if matches!(
+                v.name.to_ascii_lowercase().as_str(),
+                "role" | "session_authorization" | "session authorization"
+            ) {
+                K::Other
+            } else {
+                K::SessionSetting
+            }
+        }
+        NodeEnum::VariableShowStmt(_) => K::SessionSetting,
+        NodeEnum::ExplainStmt(_) => K::Explain,
+        NodeEnum::PrepareStmt(_) | NodeEnum::ExecuteStmt(_) | NodeEnum::DeallocateStmt(_) => K::Prepared,
+        NodeEnum::ListenStmt(_) | NodeEnum::UnlistenStmt(_) | NodeEnum::NotifyStmt(_) => K::Notification,
+        NodeEnum::DeclareCursorStmt(_) | NodeEnum::FetchStmt(_) | NodeEnum::ClosePortalStmt(_) => K::Cursor,
+        NodeEnum::VacuumStmt(_)
+        | NodeEnum::ClusterStmt(_)
+        | NodeEnum::ReindexStmt(_)
+        | NodeEnum::CheckPointStmt(_)
+        | NodeEnum::LockStmt(_)
+        | NodeEnum::DiscardStmt(_) => K::Maintenance,
+        _ => K::Other,
+    };
+    // Tables and functions anywhere in the statement.
+    let mut ctes: Vec<String> = Vec::new();
+    for (child, _, context, _) in node.nodes() {
+        match child {
+            NodeRef::CommonTableExpr(c) => ctes.push(c.ctename.clone()),
+            NodeRef::RangeVar(v) => {
+                let name = relname(v);
+                if ctes.contains(&name) {
+                    continue;
+                }
+                let list = match context {
+                    pg_query::Context::DML | pg_query::Context::DDL => &mut s.tables_written,
+                    _ => &mut s.tables_read,
+                };
+                if !list.contains(&name) {
+                    list.push(name);
+                }
+            }
+            NodeRef::FuncCall(f) => {
+                let name = strings(&f.funcname);
+                if !name.is_empty() && !s.functions.contains(&name) {
+                    s.functions.push(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn node_name(node: &NodeEnum) -> String {
+    match node {
+        NodeEnum::SelectStmt(_) => "SelectStmt",
+        NodeEnum::InsertStmt(_) => "InsertStmt",
+        NodeEnum::UpdateStmt(_) => "UpdateStmt",
+        NodeEnum::DeleteStmt(_) => "DeleteStmt",
+        NodeEnum::MergeStmt(_) => "MergeStmt",
+        NodeEnum::CopyStmt(_) => "CopyStmt",
+        NodeEnum::CreateStmt(_) => "CreateStmt",
+        NodeEnum::CreateTableAsStmt(_) => "CreateTableAsStmt",
+        NodeEnum::ViewStmt(_) => "ViewStmt",
+        NodeEnum::IndexStmt(_) => "IndexStmt",
+        NodeEnum::CreateSchemaStmt(_) => "CreateSchemaStmt",
+        NodeEnum::CreateFunctionStmt(_) => "CreateFunctionStmt",
+        NodeEnum::CreateRoleStmt(_) => "CreateRoleStmt",
+        NodeEnum::CreateSeqStmt(_) => "CreateSeqStmt",
+        NodeEnum::CreateExtensionStmt(_) => "CreateExtensionStmt",
+        NodeEnum::CreateTrigStmt(_) => "CreateTrigStmt",
+        NodeEnum::RuleStmt(_) => "RuleStmt",
+        NodeEnum::CompositeTypeStmt(_) => "CompositeTypeStmt",
+        NodeEnum::CreateEnumStmt(_) => "CreateEnumStmt",
+        NodeEnum::CreateDomainStmt(_) => "CreateDomainStmt",
+        NodeEnum::DefineStmt(_) => "DefineStmt",
+        NodeEnum::CreatedbStmt(_) => "CreatedbStmt",
+        NodeEnum::CreatePolicyStmt(_) => "CreatePolicyStmt",
+        NodeEnum::CreateEventTrigStmt(_) => "CreateEventTrigStmt",
+        NodeEnum::CreateCastStmt(_) => "CreateCastStmt",
+        NodeEnum::CreateStatsStmt(_) => "CreateStatsStmt",
+        NodeEnum::AlterTableStmt(_) => "AlterTableStmt",
+        NodeEnum::RenameStmt(_) => "RenameStmt",
+        NodeEnum::AlterRoleStmt(_) => "AlterRoleStmt",
+        NodeEnum::AlterObjectSchemaStmt(_) => "AlterObjectSchemaStmt",
+        NodeEnum::AlterOwnerStmt(_) => "AlterOwnerStmt",
+        NodeEnum::AlterSeqStmt(_) => "AlterSeqStmt",
+        NodeEnum::AlterFunctionStmt(_) => "AlterFunctionStmt",
+        NodeEnum::AlterDomainStmt(_) => "AlterDomainStmt",
+        NodeEnum::AlterEnumStmt(_) => "AlterEnumStmt",
+        NodeEnum::AlterExtensionStmt(_) => "AlterExtensionStmt",
+        NodeEnum::AlterDatabaseStmt(_) => "AlterDatabaseStmt",
+        NodeEnum::AlterDatabaseSetStmt(_) => "AlterDatabaseSetStmt",
+        NodeEnum::AlterRoleSetStmt(_) => "AlterRoleSetStmt",
+        NodeEnum::AlterPolicyStmt(_) => "AlterPolicyStmt",
+        NodeEnum::CommentStmt(_) => "CommentStmt",
+        NodeEnum::DropStmt(_) => "DropStmt",
+        NodeEnum::DropRoleStmt(_) => "DropRoleStmt",
+        NodeEnum::DropdbStmt(_) => "DropdbStmt",
+        NodeEnum::DropOwnedStmt(_) => "DropOwnedStmt",
+        NodeEnum::DropTableSpaceStmt(_) => "DropTableSpaceStmt",
+        NodeEnum::DropSubscriptionStmt(_) => "DropSubscriptionStmt",
+        NodeEnum::TruncateStmt(_) => "TruncateStmt",
+        NodeEnum::GrantStmt(_) => "GrantStmt",
+        NodeEnum::GrantRoleStmt(_) => "GrantRoleStmt",
+        NodeEnum::AlterDefaultPrivilegesStmt(_) => "AlterDefaultPrivilegesStmt",
+        NodeEnum::DoStmt(_) => "DoStmt",
+        NodeEnum::CallStmt(_) => "CallStmt",
+        NodeEnum::TransactionStmt(_) => "TransactionStmt",
+        NodeEnum::VariableSetStmt(_) => "VariableSetStmt",
+        NodeEnum::VariableShowStmt(_) => "VariableShowStmt",
+        NodeEnum::ExplainStmt(_) => "ExplainStmt",
+        NodeEnum::PrepareStmt(_) => "PrepareStmt",
+        NodeEnum::ExecuteStmt(_) => "ExecuteStmt",
+        NodeEnum::DeallocateStmt(_) => "DeallocateStmt",
+        NodeEnum::ListenStmt(_) => "ListenStmt",
+        NodeEnum::UnlistenStmt(_) => "UnlistenStmt",
+        NodeEnum::NotifyStmt(_) => "NotifyStmt",
+        NodeEnum::DeclareCursorStmt(_) => "DeclareCursorStmt",
+        NodeEnum::FetchStmt(_) => "FetchStmt",
+        NodeEnum::ClosePortalStmt(_) => "ClosePortalStmt",
+        NodeEnum::VacuumStmt(_) => "VacuumStmt",
+        NodeEnum::ClusterStmt(_) => "ClusterStmt",
+        NodeEnum::ReindexStmt(_) => "ReindexStmt",
+        NodeEnum::CheckPointStmt(_) => "CheckPointStmt",
+        NodeEnum::LockStmt(_) => "LockStmt",
+        NodeEnum::DiscardStmt(_) => "DiscardStmt",
+        NodeEnum::AlterSystemStmt(_) => "AlterSystemStmt",
+        NodeEnum::LoadStmt(_) => "LoadStmt",
+        NodeEnum::SecLabelStmt(_) => "SecLabelStmt",
+        NodeEnum::CreateForeignServerStmt(_) => "CreateForeignServerStmt",
+        NodeEnum::CreateForeignTableStmt(_) => "CreateForeignTableStmt",
+        NodeEnum::ImportForeignSchemaStmt(_) => "ImportForeignSchemaStmt",
+        NodeEnum::CreateUserMappingStmt(_) => "CreateUserMappingStmt",
+        NodeEnum::CreateSubscriptionStmt(_) => "CreateSubscriptionStmt",
+        NodeEnum::CreatePublicationStmt(_) => "CreatePublicationStmt",
+        NodeEnum::ReassignOwnedStmt(_) => "ReassignOwnedStmt",
+        NodeEnum::ConstraintsSetStmt(_) => "ConstraintsSetStmt",
+        _ => "Other",
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(sql: &str) -> Vec<StatementKind> {
+        let r = analyze(sql, SqlPhase::SimpleQuery, "");
+        assert!(r.parse_error.is_none(), "{sql}: {:?}", r.parse_error);
+        r.statements.iter().map(|s| s.kind).collect()
+    }
+
+    fn first(sql: &str) -> SqlStatement {
+        analyze(sql, SqlPhase::SimpleQuery, "").statements.remove(0)
+    }
+
+    #[test]
+    fn comments_case_and_quoting_do_not_hide_a_drop() {
+        let s = first("/* x */ dRoP/**/TABLE \"Users\"");
+        assert_eq!(s.kind, StatementKind::Drop);
+        assert_eq!(s.object_type, "table");
+        assert_eq!(s.tables_written, vec!["Users".to_string()]);
+        assert_eq!(s.node, "DropStmt");
+    }
+
+    #[test]
+    fn drop_behind_a_select_is_its_own_statement() {
+        assert_eq!(kinds("SELECT 1; DROP TABLE t"), vec![StatementKind::Select, StatementKind::Drop]);
+        let r = analyze("SELECT 1; DROP TABLE t", SqlPhase::SimpleQuery, "");
+        assert_eq!(r.statements[1].text, "DROP TABLE t");
+    }
+
+    #[test]
+    fn delete_where_presence_and_trivial_where() {
+        assert!(!first("DELETE FROM t").has_where);
+        assert!(first("DELETE FROM t WHERE id = 1").has_where);
+        assert!(!first("DELETE FROM t WHERE true").has_where);
+        assert!(!first("DELETE FROM t WHERE 1 = 1").has_where);
+        assert!(!first("UPDATE t SET a = 1 WHERE id = 1 OR 'a' = 'a'").has_where);
+    }
+
+    #[test]
+    fn nested_deletes_are_surfaced() {
+        let k = kinds("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x");
+        assert!(k.contains(&StatementKind::Delete), "{k:?}");
+        let k = kinds("EXPLAIN ANALYZE DELETE FROM t");
+        assert!(k.contains(&StatementKind::Delete), "{k:?}");
+        let k = kinds("PREPARE p AS DELETE FROM t");
+        assert_eq!(k, vec![StatementKind::Prepared, StatementKind::Delete]);
+    }
+
+    #[test]
+    fn copy_program_do_call_and_set_role() {
+        let c = first("COPY t FROM PROGRAM 'id'");
+        assert!(c.copy_program);
+        assert_eq!(c.kind, StatementKind::CopyFrom);
+        assert_eq!(first("COPY (SELECT 1) TO STDOUT").kind, StatementKind::CopyTo);
+        assert_eq!(first("DO $$ BEGIN DROP TABLE t; END $$").kind, StatementKind::DoBlock);
+        assert_eq!(first("CALL p()").kind, StatementKind::Call);
+        assert_eq!(first("SET ROLE postgres").kind, StatementKind::Other);
+        assert_eq!(first("SET search_path = x").kind, StatementKind::SessionSetting);
+    }
+
+    #[test]
+    fn alter_drop_and_functions_and_tables() {
+        let a = first("ALTER TABLE customers DROP COLUMN ssn");
+        assert!(a.alter_drops);
+        assert_eq!(a.kind, StatementKind::Alter);
+        let s = first("SELECT pg_catalog.pg_read_file('/etc/passwd'), c.email FROM public.customers c JOIN orders o ON o.cid = c.id");
+        assert_eq!(s.functions, vec!["pg_catalog.pg_read_file".to_string()]);
+        assert!(s.tables_read.contains(&"public.customers".to_string()));
+        assert!(s.tables_read.contains(&"orders".to_string()));
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error_not_a_panic() {
+        for text in ["SELEC 1", "DROP TABLE", "\u{0}", "'", "$$", "SELECT (((((((((("] {
+            let r = analyze(text, SqlPhase::SimpleQuery, "");
+            assert!(r.parse_error.is_some(), "{text:?}");
+            assert!(r.statements.is_empty());
+        }
+    }
+
+    #[test]
+    fn truncate_grant_revoke() {
+        assert_eq!(kinds("TRUNCATE a, b"), vec![StatementKind::Truncate]);
+        assert_eq!(kinds("GRANT ALL ON t TO x"), vec![StatementKind::Grant]);
+        assert_eq!(kinds("REVOKE ALL ON t FROM x"), vec![StatementKind::Revoke]);
+    }
+}

@@ -1,0 +1,205 @@
+//! Shared test harness: one throwaway PostgreSQL per test binary (seeded with
+//! the demo schema), and a gateway per test with its own plugin directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use wardgate::config::Config;
+use wardgate::devenv::{seed_demo, PgCluster};
+
+pub struct Db {
+    pub pg: PgCluster,
+    pub app_password: String,
+    pub base: PathBuf,
+}
+
+/// Built plugins (scripts/build-plugins.sh).
+pub fn dist() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let d = std::env::var_os("WARDGATE_PLUGINS").map(PathBuf::from).unwrap_or_else(|| root.join("dist/plugins"));
+    assert!(
+        d.join("sql-guard.wasm").exists(),
+        "{} has no plugins: run scripts/build-plugins.sh (scripts/test.sh does)",
+        d.display()
+    );
+    d
+}
+
+/// Built test fixtures.
+pub fn fixtures() -> PathBuf {
+    dist().join("../fixtures")
+}
+
+/// A fresh temp dir under the target dir.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wardgate-test-{tag}-{}-{}",
+        std::process::id(),
+        wardgate::util::random_id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The shared cluster.
+pub fn db() -> &'static Db {
+    static DB: OnceLock<Db> = OnceLock::new();
+    DB.get_or_init(|| {
+        let base = tempdir("pg");
+        let pg = PgCluster::start(&base).expect("start postgres");
+        let app_password = seed_demo(&pg, "shop").expect("seed");
+        pg.psql("shop", "ALTER ROLE wardgate_app CREATEDB; GRANT CREATE ON SCHEMA public TO wardgate_app;").unwrap();
+        Db { pg, app_password, base }
+    })
+}
+
+pub struct TestGateway {
+    pub gw: wardgate::gateway::Gateway,
+    pub dir: PathBuf,
+    pub key: String,
+    pub plugin_dir: PathBuf,
+    pub port: u16,
+}
+
+pub struct Options {
+    pub plugins: Vec<&'static str>,
+    pub required: Vec<&'static str>,
+    pub plaintext: bool,
+    pub extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plugins: vec!["sql-guard", "pii-mask"],
+            required: vec!["sql-guard", "pii-mask"],
+            plaintext: true,
+            extra: String::new(),
+        }
+    }
+}
+
+/// Start a gateway in front of the shared cluster.
+pub async fn gateway(opts: Options) -> TestGateway {
+    let db = db();
+    let dir = tempdir("gw");
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    for p in &opts.plugins {
+        for ext in ["wasm", "toml"] {
+            std::fs::copy(dist().join(format!("{p}.{ext}")), plugin_dir.join(format!("{p}.{ext}"))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("pw"), &db.app_password).unwrap();
+    let (key, hash) = wardgate::identity::generate_key();
+    let listener =
+        if opts.plaintext { "allow_plaintext = true\ntls_self_signed = true" } else { "tls_self_signed = true" };
+    let required: Vec<String> = opts.required.iter().map(|s| format!("\"{s}\"")).collect();
+    let cfg = format!(
+        r#"
+[gateway]
+state_dir = "state"
+plugin_dir = "plugins"
+
+[listeners.postgres]
+bind = "127.0.0.1:0"
+{listener}
+
+[admin]
+bind = "127.0.0.1:0"
+
+[connections.shop]
+host = "127.0.0.1"
+port = {port}
+database = "shop"
+user = "wardgate_app"
+password_file = "pw"
+plugins = [{required}]
+
+[[service_accounts]]
+name = "test-agent"
+groups = ["agents"]
+on_behalf_of = "alice@example.com"
+key_sha256 = "{hash}"
+
+[[grants]]
+connection = "shop"
+groups = ["agents"]
+{extra}
+"#,
+        port = db.pg.port,
+        required = required.join(", "),
+        extra = opts.extra,
+    );
+    let path = dir.join("wardgate.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let gw = wardgate::gateway::start(Config::load(&path).unwrap()).await.unwrap();
+    let port = gw.postgres_addr.unwrap().port();
+    TestGateway { gw, dir, key, plugin_dir, port }
+}
+
+impl TestGateway {
+    /// A tokio-postgres connection string (plaintext loopback).
+    pub fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} dbname=shop user=test-agent password={} sslmode=disable", self.port, self.key)
+    }
+
+    /// Connect tokio-postgres (plaintext loopback listener).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.dsn(), tokio_postgres::NoTls).await.expect("connect through gateway");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Run psql through the gateway with TLS; returns (status ok, stdout, stderr).
+    pub fn psql(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off"])
+            .args(args)
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGDATABASE", "shop")
+            .env("PGUSER", "test-agent")
+            .env("PGPASSWORD", &self.key)
+            .env("PGSSLMODE", "require")
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Every recording file's text, concatenated.
+    pub fn recordings(&self) -> String {
+        self.gw.recorder.flush();
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.dir.join("state/recordings")).unwrap().flatten() {
+            s.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        }
+        s
+    }
+}
+
+/// Seeded PII that must never come out unmasked.
+pub const SEEDED_PII: &[&str] = &[
+    "jane.doe@example.com",
+    "omar.haddad@example.org",
+    "4111 1111 1111 1111",
+    "5500-0055-5555-5559",
+    "123-45-6789",
+    "hunter2",
+    "AKIAIOSFODNN7EXAMPLE",
+    "378282246310005",
+];
+
+pub fn assert_no_pii(text: &str, what: &str) {
+    for p in SEEDED_PII {
+        assert!(!text.contains(p), "{what} leaks {p}:\n{text}");
+    }
+}

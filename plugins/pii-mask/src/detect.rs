@@ -1,0 +1,635 @@
+//! Content detectors. Each scans a cell's text and reports byte spans of one
+//! entity type. They are hand-written single-pass scanners (no regex engine in
+//! the sandbox) with cheap prefilters, and they validate checksums where the
+//! format has one (Luhn for cards, mod-97 for IBANs) to avoid false positives.
+
+/// Entity types the masker knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    Email,
+    Card,
+    Ssn,
+    Phone,
+    Iban,
+    AwsKey,
+    PrivateKey,
+    Jwt,
+    Secret,
+}
+
+impl Entity {
+    /// All entities, in detection priority order (first wins on overlap).
+    pub const ALL: [Entity; 9] = [
+        Entity::PrivateKey,
+        Entity::Jwt,
+        Entity::Secret,
+        Entity::AwsKey,
+        Entity::Email,
+        Entity::Iban,
+        Entity::Card,
+        Entity::Ssn,
+        Entity::Phone,
+    ];
+
+    /// Name used in manifests and findings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Email => "email",
+            Entity::Card => "card",
+            Entity::Ssn => "ssn",
+            Entity::Phone => "phone",
+            Entity::Iban => "iban",
+            Entity::AwsKey => "aws-key",
+            Entity::PrivateKey => "private-key",
+            Entity::Jwt => "jwt",
+            Entity::Secret => "secret",
+        }
+    }
+
+    /// Inverse of [`Entity::name`].
+    pub fn from_name(name: &str) -> Option<Entity> {
+        Entity::ALL.iter().copied().find(|e| e.name() == name)
+    }
+}
+
+/// A detected entity at `text[start..end]` (for secrets, only the value part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub entity: Entity,
+}
+
+/// Which detectors run, and options.
+#[derive(Debug, Clone)]
+pub struct Detectors {
+    pub enabled: [bool; 9],
+    /// Treat a bare run of exactly nine digits as an SSN (off by default: ids).
+    pub ssn_plain_digits: bool,
+}
+
+impl Default for Detectors {
+    fn default() -> Self {
+        Self { enabled: [true; 9], ssn_plain_digits: false }
+    }
+}
+
+impl Detectors {
+    fn on(&self, e: Entity) -> bool {
+        self.enabled[Entity::ALL.iter().position(|x| *x == e).unwrap_or(0)]
+    }
+
+    /// Enable or disable one detector.
+    pub fn set(&mut self, e: Entity, on: bool) {
+        if let Some(i) = Entity::ALL.iter().position(|x| *x == e) {
+            self.enabled[i] = on;
+        }
+    }
+
+    /// Find all non-overlapping entities in `text`, sorted by start.
+    pub fn scan(&self, text: &str, out: &mut Vec<Span>) {
+        out.clear();
+        let b = text.as_bytes();
+        // Prefilter: one pass over the bytes to learn what is worth looking for.
+        let mut digits = 0usize;
+        let mut has_at = false;
+        let mut has_eq_or_colon = false;
+        let mut upper = 0usize;
+        let mut has_dash5 = false;
+        for (i, &c) in b.iter().enumerate() {
+            match c {
+                b'0'..=b'9' => digits += 1,
+                b'@' => has_at = true,
+                b'=' | b':' => has_eq_or_colon = true,
+                b'A'..=b'Z' => upper += 1,
+                b'-' if i + 5 <= b.len() && &b[i..i + 5] == b"-----" => has_dash5 = true,
+                _ => {}
+            }
+        }
+        if has_dash5 && self.on(Entity::PrivateKey) {
+            private_keys(b, out);
+        }
+        if b.len() >= 20 && self.on(Entity::Jwt) && memfind(b, b"eyJ").is_some() {
+            jwts(b, out);
+        }
+        if self.on(Entity::Secret) && (has_eq_or_colon || b.len() >= 7) {
+            secrets(b, out);
+        }
+        if upper >= 4 && b.len() >= 20 && self.on(Entity::AwsKey) {
+            aws_keys(b, out);
+        }
+        if has_at && self.on(Entity::Email) {
+            emails(b, out);
+        }
+        if upper >= 2 && digits >= 4 && b.len() >= 15 && self.on(Entity::Iban) {
+            ibans(b, out);
+        }
+        if digits >= 9 {
+            digit_runs(b, self, out);
+        } else if digits >= 7 && self.on(Entity::Phone) {
+            digit_runs(b, self, out);
+        }
+        if out.len() > 1 {
+            out.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+            // Drop spans that overlap an earlier one (priority = detection order
+            // above is already reflected because earlier detectors skip claimed
+            // ranges only here; keep the longest at a position).
+            let mut kept: Vec<Span> = Vec::with_capacity(out.len());
+            for s in out.drain(..) {
+                if kept.last().is_none_or(|k| s.start >= k.end) {
+                    kept.push(s);
+                }
+            }
+            *out = kept;
+        }
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn private_keys(b: &[u8], out: &mut Vec<Span>) {
+    let mut from = 0;
+    while let Some(p) = memfind(&b[from..], b"-----BEGIN ") {
+        let start = from + p;
+        let header_end = match memfind(&b[start + 11..], b"-----") {
+            Some(e) => start + 11 + e + 5,
+            None => return,
+        };
+        let label = &b[start + 11..header_end - 5];
+        if !label.ends_with(b"PRIVATE KEY") {
+            from = header_end;
+            continue;
+        }
+        // Mask through the END line, or to the end of the cell when truncated.
+        let end = match memfind(&b[header_end..], b"-----END ") {
+            Some(e) => {
+                let after = header_end + e + 9;
+                match memfind(&b[after..], b"-----") {
+                    Some(x) => after + x + 5,
+                    None => b.len(),
+                }
+            }
+            None => b.len(),
+        };
+        out.push(Span { start, end, entity: Entity::PrivateKey });
+        from = end;
+    }
+}
+
+fn is_b64url(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'='
+}
+
+fn jwts(b: &[u8], out: &mut Vec<Span>) {
+    let mut i = 0;
+    while i + 3 <= b.len() {
+        if &b[i..i + 3] == b"eyJ" && (i == 0 || !is_b64url(b[i - 1])) {
+            // header . payload . signature (signature may be empty: alg none)
+            let mut j = i;
+            let mut parts = 0;
+            let mut part_len = 0;
+            let mut ok_parts = 0;
+            while j < b.len() && (is_b64url(b[j]) || b[j] == b'.') {
+                if b[j] == b'.' {
+                    if part_len >= 2 {
+                        ok_parts += 1;
+                    }
+                    parts += 1;
+                    part_len = 0;
+                } else {
+                    part_len += 1;
+                }
+                j += 1;
+            }
+            if parts >= 2 && ok_parts >= 2 {
+                out.push(Span { start: i, end: j, entity: Entity::Jwt });
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+const SECRET_KEYS: [&[u8]; 14] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"client_secret",
+    b"api_key",
+    b"apikey",
+    b"api-key",
+    b"access_token",
+    b"refresh_token",
+    b"auth_token",
+    b"token",
+    b"private_key",
+    b"passphrase",
+];
+
+fn lower_at(b: &[u8], i: usize) -> u8 {
+    b[i].to_ascii_lowercase()
+}
+
+fn starts_with_ci(b: &[u8], at: usize, pat: &[u8]) -> bool {
+    at + pat.len() <= b.len() && (0..pat.len()).all(|k| lower_at(b, at + k) == pat[k])
+}
+
+fn secrets(b: &[u8], out: &mut Vec<Span>) {
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        let c = lower_at(b, i);
+        // `Bearer <token>` (Authorization headers, logged requests).
+        if c == b'b' && starts_with_ci(b, i, b"bearer ") && (i == 0 || !is_word(b[i - 1])) {
+            let vs = i + 7;
+            let mut ve = vs;
+            while ve < n && !b[ve].is_ascii_whitespace() && b[ve] != b'"' && b[ve] != b'\'' && b[ve] != b',' {
+                ve += 1;
+            }
+            if ve - vs >= 8 {
+                out.push(Span { start: vs, end: ve, entity: Entity::Secret });
+                i = ve;
+                continue;
+            }
+        }
+        if matches!(c, b'p' | b's' | b'c' | b'a' | b'r' | b't') && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
+            if let Some(key) = SECRET_KEYS.iter().find(|k| starts_with_ci(b, i, k)) {
+                let mut j = i + key.len();
+                // allow `"password": "x"`, `password = x`, `PASSWORD:x`
+                if j < n && (b[j] == b'"' || b[j] == b'\'') {
+                    j += 1;
+                }
+                while j < n && b[j] == b' ' {
+                    j += 1;
+                }
+                if j < n && (b[j] == b'=' || b[j] == b':') {
+                    j += 1;
+                    while j < n && b[j] == b' ' {
+                        j += 1;
+                    }
+                    let quote = if j < n && (b[j] == b'"' || b[j] == b'\'') {
+                        j += 1;
+                        Some(b[j - 1])
+                    } else {
+                        None
+                    };
+                    let vs = j;
+                    let mut ve = vs;
+                    match quote {
+                        Some(q) => {
+                            while ve < n && b[ve] != q {
+                                ve += if b[ve] == b'\\' && ve + 1 < n { 2 } else { 1 };
+                            }
+                            ve = ve.min(n);
+                        }
+                        None => {
+                            while ve < n
+                                && !b[ve].is_ascii_whitespace()
+                                && !matches!(b[ve], b'&' | b';' | b',' | b'}' | b'"' | b'\'')
+                            {
+                                ve += 1;
+                            }
+                        }
+                    }
+                    if ve > vs {
+                        out.push(Span { start: vs, end: ve, entity: Entity::Secret });
+                        i = ve;
+                        continue;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
+fn aws_keys(b: &[u8], out: &mut Vec<Span>) {
+    const PREFIXES: [&[u8]; 8] = [b"AKIA", b"ASIA", b"AGPA", b"AIDA", b"AROA", b"ANPA", b"ANVA", b"AIPA"];
+    let mut i = 0;
+    while i + 20 <= b.len() {
+        if b[i] == b'A' && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) && PREFIXES.iter().any(|p| &b[i..i + 4] == *p)
+        {
+            let body = &b[i + 4..i + 20];
+            let boundary = i + 20 == b.len() || !b[i + 20].is_ascii_alphanumeric();
+            if boundary && body.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+                out.push(Span { start: i, end: i + 20, entity: Entity::AwsKey });
+                i += 20;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+fn is_local(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
+}
+
+fn is_domain(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'.'
+}
+
+fn emails(b: &[u8], out: &mut Vec<Span>) {
+    let mut from = 0;
+    while let Some(p) = b[from..].iter().position(|&c| c == b'@') {
+        let at = from + p;
+        from = at + 1;
+        let mut s = at;
+        while s > 0 && is_local(b[s - 1]) {
+            s -= 1;
+        }
+        let mut e = at + 1;
+        while e < b.len() && is_domain(b[e]) {
+            e += 1;
+        }
+        // trim trailing dots/dashes from the domain
+        while e > at + 1 && matches!(b[e - 1], b'.' | b'-') {
+            e -= 1;
+        }
+        if s == at || e == at + 1 {
+            continue;
+        }
+        let domain = &b[at + 1..e];
+        let Some(dot) = domain.iter().rposition(|&c| c == b'.') else { continue };
+        let tld = &domain[dot + 1..];
+        if dot == 0 || tld.len() < 2 || !tld.iter().all(|c| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        out.push(Span { start: s, end: e, entity: Entity::Email });
+        from = e;
+    }
+}
+
+fn iban_valid(chars: &[u8]) -> bool {
+    // move first four to the end, letters -> numbers, mod 97 == 1
+    if chars.len() < 15 || chars.len() > 34 {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for &c in chars[4..].iter().chain(chars[..4].iter()) {
+        if c.is_ascii_digit() {
+            rem = (rem * 10 + (c - b'0') as u32) % 97;
+        } else if c.is_ascii_uppercase() {
+            let v = (c - b'A') as u32 + 10;
+            rem = (rem * 100 + v) % 97;
+        } else {
+            return false;
+        }
+    }
+    rem == 1
+}
+
+fn ibans(b: &[u8], out: &mut Vec<Span>) {
+    let mut i = 0;
+    while i + 15 <= b.len() {
+        if b[i].is_ascii_uppercase()
+            && b[i + 1].is_ascii_uppercase()
+            && b[i + 2].is_ascii_digit()
+            && b[i + 3].is_ascii_digit()
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+        {
+            // collect alnum, allowing single spaces between groups
+            let mut chars: Vec<u8> = Vec::with_capacity(34);
+            let mut j = i;
+            let mut end = i;
+            while j < b.len() && chars.len() < 34 {
+                let c = b[j];
+                if c.is_ascii_digit() || c.is_ascii_uppercase() {
+                    chars.push(c);
+                    j += 1;
+                    end = j;
+                } else if c == b' ' && j + 1 < b.len() && b[j + 1].is_ascii_alphanumeric() {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            // try the longest valid prefix (a trailing word may have been glued on)
+            let mut matched = false;
+            let mut n = chars.len();
+            while n >= 15 {
+                if iban_valid(&chars[..n]) {
+                    // map n chars back to a byte end
+                    let mut cnt = 0;
+                    let mut k = i;
+                    while k < end && cnt < n {
+                        if b[k] != b' ' {
+                            cnt += 1;
+                        }
+                        k += 1;
+                    }
+                    out.push(Span { start: i, end: k, entity: Entity::Iban });
+                    i = k;
+                    matched = true;
+                    break;
+                }
+                n -= 1;
+            }
+            if matched {
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (k, &d) in digits.iter().rev().enumerate() {
+        let mut v = (d - b'0') as u32;
+        if k % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum % 10 == 0
+}
+
+/// Cards, SSNs and phone numbers are all runs of digits with separators;
+/// one scanner finds the runs and classifies each.
+fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
+    let n = b.len();
+    let mut i = 0;
+    let mut digits: Vec<u8> = Vec::with_capacity(24);
+    while i < n {
+        let c = b[i];
+        let plus = c == b'+' && i + 1 < n && b[i + 1].is_ascii_digit();
+        let paren = c == b'(' && i + 4 < n && b[i + 1].is_ascii_digit();
+        if !(c.is_ascii_digit() || plus || paren)
+            || (i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' && c != b'+'))
+        {
+            i += 1;
+            continue;
+        }
+        // Walk the run: digits with single separators (space, dash, dot, parens, slash).
+        let start = i;
+        let mut j = i;
+        digits.clear();
+        let mut seps = 0usize;
+        let mut sep_kinds = 0u8;
+        if plus {
+            j += 1;
+        }
+        while j < n {
+            let x = b[j];
+            if x.is_ascii_digit() {
+                digits.push(x);
+                j += 1;
+            } else if matches!(x, b' ' | b'-' | b'.' | b'(' | b')' | b'/')
+                && j + 1 < n
+                && (b[j + 1].is_ascii_digit()
+                    || (x == b')' && b[j + 1] == b' ' && j + 2 < n && b[j + 2].is_ascii_digit())
+                    || (x == b'('))
+                && digits.len() < 19
+            {
+                seps += 1;
+                sep_kinds |= match x {
+                    b' ' => 1,
+                    b'-' => 2,
+                    b'.' => 4,
+                    _ => 8,
+                };
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        // trim a trailing separator
+        let mut end = j;
+        while end > start && !b[end - 1].is_ascii_digit() {
+            end -= 1;
+        }
+        let boundary = end == n || !(b[end].is_ascii_alphanumeric());
+        let nd = digits.len();
+        let mut matched = None;
+        if boundary && nd >= 13 && nd <= 19 && !plus && d.on(Entity::Card) && luhn(&digits) {
+            matched = Some(Entity::Card);
+        } else if boundary
+            && nd == 9
+            && d.on(Entity::Ssn)
+            && ssn_shape(&b[start..end], d.ssn_plain_digits)
+            && ssn_valid(&digits)
+        {
+            matched = Some(Entity::Ssn);
+        } else if boundary && d.on(Entity::Phone) && phone_shape(plus, nd, seps, sep_kinds, &b[start..end]) {
+            matched = Some(Entity::Phone);
+        }
+        if let Some(entity) = matched {
+            out.push(Span { start, end, entity });
+        }
+        i = j.max(i + 1);
+    }
+}
+
+fn ssn_shape(s: &[u8], plain_ok: bool) -> bool {
+    (s.len() == 11 && s[3] == b'-' && s[6] == b'-')
+        || (s.len() == 11 && s[3] == b' ' && s[6] == b' ')
+        || (plain_ok && s.len() == 9)
+}
+
+fn ssn_valid(d: &[u8]) -> bool {
+    let area = &d[0..3];
+    area != b"000" && area != b"666" && d[0] != b'9' && &d[3..5] != b"00" && &d[5..9] != b"0000"
+}
+
+fn phone_shape(plus: bool, nd: usize, seps: usize, kinds: u8, s: &[u8]) -> bool {
+    if plus {
+        return (8..=15).contains(&nd);
+    }
+    // (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567: 10 digits, 2-3 separators
+    if nd == 10 && seps >= 2 && (kinds == 2 || kinds == 4 || kinds == 1 || kinds & 8 != 0) {
+        return s[0] == b'(' || s.get(3).is_some_and(|c| !c.is_ascii_digit());
+    }
+    // 1-555-123-4567
+    if nd == 11 && s[0] == b'1' && seps >= 3 && (kinds == 2 || kinds == 4 || kinds == 1) {
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(text: &str) -> Vec<(Entity, String)> {
+        let mut v = vec![];
+        Detectors::default().scan(text, &mut v);
+        v.iter().map(|s| (s.entity, text[s.start..s.end].to_string())).collect()
+    }
+
+    #[test]
+    fn emails_in_text() {
+        assert_eq!(
+            found("mail Jane.Doe+x@Example.co.uk now"),
+            vec![(Entity::Email, "Jane.Doe+x@Example.co.uk".into())]
+        );
+        assert!(found("not@an address").is_empty());
+        assert!(found("user@localhost").is_empty());
+    }
+
+    #[test]
+    fn cards_need_luhn_and_allow_separators() {
+        assert_eq!(found("4111 1111 1111 1111"), vec![(Entity::Card, "4111 1111 1111 1111".into())]);
+        assert_eq!(found("card:4111-1111-1111-1111."), vec![(Entity::Card, "4111-1111-1111-1111".into())]);
+        assert_eq!(found("5500005555555559"), vec![(Entity::Card, "5500005555555559".into())]);
+        assert!(found("4111111111111112").is_empty(), "bad Luhn");
+    }
+
+    #[test]
+    fn ssn_with_dashes_but_not_plain_ids() {
+        assert_eq!(found("ssn 123-45-6789"), vec![(Entity::Ssn, "123-45-6789".into())]);
+        assert!(found("123456789").is_empty(), "plain 9-digit id is not an SSN by default");
+        assert!(found("000-12-3456").is_empty());
+        let mut d = Detectors::default();
+        d.ssn_plain_digits = true;
+        let mut v = vec![];
+        d.scan("123456789", &mut v);
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(found("call +44 20 7946 0958"), vec![(Entity::Phone, "+44 20 7946 0958".into())]);
+        assert_eq!(found("(555) 123-4567"), vec![(Entity::Phone, "(555) 123-4567".into())]);
+        assert_eq!(found("555-123-4567"), vec![(Entity::Phone, "555-123-4567".into())]);
+        assert!(found("order 5551234567").is_empty());
+        assert!(found("2024-01-15").is_empty());
+    }
+
+    #[test]
+    fn ibans_need_checksum() {
+        assert_eq!(found("GB82 WEST 1234 5698 7654 32"), vec![(Entity::Iban, "GB82 WEST 1234 5698 7654 32".into())]);
+        assert_eq!(found("DE89370400440532013000"), vec![(Entity::Iban, "DE89370400440532013000".into())]);
+        assert!(found("GB83 WEST 1234 5698 7654 32").is_empty());
+    }
+
+    #[test]
+    fn secrets_keys_and_tokens() {
+        assert_eq!(found("AKIAIOSFODNN7EXAMPLE"), vec![(Entity::AwsKey, "AKIAIOSFODNN7EXAMPLE".into())]);
+        assert_eq!(found("db password=hunter2 ok"), vec![(Entity::Secret, "hunter2".into())]);
+        assert_eq!(found(r#"{"Password": "s3cr et"}"#), vec![(Entity::Secret, "s3cr et".into())]);
+        assert_eq!(found("Authorization: Bearer abcdef123456"), vec![(Entity::Secret, "abcdef123456".into())]);
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-x";
+        assert_eq!(found(&format!("t {jwt} x")), vec![(Entity::Jwt, jwt.into())]);
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(found(pem), vec![(Entity::PrivateKey, pem.into())]);
+    }
+
+    #[test]
+    fn plain_numbers_dates_and_words_are_left_alone() {
+        for s in ["42", "123456789", "2024-01-15 10:00:00", "order #1234567", "hello world", "3.14159265358979"] {
+            assert!(found(s).is_empty(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The guard's rules, as plain Rust over host-parsed statements.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use wardgate_sdk::sql::{as_sql, is_unbounded_write, kind_from_name, kind_name};
+use wardgate_sdk::types::{Request, Review, Session, SqlStatement, StatementKind, Verdict};
+
+/// Rules for one connection (or the defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct RuleSet {
+    /// Statement kinds refused outright.
+    #[serde(default = "default_deny")]
+    pub deny: Vec<String>,
+    /// Statement kinds that need a human's approval.
+    #[serde(default = "default_review")]
+    pub review: Vec<String>,
+    /// Refuse `ALTER ... DROP ...` (columns, constraints).
+    #[serde(default = "yes")]
+    pub deny_alter_drop: bool,
+    /// Refuse UPDATE/DELETE without WHERE.
+    #[serde(default = "yes")]
+    pub deny_unbounded_writes: bool,
+    /// Refuse COPY ... FROM/TO PROGRAM.
+    #[serde(default = "yes")]
+    pub deny_copy_program: bool,
+    /// Functions refused anywhere in a statement (file access, killing backends, ...).
+    #[serde(default = "default_deny_functions")]
+    pub deny_functions: Vec<String>,
+    /// Tables whose writes need review.
+    #[serde(default)]
+    pub review_writes_to: Vec<String>,
+    /// Groups that may approve reviews.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// How long a review may wait, seconds (0 = connection default).
+    #[serde(default)]
+    pub review_timeout_secs: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_deny() -> Vec<String> {
+    ["drop", "truncate", "grant", "revoke"].map(String::from).to_vec()
+}
+fn default_review() -> Vec<String> {
+    ["do-block", "call", "other"].map(String::from).to_vec()
+}
+fn default_deny_functions() -> Vec<String> {
+    [
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "lo_import",
+        "lo_export",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "dblink",
+        "dblink_exec",
+        "dblink_connect",
+        "pg_file_write",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+/// The manifest's `[config]` table: defaults plus per-connection overrides.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(flatten)]
+    pub defaults: RuleSet,
+    /// Rule sets that replace the defaults for named connections.
+    #[serde(default)]
+    pub connections: BTreeMap<String, RuleSet>,
+}
+
+/// Compiled rules.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    deny: BTreeSet<String>,
+    review: BTreeSet<String>,
+    set: RuleSet,
+    deny_functions: BTreeSet<String>,
+}
+
+/// The guard's whole policy.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    defaults: Compiled,
+    connections: BTreeMap<String, Compiled>,
+}
+
+fn compile(set: RuleSet, at: &str) -> Result<Compiled, String> {
+    for k in set.deny.iter().chain(set.review.iter()) {
+        if kind_from_name(k).is_none() {
+            return Err(format!(
+                "sql-guard config: {at}: unknown statement kind \"{k}\" (known: {})",
+                wardgate_sdk::sql::ALL_KINDS.iter().map(|k| kind_name(*k)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(Compiled {
+        deny: set.deny.iter().cloned().collect(),
+        review: set.review.iter().cloned().collect(),
+        deny_functions: set.deny_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+        set,
+    })
+}
+
+impl Guard {
+    /// Build from the JSON config table.
+    pub fn from_json(json: &str) -> Result<Guard, String> {
+        let cfg: Config = serde_json::from_str(json).map_err(|e| format!("sql-guard config: {e}"))?;
+        let defaults = compile(cfg.defaults, "defaults")?;
+        let mut connections = BTreeMap::new();
+        for (name, set) in cfg.connections {
+            connections.insert(name.clone(), compile(set, &format!("connections.{name}"))?);
+        }
+        Ok(Guard { defaults, connections })
+    }
+
+    /// Decide on a request.
+    pub fn check(&self, session: &Session, request: &Request) -> Verdict {
+        let Some(sql) = as_sql(request) else {
+            return Verdict::Allow; // not ours: SQL rules only
+        };
+        let rules = self.connections.get(&session.connection).unwrap_or(&self.defaults);
+        if let Some(err) = &sql.parse_error {
+            return review(rules, format!("the statement could not be parsed ({err}); a human must look at it"));
+        }
+        let mut first_review: Option<Verdict> = None;
+        for stmt in &sql.statements {
+            match judge(rules, stmt) {
+                Verdict::Allow => {}
+                v @ Verdict::Deny(_) => return v,
+                v => {
+                    first_review.get_or_insert(v);
+                }
+            }
+        }
+        first_review.unwrap_or(Verdict::Allow)
+    }
+}
+
+fn review(rules: &Compiled, reason: String) -> Verdict {
+    Verdict::Review(Review {
+        reason,
+        approver_groups: rules.set.approver_groups.clone(),
+        timeout_secs: rules.set.review_timeout_secs,
+    })
+}
+
+fn describe(stmt: &SqlStatement) -> String {
+    let what = kind_name(stmt.kind).to_ascii_uppercase().replace('-', " ");
+    let target = stmt.tables_written.first().or(stmt.tables_read.first());
+    match (stmt.object_type.as_str(), target) {
+        ("", Some(t)) => format!("{what} on {t}"),
+        ("", None) => what,
+        (o, Some(t)) => format!("{what} {} {t}", o.to_ascii_uppercase()),
+        (o, None) => format!("{what} {}", o.to_ascii_uppercase()),
+    }
+}
+
+fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
+    let kind = kind_name(stmt.kind);
+    if stmt.copy_program && rules.set.deny_copy_program {
+        return Verdict::Deny("COPY ... PROGRAM runs a shell command on the database server".into());
+    }
+    if let Some(f) = stmt.functions.iter().find(|f| {
+        let bare = f.rsplit('.').next().unwrap_or(f).to_ascii_lowercase();
+        rules.deny_functions.contains(&bare) || rules.deny_functions.contains(&f.to_ascii_lowercase())
+    }) {
+        return Verdict::Deny(format!("function {f}() is not allowed"));
+    }
+    if rules.deny.contains(kind) {
+        return Verdict::Deny(format!("{} is not allowed", describe(stmt)));
+    }
+    if stmt.kind == StatementKind::Alter && stmt.alter_drops && rules.set.deny_alter_drop {
+        return Verdict::Deny(format!("{} that drops a column or constraint is not allowed", describe(stmt)));
+    }
+    if is_unbounded_write(stmt) && rules.set.deny_unbounded_writes {
+        return Verdict::Deny(format!("{} without a WHERE clause is not allowed", describe(stmt)));
+    }
+    if rules.review.contains(kind) {
+        return review(rules, format!("{} needs approval", describe(stmt)));
+    }
+    if !rules.set.review_writes_to.is_empty()
+        && stmt
+            .tables_written
+            .iter()
+            .any(|t| rules.set.review_writes_to.iter().any(|p| p == t || t.rsplit('.').next() == Some(p.as_str())))
+    {
+        return review(rules, format!("{} writes a protected table", describe(stmt)));
+    }
+    Verdict::Allow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wardgate_sdk::testkit::{session, sql, statement, unparsable};
+
+    fn guard() -> Guard {
+        Guard::from_json("{}").unwrap()
+    }
+
+    fn verdict(stmts: Vec<SqlStatement>) -> Verdict {
+        guard().check(&session("prod"), &sql(stmts))
+    }
+
+    fn is_deny(v: &Verdict) -> bool {
+        matches!(v, Verdict::Deny(_))
+    }
+    fn is_review(v: &Verdict) -> bool {
+        matches!(v, Verdict::Review(_))
+    }
+
+    #[test]
+    fn drop_table_is_denied() {
+        let mut s = statement(StatementKind::Drop, "DROP TABLE users");
+        s.object_type = "table".into();
+        s.tables_written = vec!["users".into()];
+        let v = verdict(vec![s]);
+        assert!(matches!(&v, Verdict::Deny(r) if r.contains("DROP TABLE users")), "{v:?}");
+    }
+
+    #[test]
+    fn drop_behind_a_select_is_denied() {
+        let v =
+            verdict(vec![statement(StatementKind::Select, "SELECT 1"), statement(StatementKind::Drop, "DROP TABLE t")]);
+        assert!(is_deny(&v));
+    }
+
+    #[test]
+    fn delete_without_where_is_denied_but_with_where_allowed() {
+        let mut d = statement(StatementKind::Delete, "DELETE FROM t");
+        assert!(is_deny(&verdict(vec![d.clone()])));
+        d.has_where = true;
+        assert_eq!(verdict(vec![d]), Verdict::Allow);
+    }
+
+    #[test]
+    fn truncate_grant_revoke_alter_drop_copy_program_are_denied() {
+        for k in [StatementKind::Truncate, StatementKind::Grant, StatementKind::Revoke] {
+            assert!(is_deny(&verdict(vec![statement(k, "x")])), "{k:?}");
+        }
+        let mut a = statement(StatementKind::Alter, "ALTER TABLE t DROP COLUMN c");
+        a.alter_drops = true;
+        assert!(is_deny(&verdict(vec![a])));
+        let mut c = statement(StatementKind::CopyFrom, "COPY t FROM PROGRAM 'id'");
+        c.copy_program = true;
+        assert!(is_deny(&verdict(vec![c])));
+    }
+
+    #[test]
+    fn do_call_other_and_unparsable_go_to_review() {
+        for k in [StatementKind::DoBlock, StatementKind::Call, StatementKind::Other] {
+            assert!(is_review(&verdict(vec![statement(k, "x")])), "{k:?}");
+        }
+        assert!(is_review(&guard().check(&session("prod"), &unparsable("SELEC 1", "syntax error"))));
+    }
+
+    #[test]
+    fn dangerous_functions_are_denied_even_schema_qualified() {
+        let mut s = statement(StatementKind::Select, "SELECT pg_catalog.pg_read_file('/etc/passwd')");
+        s.functions = vec!["pg_catalog.pg_read_file".into()];
+        assert!(is_deny(&verdict(vec![s])));
+    }
+
+    #[test]
+    fn per_connection_rules_replace_defaults() {
+        let g =
+            Guard::from_json(r#"{"connections":{"scratch":{"deny":[],"review":[],"deny_unbounded_writes":false}}}"#)
+                .unwrap();
+        let d = statement(StatementKind::Delete, "DELETE FROM t");
+        assert_eq!(g.check(&session("scratch"), &sql(vec![d.clone()])), Verdict::Allow);
+        assert!(is_deny(&g.check(&session("prod"), &sql(vec![d]))));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = Guard::from_json(r#"{"deny":["dorp"]}"#).unwrap_err();
+        assert!(e.contains("dorp") && e.contains("defaults"), "{e}");
+        let e = Guard::from_json(r#"{"connections":{"x":{"review":["nope"]}}}"#).unwrap_err();
+        assert!(e.contains("connections.x"), "{e}");
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything Wardgate's build, demo and tests need, idempotently:
+# Debian packages (PostgreSQL server and clients, pgbouncer, libclang for the
+# SQL parser), the wasm32-wasip2 Rust target. Safe to run again.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+
+need_pkgs=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang; do
+  have "$p" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing packages ${need_pkgs[*]}; run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Keep Debian's packaged PostgreSQL and pgbouncer from starting system services.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+command -v rustup >/dev/null || { echo "setup: rustup not found (install Rust from rustup.rs)" >&2; exit 1; }
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+echo "setup: ok"

@@ -1,0 +1,50 @@
+//! Host functions. Inside the sandbox they call the host; in native tests they
+//! read and write the thread-local [`crate::testkit`] harness instead.
+
+use crate::host::LogLevel;
+
+/// Write a line to the gateway's log. Never pass unmasked data.
+pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testkit::with_harness(|h| h.logs.push((level, message.to_string())));
+}
+
+/// A value from the manifest's `[config]` table (strings as-is, others as JSON).
+pub fn config_get(key: &str) -> Option<String> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::host::config_get(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testkit::with_harness(|h| h.config.get(key).cloned());
+}
+
+/// The manifest's whole `[config]` table as a JSON object.
+pub fn config_json() -> String {
+    #[cfg(target_arch = "wasm32")]
+    return crate::host::config_json();
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testkit::with_harness(|h| h.config_json.clone());
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return crate::host::now_ms();
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testkit::with_harness(|h| h.now_ms);
+}
+
+/// Append a line to the output granted in the manifest's `[capabilities]`.
+pub fn write_output(line: &str) -> Result<(), String> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::host::write_output(line);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testkit::with_harness(|h| match &h.output_error {
+        Some(e) => Err(e.clone()),
+        None => {
+            h.output.push(line.to_string());
+            Ok(())
+        }
+    });
+}
