@@ -21,6 +21,7 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "host-view",
         path: "../wit",
+        additional_derives: [PartialEq],
     });
 }
 

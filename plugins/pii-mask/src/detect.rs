@@ -124,9 +124,8 @@ impl Detectors {
         if upper >= 2 && digits >= 4 && b.len() >= 15 && self.on(Entity::Iban) {
             ibans(b, out);
         }
-        if digits >= 9 {
-            digit_runs(b, self, out);
-        } else if digits >= 7 && self.on(Entity::Phone) {
+        // Cards and SSNs need 9+ digits; international phones 8+.
+        if digits >= 9 || (digits >= 8 && self.on(Entity::Phone)) {
             digit_runs(b, self, out);
         }
         if out.len() > 1 {
@@ -453,7 +452,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Cards, SSNs and phone numbers are all runs of digits with separators;
@@ -513,7 +512,7 @@ fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
         let boundary = end == n || !(b[end].is_ascii_alphanumeric());
         let nd = digits.len();
         let mut matched = None;
-        if boundary && nd >= 13 && nd <= 19 && !plus && d.on(Entity::Card) && luhn(&digits) {
+        if boundary && (13..=19).contains(&nd) && !plus && d.on(Entity::Card) && luhn(&digits) {
             matched = Some(Entity::Card);
         } else if boundary
             && nd == 9
@@ -591,8 +590,7 @@ mod tests {
         assert_eq!(found("ssn 123-45-6789"), vec![(Entity::Ssn, "123-45-6789".into())]);
         assert!(found("123456789").is_empty(), "plain 9-digit id is not an SSN by default");
         assert!(found("000-12-3456").is_empty());
-        let mut d = Detectors::default();
-        d.ssn_plain_digits = true;
+        let d = Detectors { ssn_plain_digits: true, ..Default::default() };
         let mut v = vec![];
         d.scan("123456789", &mut v);
         assert_eq!(v.len(), 1);
