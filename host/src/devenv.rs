@@ -169,6 +169,27 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Stop the server when this process exits, however it exits (tests keep
+    /// their cluster in a static, which Rust never drops; a kill -9 runs no
+    /// destructor at all). A detached shell watches our pid.
+    pub fn stop_when_process_exits(&self) -> anyhow::Result<()> {
+        let ctl = self.bin.join("pg_ctl");
+        let stop = match &self.as_user {
+            Some(u) => format!("runuser -u {u} -- '{}' -D '{}' -m immediate stop", ctl.display(), self.data.display()),
+            None => format!("'{}' -D '{}' -m immediate stop", ctl.display(), self.data.display()),
+        };
+        let pid = std::process::id();
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawning the cluster watchdog")?;
+        Ok(())
+    }
+
     /// Stop the server now.
     pub fn stop(&self) {
         let _ = self.cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]).output();

@@ -14,7 +14,7 @@
 //! A plugin crate generates its export glue against the same WIT and points the
 //! shared interfaces at this crate, so every plugin uses one set of types:
 //!
-//! ```ignore
+//! ```text
 //! wardgate_sdk::wit_bindgen::generate!({
 //!     world: "guard-plugin",
 //!     path: "wit",                       // a copy of (or link to) wardgate's wit/

@@ -48,6 +48,7 @@ pub fn db() -> &'static Db {
     DB.get_or_init(|| {
         let base = tempdir("pg");
         let pg = PgCluster::start(&base).expect("start postgres");
+        pg.stop_when_process_exits().expect("watchdog");
         let app_password = seed_demo(&pg, "shop").expect("seed");
         pg.psql("shop", "ALTER ROLE wardgate_app CREATEDB; GRANT CREATE ON SCHEMA public TO wardgate_app;").unwrap();
         Db { pg, app_password, base }

@@ -90,29 +90,21 @@ impl Detectors {
     pub fn scan(&self, text: &str, out: &mut Vec<Span>) {
         out.clear();
         let b = text.as_bytes();
-        // Prefilter: one pass over the bytes to learn what is worth looking for.
-        let mut digits = 0usize;
-        let mut has_at = false;
-        let mut has_eq_or_colon = false;
-        let mut upper = 0usize;
-        let mut has_dash5 = false;
-        for (i, &c) in b.iter().enumerate() {
-            match c {
-                b'0'..=b'9' => digits += 1,
-                b'@' => has_at = true,
-                b'=' | b':' => has_eq_or_colon = true,
-                b'A'..=b'Z' => upper += 1,
-                b'-' if i + 5 <= b.len() && &b[i..i + 5] == b"-----" => has_dash5 = true,
-                _ => {}
-            }
-        }
+        // Prefilter: cheap counting passes (they vectorize) tell which
+        // detectors can possibly match; most cells run none.
+        let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+        let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
+        let has_at = b.contains(&b'@');
+        let has_eq_or_colon = b.iter().any(|&c| c == b'=' || c == b':');
+        let has_dash5 = b.len() >= 10 && memfind(b, b"-----").is_some();
+        let has_space = b.contains(&b' ');
         if has_dash5 && self.on(Entity::PrivateKey) {
             private_keys(b, out);
         }
         if b.len() >= 20 && self.on(Entity::Jwt) && memfind(b, b"eyJ").is_some() {
             jwts(b, out);
         }
-        if self.on(Entity::Secret) && (has_eq_or_colon || b.len() >= 7) {
+        if self.on(Entity::Secret) && (has_eq_or_colon || (has_space && b.len() >= 15 && contains_ci(b, b"bearer "))) {
             secrets(b, out);
         }
         if upper >= 4 && b.len() >= 20 && self.on(Entity::AwsKey) {
@@ -142,6 +134,10 @@ impl Detectors {
             *out = kept;
         }
     }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -233,80 +229,102 @@ const SECRET_KEYS: [&[u8]; 14] = [
     b"passphrase",
 ];
 
-fn lower_at(b: &[u8], i: usize) -> u8 {
-    b[i].to_ascii_lowercase()
-}
-
 fn starts_with_ci(b: &[u8], at: usize, pat: &[u8]) -> bool {
-    at + pat.len() <= b.len() && (0..pat.len()).all(|k| lower_at(b, at + k) == pat[k])
+    at + pat.len() <= b.len() && b[at..at + pat.len()].eq_ignore_ascii_case(pat)
 }
 
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+}
+
+/// The secret key that `ident` names, if any: the identifier equals a key or
+/// ends with one after a separator (`db_password`, `X-Api-Key`).
+fn names_secret(ident: &[u8]) -> bool {
+    SECRET_KEYS.iter().any(|k| {
+        ident.len() >= k.len()
+            && ident[ident.len() - k.len()..].eq_ignore_ascii_case(k)
+            && (ident.len() == k.len() || matches!(ident[ident.len() - k.len() - 1], b'_' | b'-' | b'.'))
+    })
+}
+
+/// `key=value`, `key: value`, `"key": "value"` where key names a secret, and
+/// `Bearer <token>`. Works backwards from each `=`/`:` so cells without a
+/// secret-looking key cost one pass over their separators.
 fn secrets(b: &[u8], out: &mut Vec<Span>) {
     let n = b.len();
     let mut i = 0;
     while i < n {
-        let c = lower_at(b, i);
-        // `Bearer <token>` (Authorization headers, logged requests).
-        if c == b'b' && starts_with_ci(b, i, b"bearer ") && (i == 0 || !is_word(b[i - 1])) {
-            let vs = i + 7;
-            let mut ve = vs;
-            while ve < n && !b[ve].is_ascii_whitespace() && b[ve] != b'"' && b[ve] != b'\'' && b[ve] != b',' {
-                ve += 1;
+        let c = b[i];
+        if c == b'b' || c == b'B' {
+            if starts_with_ci(b, i, b"bearer ") && (i == 0 || !is_word(b[i - 1])) {
+                let vs = i + 7;
+                let mut ve = vs;
+                while ve < n && !b[ve].is_ascii_whitespace() && !matches!(b[ve], b'"' | b'\'' | b',') {
+                    ve += 1;
+                }
+                if ve - vs >= 8 {
+                    out.push(Span { start: vs, end: ve, entity: Entity::Secret });
+                    i = ve;
+                    continue;
+                }
             }
-            if ve - vs >= 8 {
-                out.push(Span { start: vs, end: ve, entity: Entity::Secret });
-                i = ve;
-                continue;
+            i += 1;
+            continue;
+        }
+        if c != b'=' && c != b':' {
+            i += 1;
+            continue;
+        }
+        // Walk back over spaces and one quote to the key.
+        let mut k = i;
+        while k > 0 && b[k - 1] == b' ' {
+            k -= 1;
+        }
+        if k > 0 && (b[k - 1] == b'"' || b[k - 1] == b'\'') {
+            k -= 1;
+        }
+        let key_end = k;
+        while k > 0 && is_ident(b[k - 1]) {
+            k -= 1;
+        }
+        if key_end == k || !names_secret(&b[k..key_end]) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < n && b[j] == b' ' {
+            j += 1;
+        }
+        let quote = if j < n && (b[j] == b'"' || b[j] == b'\'') {
+            j += 1;
+            Some(b[j - 1])
+        } else {
+            None
+        };
+        let vs = j;
+        let mut ve = vs;
+        match quote {
+            Some(q) => {
+                while ve < n && b[ve] != q {
+                    ve += if b[ve] == b'\\' && ve + 1 < n { 2 } else { 1 };
+                }
+                ve = ve.min(n);
+            }
+            None => {
+                while ve < n
+                    && !b[ve].is_ascii_whitespace()
+                    && !matches!(b[ve], b'&' | b';' | b',' | b'}' | b'"' | b'\'')
+                {
+                    ve += 1;
+                }
             }
         }
-        if matches!(c, b'p' | b's' | b'c' | b'a' | b'r' | b't') && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
-            if let Some(key) = SECRET_KEYS.iter().find(|k| starts_with_ci(b, i, k)) {
-                let mut j = i + key.len();
-                // allow `"password": "x"`, `password = x`, `PASSWORD:x`
-                if j < n && (b[j] == b'"' || b[j] == b'\'') {
-                    j += 1;
-                }
-                while j < n && b[j] == b' ' {
-                    j += 1;
-                }
-                if j < n && (b[j] == b'=' || b[j] == b':') {
-                    j += 1;
-                    while j < n && b[j] == b' ' {
-                        j += 1;
-                    }
-                    let quote = if j < n && (b[j] == b'"' || b[j] == b'\'') {
-                        j += 1;
-                        Some(b[j - 1])
-                    } else {
-                        None
-                    };
-                    let vs = j;
-                    let mut ve = vs;
-                    match quote {
-                        Some(q) => {
-                            while ve < n && b[ve] != q {
-                                ve += if b[ve] == b'\\' && ve + 1 < n { 2 } else { 1 };
-                            }
-                            ve = ve.min(n);
-                        }
-                        None => {
-                            while ve < n
-                                && !b[ve].is_ascii_whitespace()
-                                && !matches!(b[ve], b'&' | b';' | b',' | b'}' | b'"' | b'\'')
-                            {
-                                ve += 1;
-                            }
-                        }
-                    }
-                    if ve > vs {
-                        out.push(Span { start: vs, end: ve, entity: Entity::Secret });
-                        i = ve;
-                        continue;
-                    }
-                }
-            }
+        if ve > vs {
+            out.push(Span { start: vs, end: ve, entity: Entity::Secret });
+            i = ve;
+        } else {
+            i += 1;
         }
-        i += 1;
     }
 }
 
@@ -618,6 +636,9 @@ mod tests {
         assert_eq!(found("db password=hunter2 ok"), vec![(Entity::Secret, "hunter2".into())]);
         assert_eq!(found(r#"{"Password": "s3cr et"}"#), vec![(Entity::Secret, "s3cr et".into())]);
         assert_eq!(found("Authorization: Bearer abcdef123456"), vec![(Entity::Secret, "abcdef123456".into())]);
+        assert_eq!(found("DB_PASSWORD = s3cret&x=1"), vec![(Entity::Secret, "s3cret".into())]);
+        assert_eq!(found("X-Api-Key: k-123"), vec![(Entity::Secret, "k-123".into())]);
+        assert!(found("at 10:05:00 ratio=3:4 passwordless=true").is_empty(), "not secret keys");
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-x";
         assert_eq!(found(&format!("t {jwt} x")), vec![(Entity::Jwt, jwt.into())]);
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----";

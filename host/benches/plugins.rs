@@ -1,0 +1,206 @@
+//! Plugin platform benchmark (run with `cargo bench -p wardgate --bench plugins`
+//! after scripts/build-plugins.sh). Prints, each against a baseline measured in
+//! the same run:
+//! * guard call cost (sql-guard, realistic parsed request), µs per call;
+//! * masking throughput on 1000 x 5 batches: pii-mask in the sandbox vs the
+//!   same code compiled natively (ratio; target >= 0.5);
+//! * instantiate-per-session cost (pooled);
+//! * SQL analysis cost (libpg_query) for comparison.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wardgate::pipeline::types::*;
+use wardgate::plugins::engine::EngineOptions;
+use wardgate::plugins::{PluginEngine, Registry, SessionPlugins};
+
+fn dist() -> PathBuf {
+    std::env::var_os("WARDGATE_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins"))
+}
+
+fn per_iter(mut f: impl FnMut(), min: Duration) -> Duration {
+    for _ in 0..50 {
+        f();
+    }
+    let mut n = 0u32;
+    let start = Instant::now();
+    while start.elapsed() < min || n < 100 {
+        f();
+        n += 1;
+    }
+    start.elapsed() / n
+}
+
+fn session() -> Session {
+    Session {
+        id: "bench".into(),
+        connection: "shop".into(),
+        protocol: Protocol::Postgres,
+        identity: Identity {
+            principal: Principal {
+                subject: "sa:bench".into(),
+                name: "bench".into(),
+                email: None,
+                groups: vec!["agents".into()],
+                kind: PrincipalKind::Agent,
+                issuer: "wardgate".into(),
+            },
+            on_behalf_of: vec![],
+        },
+        client_addr: "127.0.0.1:1".into(),
+        started_at_ms: 0,
+    }
+}
+
+const ROWS: usize = 1000;
+
+fn rows() -> Vec<[String; 5]> {
+    (0..ROWS)
+        .map(|i| {
+            [
+                format!("{}", 100000 + i),
+                format!("Customer Number {i}"),
+                format!("user{i}@example.com"),
+                if i % 3 == 0 { "4111 1111 1111 1111".to_string() } else { format!("order note {i} shipped on time") },
+                format!("2026-01-{:02} 10:{:02}:00+00", 1 + i % 28, i % 60),
+            ]
+        })
+        .collect()
+}
+
+fn main() {
+    let dir = dist();
+    assert!(dir.join("pii-mask.wasm").exists(), "run scripts/build-plugins.sh first");
+    let engine = PluginEngine::new(EngineOptions { max_instances: 200, ..Default::default() }).unwrap();
+    let registry = Registry::open(engine, &dir, &std::env::temp_dir()).unwrap();
+    let set = registry.current();
+    let guard = set.plugins["sql-guard"].clone();
+    let masker = set.plugins["pii-mask"].clone();
+    let mut sp = SessionPlugins::new(registry.clone(), "bench", "shop", "postgres", vec![]);
+    let sess = session();
+    let text =
+        "SELECT c.id, c.email, o.amount_cents FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id = 42";
+
+    // SQL analysis (host, native) for scale.
+    let t_parse = per_iter(
+        || {
+            black_box(pg_query::parse(black_box(text), 0).unwrap());
+        },
+        Duration::from_millis(500),
+    );
+    let req = Request::Sql(wardgate::sql::analyze(text, SqlPhase::SimpleQuery, ""));
+
+    // Guard call.
+    assert_eq!(sp.check(&guard, &sess, &req).unwrap(), Verdict::Allow);
+    let t_guard = per_iter(
+        || {
+            black_box(sp.check(&guard, &sess, &req).unwrap());
+        },
+        Duration::from_secs(1),
+    );
+
+    // Masking: sandboxed vs native, same Policy code and config.
+    let data = rows();
+    let mut packed = PackedCells { data: vec![], lengths: vec![] };
+    for r in &data {
+        for c in r {
+            packed.data.extend_from_slice(c.as_bytes());
+            packed.lengths.push(c.len() as i32);
+        }
+    }
+    let names = ["id", "name", "email", "note", "created_at"];
+    let columns: Vec<Column> = names
+        .iter()
+        .map(|n| Column {
+            name: n.to_string(),
+            type_oid: 25,
+            table: Some("public.customers".into()),
+            format: CellFormat::Text,
+        })
+        .collect();
+    let batch = RowBatch { columns: columns.clone(), cells: packed.clone() };
+    let bytes = packed.data.len();
+    let t_wasm = per_iter(
+        || {
+            black_box(sp.mask_rows(&masker, &sess, &batch).unwrap());
+        },
+        Duration::from_secs(2),
+    );
+    let native_policy = pii_mask::policy::Policy::from_json(&masker.manifest.config_json).unwrap();
+    let ncols: Vec<wardgate_sdk::types::Column> = names
+        .iter()
+        .map(|n| wardgate_sdk::types::Column {
+            name: n.to_string(),
+            type_oid: 25,
+            table: Some("public.customers".into()),
+            format: wardgate_sdk::types::CellFormat::Text,
+        })
+        .collect();
+    let ncells = wardgate_sdk::types::PackedCells { data: packed.data.clone(), lengths: packed.lengths.clone() };
+    let t_native = per_iter(
+        || {
+            black_box(native_policy.mask_batch(black_box(&ncols), black_box(&ncells)).unwrap());
+        },
+        Duration::from_secs(2),
+    );
+
+    // Boundary cost alone: a masker that returns its input (test fixture).
+    let fixture_dir = dir.join("../fixtures");
+    let t_boundary = if fixture_dir.join("hostile.wasm").exists() {
+        let d = std::env::temp_dir().join(format!("wardgate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(fixture_dir.join("hostile.wasm"), d.join("hostile.wasm")).unwrap();
+        std::fs::write(d.join("hostile.toml"), "name = \"hostile\"\nversion = \"1.0.0\"\n").unwrap();
+        let e2 = PluginEngine::new(EngineOptions { max_instances: 16, ..Default::default() }).unwrap();
+        let r2 = Registry::open(e2, &d, &d).unwrap();
+        let h = r2.current().plugins["hostile"].clone();
+        let mut s2 = SessionPlugins::new(r2.clone(), "b2", "shop", "postgres", vec![]);
+        Some(per_iter(
+            || {
+                black_box(s2.mask_rows(&h, &sess, &batch).unwrap());
+            },
+            Duration::from_secs(1),
+        ))
+    } else {
+        None
+    };
+
+    // Instantiate per session (pooled): a new session's first call minus a warm call.
+    let t_first = per_iter(
+        || {
+            let mut s = SessionPlugins::new(registry.clone(), "b", "shop", "postgres", vec![]);
+            black_box(s.check(&guard, &sess, &req).unwrap());
+        },
+        Duration::from_secs(1),
+    );
+
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("wardgate plugin benchmark ({} rows x 5 cells, {:.0} KB per batch)", ROWS, bytes as f64 / 1024.0);
+    println!("  SQL analysis (libpg_query, native)     {:>9.2} µs/query", us(t_parse));
+    println!("  guard call, sql-guard, warm instance   {:>9.2} µs/call   (target <= 5 µs)", us(t_guard));
+    println!(
+        "  new session: instantiate + first call  {:>9.2} µs        (instantiate ~ {:.2} µs)",
+        us(t_first),
+        us(t_first) - us(t_guard)
+    );
+    println!(
+        "  mask 1000x5, native pii-mask           {:>9.1} µs/batch  {:>7.1} MB/s",
+        us(t_native),
+        bytes as f64 / t_native.as_secs_f64() / 1e6
+    );
+    println!(
+        "  mask 1000x5, pii-mask in sandbox       {:>9.1} µs/batch  {:>7.1} MB/s",
+        us(t_wasm),
+        bytes as f64 / t_wasm.as_secs_f64() / 1e6
+    );
+    if let Some(b) = t_boundary {
+        println!("  boundary only (identity masker)         {:>9.1} µs/batch  (lift/lower of the packed batch)", us(b));
+    }
+    println!(
+        "  masking throughput ratio sandbox/native {:>8.2}           (target >= 0.5)",
+        t_native.as_secs_f64() / t_wasm.as_secs_f64()
+    );
+}
