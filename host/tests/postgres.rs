@@ -386,3 +386,30 @@ async fn pgbench_runs_in_every_query_mode() {
         assert!(out.contains("number of failed transactions: 0"), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lexer_cannot_be_switched_under_the_guard() {
+    let g = gateway(Options::default()).await;
+    let c = g.client().await;
+    // With standard_conforming_strings off the server would read this as one
+    // string and a DROP; the gateway never lets the setting change.
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('standard_' || 'conforming_strings', 'off', false)",
+        "SET client_encoding = 'SJIS'",
+        "RESET ALL",
+    ] {
+        let e = c.batch_execute(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert_eq!(code(&e), "42501", "{sql}");
+    }
+    // Pipelined: the SET is refused before the next query is even read.
+    let (a, b) = tokio::join!(
+        c.batch_execute("SET standard_conforming_strings = off"),
+        c.simple_query("SELECT 'x\\' , $$ ' ; SELECT 1; -- $$")
+    );
+    assert!(a.is_err());
+    assert!(b.is_ok(), "read as one string and a dollar-quoted string: {b:?}");
+    let scs: String = c.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
+    assert_eq!(scs, "on");
+}

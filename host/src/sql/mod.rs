@@ -34,15 +34,34 @@ pub fn enum_name(v: &impl std::fmt::Debug) -> String {
 /// Parse `text` and describe its statements. Never panics; a text the parser
 /// rejects comes back with `parse_error` set and no statements.
 pub fn analyze(text: &str, phase: SqlPhase, statement_name: &str) -> SqlRequest {
-    let statements = analyze_cached(text);
-    let (statements, parse_error) = match &*statements {
-        Ok(s) => (s.clone(), None),
+    let analysis = analyze_cached(text);
+    let (statements, parse_error) = match &*analysis {
+        Ok(a) => (a.statements.clone(), None),
         Err(e) => (Vec::new(), Some(e.clone())),
     };
     SqlRequest { text: text.to_string(), statements, parse_error, phase, statement_name: statement_name.to_string() }
 }
 
-type Analysis = Arc<Result<Vec<SqlStatement>, String>>;
+/// Settings whose change would make PostgreSQL read later queries differently
+/// from the parser the gateway uses (string escapes, byte encoding). The host
+/// refuses to change them, whatever the plugins say.
+pub const PINNED_SETTINGS: [&str; 3] = ["standard_conforming_strings", "client_encoding", "names"];
+
+/// Why the host itself refuses `text`, independent of plugins: it would change
+/// a pinned setting. Uses the same cached parse as [`analyze`].
+pub fn host_violation(text: &str) -> Option<String> {
+    match &*analyze_cached(text) {
+        Ok(a) => a.violation.clone(),
+        Err(_) => None,
+    }
+}
+
+struct Analyzed {
+    statements: Vec<SqlStatement>,
+    violation: Option<String>,
+}
+
+type Analysis = Arc<Result<Analyzed, String>>;
 
 fn analyze_cached(text: &str) -> Analysis {
     static CACHE: Mutex<Option<HashMap<String, Analysis>>> = Mutex::new(None);
@@ -64,7 +83,7 @@ fn analyze_cached(text: &str) -> Analysis {
     result
 }
 
-fn analyze_uncached(text: &str) -> Result<Vec<SqlStatement>, String> {
+fn analyze_uncached(text: &str) -> Result<Analyzed, String> {
     if text.as_bytes().contains(&0) {
         return Err("query text contains a NUL byte".into());
     }
@@ -73,14 +92,56 @@ fn analyze_uncached(text: &str) -> Result<Vec<SqlStatement>, String> {
         other => other.to_string(),
     })?;
     let mut out = Vec::new();
+    let mut violation = None;
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
         let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
         let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
         describe_tree(node, &stmt_text, &mut out);
+        if violation.is_none() {
+            violation = pinned_setting_change(node);
+        }
     }
-    Ok(out)
+    Ok(Analyzed { statements: out, violation })
+}
+
+fn is_pinned(name: &str) -> bool {
+    PINNED_SETTINGS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// SET/RESET of a pinned setting, `RESET ALL`, or `set_config()` whose name is
+/// pinned or not a constant.
+fn pinned_setting_change(node: &NodeEnum) -> Option<String> {
+    if let NodeEnum::VariableSetStmt(v) = node {
+        if is_pinned(&v.name) {
+            return Some(format!("changing {} is not allowed through Wardgate", v.name));
+        }
+        if v.kind() == protobuf::VariableSetKind::VarResetAll {
+            return Some("RESET ALL is not allowed through Wardgate (it would reset pinned settings)".into());
+        }
+    }
+    for (child, _, _, _) in node.nodes() {
+        let NodeRef::FuncCall(f) = child else { continue };
+        let name = strings(&f.funcname);
+        if !(name == "set_config" || name == "pg_catalog.set_config") {
+            continue;
+        }
+        let first = f.args.first().and_then(|a| a.node.as_ref());
+        let constant = match first {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(protobuf::a_const::Val::Sval(sv)) => Some(sv.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match constant {
+            Some(n) if !is_pinned(&n) => {}
+            Some(n) => return Some(format!("changing {n} is not allowed through Wardgate")),
+            None => return Some("set_config() with a computed setting name is not allowed through Wardgate".into()),
+        }
+    }
+    None
 }
 
 /// Describe `node` and any data-changing statements nested in it.
@@ -555,6 +616,26 @@ mod tests {
             let r = analyze(text, SqlPhase::SimpleQuery, "");
             assert!(r.parse_error.is_some(), "{text:?}");
             assert!(r.statements.is_empty());
+        }
+    }
+
+    #[test]
+    fn changes_to_lexer_settings_are_host_violations() {
+        for bad in [
+            "SET standard_conforming_strings = off",
+            "set STANDARD_CONFORMING_STRINGS to off",
+            "RESET standard_conforming_strings",
+            "SET LOCAL client_encoding = 'SJIS'",
+            "SET NAMES 'LATIN1'",
+            "RESET ALL",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT pg_catalog.set_config('standard_' || 'conforming_strings', 'off', false)",
+            "SELECT 1; SELECT set_config(name, 'off', false) FROM pg_settings",
+        ] {
+            assert!(host_violation(bad).is_some(), "{bad}");
+        }
+        for ok in ["SET search_path = app", "SELECT set_config('search_path', '', false)", "SELECT 1"] {
+            assert_eq!(host_violation(ok), None, "{ok}");
         }
     }
 

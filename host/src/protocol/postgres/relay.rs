@@ -408,6 +408,20 @@ fn decide(ctx: &Ctx<'_>, request: SqlRequest, id: u64, copy: Option<&CopyFormat>
     let parse_error = request.parse_error.clone();
     let original_text = request.text.clone();
     let started = std::time::Instant::now();
+    if let Some(reason) = crate::sql::host_violation(&original_text) {
+        drop(pipeline);
+        ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+        ctx.recorder.emit(
+            "request",
+            json!({"request_id": id, "phase": phase, "statement": recorded_text, "statements": statements, "decision": "deny", "verdicts": [], "host_policy": reason}),
+        );
+        return Err(error_bytes(
+            "42501",
+            &format!("Wardgate: {reason}"),
+            Some("these settings are pinned so the gateway reads SQL exactly as PostgreSQL does"),
+        ));
+    }
     let Decision { outcome, verdicts } = pipeline.check(Request::Sql(request), |r| match r {
         Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
         other => other,
@@ -810,6 +824,21 @@ fn on_upstream_message(
                 s = ctx.shared.lock();
             }
             res.copy_out = None;
+        }
+        b'S' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let (k, v) = (r.cstr().unwrap_or(""), r.cstr().unwrap_or(""));
+            if let Some(problem) = super::session::unsafe_parameter(k, v) {
+                drop(s);
+                ctx.recorder.emit("session.aborted", json!({"reason": problem}));
+                out.extend_from_slice(&codec::fatal_bytes(
+                    "XX000",
+                    &format!("Wardgate: {problem}; the session is closed"),
+                    None,
+                ));
+                ctx.shared.lock().closed = true;
+                return Err(SessionError::Refused(problem));
+            }
         }
         b'N' | b'A' if masks => {
             drop(s);

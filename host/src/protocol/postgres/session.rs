@@ -218,6 +218,16 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         }
     };
 
+    if let Some(problem) = up.params.iter().find_map(|(k, v)| unsafe_parameter(k, v)) {
+        recorder.emit("upstream.failed", json!({"connection": conn.name, "error": problem}));
+        return Err(refuse(
+            &mut stream,
+            "XX000",
+            &format!("Wardgate: upstream \"{}\": {problem}", conn.name),
+            Some("set standard_conforming_strings = on and use UTF8 for this role and database"),
+        )
+        .await);
+    }
     let session = Session {
         id: id.clone(),
         connection: conn.name.clone(),
@@ -288,6 +298,20 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     );
     drop(registration);
     result
+}
+
+/// A server parameter that would make PostgreSQL read SQL differently from
+/// the gateway's parser (or send bytes the maskers cannot read).
+pub fn unsafe_parameter(key: &str, value: &str) -> Option<String> {
+    if key.eq_ignore_ascii_case("standard_conforming_strings") && !value.eq_ignore_ascii_case("on") {
+        return Some(format!("the server reports standard_conforming_strings = {value}; Wardgate requires on"));
+    }
+    if key.eq_ignore_ascii_case("client_encoding")
+        && !matches!(value.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE")
+    {
+        return Some(format!("the server reports client_encoding = {value}; Wardgate requires UTF8"));
+    }
+    None
 }
 
 async fn forward_cancel(ctx: &PgContext, pid: i32, secret: i32) {
