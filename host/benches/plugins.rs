@@ -91,6 +91,18 @@ fn main() {
         },
         Duration::from_millis(500),
     );
+    let t_scan = per_iter(
+        || {
+            black_box(pg_query::scan(black_box(text)).unwrap());
+        },
+        Duration::from_millis(500),
+    );
+    let t_cached = per_iter(
+        || {
+            black_box(wardgate::sql::analyze(black_box(text), SqlPhase::SimpleQuery, ""));
+        },
+        Duration::from_millis(500),
+    );
     let req = Request::Sql(wardgate::sql::analyze(text, SqlPhase::SimpleQuery, ""));
 
     // Guard call.
@@ -180,6 +192,8 @@ fn main() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("wardgate plugin benchmark ({} rows x 5 cells, {:.0} KB per batch)", ROWS, bytes as f64 / 1024.0);
     println!("  SQL analysis (libpg_query, native)     {:>9.2} µs/query", us(t_parse));
+    println!("  SQL scan only (libpg_query lexer)      {:>9.2} µs/query", us(t_scan));
+    println!("  SQL analysis, cache hit (same text)    {:>9.2} µs/query", us(t_cached));
     println!("  guard call, sql-guard, warm instance   {:>9.2} µs/call   (target <= 5 µs)", us(t_guard));
     println!(
         "  new session: instantiate + first call  {:>9.2} µs        (instantiate ~ {:.2} µs)",

@@ -83,7 +83,7 @@ async fn a_million_rows_stream_through_the_masker_in_bounded_memory() {
     pin_mut!(rows);
     let mut n = 0u64;
     while let Some(r) = rows.try_next().await.unwrap() {
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             let email: &str = r.get(1);
             let card: &str = r.get(4);
             assert!(email.contains("***@example.com"), "{email}");

@@ -69,7 +69,7 @@ fn analyze_cached(text: &str) -> Analysis {
         return hit;
     }
     let result: Analysis = Arc::new(
-        std::panic::catch_unwind(|| analyze_uncached(text))
+        std::panic::catch_unwind(|| analyze_by_shape(text))
             .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string())),
     );
     if text.len() <= 16 * 1024 {
@@ -83,7 +83,108 @@ fn analyze_cached(text: &str) -> Analysis {
     result
 }
 
-fn analyze_uncached(text: &str) -> Result<Analyzed, String> {
+/// The analysis of a token stream with its constants abstracted: what every
+/// text with the same tokens (only other literal values) parses to.
+struct Template {
+    /// (top-level statement index, statement with its text left empty)
+    entries: Vec<(usize, SqlStatement)>,
+    tops: usize,
+    violation: Option<String>,
+}
+
+/// A cache key from PostgreSQL's own lexer: every token's text, except
+/// constants, which contribute only their kind; comments are dropped. The
+/// grammar sees only the token stream, so texts with equal keys parse to the
+/// same statements (kinds, tables, functions, WHERE). With
+/// `standard_conforming_strings` pinned on (see [`PINNED_SETTINGS`]), this
+/// lexer reads text exactly as the server does. Also returns the byte ranges
+/// of top-level statements (split at `;`).
+fn shape_key(text: &str) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+    use protobuf::Token;
+    let scanned = pg_query::scan(text).ok()?;
+    let mut key = Vec::with_capacity(text.len());
+    let mut segments = Vec::new();
+    let mut seg_start: Option<usize> = None;
+    let mut seg_end = 0usize;
+    for t in &scanned.tokens {
+        let (start, end) = (t.start.max(0) as usize, (t.end.max(0) as usize).min(text.len()));
+        let kind = Token::try_from(t.token).ok()?;
+        match kind {
+            Token::SqlComment | Token::CComment => continue,
+            Token::Ascii59 => {
+                if let Some(s) = seg_start.take() {
+                    segments.push(s..seg_end);
+                }
+                key.extend_from_slice(b";\0");
+                continue;
+            }
+            Token::Iconst | Token::Fconst | Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => {
+                key.push(0xff);
+                key.extend_from_slice(&t.token.to_le_bytes());
+            }
+            _ => key.extend_from_slice(text.get(start..end)?.as_bytes()),
+        }
+        key.push(0);
+        seg_start.get_or_insert(start);
+        seg_end = end;
+    }
+    if let Some(s) = seg_start {
+        segments.push(s..seg_end);
+    }
+    Some((key, segments))
+}
+
+fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
+    static SHAPES: Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>> = Mutex::new(None);
+    let shape = if text.as_bytes().contains(&0) { None } else { shape_key(text) };
+    if let Some((key, segments)) = &shape {
+        let hit = SHAPES.lock().as_ref().and_then(|c| c.get(key).cloned());
+        if let Some(t) = hit.filter(|t| t.tops == segments.len()) {
+            let statements = t
+                .entries
+                .iter()
+                .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
+                .collect();
+            return Ok(Analyzed { statements, violation: t.violation.clone() });
+        }
+    }
+    let (analyzed, tops) = analyze_uncached(text)?;
+    if let Some((key, segments)) = shape {
+        // Cache the shape only when the token split agrees with the parser's
+        // statement split (BEGIN ATOMIC bodies, for one, hold `;` inside a
+        // statement) and no constant decides the outcome (set_config's name).
+        let split_agrees = segments.len() == tops.len()
+            && tops.iter().enumerate().all(|(i, t)| text[segments[i].clone()].trim() == t.as_str());
+        let constant_matters =
+            analyzed.statements.iter().any(|s| s.functions.iter().any(|f| f.ends_with("set_config")));
+        if split_agrees && !constant_matters && key.len() <= 64 * 1024 {
+            let mut entries = Vec::with_capacity(analyzed.statements.len());
+            let mut top = 0;
+            for st in &analyzed.statements {
+                while top + 1 < tops.len() && st.text != tops[top] {
+                    top += 1;
+                }
+                entries.push((top, SqlStatement { text: String::new(), ..st.clone() }));
+            }
+            let consistent = entries.iter().zip(&analyzed.statements).all(|((t, _), st)| tops[*t] == st.text);
+            if consistent {
+                let mut guard = SHAPES.lock();
+                let cache = guard.get_or_insert_with(HashMap::new);
+                if cache.len() >= CACHE_CAP {
+                    cache.clear();
+                }
+                cache.insert(
+                    key,
+                    Arc::new(Template { entries, tops: tops.len(), violation: analyzed.violation.clone() }),
+                );
+            }
+        }
+    }
+    Ok(analyzed)
+}
+
+/// Parse with the full grammar. Also returns each top-level statement's text.
+fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>), String> {
     if text.as_bytes().contains(&0) {
         return Err("query text contains a NUL byte".into());
     }
@@ -93,17 +194,19 @@ fn analyze_uncached(text: &str) -> Result<Analyzed, String> {
     })?;
     let mut out = Vec::new();
     let mut violation = None;
+    let mut tops = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
         let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
         let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
         describe_tree(node, &stmt_text, &mut out);
+        tops.push(stmt_text);
         if violation.is_none() {
             violation = pinned_setting_change(node);
         }
     }
-    Ok(Analyzed { statements: out, violation })
+    Ok((Analyzed { statements: out, violation }, tops))
 }
 
 fn is_pinned(name: &str) -> bool {
@@ -637,6 +740,35 @@ mod tests {
         for ok in ["SET search_path = app", "SELECT set_config('search_path', '', false)", "SELECT 1"] {
             assert_eq!(host_violation(ok), None, "{ok}");
         }
+    }
+
+    #[test]
+    fn texts_that_differ_only_in_constants_share_a_shape_but_keep_their_own_text() {
+        let a = analyze("SELECT * FROM t WHERE id = 1; DELETE FROM u WHERE x = 'a'", SqlPhase::SimpleQuery, "");
+        let b = analyze("SELECT * FROM t WHERE id = 22; DELETE FROM u WHERE x = 'it''s'", SqlPhase::SimpleQuery, "");
+        assert_eq!(a.statements.len(), 2);
+        assert_eq!(b.statements[0].text, "SELECT * FROM t WHERE id = 22");
+        assert_eq!(b.statements[1].text, "DELETE FROM u WHERE x = 'it''s'");
+        assert_eq!(a.statements[1].kind, b.statements[1].kind);
+        // Same tokens but a constant where an identifier was: a different shape.
+        let c = analyze("DELETE FROM u WHERE 1 = 1", SqlPhase::SimpleQuery, "");
+        let d = analyze("DELETE FROM u WHERE 2 = 2", SqlPhase::SimpleQuery, "");
+        assert!(!c.statements[0].has_where && !d.statements[0].has_where);
+        // set_config's first argument decides: never served from the shape cache.
+        assert!(host_violation("SELECT set_config('search_path', 'x', false)").is_none());
+        assert!(host_violation("SELECT set_config('standard_conforming_strings', 'off', false)").is_some());
+        // Strings that hide statements are constants to the real lexer.
+        let e = analyze("SELECT 'a; DROP TABLE t'", SqlPhase::SimpleQuery, "");
+        assert_eq!(e.statements.len(), 1);
+        let f = analyze("SELECT $$x$$; DROP TABLE t", SqlPhase::SimpleQuery, "");
+        assert_eq!(f.statements[1].kind, StatementKind::Drop);
+        // BEGIN ATOMIC bodies contain `;`: statements still come out right.
+        let g = analyze(
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+            SqlPhase::SimpleQuery,
+            "",
+        );
+        assert_eq!(g.statements[0].kind, StatementKind::Create);
     }
 
     #[test]
