@@ -413,3 +413,40 @@ async fn the_lexer_cannot_be_switched_under_the_guard() {
     let scs: String = c.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
     assert_eq!(scs, "on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_payloads_and_notices_are_masked() {
+    let g = gateway(Options::default()).await;
+    let (ok, out, err) =
+        g.psql(&["-c", "LISTEN wg_channel", "-c", "NOTIFY wg_channel, 'customer jane.doe@example.com changed'"]);
+    assert!(ok, "{err}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("Asynchronous notification \"wg_channel\""), "{all}");
+    assert!(all.contains("j***@example.com") && !all.contains("jane.doe@example.com"), "{all}");
+}
+
+#[test]
+fn serve_with_a_bad_config_names_file_line_and_key() {
+    let dir = common::tempdir("badcfg");
+    let path = dir.join("wardgate.toml");
+    std::fs::write(&path, "[listeners.postgres]\nbind = \"0.0.0.0:6432\"\nallow_plaintext = true\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wardgate.toml:3:") && err.contains("listeners.postgres.allow_plaintext") && err.contains("fix:"),
+        "{err}"
+    );
+    std::fs::write(&path, "[connections.x]\nhost = \"h\"\nport = \"5432\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wardgate.toml:3:") && err.contains("connections.x.port"), "{err}");
+}
