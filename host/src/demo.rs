@@ -186,12 +186,7 @@ groups = ["agents"]
 
     gw.recorder.flush();
     let rec_dir = gw.recorder.dir().to_path_buf();
-    let mut recordings: Vec<PathBuf> = std::fs::read_dir(&rec_dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    recordings.sort();
+    let recordings = crate::record::verify::recordings_in(&rec_dir)?;
     println!("\nEvidence:");
     for r in &recordings {
         match crate::record::verify::verify_file(r) {

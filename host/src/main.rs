@@ -212,17 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sessions { command: SessionsCmd::Verify { path } } => {
-            let files: Vec<PathBuf> = if path.is_dir() {
-                let mut v: Vec<PathBuf> = std::fs::read_dir(&path)?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-                    .collect();
-                v.sort();
-                v
-            } else {
-                vec![path]
-            };
+            let files = wardgate::record::verify::recordings_in(&path)?;
             let mut bad = 0;
             for f in &files {
                 match wardgate::record::verify::verify_file(f) {

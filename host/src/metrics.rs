@@ -23,6 +23,9 @@ pub struct Stats {
     pub rows_masked: AtomicU64,
 }
 
+/// name, help, type, value of a per-plugin metric.
+type PluginMetric = (&'static str, &'static str, &'static str, fn(&crate::plugins::LoadedPlugin) -> u64);
+
 /// Render all metrics.
 pub fn render(stats: &Stats, registry: &Registry, record: &RecordStats) -> String {
     let mut s = String::new();
@@ -51,34 +54,21 @@ pub fn render(stats: &Stats, registry: &Registry, record: &RecordStats) -> Strin
         g(&record.spool_dropped),
     );
     let set = registry.current();
-    let _ = writeln!(s, "# HELP wardgate_plugin_calls_total Plugin calls.\n# TYPE wardgate_plugin_calls_total counter");
-    for p in set.plugins.values() {
-        let _ = writeln!(
-            s,
-            "wardgate_plugin_calls_total{{plugin=\"{}\",version=\"{}\"}} {}",
-            p.manifest.name,
-            p.manifest.version,
-            g(&p.health.calls)
-        );
-    }
-    let _ = writeln!(s, "# HELP wardgate_plugin_failures_total Failed plugin calls (denied, fail closed).\n# TYPE wardgate_plugin_failures_total counter");
-    for p in set.plugins.values() {
-        let _ = writeln!(
-            s,
-            "wardgate_plugin_failures_total{{plugin=\"{}\",version=\"{}\"}} {}",
-            p.manifest.name,
-            p.manifest.version,
-            g(&p.health.failures)
-        );
-    }
-    let _ = writeln!(s, "# HELP wardgate_plugin_quarantined Plugins quarantined after repeated failures.\n# TYPE wardgate_plugin_quarantined gauge");
-    for p in set.plugins.values() {
-        let _ = writeln!(
-            s,
-            "wardgate_plugin_quarantined{{plugin=\"{}\"}} {}",
-            p.manifest.name,
-            p.health.quarantined.load(Ordering::Relaxed) as u8
-        );
+    let per_plugin: [PluginMetric; 3] = [
+        ("wardgate_plugin_calls_total", "Plugin calls.", "counter", |p| p.health.calls.load(Ordering::Relaxed)),
+        ("wardgate_plugin_failures_total", "Failed plugin calls (denied, fail closed).", "counter", |p| {
+            p.health.failures.load(Ordering::Relaxed)
+        }),
+        ("wardgate_plugin_quarantined", "Plugins quarantined after repeated failures.", "gauge", |p| {
+            p.health.quarantined.load(Ordering::Relaxed) as u64
+        }),
+    ];
+    for (name, help, kind, value) in per_plugin {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in set.plugins.values() {
+            let _ =
+                writeln!(s, "{name}{{plugin=\"{}\",version=\"{}\"}} {}", p.manifest.name, p.manifest.version, value(p));
+        }
     }
     let _ = writeln!(s, "# HELP wardgate_plugin_load_errors Plugin files that failed to load.\n# TYPE wardgate_plugin_load_errors gauge\nwardgate_plugin_load_errors {}", set.errors.len());
     s

@@ -56,13 +56,12 @@ pub mod testkit;
 mod imports;
 pub use imports::{config_get, config_json, log, now_ms, write_output};
 
-/// Generate the export glue of a guard plugin and export `$ty`, which implements
-/// `exports::wardgate::plugin::guard::Guest`. Expects the contract in `./wit`.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! guard_plugin {
-    ($ty:ident) => {
+macro_rules! __plugin_glue {
+    ($world:literal, $ty:ident) => {
         $crate::wit_bindgen::generate!({
-            world: "guard-plugin",
+            world: $world,
             path: "wit",
             runtime_path: "wardgate_sdk::wit_bindgen::rt",
             with: {
@@ -72,6 +71,15 @@ macro_rules! guard_plugin {
         });
         #[cfg(target_arch = "wasm32")]
         export!($ty);
+    };
+}
+
+/// Generate the export glue of a guard plugin and export `$ty`, which implements
+/// `exports::wardgate::plugin::guard::Guest`. Expects the contract in `./wit`.
+#[macro_export]
+macro_rules! guard_plugin {
+    ($ty:ident) => {
+        $crate::__plugin_glue!("guard-plugin", $ty);
     };
 }
 
@@ -80,17 +88,7 @@ macro_rules! guard_plugin {
 #[macro_export]
 macro_rules! masker_plugin {
     ($ty:ident) => {
-        $crate::wit_bindgen::generate!({
-            world: "masker-plugin",
-            path: "wit",
-            runtime_path: "wardgate_sdk::wit_bindgen::rt",
-            with: {
-                "wardgate:plugin/types@0.1.0": wardgate_sdk::types,
-                "wardgate:plugin/host@0.1.0": wardgate_sdk::host,
-            },
-        });
-        #[cfg(target_arch = "wasm32")]
-        export!($ty);
+        $crate::__plugin_glue!("masker-plugin", $ty);
     };
 }
 
@@ -99,16 +97,6 @@ macro_rules! masker_plugin {
 #[macro_export]
 macro_rules! recorder_plugin {
     ($ty:ident) => {
-        $crate::wit_bindgen::generate!({
-            world: "recorder-plugin",
-            path: "wit",
-            runtime_path: "wardgate_sdk::wit_bindgen::rt",
-            with: {
-                "wardgate:plugin/types@0.1.0": wardgate_sdk::types,
-                "wardgate:plugin/host@0.1.0": wardgate_sdk::host,
-            },
-        });
-        #[cfg(target_arch = "wasm32")]
-        export!($ty);
+        $crate::__plugin_glue!("recorder-plugin", $ty);
     };
 }

@@ -25,6 +25,20 @@ pub enum VerifyError {
     },
 }
 
+/// The recording files in `dir`, sorted (a file path is returned as is).
+pub fn recordings_in(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut v: Vec<_> = std::fs::read_dir(path)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// Check every line of a session file; returns the number of events.
 pub fn verify_file(path: &Path) -> Result<usize, VerifyError> {
     let text = std::fs::read_to_string(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;

@@ -600,15 +600,17 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
             rows::unpack(&m.cells, &packed, rows_in, &shape, out);
             Ok(())
         }
-        Err(e) => {
-            // Fail closed: no unmasked row leaves; the client gets an error and the
-            // connection is closed (the rest of the result cannot be skipped safely).
-            ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": "masking"}));
-            out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: result withheld: {e}"), None));
-            ctx.shared.lock().closed = true;
-            Err(SessionError::Refused(e.to_string()))
-        }
+        Err(e) => Err(withhold(ctx, &e, "result", out)),
     }
+}
+
+/// Fail closed when a masker fails: no unmasked row leaves; the client gets an
+/// error and the connection closes (the rest of a result cannot be skipped safely).
+fn withhold(ctx: &Ctx<'_>, e: &crate::plugins::CallError, what: &str, out: &mut BytesMut) -> SessionError {
+    ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": format!("masking {what}")}));
+    out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: {what} withheld: {e}"), None));
+    ctx.shared.lock().closed = true;
+    SessionError::Refused(e.to_string())
 }
 
 fn merge_findings(into: &mut Vec<Finding>, from: &[Finding]) {
@@ -970,12 +972,7 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
     let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed);
     let m = match masked {
         Ok(m) => m,
-        Err(e) => {
-            ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": "copy masking"}));
-            out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: COPY output withheld: {e}"), None));
-            ctx.shared.lock().closed = true;
-            return Err(SessionError::Refused(e.to_string()));
-        }
+        Err(e) => return Err(withhold(ctx, &e, "COPY output", out)),
     };
     res.rows += parsed.len() as u64;
     res.bytes += m.cells.data.len() as u64;
