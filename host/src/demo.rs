@@ -33,6 +33,10 @@ const SCRIPT: &[(&str, &str)] = &[
         "An alias does not hide a column, and aggregates still work",
         "SELECT ssn AS x, count(*) OVER () AS customers FROM customers ORDER BY id LIMIT 2;",
     ),
+    (
+        "Transforming a protected column to sneak it past the masker is refused",
+        "SELECT replace(email, '@', ' at ') FROM customers;",
+    ),
     ("DROP TABLE is refused by sql-guard (and never reaches PostgreSQL)", "DROP TABLE customers;"),
     (
         "...even hidden behind a comment and odd case, sent with a SELECT in one query: nothing runs",
@@ -52,6 +56,9 @@ const SCRIPT: &[(&str, &str)] = &[
     ),
     ("The session goes on after every refusal", "SELECT status, count(*) FROM orders GROUP BY status ORDER BY status;"),
 ];
+
+/// Appended to the `[config]` table (the manifest's last) of the demo's sql-guard.
+const DEMO_PROTECTED: &str = "\n# Added by `wardgate demo`: these columns may only be returned as they are (masked).\nprotected_columns = [\"customers.email\", \"customers.card_number\", \"customers.ssn\", \"customers.phone\"]\nprotected_transform = \"deny\"\nprotected_filter = \"allow\"\n";
 
 fn find_plugin_dir(p: &Path) -> anyhow::Result<PathBuf> {
     for name in ["sql-guard", "pii-mask"] {
@@ -97,6 +104,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         if p.extension().is_some_and(|x| x == "wasm" || x == "toml") {
             std::fs::copy(&p, plugin_dir.join(p.file_name().unwrap_or_default()))?;
         }
+    }
+    // The demo's data has PII in known columns: protect them from transformation
+    // (a `replace(email, '@', ' at ')` would otherwise walk past content detectors).
+    let guard_manifest = plugin_dir.join("sql-guard.toml");
+    let mut text = std::fs::read_to_string(&guard_manifest)?;
+    if !text.contains("protected_columns") {
+        text.push_str(DEMO_PROTECTED);
+        std::fs::write(&guard_manifest, text)?;
     }
     let (key, hash) = crate::identity::generate_key();
     let pw_file = dir.join("upstream-password");

@@ -450,3 +450,37 @@ fn serve_with_a_bad_config_names_file_line_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("wardgate.toml:3:") && err.contains("connections.x.port"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforming_protected_columns_to_evade_masking_is_refused() {
+    let g = gateway(Options {
+        guard_config: r#"protected_columns = ["customers.email", "customers.card_number", "customers.ssn"]"#,
+        ..Default::default()
+    })
+    .await;
+    let c = g.client().await;
+    for sql in [
+        "SELECT replace(email, '@', ' at ') FROM customers",
+        "SELECT encode(convert_to(card_number, 'UTF8'), 'base64') FROM customers",
+        "SELECT substr(card_number, 1, 8), substr(card_number, 9) FROM customers",
+        "SELECT translate(ssn, '0123456789', 'abcdefghij') FROM customers",
+        "SELECT ARRAY[reverse(email)] FROM customers",
+        "SELECT x FROM (SELECT email AS x FROM customers) s",
+        "WITH e AS (SELECT email FROM customers) SELECT * FROM e",
+        "SELECT row_to_json(c)::text FROM customers c",
+        "SELECT email FROM customers UNION ALL SELECT 'x'",
+        "CREATE TEMP TABLE leak AS SELECT email FROM customers",
+        "UPDATE customers SET notes = email WHERE id = 1",
+        "COPY (SELECT lower(email) FROM customers) TO STDOUT",
+    ] {
+        let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert_eq!(code(&e), "42501", "{sql}: {e:?}");
+        assert!(e.as_db_error().unwrap().message().contains("is protected"), "{sql}: {e:?}");
+    }
+    // Returned as they are, they come back masked; filtering on them is allowed by default.
+    let rows = simple_rows(
+        &c.simple_query("SELECT email, ssn FROM customers WHERE email LIKE '%@%' ORDER BY id").await.unwrap(),
+    );
+    assert_eq!(rows.len(), 5);
+    assert_no_pii(&format!("{rows:?}"), "protected columns returned as they are");
+}

@@ -129,7 +129,13 @@ pub fn statement(kind: StatementKind, text: &str) -> SqlStatement {
         alter_drops: false,
         copy_program: false,
         object_type: String::new(),
+        columns: vec![],
     }
+}
+
+/// A column reference for [`SqlStatement::columns`].
+pub fn column(table: Option<&str>, name: &str, usage: ColumnUsage) -> ColumnRef {
+    ColumnRef { table: table.map(str::to_string), column: name.to_string(), usage }
 }
 
 /// A simple-query SQL request made of `statements`.

@@ -12,10 +12,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod columns;
+
 use parking_lot::Mutex;
 use pg_query::protobuf::{self, AlterTableType, ObjectType};
 use pg_query::{Node, NodeEnum, NodeRef};
 
+#[cfg(test)]
+use crate::pipeline::types::ColumnUsage;
 use crate::pipeline::types::{SqlPhase, SqlRequest, SqlStatement, StatementKind};
 
 const CACHE_CAP: usize = 4096;
@@ -338,6 +342,7 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
         alter_drops: false,
         copy_program: false,
         object_type: String::new(),
+        columns: columns::column_refs(node),
     };
     s.kind = match node {
         NodeEnum::SelectStmt(sel) => {
@@ -769,6 +774,43 @@ mod tests {
             "",
         );
         assert_eq!(g.statements[0].kind, StatementKind::Create);
+    }
+
+    fn uses(sql: &str) -> Vec<(Option<String>, String, ColumnUsage)> {
+        let mut v: Vec<_> = first(sql).columns.into_iter().map(|c| (c.table, c.column, c.usage)).collect();
+        v.sort_by_key(|(t, c, u)| (t.clone(), c.clone(), *u as u8));
+        v
+    }
+
+    #[test]
+    fn column_usage_is_output_only_when_returned_as_is_by_the_top_level_query() {
+        use ColumnUsage::*;
+        let c = |t: Option<&str>, n: &str, u| (t.map(str::to_string), n.to_string(), u);
+        assert_eq!(
+            uses("SELECT c.email, ssn AS x FROM customers c WHERE c.id = 1 ORDER BY name"),
+            vec![
+                c(None, "name", Filter),
+                c(None, "ssn", Output),
+                c(Some("customers"), "email", Output),
+                c(Some("customers"), "id", Filter)
+            ]
+        );
+        assert_eq!(uses("SELECT replace(email, '@', ' at ') FROM customers"), vec![c(None, "email", Transformed)]);
+        assert_eq!(uses("SELECT ARRAY[upper(email)] FROM customers"), vec![c(None, "email", Transformed)]);
+        assert_eq!(uses("SELECT (email COLLATE \"C\") FROM customers"), vec![c(None, "email", Transformed)]);
+        assert!(uses("SELECT x FROM (SELECT email AS x FROM customers) s").contains(&c(None, "x", Output)));
+        assert!(uses("SELECT x FROM (SELECT email AS x FROM customers) s").contains(&c(None, "email", Transformed)));
+        assert!(uses("SELECT row_to_json(c) FROM customers c").contains(&c(Some("customers"), "*", Transformed)));
+        assert_eq!(uses("SELECT * FROM customers"), vec![c(None, "*", Output)]);
+        assert_eq!(uses("COPY (SELECT email FROM customers) TO STDOUT"), vec![c(None, "email", Output)]);
+        assert!(uses("INSERT INTO t SELECT email FROM customers").contains(&c(None, "email", Transformed)));
+        assert!(uses("CREATE TABLE t AS SELECT email FROM customers").contains(&c(None, "email", Transformed)));
+        assert!(uses("UPDATE customers SET notes = email WHERE id = 1").contains(&c(None, "email", Transformed)));
+        assert!(uses("SELECT email FROM customers UNION SELECT 'x'").contains(&c(None, "email", Transformed)));
+        assert_eq!(
+            uses("DELETE FROM customers WHERE id = 1 RETURNING email"),
+            vec![c(None, "email", Output), c(None, "id", Filter)]
+        );
     }
 
     #[test]

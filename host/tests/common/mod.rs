@@ -68,6 +68,8 @@ pub struct Options {
     pub required: Vec<&'static str>,
     pub plaintext: bool,
     pub extra: String,
+    /// Appended to the `[config]` table of sql-guard's manifest.
+    pub guard_config: &'static str,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             required: vec!["sql-guard", "pii-mask"],
             plaintext: true,
             extra: String::new(),
+            guard_config: "",
         }
     }
 }
@@ -91,6 +94,11 @@ pub async fn gateway(opts: Options) -> TestGateway {
         for ext in ["wasm", "toml"] {
             std::fs::copy(dist().join(format!("{p}.{ext}")), plugin_dir.join(format!("{p}.{ext}"))).unwrap();
         }
+    }
+    if !opts.guard_config.is_empty() {
+        let m = plugin_dir.join("sql-guard.toml");
+        let text = std::fs::read_to_string(&m).unwrap() + "\n" + opts.guard_config + "\n";
+        std::fs::write(m, text).unwrap();
     }
     std::fs::write(dir.join("pw"), &db.app_password).unwrap();
     let (key, hash) = wardgate::identity::generate_key();

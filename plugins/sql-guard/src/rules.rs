@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use wardgate_sdk::sql::{as_sql, is_unbounded_write, kind_from_name, kind_name};
-use wardgate_sdk::types::{Request, Review, Session, SqlStatement, StatementKind, Verdict};
+use wardgate_sdk::types::{ColumnUsage, Request, Review, Session, SqlStatement, StatementKind, Verdict};
 
 /// Rules for one connection (or the defaults).
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +37,26 @@ pub struct RuleSet {
     /// How long a review may wait, seconds (0 = connection default).
     #[serde(default)]
     pub review_timeout_secs: u32,
+    /// Columns that may only be returned as they are, so maskers see them:
+    /// `table.column`, `schema.table.column` or `*.column`. A statement that
+    /// transforms one (`replace(email, ...)`, `substr(card, 1, 8)`, a subquery,
+    /// INSERT ... SELECT) could carry its data past the maskers.
+    #[serde(default)]
+    pub protected_columns: Vec<String>,
+    /// What to do when a protected column is transformed: deny (default), review or allow.
+    #[serde(default = "deny_word")]
+    pub protected_transform: String,
+    /// What to do when a protected column filters or orders rows (WHERE, JOIN,
+    /// ORDER BY: a guessing oracle): allow (default), review or deny.
+    #[serde(default = "allow_word")]
+    pub protected_filter: String,
+}
+
+fn deny_word() -> String {
+    "deny".into()
+}
+fn allow_word() -> String {
+    "allow".into()
 }
 
 fn yes() -> bool {
@@ -103,6 +123,18 @@ pub struct Guard {
 }
 
 fn compile(set: RuleSet, at: &str) -> Result<Compiled, String> {
+    for (key, v) in [("protected_transform", &set.protected_transform), ("protected_filter", &set.protected_filter)] {
+        if !["allow", "review", "deny"].contains(&v.as_str()) {
+            return Err(format!("sql-guard config: {at}: {key} = \"{v}\" must be allow, review or deny"));
+        }
+    }
+    for p in &set.protected_columns {
+        if p.split('.').count() < 2 || p.split('.').any(str::is_empty) {
+            return Err(format!(
+                "sql-guard config: {at}: protected_columns entry \"{p}\" must be \"table.column\", \"schema.table.column\" or \"*.column\""
+            ));
+        }
+    }
     for k in set.deny.iter().chain(set.review.iter()) {
         if kind_from_name(k).is_none() {
             return Err(format!(
@@ -154,6 +186,38 @@ impl Guard {
     }
 }
 
+fn bare(t: &str) -> &str {
+    t.rsplit('.').next().unwrap_or(t)
+}
+
+/// The first protected column the statement uses other than as plain output.
+fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, ColumnUsage)> {
+    if rules.set.protected_columns.is_empty() {
+        return None;
+    }
+    for c in stmt.columns.iter().filter(|c| c.usage != ColumnUsage::Output) {
+        for p in &rules.set.protected_columns {
+            let Some((ptable, pcol)) = p.rsplit_once('.') else { continue };
+            if c.column != pcol && c.column != "*" {
+                continue;
+            }
+            let table_match = ptable == "*"
+                || match &c.table {
+                    Some(t) => t == ptable || bare(t) == bare(ptable),
+                    None => stmt
+                        .tables_read
+                        .iter()
+                        .chain(stmt.tables_written.iter())
+                        .any(|t| t == ptable || bare(t) == bare(ptable)),
+                };
+            if table_match {
+                return Some((p.clone(), c.usage));
+            }
+        }
+    }
+    None
+}
+
 fn review(rules: &Compiled, reason: String) -> Verdict {
     Verdict::Review(Review {
         reason,
@@ -192,6 +256,18 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
     }
     if is_unbounded_write(stmt) && rules.set.deny_unbounded_writes {
         return Verdict::Deny(format!("{} without a WHERE clause is not allowed", describe(stmt)));
+    }
+    if let Some((col, usage)) = protected_use(rules, stmt) {
+        let (action, what) = match usage {
+            ColumnUsage::Filter => (rules.set.protected_filter.as_str(), "filters or orders rows by"),
+            _ => (rules.set.protected_transform.as_str(), "transforms or copies"),
+        };
+        let reason = format!("{col} is protected: it may only be returned as it is (masked); this statement {what} it");
+        match action {
+            "deny" => return Verdict::Deny(reason),
+            "review" => return review(rules, reason),
+            _ => {}
+        }
     }
     if rules.review.contains(kind) {
         return review(rules, format!("{} needs approval", describe(stmt)));
@@ -287,6 +363,29 @@ mod tests {
         let d = statement(StatementKind::Delete, "DELETE FROM t");
         assert_eq!(g.check(&session("scratch"), &sql(vec![d.clone()])), Verdict::Allow);
         assert!(is_deny(&g.check(&session("prod"), &sql(vec![d]))));
+    }
+
+    #[test]
+    fn protected_columns_may_only_be_returned_as_they_are() {
+        use wardgate_sdk::testkit::column;
+        let g = Guard::from_json(r#"{"protected_columns":["customers.email","*.ssn"],"protected_filter":"review"}"#)
+            .unwrap();
+        let stmt = |cols: Vec<wardgate_sdk::types::ColumnRef>| {
+            let mut s = statement(StatementKind::Select, "SELECT ...");
+            s.tables_read = vec!["public.customers".into()];
+            s.columns = cols;
+            s
+        };
+        let check = |s| g.check(&session("prod"), &sql(vec![s]));
+        assert_eq!(check(stmt(vec![column(None, "email", ColumnUsage::Output)])), Verdict::Allow);
+        let v = check(stmt(vec![column(None, "email", ColumnUsage::Transformed)]));
+        assert!(matches!(&v, Verdict::Deny(r) if r.contains("customers.email is protected")), "{v:?}");
+        assert!(is_deny(&check(stmt(vec![column(Some("public.customers"), "*", ColumnUsage::Transformed)]))));
+        assert!(is_deny(&check(stmt(vec![column(Some("people"), "ssn", ColumnUsage::Transformed)]))));
+        assert!(is_review(&check(stmt(vec![column(None, "email", ColumnUsage::Filter)]))));
+        assert_eq!(check(stmt(vec![column(Some("orders"), "email", ColumnUsage::Transformed)])), Verdict::Allow);
+        assert!(Guard::from_json(r#"{"protected_columns":["email"]}"#).unwrap_err().contains("table.column"));
+        assert!(Guard::from_json(r#"{"protected_filter":"maybe"}"#).unwrap_err().contains("protected_filter"));
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! How a statement uses its columns, for policies that protect columns.
+//!
+//! The walk goes over the complete parse tree (through its serde form, so no
+//! node type is skipped — `ARRAY[...]`, `COLLATE`, JSON constructors, window
+//! definitions all count). A column is `output` only when the top-level query
+//! returns it as is; inside any expression, function, subquery, CTE, set
+//! operation, or a statement that copies data elsewhere (INSERT ... SELECT,
+//! CREATE TABLE AS, UPDATE ... SET) it is `transformed`; in WHERE, JOIN ON,
+//! GROUP BY, HAVING, ORDER BY, DISTINCT ON and window clauses it is `filter`.
+
+use std::collections::HashMap;
+
+use pg_query::NodeEnum;
+use serde_json::{Map, Value};
+
+use crate::pipeline::types::{ColumnRef, ColumnUsage};
+
+const FILTER_KEYS: [&str; 8] = [
+    "where_clause",
+    "having_clause",
+    "sort_clause",
+    "group_clause",
+    "quals",
+    "distinct_clause",
+    "partition_clause",
+    "order_clause",
+];
+
+/// Column references of one statement.
+pub fn column_refs(node: &NodeEnum) -> Vec<ColumnRef> {
+    let Ok(v) = serde_json::to_value(node) else { return Vec::new() };
+    let mut relations = HashMap::new();
+    collect_relations(&v, &mut relations);
+    let mut out = Vec::new();
+    let Some((kind, body)) = v.as_object().and_then(|m| m.iter().next()) else { return out };
+    // Statements whose inner query's rows go to the client as they are.
+    let top = match kind.as_str() {
+        "CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt" => body.get("query").and_then(unwrap_node),
+        _ => Some((kind.as_str(), body)),
+    };
+    let outputs = match top {
+        Some(("SelectStmt", sel)) if sel.get("larg").is_none_or(Value::is_null) => Some((sel, "target_list")),
+        Some(("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", dml)) => Some((dml, "returning_clause")),
+        _ => None,
+    };
+    if let Some((stmt, key)) = outputs {
+        let items = match key {
+            "target_list" => stmt.get(key).and_then(Value::as_array).cloned().unwrap_or_default(),
+            _ => stmt.get(key).and_then(|r| r.get("exprs")).and_then(Value::as_array).cloned().unwrap_or_default(),
+        };
+        for item in &items {
+            let val = item.pointer("/node/ResTarget/val");
+            match val.and_then(|v| v.pointer("/node/ColumnRef")) {
+                Some(c) => record(c, ColumnUsage::Output, &relations, &mut out),
+                None => walk(item, false, &relations, &mut out),
+            }
+        }
+        // Everything else in the statement (and around it, for COPY/DECLARE/...).
+        let skip = stmt as *const Value;
+        walk_except(&v, skip, key, &relations, &mut out);
+    } else {
+        walk(&v, false, &relations, &mut out);
+    }
+    out
+}
+
+fn unwrap_node(v: &Value) -> Option<(&str, &Value)> {
+    v.get("node")?.as_object()?.iter().next().map(|(k, b)| (k.as_str(), b))
+}
+
+/// Walk `v`, but inside the object `skip` leave out its `key`.
+fn walk_except(v: &Value, skip: *const Value, key: &str, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+    match v {
+        Value::Object(m) if std::ptr::eq(v, skip) => {
+            for (k, child) in m {
+                if k != key {
+                    walk(child, FILTER_KEYS.contains(&k.as_str()), rel, out);
+                }
+            }
+        }
+        Value::Object(m) => {
+            for child in m.values() {
+                walk_except(child, skip, key, rel, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk_except(x, skip, key, rel, out)),
+        _ => {}
+    }
+}
+
+fn walk(v: &Value, filter: bool, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(c) = m.get("ColumnRef") {
+                record(c, if filter { ColumnUsage::Filter } else { ColumnUsage::Transformed }, rel, out);
+                return;
+            }
+            for (k, child) in m {
+                walk(child, filter || FILTER_KEYS.contains(&k.as_str()), rel, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk(x, filter, rel, out)),
+        _ => {}
+    }
+}
+
+/// Every RangeVar: alias -> table and table -> table (schema-qualified when written so).
+fn collect_relations(v: &Value, rel: &mut HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("RangeVar").and_then(Value::as_object) {
+                let name = qualified(r);
+                if let Some(a) = r.get("alias").and_then(|a| a.get("aliasname")).and_then(Value::as_str) {
+                    rel.insert(a.to_string(), name.clone());
+                }
+                if let Some(t) = r.get("relname").and_then(Value::as_str) {
+                    rel.insert(t.to_string(), name);
+                }
+            }
+            m.values().for_each(|c| collect_relations(c, rel));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_relations(x, rel)),
+        _ => {}
+    }
+}
+
+fn qualified(r: &Map<String, Value>) -> String {
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    if s("schemaname").is_empty() {
+        s("relname").to_string()
+    } else {
+        format!("{}.{}", s("schemaname"), s("relname"))
+    }
+}
+
+fn record(c: &Value, usage: ColumnUsage, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+    let fields: Vec<Option<&str>> = c
+        .get("fields")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().map(|x| x.pointer("/node/String/sval").and_then(Value::as_str)).collect())
+        .unwrap_or_default();
+    let (table, column) = match fields.as_slice() {
+        [] => return,
+        // `t` alone naming a relation in this statement is a whole-row reference.
+        [Some(one)] if rel.contains_key(*one) => (rel.get(*one).cloned(), "*".to_string()),
+        [one] => (None, one.unwrap_or("*").to_string()),
+        [.., t, col] => {
+            let t = t.unwrap_or_default();
+            let table = if fields.len() >= 3 {
+                let schema = fields[fields.len() - 3].unwrap_or_default();
+                format!("{schema}.{t}")
+            } else {
+                rel.get(t).cloned().unwrap_or_else(|| t.to_string())
+            };
+            (Some(table), col.unwrap_or("*").to_string())
+        }
+    };
+    out.push(ColumnRef { table, column, usage });
+}
