@@ -152,7 +152,7 @@ impl PgCluster {
 
     /// Superuser DSN for `db`.
     pub fn dsn(&self, db: &str) -> String {
-        format!("postgresql://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!("postgresql://postgres:{}@127.0.0.1:{}/{db}?sslmode=disable", self.password, self.port)
     }
 
     /// Run SQL as the superuser with psql (`ON_ERROR_STOP`).
