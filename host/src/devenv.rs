@@ -190,6 +190,45 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Turn on TLS with a fresh certificate for `127.0.0.1`/`localhost`, issued
+    /// by a fresh CA; returns the CA certificate (PEM) clients must trust.
+    pub fn enable_tls(&self) -> anyhow::Result<String> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wardgate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(self.data.join("server.crt"), cert.pem())?;
+        std::fs::write(self.data.join("server.key"), key.serialize_pem())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+        }
+        if let Some(u) = &self.as_user {
+            Command::new("chown")
+                .arg(u)
+                .arg(self.data.join("server.crt"))
+                .arg(self.data.join("server.key"))
+                .status()?;
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(ca_cert.pem())
+    }
+
+    /// Add a pg_hba line in front of the others and reload.
+    pub fn hba_prepend(&self, line: &str) -> anyhow::Result<()> {
+        let path = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, format!("{line}\n{old}"))?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// Stop the server now.
     pub fn stop(&self) {
         let _ = self.cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]).output();

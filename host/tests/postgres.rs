@@ -484,3 +484,81 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
     assert_eq!(rows.len(), 5);
     assert_no_pii(&format!("{rows:?}"), "protected columns returned as they are");
 }
+
+/// The shared cluster's CA once TLS is on (non-TLS clients keep working).
+fn upstream_ca() -> &'static str {
+    static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CA.get_or_init(|| db().pg.enable_tls().expect("enable TLS on the test cluster"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_is_verified_against_the_configured_ca() {
+    let ca = upstream_ca();
+    let port = db().pg.port;
+    let conn = |name: &str, ca_file: &str| {
+        format!(
+            "[connections.{name}]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"shop\"\nuser = \"wardgate_app\"\npassword_file = \"pw\"\nsslmode = \"verify-full\"\nca_file = \"{ca_file}\"\n[[grants]]\nconnection = \"{name}\"\ngroups = [\"agents\"]\n"
+        )
+    };
+    let g = gateway(Options {
+        extra: conn("tls_ok", "ca.pem") + &conn("tls_wrong_ca", "other-ca.pem"),
+        ..Default::default()
+    })
+    .await;
+    std::fs::write(g.dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(g.dir.join("other-ca.pem"), g.gw.self_signed_pem.as_deref().unwrap()).unwrap();
+    let dsn =
+        |db: &str| format!("host=127.0.0.1 port={} dbname={db} user=x password={} sslmode=disable", g.port, g.key);
+    let (c, conn_task) =
+        tokio_postgres::connect(&dsn("tls_ok"), tokio_postgres::NoTls).await.expect("verified TLS upstream");
+    tokio::spawn(conn_task);
+    let ssl: bool = c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert!(ssl, "the gateway's upstream connection is encrypted");
+    let e = tokio_postgres::connect(&dsn("tls_wrong_ca"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("an untrusted upstream is refused");
+    assert_eq!(code(&e), "08006");
+    assert!(e.as_db_error().unwrap().message().contains("TLS to upstream failed"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_upstream_authentication_works() {
+    static ROLE: std::sync::Once = std::sync::Once::new();
+    ROLE.call_once(|| {
+        let pg = &db().pg;
+        pg.psql("shop", "SET password_encryption = 'md5'; CREATE ROLE wg_md5 LOGIN PASSWORD 'md5-secret'; GRANT SELECT ON customers TO wg_md5").unwrap();
+        pg.hba_prepend("host all wg_md5 127.0.0.1/32 md5").unwrap();
+    });
+    let extra = format!(
+        "[connections.md5]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"shop\"\nuser = \"wg_md5\"\npassword_env = \"WG_TEST_MD5_PW\"\n[[grants]]\nconnection = \"md5\"\ngroups = [\"agents\"]\n",
+        db().pg.port
+    );
+    std::env::set_var("WG_TEST_MD5_PW", "md5-secret");
+    let g = gateway(Options { extra, ..Default::default() }).await;
+    let dsn = format!("host=127.0.0.1 port={} dbname=md5 user=x password={} sslmode=disable", g.port, g.key);
+    let (c, conn_task) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.expect("md5 login upstream");
+    tokio::spawn(conn_task);
+    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, "wg_md5");
+    let email: String = c.query_one("SELECT email FROM customers WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(email, "j***@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_is_refused_cleanly_and_the_client_can_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway(Options::default()).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(b[0], b'N');
+    let body = b"user\0x\0database\0shop\0\0";
+    let mut startup = ((8 + body.len()) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(body);
+    s.write_all(&startup).await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(b[0], b'R', "authentication request follows");
+}
