@@ -128,6 +128,7 @@ pub fn statement(kind: StatementKind, text: &str) -> SqlStatement {
         has_where: false,
         alter_drops: false,
         copy_program: false,
+        copy_server_file: false,
         object_type: String::new(),
         columns: vec![],
     }

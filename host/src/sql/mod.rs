@@ -341,6 +341,7 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
         has_where: false,
         alter_drops: false,
         copy_program: false,
+        copy_server_file: false,
         object_type: String::new(),
         columns: columns::column_refs(node),
     };
@@ -363,6 +364,7 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
         NodeEnum::MergeStmt(_) => K::Merge,
         NodeEnum::CopyStmt(c) => {
             s.copy_program = c.is_program;
+            s.copy_server_file = !c.is_program && !c.filename.is_empty();
             if let Some(r) = &c.relation {
                 if c.is_from {
                     s.tables_written.push(relname(r));
@@ -399,25 +401,49 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             s.object_type = "schema".into();
             K::Create
         }
-        NodeEnum::CreateFunctionStmt(_) => {
-            s.object_type = "function".into();
+        NodeEnum::CreateFunctionStmt(f) => {
+            s.object_type = if f.is_procedure { "procedure" } else { "function" }.into();
             K::Create
+        }
+        NodeEnum::CreateTrigStmt(_) => {
+            s.object_type = "trigger".into();
+            K::Create
+        }
+        NodeEnum::RuleStmt(_) => {
+            s.object_type = "rule".into();
+            K::Create
+        }
+        NodeEnum::CreateExtensionStmt(_) => {
+            s.object_type = "extension".into();
+            K::Create
+        }
+        NodeEnum::CreatePlangStmt(_) => {
+            s.object_type = "language".into();
+            K::Create
+        }
+        NodeEnum::CreateEventTrigStmt(_) => {
+            s.object_type = "event-trigger".into();
+            K::Create
+        }
+        NodeEnum::AlterRoleStmt(_) | NodeEnum::AlterRoleSetStmt(_) => {
+            s.object_type = "role".into();
+            K::Alter
+        }
+        NodeEnum::AlterFunctionStmt(_) => {
+            s.object_type = "function".into();
+            K::Alter
         }
         NodeEnum::CreateRoleStmt(_) => {
             s.object_type = "role".into();
             K::Create
         }
         NodeEnum::CreateSeqStmt(_)
-        | NodeEnum::CreateExtensionStmt(_)
-        | NodeEnum::CreateTrigStmt(_)
-        | NodeEnum::RuleStmt(_)
         | NodeEnum::CompositeTypeStmt(_)
         | NodeEnum::CreateEnumStmt(_)
         | NodeEnum::CreateDomainStmt(_)
         | NodeEnum::DefineStmt(_)
         | NodeEnum::CreatedbStmt(_)
         | NodeEnum::CreatePolicyStmt(_)
-        | NodeEnum::CreateEventTrigStmt(_)
         | NodeEnum::CreateCastStmt(_)
         | NodeEnum::CreateStatsStmt(_) => K::Create,
         NodeEnum::AlterTableStmt(a) => {
@@ -442,17 +468,14 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             K::Alter
         }
         NodeEnum::RenameStmt(_)
-        | NodeEnum::AlterRoleStmt(_)
         | NodeEnum::AlterObjectSchemaStmt(_)
         | NodeEnum::AlterOwnerStmt(_)
         | NodeEnum::AlterSeqStmt(_)
-        | NodeEnum::AlterFunctionStmt(_)
         | NodeEnum::AlterDomainStmt(_)
         | NodeEnum::AlterEnumStmt(_)
         | NodeEnum::AlterExtensionStmt(_)
         | NodeEnum::AlterDatabaseStmt(_)
         | NodeEnum::AlterDatabaseSetStmt(_)
-        | NodeEnum::AlterRoleSetStmt(_)
         | NodeEnum::AlterPolicyStmt(_)
         | NodeEnum::CommentStmt(_) => K::Alter,
         NodeEnum::DropStmt(d) => {
@@ -699,6 +722,13 @@ mod tests {
     fn copy_program_do_call_and_set_role() {
         let c = first("COPY t FROM PROGRAM 'id'");
         assert!(c.copy_program);
+        assert!(first("COPY t TO '/tmp/out'").copy_server_file);
+        assert!(!first("COPY t TO STDOUT").copy_server_file);
+        assert_eq!(
+            first("CREATE OR REPLACE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql").object_type,
+            "function"
+        );
+        assert_eq!(first("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u").object_type, "rule");
         assert_eq!(c.kind, StatementKind::CopyFrom);
         assert_eq!(first("COPY (SELECT 1) TO STDOUT").kind, StatementKind::CopyTo);
         assert_eq!(first("DO $$ BEGIN DROP TABLE t; END $$").kind, StatementKind::DoBlock);

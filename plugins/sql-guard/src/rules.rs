@@ -25,6 +25,13 @@ pub struct RuleSet {
     /// Refuse COPY ... FROM/TO PROGRAM.
     #[serde(default = "yes")]
     pub deny_copy_program: bool,
+    /// Refuse COPY ... FROM/TO a file on the database server.
+    #[serde(default = "yes")]
+    pub deny_copy_server_file: bool,
+    /// CREATE/ALTER of these object types needs review: code the guard cannot
+    /// see into runs later (a function body, a trigger, a rule), or privileges change.
+    #[serde(default = "default_review_object_types")]
+    pub review_object_types: Vec<String>,
     /// Functions refused anywhere in a statement (file access, killing backends, ...).
     #[serde(default = "default_deny_functions")]
     pub deny_functions: Vec<String>,
@@ -67,6 +74,11 @@ fn default_deny() -> Vec<String> {
 }
 fn default_review() -> Vec<String> {
     ["do-block", "call", "other"].map(String::from).to_vec()
+}
+fn default_review_object_types() -> Vec<String> {
+    ["function", "procedure", "trigger", "rule", "extension", "language", "event-trigger", "role"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_deny_functions() -> Vec<String> {
     [
@@ -242,6 +254,9 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
     if stmt.copy_program && rules.set.deny_copy_program {
         return Verdict::Deny("COPY ... PROGRAM runs a shell command on the database server".into());
     }
+    if stmt.copy_server_file && rules.set.deny_copy_server_file {
+        return Verdict::Deny("COPY to or from a file on the database server is not allowed".into());
+    }
     if let Some(f) = stmt.functions.iter().find(|f| {
         let bare = f.rsplit('.').next().unwrap_or(f).to_ascii_lowercase();
         rules.deny_functions.contains(&bare) || rules.deny_functions.contains(&f.to_ascii_lowercase())
@@ -270,6 +285,11 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
         }
     }
     if rules.review.contains(kind) {
+        return review(rules, format!("{} needs approval", describe(stmt)));
+    }
+    if matches!(stmt.kind, StatementKind::Create | StatementKind::Alter)
+        && rules.set.review_object_types.iter().any(|o| o == &stmt.object_type)
+    {
         return review(rules, format!("{} needs approval", describe(stmt)));
     }
     if !rules.set.review_writes_to.is_empty()
@@ -338,6 +358,15 @@ mod tests {
         let mut c = statement(StatementKind::CopyFrom, "COPY t FROM PROGRAM 'id'");
         c.copy_program = true;
         assert!(is_deny(&verdict(vec![c])));
+        let mut f = statement(StatementKind::CopyTo, "COPY t TO '/tmp/x'");
+        f.copy_server_file = true;
+        assert!(is_deny(&verdict(vec![f])));
+        let mut func = statement(StatementKind::Create, "CREATE FUNCTION f() ...");
+        func.object_type = "function".into();
+        assert!(is_review(&verdict(vec![func])));
+        let mut table = statement(StatementKind::Create, "CREATE TABLE t (a int)");
+        table.object_type = "table".into();
+        assert_eq!(verdict(vec![table]), Verdict::Allow);
     }
 
     #[test]
