@@ -21,7 +21,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::pipeline::types::Event;
@@ -176,6 +176,8 @@ pub fn chain_hash(prev: &str, content: &str) -> String {
 
 /// The hash a session's chain starts from.
 pub fn genesis(id: &str) -> String {
+    // (The chain starts from a hash of the session id, so a file cannot be
+    // renamed to another session's id without breaking its first event.)
     hex::encode(Sha256::digest(format!("wardgate-session:{id}").as_bytes()))
 }
 
@@ -216,20 +218,21 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
                         }
                     };
                     o.seq += 1;
-                    let mut rec = json!({
-                        "schema": SCHEMA,
-                        "seq": o.seq,
-                        "at_ms": at_ms,
-                        "at": crate::util::format_rfc3339_ms(at_ms),
-                        "session": &*session,
-                        "kind": kind,
-                        "prev": o.prev,
-                        "body": body,
-                    });
-                    let content = rec.to_string();
+                    // Serialize once, in canonical form (keys sorted, as a
+                    // serde_json map re-serializes them): `verify` parses the line,
+                    // drops `hash` and must get exactly this content back.
+                    let body_json = body.to_string();
+                    let content = format!(
+                        "{{\"at\":{},\"at_ms\":{at_ms},\"body\":{body_json},\"kind\":{},\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":{}}}",
+                        Value::String(crate::util::format_rfc3339_ms(at_ms)),
+                        Value::String(kind.to_string()),
+                        o.prev,
+                        o.seq,
+                        Value::String(session.to_string()),
+                    );
                     let hash = chain_hash(&o.prev, &content);
-                    rec["hash"] = Value::String(hash.clone());
-                    if writeln!(o.file, "{rec}").is_err() {
+                    let line = format!("{},\"hash\":\"{hash}\"}}", &content[..content.len() - 1]);
+                    if writeln!(o.file, "{line}").is_err() {
                         stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     } else {
                         stats.events.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +244,7 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
                             at_ms,
                             session_id: session.to_string(),
                             kind: kind.to_string(),
-                            body_json: rec["body"].to_string(),
+                            body_json,
                         });
                     }
                 }

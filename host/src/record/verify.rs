@@ -75,3 +75,44 @@ pub fn verify_file(path: &Path) -> Result<usize, VerifyError> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{session_path, Recorder};
+    use serde_json::json;
+
+    fn recorded(events: usize) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("wardgate-verify-{}", crate::util::random_id()));
+        let rec = Recorder::start(&dir, None).unwrap();
+        let s = rec.session("abc123");
+        for i in 0..events {
+            s.emit(
+                "request",
+                json!({"statement": format!("SELECT {i} /* é \" \\ */"), "n": i, "nested": {"z": 1, "a": [1, 2]}}),
+            );
+        }
+        drop(s);
+        rec.flush();
+        session_path(&dir, "abc123")
+    }
+
+    #[test]
+    fn an_untouched_recording_verifies() {
+        assert_eq!(verify_file(&recorded(5)).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_flipped_byte_a_deleted_event_and_a_truncated_file_are_detected() {
+        let p = recorded(5);
+        let orig = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, orig.replacen("SELECT 2", "SELECT 3", 1)).unwrap();
+        assert!(matches!(verify_file(&p), Err(VerifyError::Broken { line: 3, .. })), "{:?}", verify_file(&p));
+        let lines: Vec<&str> = orig.lines().collect();
+        let without = [&lines[..1], &lines[2..]].concat().join("\n") + "\n";
+        std::fs::write(&p, without).unwrap();
+        assert!(matches!(verify_file(&p), Err(VerifyError::Broken { line: 2, .. })));
+        std::fs::write(&p, &orig[..orig.len() - 10]).unwrap();
+        assert!(verify_file(&p).is_err());
+    }
+}
