@@ -147,6 +147,9 @@ async fn each_dangerous_statement_class_is_denied_and_the_session_continues() {
         "CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f()",
         "CREATE RULE r AS ON INSERT TO orders DO ALSO DELETE FROM customers",
         "ALTER ROLE wardgate_app SUPERUSER",
+        "SELECT query_to_xml('SELECT replace(email, ''@'', '' at '') FROM customers', true, false, '')",
+        "SELECT table_to_xml('customers', true, false, '')",
+        "SELECT lo_get(1234)",
         "SELECT pg_read_file('/etc/passwd')",
         "SELECT pg_terminate_backend(1)",
         "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone",
@@ -478,6 +481,8 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         "CREATE TEMP TABLE leak AS SELECT email FROM customers",
         "UPDATE customers SET notes = email WHERE id = 1",
         "COPY (SELECT lower(email) FROM customers) TO STDOUT",
+        "SELECT * INTO TEMP copy_of_customers FROM customers",
+        "CREATE TEMP VIEW v AS SELECT * FROM customers",
     ] {
         let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
         assert_eq!(code(&e), "42501", "{sql}: {e:?}");

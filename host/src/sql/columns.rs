@@ -39,7 +39,12 @@ pub fn column_refs(node: &NodeEnum) -> Vec<ColumnRef> {
         _ => Some((kind.as_str(), body)),
     };
     let outputs = match top {
-        Some(("SelectStmt", sel)) if sel.get("larg").is_none_or(Value::is_null) => Some((sel, "target_list")),
+        // SELECT ... INTO copies rows into a new table: not output.
+        Some(("SelectStmt", sel))
+            if sel.get("larg").is_none_or(Value::is_null) && sel.get("into_clause").is_none_or(Value::is_null) =>
+        {
+            Some((sel, "target_list"))
+        }
         Some(("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", dml)) => Some((dml, "returning_clause")),
         _ => None,
     };

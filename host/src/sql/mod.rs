@@ -467,8 +467,14 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             });
             K::Alter
         }
-        NodeEnum::RenameStmt(_)
-        | NodeEnum::AlterObjectSchemaStmt(_)
+        NodeEnum::RenameStmt(r) => {
+            s.object_type = object_type_name(r.rename_type);
+            if let Some(rel) = &r.relation {
+                s.tables_written.push(relname(rel));
+            }
+            K::Alter
+        }
+        NodeEnum::AlterObjectSchemaStmt(_)
         | NodeEnum::AlterOwnerStmt(_)
         | NodeEnum::AlterSeqStmt(_)
         | NodeEnum::AlterDomainStmt(_)
@@ -837,6 +843,8 @@ mod tests {
         assert!(uses("CREATE TABLE t AS SELECT email FROM customers").contains(&c(None, "email", Transformed)));
         assert!(uses("UPDATE customers SET notes = email WHERE id = 1").contains(&c(None, "email", Transformed)));
         assert!(uses("SELECT email FROM customers UNION SELECT 'x'").contains(&c(None, "email", Transformed)));
+        assert!(uses("SELECT * INTO copy FROM customers").contains(&c(None, "*", Transformed)));
+        assert_eq!(first("ALTER TABLE customers RENAME COLUMN ssn TO x").tables_written, vec!["customers".to_string()]);
         assert_eq!(
             uses("DELETE FROM customers WHERE id = 1 RETURNING email"),
             vec![c(None, "email", Output), c(None, "id", Filter)]

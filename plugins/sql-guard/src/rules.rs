@@ -96,6 +96,30 @@ fn default_deny_functions() -> Vec<String> {
         "dblink_exec",
         "dblink_connect",
         "pg_file_write",
+        // These run SQL given as a string, out of the guard's sight.
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "table_to_xml",
+        "table_to_xmlschema",
+        "table_to_xml_and_xmlschema",
+        "schema_to_xml",
+        "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xmlschema",
+        "database_to_xml_and_xmlschema",
+        // Large objects bypass table permissions and masking.
+        "lo_get",
+        "lo_put",
+        "lo_from_bytea",
+        "lo_unlink",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
     ]
     .map(String::from)
     .to_vec()
@@ -202,6 +226,15 @@ fn bare(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
 
+fn touches_protected_table(rules: &Compiled, stmt: &SqlStatement) -> bool {
+    rules
+        .set
+        .protected_columns
+        .iter()
+        .filter_map(|p| p.rsplit_once('.').map(|(t, _)| t))
+        .any(|pt| stmt.tables_written.iter().any(|t| pt == "*" || t == pt || bare(t) == bare(pt)))
+}
+
 /// The first protected column the statement uses other than as plain output.
 fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, ColumnUsage)> {
     if rules.set.protected_columns.is_empty() {
@@ -271,6 +304,10 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
     }
     if is_unbounded_write(stmt) && rules.set.deny_unbounded_writes {
         return Verdict::Deny(format!("{} without a WHERE clause is not allowed", describe(stmt)));
+    }
+    if stmt.kind == StatementKind::Alter && touches_protected_table(rules, stmt) {
+        // Renaming or retyping a protected column would move it out of the rules' reach.
+        return review(rules, format!("{} changes a table with protected columns", describe(stmt)));
     }
     if let Some((col, usage)) = protected_use(rules, stmt) {
         let (action, what) = match usage {
@@ -413,6 +450,9 @@ mod tests {
         assert!(is_deny(&check(stmt(vec![column(Some("people"), "ssn", ColumnUsage::Transformed)]))));
         assert!(is_review(&check(stmt(vec![column(None, "email", ColumnUsage::Filter)]))));
         assert_eq!(check(stmt(vec![column(Some("orders"), "email", ColumnUsage::Transformed)])), Verdict::Allow);
+        let mut rename = statement(StatementKind::Alter, "ALTER TABLE customers RENAME COLUMN ssn TO x");
+        rename.tables_written = vec!["customers".into()];
+        assert!(is_review(&check(rename)));
         assert!(Guard::from_json(r#"{"protected_columns":["email"]}"#).unwrap_err().contains("table.column"));
         assert!(Guard::from_json(r#"{"protected_filter":"maybe"}"#).unwrap_err().contains("protected_filter"));
     }
