@@ -258,6 +258,8 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
         NodeEnum::PrepareStmt(p) => p.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
         NodeEnum::DeclareCursorStmt(d) => d.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
         NodeEnum::CreateTableAsStmt(c) => c.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
+        // CREATE SCHEMA can carry CREATE TABLE/VIEW/INDEX/TRIGGER and GRANT elements.
+        NodeEnum::CreateSchemaStmt(c) => c.schema_elts.iter().filter_map(|e| e.node.as_ref()).collect(),
         _ => Vec::new(),
     };
     for n in nested {
@@ -313,12 +315,31 @@ fn kebab(name: &str) -> String {
     s
 }
 
-/// A WHERE that selects every row anyway.
+/// A WHERE that selects every row anyway: a constant, a comparison of
+/// constants or of a column with itself (`id = id`), `NOT <constant>`, an OR
+/// with such a branch, an AND of only such terms. (Truth in general is
+/// undecidable: `WHERE id > 0` passes; this catches the usual tricks.)
 fn trivially_true(n: Option<&Node>) -> bool {
     let Some(node) = n.and_then(|n| n.node.as_ref()) else { return true };
-    is_constant(node)
-        || matches!(node, NodeEnum::BoolExpr(b) if b.boolop() == protobuf::BoolExprType::OrExpr && b.args.iter().any(|a| trivially_true(Some(a))))
-        || matches!(node, NodeEnum::AExpr(e) if e.lexpr.as_deref().and_then(|l| l.node.as_ref()).is_some_and(is_constant) && e.rexpr.as_deref().and_then(|r| r.node.as_ref()).is_some_and(is_constant))
+    match node {
+        n if is_constant(n) => true,
+        NodeEnum::BoolExpr(b) => match b.boolop() {
+            protobuf::BoolExprType::OrExpr => b.args.iter().any(|a| trivially_true(Some(a))),
+            protobuf::BoolExprType::AndExpr => b.args.iter().all(|a| trivially_true(Some(a))),
+            protobuf::BoolExprType::NotExpr => b.args.iter().all(|a| a.node.as_ref().is_some_and(is_constant)),
+            _ => false,
+        },
+        NodeEnum::AExpr(e) => {
+            let l = e.lexpr.as_deref().and_then(|l| l.node.as_ref());
+            let r = e.rexpr.as_deref().and_then(|r| r.node.as_ref());
+            match (l, r) {
+                (Some(l), Some(r)) if is_constant(l) && is_constant(r) => true,
+                (Some(NodeEnum::ColumnRef(a)), Some(NodeEnum::ColumnRef(b))) => a.fields == b.fields,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 fn is_constant(n: &NodeEnum) -> bool {
@@ -437,14 +458,20 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             s.object_type = "role".into();
             K::Create
         }
+        NodeEnum::DefineStmt(d) => {
+            s.object_type = object_type_name(d.kind);
+            K::Create
+        }
+        NodeEnum::CreateCastStmt(_) => {
+            s.object_type = "cast".into();
+            K::Create
+        }
         NodeEnum::CreateSeqStmt(_)
         | NodeEnum::CompositeTypeStmt(_)
         | NodeEnum::CreateEnumStmt(_)
         | NodeEnum::CreateDomainStmt(_)
-        | NodeEnum::DefineStmt(_)
         | NodeEnum::CreatedbStmt(_)
         | NodeEnum::CreatePolicyStmt(_)
-        | NodeEnum::CreateCastStmt(_)
         | NodeEnum::CreateStatsStmt(_) => K::Create,
         NodeEnum::AlterTableStmt(a) => {
             s.object_type = object_type_name(a.objtype);
@@ -712,6 +739,10 @@ mod tests {
         assert!(!first("DELETE FROM t WHERE true").has_where);
         assert!(!first("DELETE FROM t WHERE 1 = 1").has_where);
         assert!(!first("UPDATE t SET a = 1 WHERE id = 1 OR 'a' = 'a'").has_where);
+        assert!(!first("DELETE FROM t WHERE NOT false").has_where);
+        assert!(!first("DELETE FROM t WHERE id = id").has_where);
+        assert!(!first("DELETE FROM t WHERE true AND (1 = 1)").has_where);
+        assert!(first("DELETE FROM t WHERE true AND id = 3").has_where);
     }
 
     #[test]
@@ -735,6 +766,9 @@ mod tests {
             "function"
         );
         assert_eq!(first("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u").object_type, "rule");
+        assert_eq!(first("CREATE OPERATOR ### (FUNCTION = pg_read_file, RIGHTARG = text)").object_type, "operator");
+        let k = kinds("CREATE SCHEMA s CREATE TABLE t (a int) GRANT ALL ON t TO PUBLIC");
+        assert!(k.contains(&StatementKind::Grant), "{k:?}");
         assert_eq!(c.kind, StatementKind::CopyFrom);
         assert_eq!(first("COPY (SELECT 1) TO STDOUT").kind, StatementKind::CopyTo);
         assert_eq!(first("DO $$ BEGIN DROP TABLE t; END $$").kind, StatementKind::DoBlock);

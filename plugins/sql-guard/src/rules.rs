@@ -73,7 +73,7 @@ fn default_deny() -> Vec<String> {
     ["drop", "truncate", "grant", "revoke"].map(String::from).to_vec()
 }
 fn default_review() -> Vec<String> {
-    ["do-block", "call", "other"].map(String::from).to_vec()
+    ["do-block", "call", "merge", "other"].map(String::from).to_vec()
 }
 fn default_review_object_types() -> Vec<String> {
     ["function", "procedure", "trigger", "rule", "extension", "language", "event-trigger", "role"]
