@@ -43,34 +43,15 @@ psql -X -q "$WARDGATE_UPSTREAM_DSN" -c "GRANT SELECT, INSERT, UPDATE, DELETE ON 
 # A second gateway on a plaintext loopback listener, so transport is equal for all three.
 gw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 adm_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-key_hash=$(grep key_sha256 "$WARDGATE_DEMO_DIR/wardgate.toml" | cut -d'"' -f2)
 mkdir -p "$WARDGATE_DEMO_DIR/bench-plugins"
 for p in sql-guard pii-mask; do cp "$WARDGATE_PLUGINS/$p.wasm" "$WARDGATE_PLUGINS/$p.toml" "$WARDGATE_DEMO_DIR/bench-plugins/"; done
-cat > "$WARDGATE_DEMO_DIR/bench.toml" <<TOML
-[gateway]
-state_dir = "bench-state"
-plugin_dir = "bench-plugins"
-[listeners.postgres]
-bind = "127.0.0.1:$gw_port"
-allow_plaintext = true
-tls_self_signed = true
-[admin]
-bind = "127.0.0.1:$adm_port"
-[connections.shop]
-host = "127.0.0.1"
-port = $up_port
-database = "shop"
-user = "wardgate_app"
-password_file = "upstream-password"
-plugins = ["sql-guard", "pii-mask"]
-[[service_accounts]]
-name = "demo-agent"
-key_sha256 = "$key_hash"
-groups = ["agents"]
-[[grants]]
-connection = "shop"
-groups = ["agents"]
-TOML
+# The demo's own config, with its own ports, plaintext on loopback and only
+# sql-guard + pii-mask (the demo also runs a recorder plugin).
+sed -e "/^\[listeners.postgres\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$gw_port\"\nallow_plaintext = true|" \
+    -e "/^\[admin\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$adm_port\"|" \
+    -e 's|^state_dir = .*|state_dir = "bench-state"|' \
+    -e 's|^plugin_dir = .*|plugin_dir = "bench-plugins"|' \
+    "$WARDGATE_DEMO_DIR/wardgate.toml" > "$WARDGATE_DEMO_DIR/bench.toml"
 WARDGATE_LOG=warn ${WG_WRAP:-} "$WG" serve --config "$WARDGATE_DEMO_DIR/bench.toml" 2>"$work/serve.log" &
 serve_pid=$!
 
