@@ -578,3 +578,37 @@ async fn gssenc_is_refused_cleanly_and_the_client_can_go_on() {
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(b[0], b'R', "authentication request follows");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_plugins_fail_closed_on_the_data_path_and_others_keep_working() {
+    let g = gateway(Options::default()).await;
+    std::fs::copy(common::fixtures().join("hostile.wasm"), g.plugin_dir.join("hostile.wasm")).unwrap();
+    std::fs::write(
+        g.plugin_dir.join("hostile.toml"),
+        "name = \"hostile\"\nversion = \"1.0.0\"\norder = 1\n[limits]\ncall_timeout_ms = 100\nmemory_mib = 32\n",
+    )
+    .unwrap();
+    let c = g.client().await;
+    // Wait for the hot reload to pick it up.
+    let t = Instant::now();
+    while !g.gw.registry.current().plugins.contains_key("hostile") {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A guard that spins: denied at its deadline, naming the plugin; the session goes on.
+    let started = Instant::now();
+    let e = c.simple_query("SELECT 'LOOP'").await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(e.as_db_error().unwrap().message().contains("plugin hostile exceeded its deadline of 100 ms"), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(c.query_one("SELECT 7::int4", &[]).await.unwrap().get::<_, i32>(0), 7);
+    // A masker that traps on a result: nothing of the result leaves, the connection closes.
+    let other = g.client().await;
+    let e = c.simple_query("SELECT upper('trap') || ' jane.doe@example.com'").await.unwrap_err();
+    let msg = format!("{e:?}");
+    assert!(msg.contains("withheld") && msg.contains("hostile"), "{msg}");
+    assert!(!msg.contains("jane.doe@example.com"));
+    assert!(c.simple_query("SELECT 1").await.is_err(), "that connection is closed");
+    // Everyone else is unaffected.
+    assert_eq!(other.query_one("SELECT 8::int4", &[]).await.unwrap().get::<_, i32>(0), 8);
+}

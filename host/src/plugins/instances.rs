@@ -262,7 +262,21 @@ impl SessionPlugins {
         live.store.set_epoch_deadline(deadline_ticks(plugin.manifest.call_timeout));
         live.store.data_mut().memory_refused = false;
         let started = Instant::now();
-        let outcome = f(live);
+        // A panic in a host function during the call (wasmtime propagates them;
+        // WASI's sync stdio, for one, panics inside a tokio runtime when a guest
+        // writes its panic message) must not take the session down: it is a
+        // trap like any other, and the instance is discarded.
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(live))) {
+            Ok(o) => o,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(wasmtime::Error::msg(format!("host function failed during the call: {}", first_line(&msg))))
+            }
+        };
         match outcome {
             Ok(Ok(r)) => {
                 plugin.health.consecutive_failures.store(0, Ordering::Relaxed);

@@ -504,45 +504,19 @@ async fn upstream_to_client(
     let masks = ctx.pipeline.lock().masks();
     loop {
         flush_synthetic(ctx, &mut out);
-        let mut pending_rows: Vec<Bytes> = Vec::new();
-        let mut pending_bytes = 0usize;
-        loop {
-            let total = match frame_len(&buf) {
-                Ok(Some(t)) => t,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!("upstream sent malformed bytes: {e}");
-                    let _ =
-                        client.write_all(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None)).await;
-                    return Err(SessionError::Protocol(e));
-                }
-            };
-            let tag = buf[0];
-            if tag == b'D' && masks {
-                let mut frame = buf.split_to(total);
-                bytes::Buf::advance(&mut frame, 5);
-                pending_bytes += frame.len();
-                pending_rows.push(frame.freeze());
-                if pending_rows.len() >= BATCH_ROWS || pending_bytes >= BATCH_BYTES {
-                    mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
-                    pending_bytes = 0;
-                }
-                continue;
-            }
-            if !pending_rows.is_empty() {
-                mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
-                pending_bytes = 0;
-            }
-            let Some(m) = take_message(&mut buf).map_err(SessionError::Protocol)? else { break };
-            on_upstream_message(ctx, &mut res, masks, m, &mut out)?;
-            flush_synthetic(ctx, &mut out);
-        }
-        if !pending_rows.is_empty() {
-            mask_rows(ctx, &mut res, &std::mem::take(&mut pending_rows), &mut out)?;
-        }
+        let drained = drain(ctx, &mut res, masks, &mut buf, &mut out);
+        // Write what was produced even when draining failed: it ends with the
+        // error the client must see (a withheld result, a protocol error).
         if !out.is_empty() {
-            client.write_all(&out).await?;
+            let written = client.write_all(&out).await;
             out.clear();
+            if drained.is_ok() {
+                written?;
+            }
+        }
+        if let Err(e) = drained {
+            let _ = client.flush().await;
+            return Err(e);
         }
         if ctx.shared.lock().closed {
             let _ = client.flush().await;
@@ -563,6 +537,52 @@ async fn upstream_to_client(
             _ = ctx.notify.notified() => {}
         }
     }
+}
+
+/// Process every complete upstream message in `buf` into `out`, masking
+/// consecutive DataRows in batches.
+fn drain(
+    ctx: &Ctx<'_>,
+    res: &mut Results,
+    masks: bool,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let mut pending_rows: Vec<Bytes> = Vec::new();
+    let mut pending_bytes = 0usize;
+    loop {
+        let total = match frame_len(buf) {
+            Ok(Some(t)) => t,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!("upstream sent malformed bytes: {e}");
+                out.extend_from_slice(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None));
+                return Err(SessionError::Protocol(e));
+            }
+        };
+        if buf[0] == b'D' && masks {
+            let mut frame = buf.split_to(total);
+            bytes::Buf::advance(&mut frame, 5);
+            pending_bytes += frame.len();
+            pending_rows.push(frame.freeze());
+            if pending_rows.len() >= BATCH_ROWS || pending_bytes >= BATCH_BYTES {
+                mask_rows(ctx, res, &std::mem::take(&mut pending_rows), out)?;
+                pending_bytes = 0;
+            }
+            continue;
+        }
+        if !pending_rows.is_empty() {
+            mask_rows(ctx, res, &std::mem::take(&mut pending_rows), out)?;
+            pending_bytes = 0;
+        }
+        let Some(m) = take_message(buf).map_err(SessionError::Protocol)? else { break };
+        on_upstream_message(ctx, res, masks, m, out)?;
+        flush_synthetic(ctx, out);
+    }
+    if !pending_rows.is_empty() {
+        mask_rows(ctx, res, &pending_rows, out)?;
+    }
+    Ok(())
 }
 
 /// Emit denials that have reached the head of the queue.
