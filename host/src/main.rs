@@ -112,6 +112,26 @@ enum SessionsCmd {
     },
 }
 
+/// Panics go to the log as one structured line (with a backtrace when
+/// RUST_BACKTRACE is set). Plugin calls contain panics raised inside host
+/// functions; the gateway keeps serving.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-text panic payload)".into());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(%location, "panic: {msg}");
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!("backtrace:\n{backtrace}");
+        }
+    }));
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDGATE_LOG")
         .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
@@ -121,6 +141,7 @@ fn init_logging(format: &str) {
     } else {
         b.init();
     }
+    log_panics();
 }
 
 fn main() -> ExitCode {
