@@ -612,3 +612,30 @@ async fn broken_plugins_fail_closed_on_the_data_path_and_others_keep_working() {
     // Everyone else is unaffected.
     assert_eq!(other.query_one("SELECT 8::int4", &[]).await.unwrap().get::<_, i32>(0), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_speaks_utf8_upstream_whatever_the_client_asks() {
+    let g = gateway(Options::default()).await;
+    let run = |enc: &str| {
+        std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SHOW client_encoding"])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", g.port.to_string())
+            .env("PGDATABASE", "shop")
+            .env("PGUSER", "test-agent")
+            .env("PGPASSWORD", &g.key)
+            .env("PGSSLMODE", "require")
+            .env("PGCLIENTENCODING", enc)
+            .output()
+            .unwrap()
+    };
+    // A terminal in the C locale asks for SQL_ASCII: accepted, UTF8 upstream.
+    let out = run("SQL_ASCII");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "UTF8");
+    // An encoding the parser and maskers cannot read is refused with a fix.
+    let out = run("LATIN1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client_encoding LATIN1 is not supported") && err.contains("PGCLIENTENCODING=UTF8"), "{err}");
+}

@@ -24,8 +24,15 @@ const CANCEL_REQUEST: i32 = 80_877_102;
 
 /// Startup parameters passed on to the upstream. Anything else (notably
 /// `options`, which can set `role` or `session_authorization`) is dropped.
-const PASSTHROUGH: [&str; 6] =
-    ["application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits", "intervalstyle"];
+/// `client_encoding` is not among them: the gateway always speaks UTF8 upstream
+/// (its parser and maskers read UTF-8).
+const PASSTHROUGH: [&str; 5] = ["application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle"];
+
+/// Client encodings the gateway accepts: UTF-8, or SQL_ASCII (raw bytes, which
+/// a terminal in the C locale asks for; UTF-8 output is valid for it).
+fn client_encoding_ok(enc: &str) -> bool {
+    matches!(enc.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE" | "SQL_ASCII")
+}
 
 /// How a session ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -201,8 +208,13 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         return Err(refuse(&mut stream, "28000", "Wardgate: no access to this connection", None).await);
     };
 
-    let pass: Vec<(String, String)> =
+    if let Some(enc) = get("client_encoding").filter(|e| !client_encoding_ok(e)) {
+        let msg = format!("Wardgate: client_encoding {enc} is not supported; the gateway speaks UTF8");
+        return Err(refuse(&mut stream, "22023", &msg, Some("set PGCLIENTENCODING=UTF8")).await);
+    }
+    let mut pass: Vec<(String, String)> =
         params.iter().filter(|(k, _)| PASSTHROUGH.contains(&k.to_ascii_lowercase().as_str())).cloned().collect();
+    pass.push(("client_encoding".into(), "UTF8".into()));
     let mut up = match upstream::connect(&conn, &pass).await {
         Ok(u) => u,
         Err(e) => {
