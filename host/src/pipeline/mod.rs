@@ -79,6 +79,10 @@ pub struct SessionPipeline {
     pub session: Session,
     guards: Vec<Arc<LoadedPlugin>>,
     maskers: Vec<Arc<LoadedPlugin>>,
+    /// Required plugins that are loaded, and the error for one that is not;
+    /// resolved once per plugin-set generation, not per call.
+    required: Vec<Arc<LoadedPlugin>>,
+    missing: Option<CallError>,
     generation: u64,
 }
 
@@ -102,7 +106,15 @@ impl SessionPipeline {
             types::Protocol::Http => "http",
         };
         let plugins = SessionPlugins::new(registry, &session.id, &session.connection, protocol, required);
-        let mut p = SessionPipeline { plugins, session, guards: vec![], maskers: vec![], generation: u64::MAX };
+        let mut p = SessionPipeline {
+            plugins,
+            session,
+            guards: vec![],
+            maskers: vec![],
+            required: vec![],
+            missing: None,
+            generation: u64::MAX,
+        };
         p.refresh();
         p
     }
@@ -114,13 +126,29 @@ impl SessionPipeline {
             self.generation = self.plugins.generation();
             self.guards = self.plugins.with_role(Role::Guard);
             self.maskers = self.plugins.with_role(Role::Masker);
+            (self.required, self.missing) = self.plugins.resolve_required();
         }
+    }
+
+    /// Why requests must be denied outright: a required plugin is missing or
+    /// quarantined (quarantine can happen between two plugin-set swaps).
+    fn blocked(&self) -> Option<CallError> {
+        if let Some(m) = &self.missing {
+            return Some(m.clone());
+        }
+        self.required.iter().find(|p| p.health.quarantined.load(std::sync::atomic::Ordering::Relaxed)).map(|p| {
+            CallError {
+                plugin: p.manifest.name.clone(),
+                kind: crate::plugins::instances::FailureKind::Quarantined,
+                detail: String::new(),
+            }
+        })
     }
 
     /// True when at least one masker applies (or a required plugin is missing,
     /// in which case masking must fail closed).
     pub fn masks(&self) -> bool {
-        !self.maskers.is_empty() || self.plugins.missing_required().is_some()
+        !self.maskers.is_empty() || self.blocked().is_some()
     }
 
     /// Ask every guard about `request`. `reanalyze` turns a guard's rewrite
@@ -128,7 +156,7 @@ impl SessionPipeline {
     pub fn check(&mut self, request: Request, reanalyze: impl Fn(Request) -> Request) -> Decision {
         self.refresh();
         let mut verdicts = Vec::with_capacity(self.guards.len());
-        if let Some(err) = self.plugins.missing_required() {
+        if let Some(err) = self.blocked() {
             return Decision {
                 outcome: Outcome::Deny { plugin: err.plugin.clone(), reason: err.to_string() },
                 verdicts,
@@ -165,7 +193,7 @@ impl SessionPipeline {
 
     /// Run `cells` (rows of `columns`) through every masker in order.
     pub fn mask_rows(&mut self, columns: &[Column], cells: PackedCells) -> Result<Masked, CallError> {
-        if let Some(err) = self.plugins.missing_required() {
+        if let Some(err) = self.blocked() {
             return Err(err);
         }
         let mut batch = RowBatch { columns: columns.to_vec(), cells };
@@ -197,7 +225,7 @@ impl SessionPipeline {
 
     /// Run free text through every masker in order.
     pub fn mask_text(&mut self, text: &str) -> Result<String, CallError> {
-        if let Some(err) = self.plugins.missing_required() {
+        if let Some(err) = self.blocked() {
             return Err(err);
         }
         let mut text = text.to_string();

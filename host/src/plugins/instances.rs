@@ -152,24 +152,29 @@ impl SessionPlugins {
             .collect()
     }
 
-    /// The first required plugin that is not loaded, as an error to deny with.
-    pub fn missing_required(&self) -> Option<CallError> {
-        self.required.iter().find_map(|name| match self.set.plugins.get(name) {
-            Some(p) if p.health.quarantined.load(Ordering::Relaxed) => {
-                Some(CallError { plugin: name.clone(), kind: FailureKind::Quarantined, detail: String::new() })
+    /// The required plugins that are loaded, and an error for the first one
+    /// that is not. Changes only with the plugin set (see [`Self::generation`]).
+    pub fn resolve_required(&self) -> (Vec<Arc<LoadedPlugin>>, Option<CallError>) {
+        let mut found = Vec::with_capacity(self.required.len());
+        let mut missing = None;
+        for name in &self.required {
+            match self.set.plugins.get(name) {
+                Some(p) => found.push(p.clone()),
+                None => {
+                    missing.get_or_insert_with(|| CallError {
+                        plugin: name.clone(),
+                        kind: FailureKind::Missing,
+                        detail: self
+                            .set
+                            .errors
+                            .get(name)
+                            .cloned()
+                            .unwrap_or_else(|| format!("no {name}.wasm in the plugin directory")),
+                    });
+                }
             }
-            Some(_) => None,
-            None => Some(CallError {
-                plugin: name.clone(),
-                kind: FailureKind::Missing,
-                detail: self
-                    .set
-                    .errors
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| format!("no {name}.wasm in the plugin directory")),
-            }),
-        })
+        }
+        (found, missing)
     }
 
     /// Ask a guard.

@@ -38,12 +38,25 @@ pub fn enum_name(v: &impl std::fmt::Debug) -> String {
 /// Parse `text` and describe its statements. Never panics; a text the parser
 /// rejects comes back with `parse_error` set and no statements.
 pub fn analyze(text: &str, phase: SqlPhase, statement_name: &str) -> SqlRequest {
+    analyze_checked(text, phase, statement_name).0
+}
+
+/// [`analyze`], plus why the host itself refuses the text (see
+/// [`host_violation`]), from the same cached analysis.
+pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
     let analysis = analyze_cached(text);
-    let (statements, parse_error) = match &*analysis {
-        Ok(a) => (a.statements.clone(), None),
-        Err(e) => (Vec::new(), Some(e.clone())),
+    let (statements, parse_error, violation) = match &*analysis {
+        Ok(a) => (a.statements.clone(), None, a.violation.clone()),
+        Err(e) => (Vec::new(), Some(e.clone()), None),
     };
-    SqlRequest { text: text.to_string(), statements, parse_error, phase, statement_name: statement_name.to_string() }
+    let request = SqlRequest {
+        text: text.to_string(),
+        statements,
+        parse_error,
+        phase,
+        statement_name: statement_name.to_string(),
+    };
+    (request, violation)
 }
 
 /// Settings whose change would make PostgreSQL read later queries differently

@@ -220,9 +220,9 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
             let text = Reader::new(&m.body, m.tag).cstr()?.to_string();
             st.next_id += 1;
             let id = st.next_id;
-            let request = crate::sql::analyze(&text, SqlPhase::SimpleQuery, "");
+            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
             let copy = copy_format(&request);
-            match decide(ctx, request, id, copy.as_ref()) {
+            match decide(ctx, request, violation, id, copy.as_ref()) {
                 Ok(rewritten) => {
                     ctx.shared.lock().expect.push_back(Expect::Query { copy, id });
                     match rewritten {
@@ -247,9 +247,9 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
             let param_types = r.rest();
             st.next_id += 1;
             let id = st.next_id;
-            let request = crate::sql::analyze(&text, SqlPhase::Parse, &name);
+            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
             let copy = copy_format(&request);
-            match decide(ctx, request, id, copy.as_ref()) {
+            match decide(ctx, request, violation, id, copy.as_ref()) {
                 Ok(rewritten) => {
                     let mut s = ctx.shared.lock();
                     s.parsed_ids.insert(name.clone(), id);
@@ -394,7 +394,13 @@ fn statements_json(req: &SqlRequest) -> Value {
 
 /// Guards decide; the decision is recorded. Ok carries a guard's rewritten
 /// text, if any; Err carries the ErrorResponse.
-fn decide(ctx: &Ctx<'_>, request: SqlRequest, id: u64, copy: Option<&CopyFormat>) -> Result<Option<String>, Bytes> {
+fn decide(
+    ctx: &Ctx<'_>,
+    request: SqlRequest,
+    host_violation: Option<String>,
+    id: u64,
+    copy: Option<&CopyFormat>,
+) -> Result<Option<String>, Bytes> {
     let mut pipeline = ctx.pipeline.lock();
     let masks = pipeline.masks();
     // Recordings hold masked data only: statement literals can carry PII too.
@@ -408,45 +414,39 @@ fn decide(ctx: &Ctx<'_>, request: SqlRequest, id: u64, copy: Option<&CopyFormat>
     let parse_error = request.parse_error.clone();
     let original_text = request.text.clone();
     let started = std::time::Instant::now();
-    if let Some(reason) = crate::sql::host_violation(&original_text) {
-        drop(pipeline);
-        ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
-        ctx.recorder.emit(
-            "request",
-            json!({"request_id": id, "phase": phase, "statement": recorded_text, "statements": statements, "decision": "deny", "verdicts": [], "host_policy": reason}),
-        );
-        return Err(error_bytes(
-            "42501",
-            &format!("Wardgate: {reason}"),
-            Some("these settings are pinned so the gateway reads SQL exactly as PostgreSQL does"),
-        ));
-    }
-    let Decision { outcome, verdicts } = pipeline.check(Request::Sql(request), |r| match r {
-        Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
-        other => other,
-    });
-    let result = match &outcome {
-        Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
-            Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
-        }
-        Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => Ok(Some(rewritten.text.clone())),
-        Outcome::Allow(Request::Sql(_)) => Ok(None),
-        Outcome::Allow(_) => Err(error_bytes("42501", "Wardgate: a guard rewrote this SQL request into another protocol's request", None)),
-        Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
-        Outcome::Review { plugin, review } => Err(error_bytes(
-            "42501",
-            &format!("Wardgate: {plugin} routed this statement to human review ({}); approvals are not enabled on this gateway, so it is refused", review.reason),
-            Some("ask an operator to enable approvals for this connection"),
-        )),
+    // The host's own policy comes first and does not depend on plugins.
+    let (result, decision, verdicts) = if let Some(reason) = &host_violation {
+        let hint = Some("these settings are pinned so the gateway reads SQL exactly as PostgreSQL does");
+        (Err(error_bytes("42501", &format!("Wardgate: {reason}"), hint)), "deny", Vec::new())
+    } else {
+        let Decision { outcome, verdicts } = pipeline.check(Request::Sql(request), |r| match r {
+            Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
+            other => other,
+        });
+        let result = match &outcome {
+            Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
+                Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
+            }
+            Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => Ok(Some(rewritten.text.clone())),
+            Outcome::Allow(Request::Sql(_)) => Ok(None),
+            Outcome::Allow(_) => {
+                Err(error_bytes("42501", "Wardgate: a guard rewrote this SQL request into another protocol's request", None))
+            }
+            Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
+            Outcome::Review { plugin, review } => Err(error_bytes(
+                "42501",
+                &format!("Wardgate: {plugin} routed this statement to human review ({}); approvals are not enabled on this gateway, so it is refused", review.reason),
+                Some("ask an operator to enable approvals for this connection"),
+            )),
+        };
+        let decision = match &outcome {
+            Outcome::Review { .. } => "review",
+            _ if result.is_err() => "deny",
+            _ => "allow",
+        };
+        (result, decision, verdicts)
     };
     drop(pipeline);
-    let decision = match (&outcome, &result) {
-        (_, Err(_)) if matches!(outcome, Outcome::Allow(_)) => "deny",
-        (Outcome::Allow(_), _) => "allow",
-        (Outcome::Deny { .. }, _) => "deny",
-        (Outcome::Review { .. }, _) => "review",
-    };
     if result.is_err() {
         ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
     }
@@ -460,6 +460,7 @@ fn decide(ctx: &Ctx<'_>, request: SqlRequest, id: u64, copy: Option<&CopyFormat>
             "statements": statements,
             "parse_error": parse_error,
             "decision": decision,
+            "host_policy": host_violation,
             "verdicts": verdicts,
             "policy_micros": started.elapsed().as_micros() as u64,
         }),
