@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "wardgate", version, about = "Identity-aware gateway with WebAssembly policy plugins", long_about = None)]
 struct Cli {
@@ -52,7 +54,15 @@ enum Cmd {
     /// Manage Wardgate-issued service-account keys.
     ServiceAccounts {
         #[command(subcommand)]
-        command: SaCmd,
+        command: cli::identity::SaCmd,
+    },
+    /// Sign in at an OpenID Provider from this terminal (authorization code + PKCE).
+    Login(cli::identity::LoginArgs),
+    /// Print the stored OIDC token (refreshed if needed), for use as a password.
+    Token {
+        /// Issuer (default: the first one logged in to).
+        #[arg(long)]
+        issuer: Option<String>,
     },
     /// Recorded sessions.
     Sessions {
@@ -82,24 +92,6 @@ enum PluginsCmd {
         /// Admin API of the gateway.
         #[arg(long, env = "WARDGATE_ADMIN_URL", default_value = "http://127.0.0.1:9190")]
         admin_url: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum SaCmd {
-    /// Create a key for a service account; prints the key once and the config entry.
-    Create {
-        /// Account name.
-        name: String,
-        /// Groups (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        groups: Vec<String>,
-        /// agent or service-account.
-        #[arg(long, default_value = "agent")]
-        kind: String,
-        /// The human this agent acts for.
-        #[arg(long)]
-        on_behalf_of: Option<String>,
     },
 }
 
@@ -221,17 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::ServiceAccounts { command: SaCmd::Create { name, groups, kind, on_behalf_of } } => {
-            let (key, hash) = wardgate::identity::generate_key();
-            eprintln!("Key for {name} (shown once; store it in the agent's secret store):");
-            println!("{key}");
-            eprintln!("\nAdd to the gateway config (only the hash is stored):\n");
-            eprintln!("[[service_accounts]]\nname = \"{name}\"\nkind = \"{kind}\"\ngroups = {groups:?}\nkey_sha256 = \"{hash}\"");
-            if let Some(h) = on_behalf_of {
-                eprintln!("on_behalf_of = \"{h}\"");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::ServiceAccounts { command } => cli::identity::service_accounts(command),
+        Cmd::Login(args) => cli::identity::login(args),
+        Cmd::Token { issuer } => cli::identity::token(issuer),
         Cmd::Sessions { command: SessionsCmd::Verify { path } } => {
             let files = wardgate::record::verify::recordings_in(&path)?;
             let mut bad = 0;

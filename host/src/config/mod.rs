@@ -5,6 +5,7 @@
 //! (`*_env`) or a file (`*_file`). Every error names file, line, key and fix.
 
 pub mod diag;
+pub mod identity;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use diag::{at_span, TomlError};
+pub use identity::{Grant, OidcIssuerConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +31,9 @@ struct RawConfig {
     #[serde(default)]
     service_accounts: Vec<RawServiceAccount>,
     #[serde(default)]
-    grants: Vec<RawGrant>,
+    grants: Vec<identity::RawGrant>,
+    #[serde(default)]
+    oidc: Vec<identity::RawOidc>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -83,6 +87,16 @@ struct RawConnection {
     ca_file: Option<Spanned<String>>,
     #[serde(default)]
     plugins: Vec<String>,
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    user: Spanned<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
 }
 
 fn no() -> Spanned<bool> {
@@ -114,15 +128,6 @@ fn agent() -> Spanned<String> {
     Spanned::new(0..0, "agent".into())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGrant {
-    connection: Spanned<String>,
-    #[serde(default)]
-    principals: Vec<String>,
-    #[serde(default)]
-    groups: Vec<String>,
-}
 
 /// TLS settings of a listener.
 #[derive(Debug, Clone)]
@@ -207,6 +212,26 @@ pub struct Connection {
     pub tls: UpstreamTls,
     /// Plugins this connection cannot run without (fail closed if missing).
     pub plugins: Vec<String>,
+    /// Other upstream users grants may select (e.g. a read-only one).
+    pub roles: BTreeMap<String, Role>,
+}
+
+/// An upstream login a grant can select.
+#[derive(Debug, Clone)]
+pub struct Role {
+    /// Upstream user.
+    pub user: String,
+    /// Its password.
+    pub password: SecretSource,
+}
+
+impl Connection {
+    /// This connection as the upstream `role` logs in (the connection's own user if `None`).
+    pub fn as_role(&self, role: Option<&str>) -> Option<Connection> {
+        let Some(r) = role else { return Some(self.clone()) };
+        let role = self.roles.get(r)?;
+        Some(Connection { user: role.user.clone(), password: role.password.clone(), ..self.clone() })
+    }
 }
 
 /// A Wardgate-issued service-account key.
@@ -228,16 +253,6 @@ pub struct ServiceAccount {
     pub revoked: bool,
 }
 
-/// Who may reach a connection.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    /// Connection name.
-    pub connection: String,
-    /// Principal subjects (`sa:NAME`, OIDC `sub`).
-    pub principals: Vec<String>,
-    /// Groups.
-    pub groups: Vec<String>,
-}
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -262,6 +277,8 @@ pub struct Config {
     pub service_accounts: Vec<ServiceAccount>,
     /// Grants.
     pub grants: Vec<Grant>,
+    /// Trusted OpenID Providers.
+    pub oidc: Vec<OidcIssuerConfig>,
 }
 
 impl Config {
@@ -381,19 +398,23 @@ impl Config {
             if c.host.get_ref().is_empty() {
                 return Err(err(c.host.span(), &key("host"), "empty host".into(), "set the upstream host"));
             }
-            let password = match (&c.password_env, &c.password_file) {
-                (Some(v), None) => SecretSource::Env(v.get_ref().clone()),
-                (None, Some(f)) => SecretSource::File(resolve(f.get_ref())),
-                (None, None) => SecretSource::None,
+            let secret = |env: &Option<Spanned<String>>, file: &Option<Spanned<String>>, k: &str| match (env, file) {
+                (Some(v), None) => Ok(SecretSource::Env(v.get_ref().clone())),
+                (None, Some(f)) => Ok(SecretSource::File(resolve(f.get_ref()))),
+                (None, None) => Ok(SecretSource::None),
                 (Some(v), Some(_)) => {
-                    return Err(err(
-                        v.span(),
-                        &key("password_env"),
-                        "both password_env and password_file".into(),
-                        "keep one",
-                    ))
+                    Err(err(v.span(), &key(&format!("{k}password_env")), "both password_env and password_file".into(), "keep one"))
                 }
             };
+            let password = secret(&c.password_env, &c.password_file, "")?;
+            let mut roles = BTreeMap::new();
+            for (r, role) in &c.roles {
+                if role.user.get_ref().is_empty() {
+                    return Err(err(role.user.span(), &key(&format!("roles.{r}.user")), "empty user".into(), "name the upstream user"));
+                }
+                let password = secret(&role.password_env, &role.password_file, &format!("roles.{r}."))?;
+                roles.insert(r.clone(), Role { user: role.user.get_ref().clone(), password });
+            }
             let tls = match c.sslmode.get_ref().as_str() {
                 "disable" => UpstreamTls::Disable,
                 "require" => UpstreamTls::Require,
@@ -418,6 +439,7 @@ impl Config {
                     password,
                     tls,
                     plugins: c.plugins,
+                    roles,
                 },
             );
         }
@@ -467,18 +489,11 @@ impl Config {
             });
         }
 
-        let mut grants = Vec::new();
-        for (i, g) in raw.grants.into_iter().enumerate() {
-            if !connections.contains_key(g.connection.get_ref()) {
-                return Err(err(
-                    g.connection.span(),
-                    &format!("grants[{i}].connection"),
-                    format!("no connection named \"{}\"", g.connection.get_ref()),
-                    "grant access to a connection defined under [connections.NAME]",
-                ));
-            }
-            grants.push(Grant { connection: g.connection.into_inner(), principals: g.principals, groups: g.groups });
-        }
+        let cx = identity::Ctx { path, src };
+        let grants = identity::grants(&cx, raw.grants, |name| {
+            connections.get(name).map(|c| c.roles.keys().cloned().collect())
+        })?;
+        let oidc = identity::oidc(&cx, raw.oidc)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -491,6 +506,7 @@ impl Config {
             connections,
             service_accounts,
             grants,
+            oidc,
         })
     }
 }

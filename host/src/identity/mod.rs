@@ -1,18 +1,20 @@
 //! Who is connecting: credentials to principals, and grants to connections.
 //!
-//! A client's password is its credential. Today that is a Wardgate
-//! service-account key (`wg_...`, stored only as its SHA-256); OIDC tokens
-//! (JWTs) plug into [`Authenticator::authenticate`] next to it. Access is
-//! denied by default: a principal reaches a connection only through a grant,
-//! and a refusal never says which other connections exist.
+//! A client's password is its credential: a Wardgate service-account key
+//! (`wg_...`, stored only as its SHA-256, see [`keys`]) or an OIDC bearer
+//! token (a JWT from a configured issuer, see [`oidc`]). Access is denied by
+//! default: a principal reaches a connection only through a grant, and a
+//! refusal never says which other connections exist. Every protocol adapter
+//! calls this one module.
 
-use std::collections::HashMap;
+pub mod jwt;
+pub mod keys;
+pub mod login;
+pub mod oidc;
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
-
-use crate::config::{Config, Grant, ServiceAccount};
+use crate::config::{Config, Grant};
 use crate::pipeline::types::{Identity, Principal, PrincipalKind};
+pub use keys::{generate_key, key_hash};
 
 /// Why a credential was refused. Messages never contain the credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +34,12 @@ pub enum AuthError {
     /// The key was revoked.
     #[error("key of service account {0} has been revoked")]
     Revoked(String),
+    /// The service-account store cannot be read (fails closed).
+    #[error("service-account keys cannot be checked right now")]
+    KeyStore,
+    /// The OIDC token was refused, or its issuer could not be reached.
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcError),
     /// The principal has no grant to the connection.
     #[error("{subject} has no access to connection \"{connection}\"")]
     NoGrant {
@@ -42,93 +50,116 @@ pub enum AuthError {
     },
 }
 
-/// Generate a new service-account key and its stored hash.
-pub fn generate_key() -> (String, String) {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    let key = format!("wg_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b));
-    let hash = key_hash(&key);
-    (key, hash)
+impl AuthError {
+    /// A short stable label for metrics and recordings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::Malformed => "malformed",
+            AuthError::OidcNotConfigured => "oidc-not-configured",
+            AuthError::UnknownKey => "unknown-key",
+            AuthError::Expired(_) => "key-expired",
+            AuthError::Revoked(_) => "key-revoked",
+            AuthError::KeyStore => "key-store-unavailable",
+            AuthError::Oidc(oidc::OidcError::Unavailable { .. }) => "idp-unavailable",
+            AuthError::Oidc(oidc::OidcError::Token(t)) => t.kind(),
+            AuthError::NoGrant { .. } => "no-grant",
+        }
+    }
 }
 
-/// SHA-256 of a key, hex.
-pub fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+/// What kind of credential was presented (for recordings; never the value).
+pub fn credential_kind(credential: &str) -> &'static str {
+    if credential.starts_with("wg_") {
+        "wardgate-key"
+    } else if jwt::looks_like_jwt(credential) {
+        "oidc-token"
+    } else {
+        "unrecognized"
+    }
 }
 
 /// Checks credentials and grants.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Authenticator {
-    accounts: HashMap<String, ServiceAccount>,
+    keys: keys::KeyRing,
+    issuers: Vec<oidc::OidcIssuer>,
     grants: Vec<Grant>,
 }
 
 impl Authenticator {
-    /// From the configuration.
+    /// From the configuration: its accounts, the state store's, its issuers and grants.
     pub fn from_config(cfg: &Config) -> Self {
         Authenticator {
-            accounts: cfg.service_accounts.iter().map(|s| (s.key_sha256.clone(), s.clone())).collect(),
+            keys: keys::KeyRing::new(&cfg.service_accounts, Some(keys::AccountStore::in_dir(&cfg.state_dir))),
+            issuers: cfg.oidc.iter().cloned().map(oidc::OidcIssuer::new).collect(),
             grants: cfg.grants.clone(),
         }
     }
 
     /// Turn a credential into an identity.
-    pub fn authenticate(&self, credential: &str) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, credential: &str) -> Result<Identity, AuthError> {
         let credential = credential.trim_end_matches('\0');
-        if let Some(body) = credential.strip_prefix("wg_") {
-            if body.len() < 32 || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(AuthError::Malformed);
-            }
-            let hash = key_hash(credential);
-            let acct = self.accounts.get(&hash).ok_or(AuthError::UnknownKey)?;
-            if acct.revoked {
-                return Err(AuthError::Revoked(acct.name.clone()));
-            }
-            if acct.expires_at_ms.is_some_and(|t| crate::util::now_ms() >= t) {
-                return Err(AuthError::Expired(acct.name.clone()));
-            }
-            let principal = Principal {
-                subject: format!("sa:{}", acct.name),
-                name: acct.name.clone(),
-                email: None,
-                groups: acct.groups.clone(),
-                kind: if acct.kind == "agent" { PrincipalKind::Agent } else { PrincipalKind::ServiceAccount },
-                issuer: "wardgate".into(),
-            };
-            let on_behalf_of = acct
-                .on_behalf_of
-                .iter()
-                .map(|h| Principal {
-                    subject: h.clone(),
-                    name: h.clone(),
-                    email: h.contains('@').then(|| h.clone()),
-                    groups: vec![],
-                    kind: PrincipalKind::Human,
-                    issuer: "wardgate".into(),
-                })
-                .collect();
-            return Ok(Identity { principal, on_behalf_of });
+        if credential.starts_with("wg_") {
+            return self.authenticate_key(credential);
         }
-        if credential.starts_with("eyJ") && credential.matches('.').count() == 2 {
+        if !jwt::looks_like_jwt(credential) {
+            return Err(AuthError::Malformed);
+        }
+        if self.issuers.is_empty() {
             return Err(AuthError::OidcNotConfigured);
         }
-        Err(AuthError::Malformed)
+        // Pick the issuer by the (not yet trusted) `iss`; its keys then decide.
+        let jws = jwt::parse(credential).map_err(oidc::OidcError::from)?;
+        let iss = jws.claims.get("iss").and_then(|v| v.as_str()).ok_or(oidc::OidcError::from(jwt::JwtError::Claim("iss")))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer() == iss)
+            .ok_or_else(|| oidc::OidcError::from(jwt::JwtError::Issuer(iss.chars().take(200).collect())))?;
+        Ok(issuer.authenticate(credential).await?)
     }
 
-    /// May `identity` use `connection`?
-    pub fn authorize(&self, identity: &Identity, connection: &str) -> Result<(), AuthError> {
-        let p = &identity.principal;
-        let granted = self.grants.iter().any(|g| {
-            g.connection == connection
-                && (g.principals.iter().any(|s| s == &p.subject || s == &p.name)
-                    || g.groups.iter().any(|gr| p.groups.contains(gr)))
-        });
-        if granted {
-            Ok(())
-        } else {
-            Err(AuthError::NoGrant { subject: p.subject.clone(), connection: connection.to_string() })
+    fn authenticate_key(&self, credential: &str) -> Result<Identity, AuthError> {
+        if !keys::is_key_shaped(credential) {
+            return Err(AuthError::Malformed);
         }
+        let acct = self.keys.lookup(&key_hash(credential)).map_err(|_| AuthError::KeyStore)?.ok_or(AuthError::UnknownKey)?;
+        if acct.revoked {
+            return Err(AuthError::Revoked(acct.name.clone()));
+        }
+        if acct.expires_at_ms.is_some_and(|t| crate::util::now_ms() >= t) {
+            return Err(AuthError::Expired(acct.name.clone()));
+        }
+        let principal = Principal {
+            subject: format!("sa:{}", acct.name),
+            name: acct.name.clone(),
+            email: None,
+            groups: acct.groups.clone(),
+            kind: if acct.kind == "agent" { PrincipalKind::Agent } else { PrincipalKind::ServiceAccount },
+            issuer: "wardgate".into(),
+        };
+        let on_behalf_of = acct
+            .on_behalf_of
+            .iter()
+            .map(|h| Principal {
+                subject: h.clone(),
+                name: h.clone(),
+                email: h.contains('@').then(|| h.clone()),
+                groups: vec![],
+                kind: PrincipalKind::Human,
+                issuer: "wardgate".into(),
+            })
+            .collect();
+        Ok(Identity { principal, on_behalf_of })
+    }
+
+    /// May `identity` use `connection`? The first matching grant (in file order) decides the role.
+    pub fn authorize(&self, identity: &Identity, connection: &str) -> Result<&Grant, AuthError> {
+        let p = &identity.principal;
+        self.grants.iter().find(|g| g.connection == connection && g.matches(p)).ok_or_else(|| AuthError::NoGrant {
+            subject: p.subject.clone(),
+            connection: connection.to_string(),
+        })
     }
 }
 
@@ -136,11 +167,18 @@ impl Authenticator {
 mod tests {
     use super::*;
 
+    use crate::config::ServiceAccount;
+
     fn auth_with(acct: ServiceAccount) -> Authenticator {
         Authenticator {
-            grants: vec![Grant { connection: "app".into(), principals: vec![], groups: vec!["agents".into()] }],
-            accounts: [(acct.key_sha256.clone(), acct)].into_iter().collect(),
+            grants: vec![Grant { connection: "app".into(), groups: vec!["agents".into()], ..Default::default() }],
+            keys: keys::KeyRing::new(&[acct], None),
+            issuers: vec![],
         }
+    }
+
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     fn account(hash: String) -> ServiceAccount {
@@ -159,7 +197,7 @@ mod tests {
     fn a_valid_key_becomes_an_agent_acting_for_its_sponsor() {
         let (key, hash) = generate_key();
         let a = auth_with(account(hash));
-        let id = a.authenticate(&key).unwrap();
+        let id = now(a.authenticate(&key)).unwrap();
         assert_eq!(id.principal.subject, "sa:bot");
         assert_eq!(id.principal.kind, PrincipalKind::Agent);
         assert_eq!(id.on_behalf_of[0].name, "alice@example.com");
@@ -175,17 +213,17 @@ mod tests {
         let (key, hash) = generate_key();
         let mut acct = account(hash.clone());
         acct.revoked = true;
-        let e = auth_with(acct).authenticate(&key).unwrap_err();
+        let e = now(auth_with(acct).authenticate(&key)).unwrap_err();
         assert_eq!(e, AuthError::Revoked("bot".into()));
         let mut acct = account(hash);
         acct.expires_at_ms = Some(1);
-        assert_eq!(auth_with(acct.clone()).authenticate(&key).unwrap_err(), AuthError::Expired("bot".into()));
+        assert_eq!(now(auth_with(acct.clone()).authenticate(&key)).unwrap_err(), AuthError::Expired("bot".into()));
         let (other, _) = generate_key();
-        let e = auth_with(acct).authenticate(&other).unwrap_err();
+        let e = now(auth_with(acct).authenticate(&other)).unwrap_err();
         assert_eq!(e, AuthError::UnknownKey);
         assert!(!e.to_string().contains(&other));
-        assert_eq!(Authenticator::default().authenticate("hunter2").unwrap_err(), AuthError::Malformed);
-        assert_eq!(Authenticator::default().authenticate("wg_short").unwrap_err(), AuthError::Malformed);
-        assert_eq!(Authenticator::default().authenticate("eyJa.eyJb.c").unwrap_err(), AuthError::OidcNotConfigured);
+        assert_eq!(now(Authenticator::default().authenticate("hunter2")).unwrap_err(), AuthError::Malformed);
+        assert_eq!(now(Authenticator::default().authenticate("wg_short")).unwrap_err(), AuthError::Malformed);
+        assert_eq!(now(Authenticator::default().authenticate("eyJa.eyJb.c")).unwrap_err(), AuthError::OidcNotConfigured);
     }
 }

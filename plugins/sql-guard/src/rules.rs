@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use wardgate_sdk::sql::{as_sql, is_unbounded_write, kind_from_name, kind_name};
-use wardgate_sdk::types::{ColumnUsage, Request, Review, Session, SqlStatement, StatementKind, Verdict};
+use wardgate_sdk::types::{
+    ColumnUsage, PrincipalKind, Request, Review, Session, SqlStatement, StatementKind, Verdict,
+};
 
 /// Rules for one connection (or the defaults).
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +59,12 @@ pub struct RuleSet {
     /// ORDER BY: a guessing oracle): allow (default), review or deny.
     #[serde(default = "allow_word")]
     pub protected_filter: String,
+    /// Principal kinds (`agent`, `service-account`, `human`) that may only read.
+    #[serde(default)]
+    pub read_only_kinds: Vec<String>,
+    /// ... unless acting on behalf of a human (RFC 8693 `act` token or a sponsored key).
+    #[serde(default)]
+    pub sponsored_writes: bool,
 }
 
 fn deny_word() -> String {
@@ -208,6 +216,11 @@ impl Guard {
         if let Some(err) = &sql.parse_error {
             return review(rules, format!("the statement could not be parsed ({err}); a human must look at it"));
         }
+        if let Some(why) = read_only(rules, session) {
+            if let Some(stmt) = sql.statements.iter().find(|s| !is_read(s)) {
+                return Verdict::Deny(format!("{why}; {} is not a read", kind_name(stmt.kind)));
+            }
+        }
         let mut first_review: Option<Verdict> = None;
         for stmt in &sql.statements {
             match judge(rules, stmt) {
@@ -220,6 +233,32 @@ impl Guard {
         }
         first_review.unwrap_or(Verdict::Allow)
     }
+}
+
+/// Why this session may only read, if it may.
+fn read_only(rules: &Compiled, session: &Session) -> Option<String> {
+    let id = &session.identity;
+    let kind = match id.principal.kind {
+        PrincipalKind::Human => "human",
+        PrincipalKind::Agent => "agent",
+        PrincipalKind::ServiceAccount => "service-account",
+    };
+    if !rules.set.read_only_kinds.iter().any(|k| k == kind) {
+        return None;
+    }
+    let sponsor = id.on_behalf_of.iter().find(|p| p.kind == PrincipalKind::Human);
+    match sponsor {
+        Some(_) if rules.set.sponsored_writes => None,
+        Some(h) => Some(format!("{kind} {} acting for {} may only read here", id.principal.name, h.name)),
+        None => Some(format!("{kind} {} may only read here unless it acts for a human", id.principal.name)),
+    }
+}
+
+/// Statements that change nothing.
+fn is_read(s: &SqlStatement) -> bool {
+    use StatementKind as K;
+    s.tables_written.is_empty()
+        && matches!(s.kind, K::Select | K::CopyTo | K::Transaction | K::SessionSetting | K::Explain | K::Cursor)
 }
 
 fn bare(t: &str) -> &str {
@@ -358,6 +397,30 @@ mod tests {
     }
     fn is_review(v: &Verdict) -> bool {
         matches!(v, Verdict::Review(_))
+    }
+
+    #[test]
+    fn read_only_kinds_may_read_and_only_sponsored_agents_may_write() {
+        let g = Guard::from_json(r#"{"read_only_kinds": ["agent"], "sponsored_writes": true}"#).unwrap();
+        let mut upd = statement(StatementKind::Update, "UPDATE t SET a = 1 WHERE id = 1");
+        upd.has_where = true;
+        upd.tables_written = vec!["t".into()];
+        let read = statement(StatementKind::Select, "SELECT 1");
+        let lone = session("prod");
+        assert_eq!(g.check(&lone, &sql(vec![read.clone()])), Verdict::Allow);
+        let v = g.check(&lone, &sql(vec![read.clone(), upd.clone()]));
+        assert!(matches!(&v, Verdict::Deny(r) if r.contains("agent test-agent may only read")), "{v:?}");
+        let mut sponsored = session("prod");
+        sponsored.identity.on_behalf_of = vec![wardgate_sdk::testkit::human("alice")];
+        assert_eq!(g.check(&sponsored, &sql(vec![upd.clone()])), Verdict::Allow);
+        let strict = Guard::from_json(r#"{"read_only_kinds": ["agent"]}"#).unwrap();
+        let v = strict.check(&sponsored, &sql(vec![upd]));
+        assert!(matches!(&v, Verdict::Deny(r) if r.contains("acting for alice")), "{v:?}");
+        let mut human = session("prod");
+        human.identity.principal = wardgate_sdk::testkit::human("bob");
+        let mut del = statement(StatementKind::Delete, "DELETE FROM t WHERE id = 1");
+        del.has_where = true;
+        assert_eq!(strict.check(&human, &sql(vec![del])), Verdict::Allow);
     }
 
     #[test]

@@ -186,24 +186,27 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
             return Err(SessionError::Gone);
         }
     };
-    let identity: Identity = match ctx.auth.authenticate(&credential).and_then(|id| {
-        ctx.auth.authorize(&id, &connection_name)?;
-        Ok(id)
-    }) {
-        Ok(id) => id,
+    let credential_kind = crate::identity::credential_kind(&credential);
+    let authorized = match ctx.auth.authenticate(&credential).await {
+        Ok(id) => ctx.auth.authorize(&id, &connection_name).map(|g| (id, g.role.clone())),
+        Err(e) => Err(e),
+    };
+    drop(credential);
+    let (identity, role): (Identity, Option<String>) = match authorized {
+        Ok(x) => x,
         Err(e) => {
             ctx.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             recorder.emit(
                 "auth.failed",
-                json!({"client_addr": peer.to_string(), "connection": connection_name, "user": user, "reason": e.to_string(), "tls": tls}),
+                json!({"client_addr": peer.to_string(), "connection": connection_name, "user": user,
+                       "credential": credential_kind, "error": e.kind(), "reason": e.to_string(), "tls": tls}),
             );
-            tracing::warn!(connection = %connection_name, "authentication refused: {e}");
+            tracing::warn!(connection = %connection_name, credential = credential_kind, error = e.kind(), "authentication refused: {e}");
             let code = if matches!(e, crate::identity::AuthError::NoGrant { .. }) { "28000" } else { "28P01" };
             return Err(refuse(&mut stream, code, &format!("Wardgate: {e}"), None).await);
         }
     };
-    drop(credential);
-    let Some(conn) = ctx.config.connections.get(&connection_name).cloned() else {
+    let Some(conn) = ctx.config.connections.get(&connection_name).and_then(|c| c.as_role(role.as_deref())) else {
         // Granted but not configured cannot happen (config validation); refuse the same way.
         return Err(refuse(&mut stream, "28000", "Wardgate: no access to this connection", None).await);
     };
@@ -287,6 +290,9 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
             "principal": {"subject": p.subject, "name": p.name, "email": p.email, "groups": p.groups, "kind": crate::sql::enum_name(&p.kind), "issuer": p.issuer},
             "on_behalf_of": session.identity.on_behalf_of.iter().map(|o| json!({"subject": o.subject, "name": o.name})).collect::<Vec<_>>(),
             "connection": conn.name,
+            "upstream_role": role,
+            "upstream_user": conn.user,
+            "credential": credential_kind,
             "client_addr": peer.to_string(),
             "tls": tls,
             "application_name": get("application_name"),

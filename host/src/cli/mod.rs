@@ -1,0 +1,3 @@
+//! Subcommands of the `wardgate` binary that live outside `main.rs`.
+
+pub mod identity;
