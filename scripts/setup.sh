@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Install everything Wardgate's build, demo and tests need, idempotently:
 # Debian packages (PostgreSQL server and clients, pgbouncer, libclang for the
-# SQL parser), the wasm32-wasip2 Rust target. Safe to run again.
+# SQL parser, node/npm and curl for the test OpenID Provider), the
+# wasm32-wasip2 Rust target, the provider's npm packages. Safe to run again.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang; do
+for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang curl; do
   have "$p" || need_pkgs+=("$p")
 done
+# node and npm may come from elsewhere (e.g. NodeSource bundles npm into nodejs): check the commands.
+{ command -v node && command -v npm; } >/dev/null || need_pkgs+=(nodejs npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing packages ${need_pkgs[*]}; run as root or install them with apt-get" >&2
@@ -28,4 +31,6 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 command -v rustup >/dev/null || { echo "setup: rustup not found (install Rust from rustup.rs)" >&2; exit 1; }
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# The test OpenID Provider (npm oidc-provider) into ~/.cache/wardgate/oidc.
+"$(dirname "$0")/oidc.sh" install
 echo "setup: ok"

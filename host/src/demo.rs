@@ -22,6 +22,23 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// Where `--keep` writes `demo.env`.
     pub env_file: PathBuf,
+    /// A running OpenID Provider to trust, with a machine client for the agent.
+    pub oidc: Option<DemoOidc>,
+}
+
+/// The OpenID Provider the demo's second agent gets its token from.
+#[derive(Debug, Clone)]
+pub struct DemoOidc {
+    /// Issuer URL.
+    pub issuer: String,
+    /// Audience the gateway accepts (the provider's resource indicator for it).
+    pub audience: String,
+    /// Client-credentials client of the agent.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// Scopes to ask for.
+    pub scopes: Vec<String>,
 }
 
 const SCRIPT: &[(&str, &str)] = &[
@@ -113,7 +130,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         text.push_str(DEMO_PROTECTED);
         std::fs::write(&guard_manifest, text)?;
     }
-    let (key, hash) = crate::identity::generate_key();
+    // The agent's key comes from the state store, as `wardgate service-accounts create` makes it.
+    let store = crate::identity::keys::AccountStore::in_dir(&dir.join("state"));
+    let _ = store.revoke("demo-agent"); // a reused --dir: issue a fresh key
+    let (key, _) = store
+        .create(crate::identity::keys::NewAccount {
+            name: "demo-agent".into(),
+            kind: "agent".into(),
+            groups: vec!["agents".into()],
+            on_behalf_of: Some("alice@example.com".into()),
+            expires_in_ms: Some(7 * 86_400_000),
+        })
+        .context("creating the demo's service account")?;
+    let oidc_config = opts
+        .oidc
+        .as_ref()
+        .map(|o| {
+            format!(
+                "\n[[oidc]]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\n[[grants]]\nconnection = \"shop\"\nprincipals = [\"{}\"]\n",
+                o.issuer, o.audience, o.client_id
+            )
+        })
+        .unwrap_or_default();
     let pw_file = dir.join("upstream-password");
     std::fs::write(&pw_file, &app_pw)?;
     set_private(&pw_file);
@@ -140,17 +178,11 @@ user = "wardgate_app"
 password_file = "upstream-password"
 plugins = ["sql-guard", "pii-mask"]
 
-[[service_accounts]]
-name = "demo-agent"
-kind = "agent"
-groups = ["agents"]
-on_behalf_of = "alice@example.com"
-key_sha256 = "{hash}"
-
+# Service accounts live in state/service-accounts.json (`wardgate service-accounts list`).
 [[grants]]
 connection = "shop"
 groups = ["agents"]
-"#,
+{oidc_config}"#,
         cfg = dir.join("wardgate.toml").display(),
         pg_port = pg.port,
     );
@@ -199,6 +231,10 @@ groups = ["agents"]
         .context("running psql")?;
     println!("{}", String::from_utf8_lossy(&psql.stdout).trim_end());
 
+    if let Some(o) = &opts.oidc {
+        oidc_agent(o, &env).await;
+    }
+
     gw.recorder.flush();
     let rec_dir = gw.recorder.dir().to_path_buf();
     let recordings = crate::record::verify::recordings_in(&rec_dir)?;
@@ -223,7 +259,13 @@ groups = ["agents"]
                 format!("WARDGATE_UPSTREAM_DSN={}\n", pg.dsn("shop")),
                 format!("WARDGATE_ADMIN_URL=http://{}\n", gw.admin_addr),
                 format!("WARDGATE_DEMO_DIR={}\n", dir.display()),
+                format!("WARDGATE_CONFIG={}\n", cfg_path.display()),
             ])
+            .chain(
+                opts.oidc
+                    .iter()
+                    .map(|o| format!("WARDGATE_OIDC_ISSUER={}\nWARDGATE_OIDC_AUDIENCE={}\n", o.issuer, o.audience)),
+            )
             .collect();
         std::fs::write(&opts.env_file, env_text)?;
         set_private(&opts.env_file);
@@ -244,6 +286,42 @@ groups = ["agents"]
         println!("(working directory kept for inspection: {})", dir.display());
     }
     Ok(())
+}
+
+/// A second agent, identified by a client-credentials token from the OpenID Provider.
+async fn oidc_agent(o: &DemoOidc, env: &[(&str, String)]) {
+    println!(
+        "\nA second agent authenticates with a client-credentials token from {} (client {}):",
+        o.issuer, o.client_id
+    );
+    let o2 = o.clone();
+    let token = tokio::task::spawn_blocking(move || {
+        crate::identity::login::client_credentials(&o2.issuer, &o2.client_id, &o2.client_secret, &o2.scopes)
+    })
+    .await;
+    let token = match token {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return println!("  could not get a token: {e}"),
+        Err(e) => return println!("  could not get a token: {e}"),
+    };
+    let out = tokio::process::Command::new("psql")
+        .args(["-X", "-P", "pager=off", "-c", "SELECT name, email FROM customers ORDER BY id LIMIT 2"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PGUSER", &o.client_id)
+        .env("PGPASSWORD", &token)
+        .output()
+        .await;
+    match out {
+        Ok(o) => {
+            println!("agent=> SELECT name, email FROM customers ORDER BY id LIMIT 2;");
+            println!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout).trim_end(),
+                String::from_utf8_lossy(&o.stderr).trim_end()
+            );
+        }
+        Err(e) => println!("  psql failed: {e}"),
+    }
 }
 
 fn set_private(p: &Path) {

@@ -169,25 +169,14 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Stop the server when this process exits, however it exits (tests keep
-    /// their cluster in a static, which Rust never drops; a kill -9 runs no
-    /// destructor at all). A detached shell watches our pid.
+    /// Stop the server when this process exits, however it exits.
     pub fn stop_when_process_exits(&self) -> anyhow::Result<()> {
         let ctl = self.bin.join("pg_ctl");
         let stop = match &self.as_user {
             Some(u) => format!("runuser -u {u} -- '{}' -D '{}' -m immediate stop", ctl.display(), self.data.display()),
             None => format!("'{}' -D '{}' -m immediate stop", ctl.display(), self.data.display()),
         };
-        let pid = std::process::id();
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("spawning the cluster watchdog")?;
-        Ok(())
+        run_when_process_exits(&stop)
     }
 
     /// Turn on TLS with a fresh certificate for `127.0.0.1`/`localhost`, issued
@@ -256,6 +245,27 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Kill process `pid` when this process exits.
+pub fn kill_when_process_exits(pid: u32) -> anyhow::Result<()> {
+    run_when_process_exits(&format!("kill {pid}"))
+}
+
+/// Run shell command `cmd` when this process exits, however it exits (tests
+/// keep servers in statics, which Rust never drops; a kill -9 runs no
+/// destructor at all): a detached shell watches our pid.
+pub fn run_when_process_exits(cmd: &str) -> anyhow::Result<()> {
+    let me = std::process::id();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("while kill -0 {me} 2>/dev/null; do sleep 0.5; done; {cmd} >/dev/null 2>&1"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawning a watchdog")?;
+    Ok(())
 }
 
 /// Seed the demo schema: customers with realistic PII, orders; a least-privilege

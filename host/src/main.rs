@@ -40,6 +40,8 @@ enum Cmd {
         /// Where --keep writes the environment file.
         #[arg(long, default_value = "demo.env")]
         env_file: PathBuf,
+        #[command(flatten)]
+        oidc: DemoOidcArgs,
     },
     /// Check a configuration file.
     Config {
@@ -69,6 +71,26 @@ enum Cmd {
         #[command(subcommand)]
         command: SessionsCmd,
     },
+}
+
+/// A running OpenID Provider for the demo's second agent (optional).
+#[derive(clap::Args)]
+struct DemoOidcArgs {
+    /// Issuer URL of a running OpenID Provider (e.g. scripts/oidc.sh start).
+    #[arg(long, env = "WARDGATE_DEMO_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// Audience of the provider's tokens for this gateway.
+    #[arg(long, env = "WARDGATE_DEMO_OIDC_AUDIENCE", default_value = "urn:wardgate")]
+    oidc_audience: String,
+    /// The agent's client-credentials client.
+    #[arg(long, env = "WARDGATE_DEMO_OIDC_CLIENT_ID", default_value = "ai-agent-1")]
+    oidc_client_id: String,
+    /// Environment variable holding its secret.
+    #[arg(long, default_value = "WARDGATE_DEMO_OIDC_CLIENT_SECRET")]
+    oidc_client_secret_env: String,
+    /// Scopes to ask for (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gateway:postgres")]
+    oidc_scopes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -166,7 +188,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { keep, plugins, dir, env_file } => {
+        Cmd::Demo { keep, plugins, dir, env_file, oidc } => {
+            let oidc = match oidc.oidc_issuer {
+                None => None,
+                Some(issuer) => Some(wardgate::demo::DemoOidc {
+                    issuer: issuer.trim_end_matches('/').to_string(),
+                    audience: oidc.oidc_audience,
+                    client_id: oidc.oidc_client_id,
+                    client_secret: std::env::var(&oidc.oidc_client_secret_env).with_context(|| {
+                        format!("--oidc-issuer needs the agent's client secret in ${}", oidc.oidc_client_secret_env)
+                    })?,
+                    scopes: oidc.oidc_scopes,
+                }),
+            };
             if std::env::var_os("WARDGATE_LOG").is_none() {
                 std::env::set_var("WARDGATE_LOG", "warn");
             }
@@ -175,7 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("psql not found: install postgresql-client (scripts/setup.sh does)");
             }
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(wardgate::demo::run(wardgate::demo::DemoOptions { keep, plugins, dir, env_file }))?;
+            rt.block_on(wardgate::demo::run(wardgate::demo::DemoOptions { keep, plugins, dir, env_file, oidc }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => {

@@ -93,14 +93,19 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
                 store.path().display()
             );
-            eprintln!("Its key follows; it is shown once (only its hash is stored). Give it to the agent as its password:");
+            eprintln!(
+                "Its key follows; it is shown once (only its hash is stored). Give it to the agent as its password:"
+            );
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
         SaCmd::List { state } => {
             let store = state.store()?;
             let all = store.load()?;
-            println!("{:<20} {:<16} {:<24} {:<20} {:<21} {:<21} STATUS", "NAME", "KIND", "GROUPS", "ON BEHALF OF", "CREATED", "EXPIRES");
+            println!(
+                "{:<20} {:<16} {:<24} {:<20} {:<25} {:<25} STATUS",
+                "NAME", "KIND", "GROUPS", "ON BEHALF OF", "CREATED", "EXPIRES"
+            );
             let now = wardgate::util::now_ms();
             for a in all {
                 let fmt = |t: Option<u64>| t.map(wardgate::util::format_rfc3339_ms).unwrap_or_else(|| "-".into());
@@ -110,7 +115,7 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
                     _ => "active".into(),
                 };
                 println!(
-                    "{:<20} {:<16} {:<24} {:<20} {:<21} {:<21} {status}",
+                    "{:<20} {:<16} {:<24} {:<20} {:<25} {:<25} {status}",
                     a.name,
                     a.kind,
                     a.groups.join(","),
@@ -189,7 +194,10 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         file.display()
     );
     eprintln!("Use your token as the password, for example:\n");
-    eprintln!("  PGPASSWORD=\"$(wardgate token)\" psql \"host=GATEWAY port=6432 dbname=CONNECTION user={} sslmode=require\"", done.name);
+    eprintln!(
+        "  PGPASSWORD=\"$(wardgate token)\" psql \"host=GATEWAY port=6432 dbname=CONNECTION user={} sslmode=require\"",
+        done.name
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,7 +11,8 @@ use super::diag::{at_span, TomlError};
 use crate::pipeline::types::{Principal, PrincipalKind};
 
 /// Algorithms accepted when an issuer lists none: asymmetric only.
-pub const DEFAULT_ALGORITHMS: [&str; 9] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub const DEFAULT_ALGORITHMS: [&str; 9] =
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +166,12 @@ pub(super) fn oidc(cx: &Ctx<'_>, raw: Vec<RawOidc>) -> Result<Vec<OidcIssuerConf
         };
         let kind_of = |s: &Spanned<String>, k: &str| {
             principal_kind(s.get_ref()).filter(|k| *k != PrincipalKind::Human).ok_or_else(|| {
-                cx.err(s.span(), &key(k), format!("unknown machine kind \"{}\"", s.get_ref()), "use agent or service-account")
+                cx.err(
+                    s.span(),
+                    &key(k),
+                    format!("unknown machine kind \"{}\"", s.get_ref()),
+                    "use agent or service-account",
+                )
             })
         };
         let machine_kind = kind_of(&o.machine_kind, "machine_kind")?;
@@ -225,7 +231,12 @@ pub(super) fn grants(
         let mut kinds = Vec::new();
         for k in &g.kinds {
             kinds.push(principal_kind(k.get_ref()).ok_or_else(|| {
-                cx.err(k.span(), &key("kinds"), format!("unknown kind \"{}\"", k.get_ref()), "use human, agent or service-account")
+                cx.err(
+                    k.span(),
+                    &key("kinds"),
+                    format!("unknown kind \"{}\"", k.get_ref()),
+                    "use human, agent or service-account",
+                )
             })?);
         }
         out.push(Grant {

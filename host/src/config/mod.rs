@@ -128,7 +128,6 @@ fn agent() -> Spanned<String> {
     Spanned::new(0..0, "agent".into())
 }
 
-
 /// TLS settings of a listener.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
@@ -252,7 +251,6 @@ pub struct ServiceAccount {
     /// Revoked keys are refused.
     pub revoked: bool,
 }
-
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -402,15 +400,23 @@ impl Config {
                 (Some(v), None) => Ok(SecretSource::Env(v.get_ref().clone())),
                 (None, Some(f)) => Ok(SecretSource::File(resolve(f.get_ref()))),
                 (None, None) => Ok(SecretSource::None),
-                (Some(v), Some(_)) => {
-                    Err(err(v.span(), &key(&format!("{k}password_env")), "both password_env and password_file".into(), "keep one"))
-                }
+                (Some(v), Some(_)) => Err(err(
+                    v.span(),
+                    &key(&format!("{k}password_env")),
+                    "both password_env and password_file".into(),
+                    "keep one",
+                )),
             };
             let password = secret(&c.password_env, &c.password_file, "")?;
             let mut roles = BTreeMap::new();
             for (r, role) in &c.roles {
                 if role.user.get_ref().is_empty() {
-                    return Err(err(role.user.span(), &key(&format!("roles.{r}.user")), "empty user".into(), "name the upstream user"));
+                    return Err(err(
+                        role.user.span(),
+                        &key(&format!("roles.{r}.user")),
+                        "empty user".into(),
+                        "name the upstream user",
+                    ));
                 }
                 let password = secret(&role.password_env, &role.password_file, &format!("roles.{r}."))?;
                 roles.insert(r.clone(), Role { user: role.user.get_ref().clone(), password });
@@ -490,9 +496,8 @@ impl Config {
         }
 
         let cx = identity::Ctx { path, src };
-        let grants = identity::grants(&cx, raw.grants, |name| {
-            connections.get(name).map(|c| c.roles.keys().cloned().collect())
-        })?;
+        let grants =
+            identity::grants(&cx, raw.grants, |name| connections.get(name).map(|c| c.roles.keys().cloned().collect()))?;
         let oidc = identity::oidc(&cx, raw.oidc)?;
 
         Ok(Config {

@@ -118,7 +118,7 @@ pub fn parse(token: &str) -> Result<Jws<'_>, JwtError> {
         alg,
         kid: text("kid"),
         typ: text("typ"),
-        signing_input: token[..h.len() + 1 + p.len()].as_bytes(),
+        signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature: b64(s)?,
         claims,
     })
@@ -140,7 +140,9 @@ pub struct ClaimRules<'a> {
 fn number(claims: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, JwtError> {
     match claims.get(key) {
         None => Ok(None),
-        Some(v) => v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| Some(f as u64)).ok_or(JwtError::Claim(key)),
+        Some(v) => {
+            v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| Some(f as u64)).ok_or(JwtError::Claim(key))
+        }
     }
 }
 
@@ -156,7 +158,8 @@ pub fn check_claims(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Resu
         _ => return Err(JwtError::Claim("aud")),
     };
     if !aud.iter().any(|a| rules.audiences.iter().any(|ok| ok == a)) {
-        let shown: Vec<String> = aud.iter().take(5).map(|a| format!("\"{}\"", a.chars().take(100).collect::<String>())).collect();
+        let shown: Vec<String> =
+            aud.iter().take(5).map(|a| format!("\"{}\"", a.chars().take(100).collect::<String>())).collect();
         return Err(JwtError::Audience(shown.join(", ")));
     }
     let exp = number(claims, "exp")?.ok_or(JwtError::Claim("exp"))?;
@@ -203,7 +206,8 @@ mod tests {
         assert_eq!(j.signature, b"sig");
         assert!(t.starts_with(std::str::from_utf8(j.signing_input).unwrap()));
         assert!(looks_like_jwt(&t));
-        for bad in ["", "a.b", "a.b.c.d", "eyJ.eyJ.x", &t[..t.len() / 2], &format!("{}..x", enc(&json!({"alg": "x"})))] {
+        for bad in ["", "a.b", "a.b.c.d", "eyJ.eyJ.x", &t[..t.len() / 2], &format!("{}..x", enc(&json!({"alg": "x"})))]
+        {
             assert!(matches!(parse(bad), Err(JwtError::Malformed(_))), "{bad}");
         }
         let crit = format!("{}.{}.", enc(&json!({"alg": "ES256", "crit": ["b64"]})), enc(&json!({})));
@@ -219,7 +223,10 @@ mod tests {
         let r = ClaimRules { issuer: "https://idp", audiences: &aud, leeway_secs: 30, now_secs: now };
         assert_eq!(check_claims(&claims(json!({})), &r), Ok(()));
         assert_eq!(check_claims(&claims(json!({"aud": ["x", "urn:gateway"]})), &r), Ok(()));
-        assert_eq!(check_claims(&claims(json!({"iss": "https://evil"})), &r), Err(JwtError::Issuer("https://evil".into())));
+        assert_eq!(
+            check_claims(&claims(json!({"iss": "https://evil"})), &r),
+            Err(JwtError::Issuer("https://evil".into()))
+        );
         assert!(matches!(check_claims(&claims(json!({"aud": "other"})), &r), Err(JwtError::Audience(_))));
         assert_eq!(check_claims(&claims(json!({"aud": 5})), &r), Err(JwtError::Claim("aud")));
         assert_eq!(check_claims(&claims(json!({"exp": 1400})), &r), Err(JwtError::Expired(100)));

@@ -270,6 +270,7 @@ pub fn parse_lifetime_ms(s: &str) -> Option<u64> {
 }
 
 type Stamp = (SystemTime, u64, u64);
+type Loaded = Result<HashMap<String, ServiceAccount>, String>;
 
 impl Default for KeyRing {
     fn default() -> Self {
@@ -282,7 +283,7 @@ impl Default for KeyRing {
 pub struct KeyRing {
     fixed: HashMap<String, ServiceAccount>,
     store: Option<AccountStore>,
-    cache: parking_lot::Mutex<(Option<Stamp>, Result<HashMap<String, ServiceAccount>, String>)>,
+    cache: parking_lot::Mutex<(Option<Stamp>, Loaded)>,
 }
 
 impl KeyRing {

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse as _,
-    PkceCodeChallenge, RedirectUrl, RefreshToken, Scope, TokenResponse as _,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    Nonce, OAuth2TokenResponse as _, PkceCodeChallenge, RedirectUrl, RefreshToken, Scope, TokenResponse as _,
 };
 use serde::{Deserialize, Serialize};
 
-use super::oidc::http_client;
+use super::oidc::{http_client, HttpClient};
 
 /// Login failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +131,8 @@ fn save(file: &Path, login: &StoredLogin) -> Result<(), LoginError> {
     let mut all = load_all(file)?;
     all.insert(login.issuer.clone(), login.clone());
     let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(io)?;
     f.write_all(&serde_json::to_vec_pretty(&all).map_err(|e| LoginError::Io(e.to_string()))?).map_err(io)?;
     std::fs::rename(&tmp, file).map_err(io)
 }
@@ -140,18 +141,14 @@ fn save(file: &Path, login: &StoredLogin) -> Result<(), LoginError> {
 type DiscoveredClient =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
 
-fn client(
-    issuer: &str,
-    client_id: &str,
-    secret: Option<&str>,
-) -> Result<(DiscoveredClient, impl Fn(openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse, super::oidc::HttpError>), LoginError>
-{
+fn client(issuer: &str, client_id: &str, secret: Option<&str>) -> Result<(DiscoveredClient, HttpClient), LoginError> {
     if !super::oidc::secure_url(issuer) {
         return Err(LoginError::Provider(format!("issuer {issuer} is neither https nor loopback")));
     }
     let http = http_client();
     let url = IssuerUrl::new(issuer.to_string()).map_err(provider)?;
-    let meta = CoreProviderMetadata::discover(&url, &http).map_err(|e| provider(format!("discovery at {issuer}: {e}")))?;
+    let meta =
+        CoreProviderMetadata::discover(&url, &http).map_err(|e| provider(format!("discovery at {issuer}: {e}")))?;
     let c = CoreClient::from_provider_metadata(
         meta,
         ClientId::new(client_id.to_string()),
@@ -188,13 +185,15 @@ pub fn login(opts: &LoginOptions, file: &Path, announce: impl Fn(&str)) -> Resul
             .spawn();
     }
     let code = wait_for_code(&listener, csrf.secret(), opts.timeout)?;
-    let mut exchange = client.exchange_code(AuthorizationCode::new(code)).map_err(provider)?.set_pkce_verifier(verifier);
+    let mut exchange =
+        client.exchange_code(AuthorizationCode::new(code)).map_err(provider)?.set_pkce_verifier(verifier);
     if let Some(r) = &opts.resource {
         exchange = exchange.add_extra_param("resource", r.clone());
     }
     let token = exchange.request(&http).map_err(|e| provider(format!("token exchange: {}", describe(&e))))?;
     let id_token = token.id_token().ok_or_else(|| provider("the provider returned no ID token"))?;
-    let claims = id_token.claims(&client.id_token_verifier(), &nonce).map_err(|e| provider(format!("ID token: {e}")))?;
+    let claims =
+        id_token.claims(&client.id_token_verifier(), &nonce).map_err(|e| provider(format!("ID token: {e}")))?;
     let name = claims
         .preferred_username()
         .map(|u| u.to_string())
@@ -261,7 +260,8 @@ fn wait_for_code(listener: &TcpListener, state: &str, timeout: Duration) -> Resu
             let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             continue;
         };
-        let params: BTreeMap<String, String> = openidconnect::url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let params: BTreeMap<String, String> =
+            openidconnect::url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let reply = |conn: &mut std::net::TcpStream, status: &str, text: &str| {
             let body = format!("<!doctype html><title>Wardgate</title><p>{text}</p>");
             let _ = write!(
@@ -297,7 +297,8 @@ pub fn current(file: &Path, issuer: Option<&str>) -> Result<StoredLogin, LoginEr
         Some(i) => all.get(i.trim_end_matches('/')).or_else(|| all.get(i)).cloned(),
         None => all.values().next().cloned(),
     };
-    let mut login = found.ok_or_else(|| LoginError::NotLoggedIn(issuer.map(|i| format!(" at {i}")).unwrap_or_default()))?;
+    let mut login =
+        found.ok_or_else(|| LoginError::NotLoggedIn(issuer.map(|i| format!(" at {i}")).unwrap_or_default()))?;
     let fresh = login.expires_at_ms.is_none_or(|t| t > crate::util::now_ms() + 60_000);
     if fresh {
         return Ok(login);
@@ -322,4 +323,21 @@ pub fn current(file: &Path, issuer: Option<&str>) -> Result<StoredLogin, LoginEr
     login.expires_at_ms = token.expires_in().map(|d| crate::util::now_ms() + d.as_millis() as u64);
     save(file, &login)?;
     Ok(login)
+}
+
+/// An OAuth client-credentials access token (RFC 6749 §4.4) for a machine
+/// client, from the provider's discovered token endpoint.
+pub fn client_credentials(
+    issuer: &str,
+    client_id: &str,
+    secret: &str,
+    scopes: &[String],
+) -> Result<String, LoginError> {
+    let (client, http) = client(issuer, client_id, Some(secret))?;
+    let mut req = client.exchange_client_credentials().map_err(provider)?;
+    for s in scopes {
+        req = req.add_scope(Scope::new(s.clone()));
+    }
+    let token = req.request(&http).map_err(|e| provider(format!("client credentials: {}", describe(&e))))?;
+    Ok(token.access_token().secret().clone())
 }

@@ -110,7 +110,8 @@ impl Authenticator {
         }
         // Pick the issuer by the (not yet trusted) `iss`; its keys then decide.
         let jws = jwt::parse(credential).map_err(oidc::OidcError::from)?;
-        let iss = jws.claims.get("iss").and_then(|v| v.as_str()).ok_or(oidc::OidcError::from(jwt::JwtError::Claim("iss")))?;
+        let iss =
+            jws.claims.get("iss").and_then(|v| v.as_str()).ok_or(oidc::OidcError::from(jwt::JwtError::Claim("iss")))?;
         let issuer = self
             .issuers
             .iter()
@@ -123,7 +124,8 @@ impl Authenticator {
         if !keys::is_key_shaped(credential) {
             return Err(AuthError::Malformed);
         }
-        let acct = self.keys.lookup(&key_hash(credential)).map_err(|_| AuthError::KeyStore)?.ok_or(AuthError::UnknownKey)?;
+        let acct =
+            self.keys.lookup(&key_hash(credential)).map_err(|_| AuthError::KeyStore)?.ok_or(AuthError::UnknownKey)?;
         if acct.revoked {
             return Err(AuthError::Revoked(acct.name.clone()));
         }
@@ -156,10 +158,10 @@ impl Authenticator {
     /// May `identity` use `connection`? The first matching grant (in file order) decides the role.
     pub fn authorize(&self, identity: &Identity, connection: &str) -> Result<&Grant, AuthError> {
         let p = &identity.principal;
-        self.grants.iter().find(|g| g.connection == connection && g.matches(p)).ok_or_else(|| AuthError::NoGrant {
-            subject: p.subject.clone(),
-            connection: connection.to_string(),
-        })
+        self.grants
+            .iter()
+            .find(|g| g.connection == connection && g.matches(p))
+            .ok_or_else(|| AuthError::NoGrant { subject: p.subject.clone(), connection: connection.to_string() })
     }
 }
 
@@ -224,6 +226,9 @@ mod tests {
         assert!(!e.to_string().contains(&other));
         assert_eq!(now(Authenticator::default().authenticate("hunter2")).unwrap_err(), AuthError::Malformed);
         assert_eq!(now(Authenticator::default().authenticate("wg_short")).unwrap_err(), AuthError::Malformed);
-        assert_eq!(now(Authenticator::default().authenticate("eyJa.eyJb.c")).unwrap_err(), AuthError::OidcNotConfigured);
+        assert_eq!(
+            now(Authenticator::default().authenticate("eyJa.eyJb.c")).unwrap_err(),
+            AuthError::OidcNotConfigured
+        );
     }
 }

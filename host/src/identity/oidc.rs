@@ -40,16 +40,27 @@ pub enum OidcError {
 #[error("{0}")]
 pub struct HttpError(String);
 
-/// An `openidconnect` HTTP client over ureq: bounded time and body size.
-pub fn http_client() -> impl Fn(HttpRequest) -> Result<HttpResponse, HttpError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
-    move |req: HttpRequest| {
-        let mut resp = agent.run(req).map_err(|e| HttpError(e.to_string()))?;
+/// The blocking HTTP client handed to `openidconnect`: ureq with bounded
+/// time (5 s) and body size (1 MiB), no redirects.
+pub struct HttpClient(ureq::Agent);
+
+/// An [`HttpClient`].
+pub fn http_client() -> HttpClient {
+    HttpClient(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into(),
+    )
+}
+
+impl openidconnect::SyncHttpClient for HttpClient {
+    type Error = HttpError;
+
+    fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let mut resp = self.0.run(req).map_err(|e| HttpError(e.to_string()))?;
         let mut out = openidconnect::http::Response::builder().status(resp.status());
         for (k, v) in resp.headers() {
             out = out.header(k, v);
@@ -269,7 +280,11 @@ fn string_list(v: &Value) -> Vec<String> {
     }
 }
 
-fn verify_signature(set: &CoreJsonWebKeySet, jws: &jwt::Jws<'_>, alg: &CoreJwsSigningAlgorithm) -> Result<(), JwtError> {
+fn verify_signature(
+    set: &CoreJsonWebKeySet,
+    jws: &jwt::Jws<'_>,
+    alg: &CoreJwsSigningAlgorithm,
+) -> Result<(), JwtError> {
     let candidates: Vec<&CoreJsonWebKey> = set
         .keys()
         .iter()
@@ -317,7 +332,9 @@ pub fn secure_url(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else { return false };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().map(|h| &h[1..]).unwrap_or("") } else {
+    let host = if host.starts_with('[') {
+        host.split(']').next().map(|h| &h[1..]).unwrap_or("")
+    } else {
         host.split(':').next().unwrap_or("")
     };
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -381,7 +398,9 @@ mod tests {
         for ok in ["https://idp.example/jwks", "http://127.0.0.1:9090/jwks", "http://[::1]:1/x", "http://localhost/x"] {
             assert!(secure_url(ok), "{ok}");
         }
-        for bad in ["http://idp.example/jwks", "http://127.0.0.1.evil.com/x", "http://user@evil/x", "ftp://x", "file:///x"] {
+        for bad in
+            ["http://idp.example/jwks", "http://127.0.0.1.evil.com/x", "http://user@evil/x", "ftp://x", "file:///x"]
+        {
             assert!(!secure_url(bad), "{bad}");
         }
     }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod oidc;
+
 use wardgate::config::Config;
 use wardgate::devenv::{seed_demo, PgCluster};
 
@@ -166,14 +168,19 @@ impl TestGateway {
 
     /// Run psql through the gateway with TLS; returns (status ok, stdout, stderr).
     pub fn psql(&self, args: &[&str]) -> (bool, String, String) {
+        self.psql_as("test-agent", &self.key, args)
+    }
+
+    /// psql through the gateway with TLS, presenting `credential` as the password.
+    pub fn psql_as(&self, user: &str, credential: &str, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new("psql")
             .args(["-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off"])
             .args(args)
             .env("PGHOST", "127.0.0.1")
             .env("PGPORT", self.port.to_string())
             .env("PGDATABASE", "shop")
-            .env("PGUSER", "test-agent")
-            .env("PGPASSWORD", &self.key)
+            .env("PGUSER", user)
+            .env("PGPASSWORD", credential)
             .env("PGSSLMODE", "require")
             .output()
             .expect("psql");

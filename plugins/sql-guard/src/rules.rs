@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use wardgate_sdk::sql::{as_sql, is_unbounded_write, kind_from_name, kind_name};
-use wardgate_sdk::types::{
-    ColumnUsage, PrincipalKind, Request, Review, Session, SqlStatement, StatementKind, Verdict,
-};
+use wardgate_sdk::types::{ColumnUsage, PrincipalKind, Request, Review, Session, SqlStatement, StatementKind, Verdict};
 
 /// Rules for one connection (or the defaults).
 #[derive(Debug, Clone, Deserialize)]

@@ -287,8 +287,8 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     recorder.emit(
         "session.start",
         json!({
-            "principal": {"subject": p.subject, "name": p.name, "email": p.email, "groups": p.groups, "kind": crate::sql::enum_name(&p.kind), "issuer": p.issuer},
-            "on_behalf_of": session.identity.on_behalf_of.iter().map(|o| json!({"subject": o.subject, "name": o.name})).collect::<Vec<_>>(),
+            "principal": principal_json(p),
+            "on_behalf_of": session.identity.on_behalf_of.iter().map(principal_json).collect::<Vec<_>>(),
             "connection": conn.name,
             "upstream_role": role,
             "upstream_user": conn.user,
@@ -316,6 +316,11 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     );
     drop(registration);
     result
+}
+
+fn principal_json(p: &crate::pipeline::types::Principal) -> serde_json::Value {
+    json!({"subject": p.subject, "name": p.name, "email": p.email, "groups": p.groups,
+           "kind": crate::sql::enum_name(&p.kind), "issuer": p.issuer})
 }
 
 /// A server parameter that would make PostgreSQL read SQL differently from
