@@ -149,7 +149,11 @@ fn log_panics() {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDGATE_LOG")
         .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         b.json().init();
     } else {

@@ -349,3 +349,45 @@ async fn grants_choose_the_upstream_role_and_respect_principal_kinds() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("bob has no access to connection \"payroll\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_log_never_holds_a_token_or_a_key_even_at_debug() {
+    let g = oidc_gateway(&[op().issuer()]).await;
+    // The same config, served by the real binary with its log captured.
+    let port = wardgate::devenv::free_port().unwrap();
+    let admin = wardgate::devenv::free_port().unwrap();
+    let cfg = std::fs::read_to_string(g.dir.join("wardgate.toml"))
+        .unwrap()
+        .replace("bind = \"127.0.0.1:0\"\nallow_plaintext", &format!("bind = \"127.0.0.1:{port}\"\nallow_plaintext"))
+        .replace("[admin]\nbind = \"127.0.0.1:0\"", &format!("[admin]\nbind = \"127.0.0.1:{admin}\""));
+    let path = g.dir.join("serve.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let log = g.dir.join("serve.log");
+    let serve = common::Serve::start(&path, "debug", Some(&log));
+    serve.wait_for_port(port);
+    let good = op().client_credentials("ai-agent-1", "agent-1-secret");
+    let forged = op().mint(json!({"mode": "bad-signature", "claims": claims(json!({}))}));
+    let expired = op().mint(json!({"claims": claims(json!({"exp": 1000, "iat": 900}))}));
+    let (wrong_key, _) = wardgate::identity::generate_key();
+    let mut creds = vec![good.clone(), forged, expired, wrong_key, g.key.clone()];
+    creds.push(format!("{}garbage", &good[..40]));
+    for c in &creds {
+        let out = Command::new("psql")
+            .args(["-X", "-Atc", "SELECT 1"])
+            .arg(format!("host=127.0.0.1 port={port} dbname=shop user=x sslmode=require"))
+            .env("PGPASSWORD", c)
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(c.as_str()));
+    }
+    drop(serve);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("authentication refused"), "the log records refusals:\n{text}");
+    assert!(text.contains("session authorized"), "{text}");
+    for c in &creds {
+        // No token, key, or even a signature-sized fragment of one.
+        assert!(!text.contains(c.as_str()), "a credential is in the log");
+        let sig = c.rsplit('.').next().unwrap();
+        assert!(sig.len() < 20 || !text.contains(sig), "a token signature is in the log");
+    }
+}

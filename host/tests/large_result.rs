@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
 
-struct Serve(std::process::Child);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
@@ -46,13 +38,7 @@ async fn a_million_rows_stream_through_the_masker_in_bounded_memory() {
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
-        .args(["serve", "--config"])
-        .arg(dir.join("wardgate.toml"))
-        .env("WARDGATE_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let serve = Serve(child);
+    let serve = common::Serve::start(&dir.join("wardgate.toml"), "warn", None);
     let pid = serve.0.id();
     let dsn = format!("host=127.0.0.1 port={port} dbname=shop user=big password={key} sslmode=disable");
     let started = Instant::now();

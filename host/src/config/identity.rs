@@ -71,7 +71,9 @@ pub struct OidcIssuerConfig {
     pub jwks_max_age: Duration,
     /// Kind of client-credentials principals (`sub` = client).
     pub machine_kind: PrincipalKind,
-    /// Per client id: kind overrides.
+    /// Machine clients by id (`client_id`/`azp`), with their kind: their
+    /// tokens are machines even when `sub` is not the client id (Keycloak
+    /// service accounts, for one).
     pub clients: BTreeMap<String, PrincipalKind>,
 }
 
@@ -80,7 +82,9 @@ pub struct OidcIssuerConfig {
 pub struct Grant {
     /// Connection name.
     pub connection: String,
-    /// Principal subjects or names (`sa:NAME`, OIDC `sub`, `preferred_username`).
+    /// Principal subjects: `sa:NAME` for keys, the token's `sub` (a client id
+    /// for machines, the actor's `sub` for delegated tokens). Never names:
+    /// some providers let users change `preferred_username`.
     pub principals: Vec<String>,
     /// Groups.
     pub groups: Vec<String>,
@@ -95,8 +99,7 @@ pub struct Grant {
 impl Grant {
     /// Does this grant cover `p` (connection aside)?
     pub fn matches(&self, p: &Principal) -> bool {
-        let who = self.principals.iter().any(|s| *s == p.subject || *s == p.name)
-            || self.groups.iter().any(|g| p.groups.contains(g));
+        let who = self.principals.iter().any(|s| *s == p.subject) || self.groups.iter().any(|g| p.groups.contains(g));
         who && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
             && self.issuer.as_ref().is_none_or(|i| *i == p.issuer)
     }

@@ -227,7 +227,7 @@ impl OidcIssuer {
         let Some(Value::Object(act)) = c.get("act") else {
             // Client-credentials token (RFC 9068: sub is the client) or a user's token.
             let kind = match &client_id {
-                Some(id) if *id == sub => machine_kind(id),
+                Some(id) if *id == sub || self.cfg.clients.contains_key(id) => machine_kind(id),
                 _ => PrincipalKind::Human,
             };
             let mut p = subject_principal(kind);
@@ -371,6 +371,9 @@ mod tests {
         assert_eq!(id.principal.groups, ["agents"]);
         let id = i.identity(&map(json!({"sub": "ci", "client_id": "ci"})));
         assert_eq!(id.principal.kind, PrincipalKind::ServiceAccount);
+        // A listed machine client whose sub is a service-account user id (Keycloak).
+        let id = i.identity(&map(json!({"sub": "5f0c-uuid", "azp": "ci", "preferred_username": "service-account-ci"})));
+        assert_eq!((id.principal.kind, id.principal.name.as_str()), (PrincipalKind::ServiceAccount, "ci"));
         let id = i.identity(&map(
             json!({"sub": "u1", "azp": "cli", "preferred_username": "alice", "email": "a@x", "realm": {"groups": "a b"}}),
         ));

@@ -219,3 +219,36 @@ pub fn assert_no_pii(text: &str, what: &str) {
         assert!(!text.contains(p), "{what} leaks {p}:\n{text}");
     }
 }
+
+/// `wardgate serve --config FILE` as its own process, killed on drop.
+pub struct Serve(pub std::process::Child);
+
+impl Serve {
+    /// Start it; stderr (the log) goes to `log` if given.
+    pub fn start(config: &Path, log_level: &str, log: Option<&Path>) -> Serve {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"));
+        cmd.args(["serve", "--config"]).arg(config).env("WARDGATE_LOG", log_level);
+        if let Some(l) = log {
+            cmd.stderr(std::fs::File::create(l).unwrap());
+        }
+        Serve(cmd.spawn().unwrap())
+    }
+
+    /// Wait until `port` accepts TCP connections.
+    pub fn wait_for_port(&self, port: u16) {
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("wardgate serve did not listen on {port}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
