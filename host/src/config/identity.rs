@@ -99,7 +99,7 @@ pub struct Grant {
 impl Grant {
     /// Does this grant cover `p` (connection aside)?
     pub fn matches(&self, p: &Principal) -> bool {
-        let who = self.principals.iter().any(|s| *s == p.subject) || self.groups.iter().any(|g| p.groups.contains(g));
+        let who = self.principals.contains(&p.subject) || self.groups.iter().any(|g| p.groups.contains(g));
         who && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
             && self.issuer.as_ref().is_none_or(|i| *i == p.issuer)
     }
