@@ -2,12 +2,14 @@
 # Wardgate's test OpenID Provider (npm oidc-provider) on 127.0.0.1.
 # Usage: scripts/oidc.sh [install|start|stop|rotate|status]   (idempotent)
 # Env:   OIDC_PORT (9090)  OIDC_BASE (state dir, default ~/.cache/wardgate/oidc-run)
-# install: npm packages into ~/.cache/wardgate/oidc (shared with the tests).
+# install: the project's npm packages (oidc-provider; puppeteer-core for the
+# approvals page's browser test) into ~/.cache/wardgate/node, shared with the tests.
 set -euo pipefail
 ACTION=${1:-start}
 HERE=$(cd "$(dirname "$0")" && pwd)
-VERSION=9.13.3
-MODULES=${WARDGATE_OIDC_MODULES:-$HOME/.cache/wardgate/oidc}
+# Pinned: bump together with the tests.
+PACKAGES=("oidc-provider@9.13.3" "puppeteer-core@24.8.2")
+MODULES=${WARDGATE_NODE_MODULES:-$HOME/.cache/wardgate/node}
 OIDC_PORT=${OIDC_PORT:-9090}
 OIDC_BASE=${OIDC_BASE:-$HOME/.cache/wardgate/oidc-run}
 PIDFILE=$OIDC_BASE/oidc.pid
@@ -16,12 +18,18 @@ ISSUER=http://127.0.0.1:$OIDC_PORT
 install() {
   command -v node >/dev/null || { echo "node (>= 20) is required: scripts/setup.sh installs it" >&2; exit 1; }
   mkdir -p "$MODULES"
-  if [ ! -f "$MODULES/node_modules/oidc-provider/package.json" ] || \
-     [ "$(node -p "require('$MODULES/node_modules/oidc-provider/package.json').version")" != "$VERSION" ]; then
-    ( cd "$MODULES" && { [ -f package.json ] || echo '{"name":"wardgate-oidc","private":true}' > package.json; } \
-      && npm install --silent --no-audit --no-fund "oidc-provider@$VERSION" )
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    name=${p%@*}; want=${p##*@}
+    have=$(node -p "try { require('$MODULES/node_modules/$name/package.json').version } catch (e) { '' }")
+    [ "$have" = "$want" ] || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    ( cd "$MODULES" && { [ -f package.json ] || echo '{"name":"wardgate-test-node","private":true}' > package.json; } \
+      && PUPPETEER_SKIP_DOWNLOAD=1 npm install --silent --no-audit --no-fund "${PACKAGES[@]}" )
   fi
-  cp "$HERE/oidc/provider.mjs" "$HERE/oidc/mint.mjs" "$MODULES/"   # ESM resolves node_modules next to the file
+  # ESM resolves node_modules next to the file: run the scripts from there.
+  cp "$HERE/oidc/provider.mjs" "$HERE/oidc/mint.mjs" "$HERE/approvals-page.mjs" "$MODULES/"
 }
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 stop() { if running; then kill "$(cat "$PIDFILE")"; for _ in $(seq 50); do running || break; sleep 0.1; done; fi; rm -f "$PIDFILE"; }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install everything Wardgate's build, demo and tests need, idempotently:
 # Debian packages (PostgreSQL server and clients, pgbouncer, libclang for the
-# SQL parser, node/npm and curl for the test OpenID Provider), the
+# SQL parser, node/npm and curl for the test OpenID Provider, chromium for the
+# approvals page's browser test), the
 # wasm32-wasip2 Rust target, the provider's npm packages. Safe to run again.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang curl; do
+for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang curl chromium; do
   have "$p" || need_pkgs+=("$p")
 done
 # node and npm may come from elsewhere (e.g. NodeSource bundles npm into nodejs): check the commands.

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub stats: Arc<Stats>,
     /// PEM of the self-signed certificate, when one was generated.
     pub self_signed_pem: Option<String>,
+    /// Approvals.
+    pub approvals: Arc<crate::approvals::Approvals>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,6 +67,19 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         .context("cannot start the recorder")?;
     let stats = Arc::new(Stats::default());
     let mut tasks = Vec::new();
+    let store = match &config.state_store {
+        crate::config::StateStoreConfig::Sqlite => crate::state::StateStore::sqlite_in(&config.state_dir).await,
+        crate::config::StateStoreConfig::Url { url, password } => {
+            let pw = password.read().map_err(|e| anyhow::anyhow!("gateway.state_store password: {e}"))?;
+            crate::state::StateStore::open(url, pw).await
+        }
+    }
+    .context("cannot open the state store")?;
+    // Each run of the gateway gets its own approvals log (a hash chain starts once).
+    let log = recorder.session(&format!("approvals-{}", crate::util::random_id()));
+    let approvals = crate::approvals::Approvals::new(store, config.approvals.clone(), log);
+    tasks.push(approvals.spawn_expirer());
+    let auth = Arc::new(Authenticator::from_config(&config));
     let mut postgres_addr = None;
     let mut self_signed_pem = None;
     if let Some(l) = &config.postgres {
@@ -80,11 +95,12 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             config: config.clone(),
             listener: l.clone(),
             tls,
-            auth: Arc::new(Authenticator::from_config(&config)),
+            auth: auth.clone(),
             registry: registry.clone(),
             recorder: recorder.clone(),
             cancels: Default::default(),
             stats: stats.clone(),
+            approvals: approvals.clone(),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = postgres::serve(listener, ctx).await {
@@ -100,11 +116,13 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         registry: registry.clone(),
         stats: stats.clone(),
         recorder: recorder.clone(),
+        approvals: approvals.clone(),
+        auth: auth.clone(),
     });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, app).await {
             tracing::error!("admin API stopped: {e}");
         }
     }));
-    Ok(Gateway { postgres_addr, admin_addr, registry, recorder, stats, self_signed_pem, tasks })
+    Ok(Gateway { postgres_addr, admin_addr, registry, recorder, stats, self_signed_pem, approvals, tasks })
 }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod approvals;
 pub mod config;
 pub mod demo;
 pub mod devenv;
@@ -18,4 +19,5 @@ pub mod plugins;
 pub mod protocol;
 pub mod record;
 pub mod sql;
+pub mod state;
 pub mod util;

@@ -58,6 +58,11 @@ enum Cmd {
         #[command(subcommand)]
         command: cli::identity::SaCmd,
     },
+    /// Decide statements held for human approval.
+    Approvals {
+        #[command(subcommand)]
+        command: cli::approvals::ApprovalsCmd,
+    },
     /// Sign in at an OpenID Provider from this terminal (authorization code + PKCE).
     Login(cli::identity::LoginArgs),
     /// Print the stored OIDC token (refreshed if needed), for use as a password.
@@ -253,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::ServiceAccounts { command } => cli::identity::service_accounts(command),
         Cmd::Login(args) => cli::identity::login(args),
+        Cmd::Approvals { command } => cli::approvals::run(command),
         Cmd::Token { issuer } => cli::identity::token(issuer),
         Cmd::Sessions { command: SessionsCmd::Verify { path } } => {
             let files = wardgate::record::verify::recordings_in(&path)?;

@@ -1,6 +1,9 @@
-//! The admin HTTP API: health, metrics, plugins. It listens on loopback by
-//! default; authentication of admins arrives with identity (#4) and is
-//! required before binding it anywhere else.
+//! The admin HTTP API: health, metrics, plugins, approvals. It listens on
+//! loopback by default. Approvals require the caller's credential (see
+//! [`approvals`]); health, metrics and the plugin list are read-only and
+//! unauthenticated, so keep the listener off public interfaces.
+
+pub mod approvals;
 
 use std::sync::Arc;
 
@@ -24,6 +27,10 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     /// Recording.
     pub recorder: Recorder,
+    /// Approvals.
+    pub approvals: Arc<crate::approvals::Approvals>,
+    /// Who callers are.
+    pub auth: Arc<crate::identity::Authenticator>,
 }
 
 /// One plugin as `plugins list` shows it.
@@ -103,5 +110,6 @@ pub fn router(state: AdminState) -> Router {
             }),
         )
         .route("/api/plugins", get(|State(s): State<AdminState>| async move { Json(plugin_list(&s.registry)) }))
+        .merge(approvals::routes())
         .with_state(state)
 }

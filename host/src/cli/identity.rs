@@ -43,7 +43,7 @@ pub enum SaCmd {
         /// Groups (comma-separated).
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
-        /// agent or service-account.
+        /// agent, service-account, or human (a personal key, e.g. for an approver without an OpenID Provider).
         #[arg(long, default_value = "agent")]
         kind: String,
         /// The human this agent acts for (recorded as on-behalf-of).

@@ -1,3 +1,4 @@
 //! Subcommands of the `wardgate` binary that live outside `main.rs`.
 
+pub mod approvals;
 pub mod identity;

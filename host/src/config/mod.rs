@@ -4,6 +4,7 @@
 //! never written in the file: they come from an environment variable
 //! (`*_env`) or a file (`*_file`). Every error names file, line, key and fix.
 
+pub mod approvals;
 pub mod diag;
 pub mod identity;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use approvals::{ApprovalSettings, ApprovalsConfig, HoldMode, StateStoreConfig, Webhook, WebhookFormat};
 use diag::{at_span, TomlError};
 pub use identity::{Grant, OidcIssuerConfig};
 
@@ -34,6 +36,8 @@ struct RawConfig {
     grants: Vec<identity::RawGrant>,
     #[serde(default)]
     oidc: Vec<identity::RawOidc>,
+    #[serde(default)]
+    approvals: approvals::RawApprovals,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -45,6 +49,9 @@ struct RawGateway {
     record_rows: Option<u32>,
     #[serde(default)]
     max_plugin_instances: Option<u32>,
+    state_store: Option<Spanned<String>>,
+    state_store_password_env: Option<Spanned<String>>,
+    state_store_password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +96,7 @@ struct RawConnection {
     plugins: Vec<String>,
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
+    approvals: Option<approvals::RawConnApprovals>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +221,8 @@ pub struct Connection {
     pub plugins: Vec<String>,
     /// Other upstream users grants may select (e.g. a read-only one).
     pub roles: BTreeMap<String, Role>,
+    /// What a review verdict does on this connection.
+    pub approvals: ApprovalSettings,
 }
 
 /// An upstream login a grant can select.
@@ -277,6 +287,10 @@ pub struct Config {
     pub grants: Vec<Grant>,
     /// Trusted OpenID Providers.
     pub oidc: Vec<OidcIssuerConfig>,
+    /// Approvals, gateway-wide.
+    pub approvals: ApprovalsConfig,
+    /// Where approvals (and other shared state) live.
+    pub state_store: StateStoreConfig,
 }
 
 impl Config {
@@ -382,8 +396,10 @@ impl Config {
             })?,
         };
 
+        let cx = identity::Ctx { path, src };
         let mut connections = BTreeMap::new();
         for (name, c) in raw.connections {
+            let approvals = approvals::connection(&cx, &name, c.approvals)?;
             let key = |k: &str| format!("connections.{name}.{k}");
             if c.protocol.get_ref() != "postgres" {
                 return Err(err(
@@ -446,6 +462,7 @@ impl Config {
                     tls,
                     plugins: c.plugins,
                     roles,
+                    approvals,
                 },
             );
         }
@@ -462,12 +479,12 @@ impl Config {
                     "store the key's hash, never the key: `wardgate service-accounts hash` prints it",
                 ));
             }
-            if !["agent", "service-account"].contains(&s.kind.get_ref().as_str()) {
+            if !crate::identity::keys::KINDS.contains(&s.kind.get_ref().as_str()) {
                 return Err(err(
                     s.kind.span(),
                     &key("kind"),
                     format!("unknown kind \"{}\"", s.kind.get_ref()),
-                    "use agent or service-account",
+                    "use agent, service-account or human",
                 ));
             }
             let expires_at_ms = match &s.expires_at {
@@ -499,6 +516,42 @@ impl Config {
         let grants =
             identity::grants(&cx, raw.grants, |name| connections.get(name).map(|c| c.roles.keys().cloned().collect()))?;
         let oidc = identity::oidc(&cx, raw.oidc)?;
+        let approvals = approvals::gateway(&cx, raw.approvals, format!("http://{admin_bind}"))?;
+        let state_store = match &raw.gateway.state_store {
+            None => StateStoreConfig::Sqlite,
+            Some(u) => {
+                let url = u.get_ref();
+                let scheme_ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p));
+                let has_password =
+                    url.split_once("://").and_then(|(_, r)| r.split_once('@')).is_some_and(|(ui, _)| ui.contains(':'));
+                if !scheme_ok || has_password {
+                    return Err(err(
+                        u.span(),
+                        "gateway.state_store",
+                        if has_password {
+                            "the URL holds a password".into()
+                        } else {
+                            format!("\"{url}\" is not a sqlite:// or postgres:// URL")
+                        },
+                        "use postgres://USER@HOST:PORT/DB with state_store_password_env (or sqlite://PATH)",
+                    ));
+                }
+                let password = match (&raw.gateway.state_store_password_env, &raw.gateway.state_store_password_file) {
+                    (Some(v), None) => SecretSource::Env(v.get_ref().clone()),
+                    (None, Some(f)) => SecretSource::File(resolve(f.get_ref())),
+                    (None, None) => SecretSource::None,
+                    (Some(v), Some(_)) => {
+                        return Err(err(
+                            v.span(),
+                            "gateway.state_store_password_env",
+                            "both _env and _file".into(),
+                            "keep one",
+                        ))
+                    }
+                };
+                StateStoreConfig::Url { url: url.clone(), password }
+            }
+        };
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -512,6 +565,8 @@ impl Config {
             service_accounts,
             grants,
             oidc,
+            approvals,
+            state_store,
         })
     }
 }

@@ -68,12 +68,16 @@ pub fn is_key_shaped(credential: &str) -> bool {
     })
 }
 
+/// Kinds a key can have: machines, or a human's personal key (for approvers
+/// where no OpenID Provider is configured).
+pub const KINDS: [&str; 3] = ["agent", "service-account", "human"];
+
 /// One account as stored (never the key).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredAccount {
     /// Unique name; the principal is `sa:NAME`.
     pub name: String,
-    /// `agent` or `service-account`.
+    /// `agent`, `service-account` or `human`.
     pub kind: String,
     /// Groups for grants and policies.
     #[serde(default)]
@@ -208,8 +212,11 @@ impl AccountStore {
                 new.name
             )));
         }
-        if !["agent", "service-account"].contains(&new.kind.as_str()) {
-            return Err(StoreError::Invalid(format!("unknown kind \"{}\": use agent or service-account", new.kind)));
+        if !KINDS.contains(&new.kind.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "unknown kind \"{}\": use agent, service-account or human",
+                new.kind
+            )));
         }
         let (key, hash) = generate_key();
         let now = crate::util::now_ms();

@@ -137,7 +137,11 @@ impl Authenticator {
             name: acct.name.clone(),
             email: None,
             groups: acct.groups.clone(),
-            kind: if acct.kind == "agent" { PrincipalKind::Agent } else { PrincipalKind::ServiceAccount },
+            kind: match acct.kind.as_str() {
+                "agent" => PrincipalKind::Agent,
+                "human" => PrincipalKind::Human,
+                _ => PrincipalKind::ServiceAccount,
+            },
             issuer: "wardgate".into(),
         };
         let on_behalf_of = acct

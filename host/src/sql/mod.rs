@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub mod columns;
+pub mod fingerprint;
 
 use parking_lot::Mutex;
 use pg_query::protobuf::{self, AlterTableType, ObjectType};

@@ -72,6 +72,8 @@ pub struct Options {
     pub extra: String,
     /// Appended to the `[config]` table of sql-guard's manifest.
     pub guard_config: &'static str,
+    /// Lines for the `[gateway]` table.
+    pub gateway_extra: String,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             plaintext: true,
             extra: String::new(),
             guard_config: "",
+            gateway_extra: String::new(),
         }
     }
 }
@@ -112,6 +115,7 @@ pub async fn gateway(opts: Options) -> TestGateway {
 [gateway]
 state_dir = "state"
 plugin_dir = "plugins"
+{gateway_extra}
 
 [listeners.postgres]
 bind = "127.0.0.1:0"
@@ -142,6 +146,7 @@ groups = ["agents"]
         port = db.pg.port,
         required = required.join(", "),
         extra = opts.extra,
+        gateway_extra = opts.gateway_extra,
     );
     let path = dir.join("wardgate.toml");
     std::fs::write(&path, cfg).unwrap();

@@ -11,11 +11,18 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Where `scripts/oidc.sh install` puts node_modules and the provider script.
-fn modules() -> PathBuf {
-    std::env::var_os("WARDGATE_OIDC_MODULES")
+/// Where `scripts/oidc.sh install` puts node_modules and the project's node scripts.
+pub fn modules() -> PathBuf {
+    std::env::var_os("WARDGATE_NODE_MODULES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wardgate/oidc"))
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wardgate/node"))
+}
+
+/// Install the project's npm packages and node scripts (idempotent).
+pub fn install_node_deps() {
+    let st =
+        Command::new("bash").arg(root().join("scripts/oidc.sh")).arg("install").status().expect("run scripts/oidc.sh");
+    assert!(st.success(), "scripts/oidc.sh install failed (node and npm are installed by scripts/setup.sh)");
 }
 
 pub struct Provider {

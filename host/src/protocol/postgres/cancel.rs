@@ -3,7 +3,8 @@
 //! Each client gets its own random (pid, secret) pair; the gateway remembers
 //! which upstream backend it stands for. A CancelRequest must match both
 //! values exactly, so one client can never cancel another's query, and the
-//! upstream's real key never leaves the gateway.
+//! upstream's real key never leaves the gateway. A cancel also signals the
+//! session itself, which withdraws a statement held for approval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,10 +25,13 @@ pub struct UpstreamKey {
     pub secret: i32,
 }
 
+/// An upstream key and the session's cancel signal.
+type Entry = (UpstreamKey, Arc<tokio::sync::watch::Sender<u64>>);
+
 /// The gateway's key table.
 #[derive(Debug, Default, Clone)]
 pub struct CancelMap {
-    inner: Arc<Mutex<HashMap<(i32, i32), UpstreamKey>>>,
+    inner: Arc<Mutex<HashMap<(i32, i32), Entry>>>,
 }
 
 impl CancelMap {
@@ -42,13 +46,18 @@ impl CancelMap {
                 break k;
             }
         };
-        map.insert(client, key);
-        CancelRegistration { map: self.clone(), client }
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        map.insert(client, (key, Arc::new(tx)));
+        CancelRegistration { map: self.clone(), client, cancelled: rx }
     }
 
-    /// The upstream key for a client's cancel request, if it matches exactly.
+    /// The upstream key for a client's cancel request, if it matches
+    /// exactly; the session is signalled too.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<UpstreamKey> {
-        self.inner.lock().get(&(pid, secret)).cloned()
+        let map = self.inner.lock();
+        let (key, signal) = map.get(&(pid, secret))?;
+        signal.send_modify(|n| *n += 1);
+        Some(key.clone())
     }
 }
 
@@ -58,6 +67,8 @@ pub struct CancelRegistration {
     map: CancelMap,
     /// The key the client was given.
     pub client: (i32, i32),
+    /// Changes whenever the client sends a cancel request.
+    pub cancelled: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Drop for CancelRegistration {
@@ -74,9 +85,12 @@ mod tests {
     fn only_the_exact_key_maps_and_it_is_gone_after_the_session() {
         let m = CancelMap::default();
         let up = UpstreamKey { host: "h".into(), port: 1, pid: 7, secret: 9 };
-        let reg = m.register(up.clone());
+        let mut reg = m.register(up.clone());
         let (pid, secret) = reg.client;
+        assert!(!reg.cancelled.has_changed().unwrap());
         assert_eq!(m.lookup(pid, secret), Some(up));
+        assert!(reg.cancelled.has_changed().unwrap(), "the session is signalled");
+        reg.cancelled.mark_unchanged();
         assert_eq!(m.lookup(pid, secret.wrapping_add(1)), None);
         assert_eq!(m.lookup(7, 9), None, "the upstream's real key is not a client key");
         drop(reg);

@@ -29,6 +29,8 @@ pub struct PgContext {
     pub cancels: CancelMap,
     /// Counters.
     pub stats: Arc<crate::metrics::Stats>,
+    /// Approvals of held statements.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Accept clients until the listener fails.

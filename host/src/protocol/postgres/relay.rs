@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
+use super::hold::{self, ReviewAsk, ReviewCtx};
 use super::rows::{self, CopyFormat, Field, Shape};
 use super::session::SessionError;
 use super::stream::BoxStream;
@@ -106,6 +107,8 @@ struct Ctx<'a> {
     catalog: Arc<HashMap<u32, TableInfo>>,
     record_rows: usize,
     stats: Arc<Stats>,
+    /// Approvals off: review verdicts are refused where they are made.
+    approvals_off: Option<String>,
 }
 
 /// Relay until either side closes.
@@ -119,6 +122,7 @@ pub async fn run(
     recorder: &SessionRecorder,
     record_rows: usize,
     stats: Arc<Stats>,
+    review: ReviewCtx,
 ) -> Result<(), SessionError> {
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream.stream);
@@ -130,8 +134,9 @@ pub async fn run(
         catalog: Arc::new(catalog),
         record_rows,
         stats,
+        approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
     };
-    let c2u = client_to_upstream(&ctx, client_r, client_buf, up_w);
+    let c2u = client_to_upstream(&ctx, client_r, client_buf, up_w, review);
     let u2c = upstream_to_client(&ctx, up_r, upstream.leftover, client_w);
     // Whichever side ends first ends the session.
     tokio::select! {
@@ -146,6 +151,18 @@ struct ClientState {
     /// After a denied Parse, discard messages until Sync (as PostgreSQL does after an error).
     skipping: bool,
     next_id: u64,
+    /// Prepared statements a guard routed to review: their executions are held.
+    review_stmts: HashMap<String, Arc<ReviewAsk>>,
+    /// Portals of such statements, with their bound parameters.
+    review_portals: HashMap<String, (Arc<ReviewAsk>, hold::Params)>,
+}
+
+/// A client message held for approval, and how to forward it if approved.
+struct Held {
+    ask: Arc<ReviewAsk>,
+    params: hold::Params,
+    message: Message,
+    then: Expect,
 }
 
 async fn client_to_upstream(
@@ -153,8 +170,10 @@ async fn client_to_upstream(
     mut client: ReadHalf<BoxStream>,
     mut buf: BytesMut,
     mut upstream: WriteHalf<BoxStream>,
+    mut review: ReviewCtx,
 ) -> Result<(), SessionError> {
-    let mut st = ClientState { skipping: false, next_id: 0 };
+    let mut st =
+        ClientState { skipping: false, next_id: 0, review_stmts: HashMap::new(), review_portals: HashMap::new() };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
         loop {
@@ -168,8 +187,31 @@ async fn client_to_upstream(
                 let _ = upstream.write_all(&out).await;
                 return Ok(());
             }
-            if let Err(e) = on_client_message(ctx, &mut st, m, &mut out) {
-                return Err(protocol_violation(ctx, e).await);
+            match on_client_message(ctx, &mut st, m, &mut out) {
+                Ok(None) => {}
+                Ok(Some(held)) => {
+                    // Everything before the held message goes out first, in order.
+                    if !out.is_empty() {
+                        upstream.write_all(&out).await?;
+                        out.clear();
+                    }
+                    let verdict =
+                        hold::resolve(&mut review, &held.ask, &held.params, ctx.recorder, &mut client, &mut buf)
+                            .await?;
+                    let simple = matches!(held.then, Expect::Query { .. });
+                    match verdict {
+                        Ok(()) => {
+                            ctx.shared.lock().expect.push_back(held.then);
+                            codec::put_message(&mut out, held.message.tag, &held.message.body);
+                        }
+                        Err(bytes) => {
+                            ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: simple });
+                            st.skipping = !simple;
+                            ctx.notify.notify_one();
+                        }
+                    }
+                }
+                Err(e) => return Err(protocol_violation(ctx, e).await),
             }
         }
         if !out.is_empty() {
@@ -206,14 +248,19 @@ fn deny_bytes(plugin: &str, reason: &str) -> Bytes {
     error_bytes("42501", &format!("Wardgate: denied by {plugin}: {reason}"), None)
 }
 
-fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut BytesMut) -> Result<(), ProtocolError> {
+fn on_client_message(
+    ctx: &Ctx<'_>,
+    st: &mut ClientState,
+    m: Message,
+    out: &mut BytesMut,
+) -> Result<Option<Held>, ProtocolError> {
     if st.skipping {
         if m.tag == b'S' {
             st.skipping = false;
             ctx.shared.lock().expect.push_back(Expect::Sync);
             codec::put_message(out, b'S', &m.body);
         }
-        return Ok(());
+        return Ok(None);
     }
     match m.tag {
         b'Q' => {
@@ -223,7 +270,15 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
             let copy = copy_format(&request);
             match decide(ctx, request, violation, id, copy.as_ref()) {
-                Ok(rewritten) => {
+                Decided::Review(ask) => {
+                    return Ok(Some(Held {
+                        ask: Arc::new(ask),
+                        params: vec![],
+                        then: Expect::Query { copy, id },
+                        message: m,
+                    }));
+                }
+                Decided::Run(rewritten) => {
                     ctx.shared.lock().expect.push_back(Expect::Query { copy, id });
                     match rewritten {
                         None => codec::put_message(out, b'Q', &m.body),
@@ -234,7 +289,7 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
                         }
                     }
                 }
-                Err(bytes) => {
+                Decided::Refuse(bytes) => {
                     ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
                     ctx.notify.notify_one();
                 }
@@ -249,8 +304,18 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
             let copy = copy_format(&request);
-            match decide(ctx, request, violation, id, copy.as_ref()) {
-                Ok(rewritten) => {
+            st.review_stmts.remove(&name);
+            let decided = match decide(ctx, request, violation, id, copy.as_ref()) {
+                // Preparing runs nothing: hold each execution, with its parameters, instead.
+                Decided::Review(ask) => {
+                    st.review_stmts.insert(name.clone(), Arc::new(ask));
+                    Decided::Run(None)
+                }
+                other => other,
+            };
+            match decided {
+                Decided::Review(_) => unreachable!("handled above"),
+                Decided::Run(rewritten) => {
                     let mut s = ctx.shared.lock();
                     s.parsed_ids.insert(name.clone(), id);
                     s.expect.push_back(Expect::Parse { name: name.clone() });
@@ -266,7 +331,7 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
                         }
                     }
                 }
-                Err(bytes) => {
+                Decided::Refuse(bytes) => {
                     ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: false });
                     st.skipping = true;
                     ctx.notify.notify_one();
@@ -278,16 +343,24 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
             let portal = r.cstr()?.to_string();
             let stmt = r.cstr()?.to_string();
             let nfmt = r.i16()?.max(0) as usize;
+            let mut param_formats = Vec::with_capacity(nfmt * 2);
             for _ in 0..nfmt {
-                r.i16()?;
+                param_formats.extend_from_slice(&r.i16()?.to_be_bytes());
             }
+            let reviewed = st.review_stmts.get(&stmt).cloned();
+            let mut params = vec![Some(param_formats)];
             let nparams = r.i16()?.max(0) as usize;
             for _ in 0..nparams {
                 let len = r.i32()?;
-                if len > 0 {
-                    r.bytes(len as usize)?;
+                let value = if len >= 0 { Some(r.bytes(len as usize)?) } else { None };
+                if reviewed.is_some() {
+                    params.push(value.map(|v| v.to_vec()));
                 }
             }
+            match reviewed {
+                Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
+                None => st.review_portals.remove(&portal),
+            };
             let nres = r.i16()?.max(0) as usize;
             let mut formats = Vec::with_capacity(nres);
             for _ in 0..nres {
@@ -305,13 +378,23 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
         }
         b'E' => {
             let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
-            let mut s = ctx.shared.lock();
+            let s = ctx.shared.lock();
             let id = s.portals.get(&portal).and_then(|p| s.parsed_ids.get(&p.stmt)).copied().unwrap_or(0);
-            s.expect.push_back(Expect::Execute { portal, id });
             drop(s);
+            if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
+                return Ok(Some(Held { ask, params, then: Expect::Execute { portal, id }, message: m }));
+            }
+            ctx.shared.lock().expect.push_back(Expect::Execute { portal, id });
             codec::put_message(out, b'E', &m.body);
         }
         b'C' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let (kind, name) = (r.u8()?, r.cstr()?.to_string());
+            if kind == b'S' {
+                st.review_stmts.remove(&name);
+            } else {
+                st.review_portals.remove(&name);
+            }
             ctx.shared.lock().expect.push_back(Expect::Close);
             codec::put_message(out, b'C', &m.body);
         }
@@ -332,7 +415,7 @@ fn on_client_message(ctx: &Ctx<'_>, st: &mut ClientState, m: Message, out: &mut 
         }
         other => return Err(ProtocolError::Unexpected(other as char)),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// COPY ... TO STDOUT format of the request's statements, if any.
@@ -392,19 +475,28 @@ fn statements_json(req: &SqlRequest) -> Value {
     )
 }
 
-/// Guards decide; the decision is recorded. Ok carries a guard's rewritten
-/// text, if any; Err carries the ErrorResponse.
+/// What the guards decided about one request.
+enum Decided {
+    /// Run it (with a guard's rewritten text, if any).
+    Run(Option<String>),
+    /// Send this ErrorResponse instead.
+    Refuse(Bytes),
+    /// Hold it for a human.
+    Review(ReviewAsk),
+}
+
+/// Guards decide; the decision is recorded.
 fn decide(
     ctx: &Ctx<'_>,
     request: SqlRequest,
     host_violation: Option<String>,
     id: u64,
     copy: Option<&CopyFormat>,
-) -> Result<Option<String>, Bytes> {
+) -> Decided {
     let mut pipeline = ctx.pipeline.lock();
     let masks = pipeline.masks();
     // Recordings hold masked data only: statement literals can carry PII too.
-    let recorded_text = if masks {
+    let recorded_text: String = if masks {
         pipeline.mask_text(&request.text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
     } else {
         request.text.clone()
@@ -427,24 +519,32 @@ fn decide(
             Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
                 Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
             }
-            Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => Ok(Some(rewritten.text.clone())),
-            Outcome::Allow(Request::Sql(_)) => Ok(None),
-            Outcome::Allow(_) => {
-                Err(error_bytes("42501", "Wardgate: a guard rewrote this SQL request into another protocol's request", None))
+            Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => {
+                Ok(Some(rewritten.text.clone()))
             }
-            Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
-            Outcome::Review { plugin, review } => Err(error_bytes(
+            Outcome::Allow(Request::Sql(_)) => Ok(None),
+            Outcome::Allow(_) => Err(error_bytes(
                 "42501",
-                &format!("Wardgate: {plugin} routed this statement to human review ({}); approvals are not enabled on this gateway, so it is refused", review.reason),
-                Some("ask an operator to enable approvals for this connection"),
+                "Wardgate: a guard rewrote this SQL request into another protocol's request",
+                None,
             )),
+            Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
+            Outcome::Review { plugin, review } => match &ctx.approvals_off {
+                Some(connection) => Err(hold::approvals_off(plugin, &review.reason, connection)),
+                // Not an error yet: the caller holds it (see `Decided::Review`).
+                None => Ok(None),
+            },
         };
         let decision = match &outcome {
             Outcome::Review { .. } => "review",
             _ if result.is_err() => "deny",
             _ => "allow",
         };
-        (result, decision, verdicts)
+        let review = match outcome {
+            Outcome::Review { plugin, review } if result.is_ok() => Some((plugin, review)),
+            _ => None,
+        };
+        (result.map(|r| (r, review)), decision, verdicts)
     };
     drop(pipeline);
     if result.is_err() {
@@ -456,7 +556,7 @@ fn decide(
         json!({
             "request_id": id,
             "phase": phase,
-            "statement": recorded_text,
+            "statement": &recorded_text,
             "statements": statements,
             "parse_error": parse_error,
             "decision": decision,
@@ -465,7 +565,13 @@ fn decide(
             "policy_micros": started.elapsed().as_micros() as u64,
         }),
     );
-    result
+    match result {
+        Err(bytes) => Decided::Refuse(bytes),
+        Ok((_, Some((plugin, review)))) => {
+            Decided::Review(ReviewAsk { plugin, review, text: original_text, masked: recorded_text, request_id: id })
+        }
+        Ok((rewritten, None)) => Decided::Run(rewritten),
+    }
 }
 
 // -------------------------------------------------------------- upstream side

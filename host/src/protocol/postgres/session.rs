@@ -308,6 +308,14 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         &recorder,
         ctx.config.record_rows as usize,
         ctx.stats.clone(),
+        super::hold::ReviewCtx {
+            approvals: ctx.approvals.clone(),
+            settings: conn.approvals.clone(),
+            identity: session.identity.clone(),
+            connection: conn.name.clone(),
+            session_id: id.clone(),
+            cancelled: registration.cancelled.clone(),
+        },
     )
     .await;
     recorder.emit(

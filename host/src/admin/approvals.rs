@@ -1,0 +1,166 @@
+//! Approvals on the admin listener: a JSON API and a small web page.
+//!
+//! Every call carries the approver's credential as `Authorization: Bearer`
+//! (an OIDC token from `wardgate login`, or a Wardgate key), checked by the
+//! same [`Authenticator`] as database clients. Only principals who may
+//! decide a request (its approver groups, or break-glass) see its exact
+//! statement; others see it masked. The page keeps the credential in the
+//! tab's sessionStorage and sends it as a header (no cookies, so no CSRF).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AdminState;
+use crate::approvals::{ApprovalRequest, DecideError, Status};
+use crate::pipeline::types::Identity;
+
+fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+async fn caller(s: &AdminState, headers: &HeaderMap) -> Result<Identity, Response> {
+    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "send your credential as Authorization: Bearer (wardgate token, or a key)",
+        ));
+    };
+    let Some(cred) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) else {
+        return Err(fail(StatusCode::UNAUTHORIZED, "use the Bearer scheme"));
+    };
+    s.auth.authenticate(cred.trim()).await.map_err(|e| {
+        tracing::warn!(error = e.kind(), "admin API: credential refused: {e}");
+        fail(StatusCode::UNAUTHORIZED, e.to_string())
+    })
+}
+
+/// May `who` decide `req`? (Exact statement shown only then.)
+fn may_decide(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {
+    let g = &who.principal.groups;
+    req.approver_groups.iter().any(|x| g.contains(x))
+        || s.approvals.config().break_glass_groups.iter().any(|x| g.contains(x))
+}
+
+fn view(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> serde_json::Value {
+    let decide = may_decide(s, who, req);
+    let mut v = serde_json::to_value(req).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        if !decide {
+            o.insert("statement".into(), json!(req.statement_masked));
+        }
+        o.insert("can_decide".into(), json!(decide && req.status == Status::Pending));
+        o.insert("summary".into(), json!(req.identity.describe()));
+    }
+    v
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    let who = match caller(&s, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let status = match q.status.as_deref() {
+        None | Some("all") => None,
+        Some(x) => match Status::parse(x) {
+            Some(st) => Some(st),
+            None => return fail(StatusCode::BAD_REQUEST, format!("unknown status {x}")),
+        },
+    };
+    match s.approvals.list(status, q.limit.unwrap_or(100).min(1000)).await {
+        Ok(all) => Json(all.iter().map(|r| view(&s, &who, r)).collect::<Vec<_>>()).into_response(),
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn show(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let who = match caller(&s, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match s.approvals.get(&id).await {
+        Ok(Some(r)) => Json(view(&s, &who, &r)).into_response(),
+        Ok(None) => fail(StatusCode::NOT_FOUND, format!("no approval request {id}")),
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DecideBody {
+    reason: Option<String>,
+}
+
+async fn decide(
+    s: AdminState,
+    headers: HeaderMap,
+    id: String,
+    approve: bool,
+    body: Option<Json<DecideBody>>,
+) -> Response {
+    let who = match caller(&s, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let reason = body.and_then(|Json(b)| b.reason).filter(|r| !r.trim().is_empty());
+    if !approve && reason.is_none() {
+        return fail(StatusCode::BAD_REQUEST, "a denial needs a reason");
+    }
+    match s.approvals.decide(&id, &who, approve, reason.as_deref()).await {
+        Ok(r) => Json(view(&s, &who, &r)).into_response(),
+        Err(e) => {
+            let status = match &e {
+                DecideError::NotFound(_) => StatusCode::NOT_FOUND,
+                DecideError::NotPending { .. } | DecideError::AlreadyVoted(_) => StatusCode::CONFLICT,
+                DecideError::OwnRequest(_) | DecideError::NotApprover { .. } | DecideError::WrongKind { .. } => {
+                    StatusCode::FORBIDDEN
+                }
+                DecideError::State(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!(approval = %id, approver = %who.principal.subject, "approval decision refused: {e}");
+            fail(status, e.to_string())
+        }
+    }
+}
+
+const PAGE: &str = include_str!("approvals.html");
+const SCRIPT: &str = include_str!("approvals.js");
+
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 4] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ]
+}
+
+/// Routes under `/approvals` and `/api/approvals`.
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/approvals", get(|| async { (page_headers("text/html; charset=utf-8"), PAGE) }))
+        .route("/approvals.js", get(|| async { (page_headers("text/javascript; charset=utf-8"), SCRIPT) }))
+        .route("/api/approvals", get(list))
+        .route("/api/approvals/{id}", get(show))
+        .route(
+            "/api/approvals/{id}/approve",
+            post(|State(s): State<AdminState>, h: HeaderMap, Path(id): Path<String>, b: Option<Json<DecideBody>>| {
+                decide(s, h, id, true, b)
+            }),
+        )
+        .route(
+            "/api/approvals/{id}/deny",
+            post(|State(s): State<AdminState>, h: HeaderMap, Path(id): Path<String>, b: Option<Json<DecideBody>>| {
+                decide(s, h, id, false, b)
+            }),
+        )
+}
