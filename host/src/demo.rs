@@ -63,8 +63,12 @@ const SCRIPT: &[(&str, &str)] = &[
     ("...and so is WHERE true", "DELETE FROM orders WHERE true;"),
     ("A targeted DELETE is allowed", "DELETE FROM orders WHERE id = 1;"),
     (
-        "A DO block is routed to human review (approvals arrive with the next release: refused)",
-        "DO $$ BEGIN PERFORM pg_sleep(0); END $$;",
+        "A DO block waits for a human: the on-call DBA approves it from another terminal (here: the demo, as oncall-dba), then it runs",
+        "DO $$ BEGIN UPDATE orders SET status = 'refunded' WHERE id = 2; END $$;",
+    ),
+    (
+        "The approval covered that one run: the same block again needs a new one, and this time the DBA denies it",
+        "DO $$ BEGIN UPDATE orders SET status = 'refunded' WHERE id = 2; END $$;",
     ),
     ("Reading server files is refused", "SELECT pg_read_file('/etc/passwd');"),
     (
@@ -142,6 +146,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             expires_in_ms: Some(7 * 86_400_000),
         })
         .context("creating the demo's service account")?;
+    // A human approver with a personal key (no OpenID Provider needed for the demo).
+    let _ = store.revoke("oncall-dba");
+    let (approver_key, _) = store
+        .create(crate::identity::keys::NewAccount {
+            name: "oncall-dba".into(),
+            kind: "human".into(),
+            groups: vec!["dba".into()],
+            on_behalf_of: None,
+            expires_in_ms: Some(7 * 86_400_000),
+        })
+        .context("creating the demo's approver")?;
     let oidc_config = opts
         .oidc
         .as_ref()
@@ -177,6 +192,11 @@ database = "shop"
 user = "wardgate_app"
 password_file = "upstream-password"
 plugins = ["sql-guard", "pii-mask"]
+
+[connections.shop.approvals]      # a review verdict waits for a human in group dba
+mode = "wait"
+timeout_secs = 120
+approver_groups = ["dba"]
 
 # Service accounts live in state/service-accounts.json (`wardgate service-accounts list`).
 [[grants]]
@@ -221,6 +241,7 @@ groups = ["agents"]
     }
     let script_path = dir.join("agent-session.sql");
     std::fs::write(&script_path, &script)?;
+    let approver = demo_approver(&gw, &config_auth(&cfg_path)?, &approver_key).await?;
     let psql = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!("psql -X -v ON_ERROR_STOP=0 -P pager=off -f '{}' 2>&1", script_path.display()))
@@ -229,6 +250,7 @@ groups = ["agents"]
         .output()
         .await
         .context("running psql")?;
+    approver.abort();
     println!("{}", String::from_utf8_lossy(&psql.stdout).trim_end());
 
     if let Some(o) = &opts.oidc {
@@ -260,6 +282,7 @@ groups = ["agents"]
                 format!("WARDGATE_ADMIN_URL=http://{}\n", gw.admin_addr),
                 format!("WARDGATE_DEMO_DIR={}\n", dir.display()),
                 format!("WARDGATE_CONFIG={}\n", cfg_path.display()),
+                format!("WARDGATE_CREDENTIAL={approver_key}\n"),
             ])
             .chain(
                 opts.oidc
@@ -286,6 +309,34 @@ groups = ["agents"]
         println!("(working directory kept for inspection: {})", dir.display());
     }
     Ok(())
+}
+
+fn config_auth(cfg_path: &Path) -> anyhow::Result<crate::identity::Authenticator> {
+    Ok(crate::identity::Authenticator::from_config(&Config::load(cfg_path)?))
+}
+
+/// Plays the on-call DBA: approves the first request it sees, denies the second.
+async fn demo_approver(
+    gw: &crate::gateway::Gateway,
+    auth: &crate::identity::Authenticator,
+    key: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let me = auth.authenticate(key).await.map_err(|e| anyhow::anyhow!("demo approver: {e}"))?;
+    let approvals = gw.approvals.clone();
+    Ok(tokio::spawn(async move {
+        let mut decided = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let Ok(pending) = approvals.list(Some(crate::approvals::Status::Pending), 10).await else { continue };
+            for r in pending {
+                let (approve, reason) =
+                    if decided == 0 { (true, "checked: one refund") } else { (false, "one run was enough") };
+                if approvals.decide(&r.id, &me, approve, Some(reason)).await.is_ok() {
+                    decided += 1;
+                }
+            }
+        }
+    }))
 }
 
 /// A second agent, identified by a client-credentials token from the OpenID Provider.
