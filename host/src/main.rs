@@ -192,6 +192,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::info!(admin = %gw.admin_addr, "admin API ready");
                 wardgate::demo::wait_for_shutdown().await;
                 tracing::info!("shutting down");
+                // Statements held for approval get a clear error (their requests stay pending).
+                gw.approvals.shutdown();
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 gw.recorder.flush();
                 anyhow::Ok(())
             })?;

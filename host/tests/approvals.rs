@@ -392,6 +392,14 @@ async fn pending_requests_survive_a_restart_and_expire_on_time() {
     serve.wait_for_port(port);
     let shown = text(&cli(&admin_url, &carol, &["show", &id]));
     assert!(shown.contains("PENDING"), "survived the restart: {shown}");
+    // A graceful stop (SIGTERM) tells a waiting client why, and the request stays pending.
+    let psql = psql_spawn(port, &template.key, DO_INSERT);
+    wait_pending(&admin_url, &carol, &[]);
+    serve.terminate();
+    let out = tokio::time::timeout(Duration::from_secs(5), psql).await.unwrap().unwrap();
+    assert!(text(&out).contains("Wardgate is shutting down; approval request apr_"), "{}", text(&out));
+    let serve = common::Serve::start(&path, "warn", None);
+    serve.wait_for_port(port);
     tokio::time::sleep(Duration::from_secs(7)).await;
     let shown = text(&cli(&admin_url, &carol, &["show", &id]));
     assert!(shown.contains("EXPIRED"), "expired on time: {shown}");

@@ -95,6 +95,8 @@ pub enum Outcome {
     Expired,
     /// The client cancelled, or went away.
     Withdrawn,
+    /// This gateway is shutting down; the request stays pending.
+    ShuttingDown,
 }
 
 /// What a new request needs.
@@ -134,6 +136,7 @@ pub struct Approvals {
     local: Mutex<HashMap<String, Arc<Notify>>>,
     log: Arc<SessionRecorder>,
     notifier: notify::Notifier,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -165,7 +168,14 @@ impl Approvals {
         let log = Arc::new(log);
         let replica = crate::util::random_id()[..12].to_string();
         let notifier = notify::Notifier::start(cfg.webhooks.clone(), cfg.admin_url.clone());
-        Arc::new(Approvals { store, cfg, replica, local: Mutex::new(HashMap::new()), log, notifier })
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Arc::new(Approvals { store, cfg, replica, local: Mutex::new(HashMap::new()), log, notifier, shutdown })
+    }
+
+    /// Release every waiting session with [`Outcome::ShuttingDown`] (their
+    /// requests stay pending, to be approved and re-run after a restart).
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
     }
 
     /// The gateway-wide settings.
@@ -264,7 +274,11 @@ impl Approvals {
         cancelled: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<Outcome, StateError> {
         let wake = self.local_notify(id);
+        let mut shutdown = self.shutdown.subscribe();
         let result = loop {
+            if *shutdown.borrow_and_update() {
+                break Outcome::ShuttingDown;
+            }
             let notified = wake.notified();
             let Some(req) = self.get(id).await? else { break Outcome::Withdrawn };
             match req.status {
@@ -290,6 +304,7 @@ impl Approvals {
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.changed() => {}
                 changed = cancelled.changed() => {
                     if changed.is_ok() {
                         self.withdraw(id, "cancelled by the client").await?;

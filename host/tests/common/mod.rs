@@ -239,6 +239,13 @@ impl Serve {
         Serve(cmd.spawn().unwrap())
     }
 
+    /// Ask it to stop (SIGTERM), and wait until it has.
+    pub fn terminate(mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+
     /// Wait until `port` accepts TCP connections.
     pub fn wait_for_port(&self, port: u16) {
         for _ in 0..400 {

@@ -197,6 +197,7 @@ pub async fn resolve(
         Outcome::Denied { .. } => "denied",
         Outcome::Expired => "expired",
         Outcome::Withdrawn => "withdrawn",
+        Outcome::ShuttingDown => "gateway-shutdown",
     };
     recorder.emit("approval.decision", json!({"approval_id": req.id, "request_id": ask.request_id, "outcome": word}));
     Ok(match outcome {
@@ -210,6 +211,11 @@ pub async fn resolve(
             "42501",
             &format!("Wardgate: approval request {} expired at {expires} without a decision", req.id),
             Some("run the statement again to ask anew, and tell an approver"),
+        )),
+        Outcome::ShuttingDown => Err(error_bytes(
+            "57P01",
+            &format!("Wardgate is shutting down; approval request {} stays pending until {expires}", req.id),
+            Some("once it is approved, connect again and send the same statement"),
         )),
         Outcome::Withdrawn => Err(error_bytes(
             "57014",
