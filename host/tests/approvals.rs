@@ -169,8 +169,10 @@ async fn a_held_statement_waits_runs_once_approved_and_a_second_run_needs_a_new_
         text(&out)
     );
     assert_eq!(held_rows(), before + 1);
-    let decisions: Vec<String> =
+    // Two sessions, two recordings (read back in directory order).
+    let mut decisions: Vec<String> =
         events(&s.g, "approval.decision").iter().map(|e| e["outcome"].as_str().unwrap().to_string()).collect();
+    decisions.sort();
     assert_eq!(decisions, ["approved", "denied"]);
     // In the session's recording (with its request id) and in the gateway's approvals log.
     let requested = events(&s.g, "approval.requested");
