@@ -10,6 +10,7 @@
 
 pub mod cancel;
 pub mod codec;
+pub mod errors;
 pub mod hold;
 pub mod listener;
 pub mod relay;

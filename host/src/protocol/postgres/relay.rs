@@ -1012,12 +1012,14 @@ fn mask_notice(ctx: &Ctx<'_>, masks: bool, m: &Message) -> Result<(Bytes, String
     if !masks {
         return Ok((m.body.clone(), message));
     }
+    let sqlstate = fields.iter().find(|(k, _)| *k == b'C').map(|(_, v)| v.as_str()).unwrap_or("");
     let mut p = ctx.pipeline.lock();
     let mut body = BytesMut::new();
     let mut masked_message = message;
     for (code, value) in &fields {
         let v = if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
-            p.mask_text(value).map_err(|e| SessionError::Refused(e.to_string()))?
+            let value = super::errors::withhold_data(sqlstate, *code, value);
+            p.mask_text(&value).map_err(|e| SessionError::Refused(e.to_string()))?
         } else {
             value.clone()
         };
