@@ -249,6 +249,21 @@ async fn copy_out_is_masked_in_text_and_csv_and_binary_is_refused() {
     let (ok, out, err) = g.psql(&["-c", "\\copy (SELECT email FROM customers) TO STDOUT"]);
     assert!(ok, "{err}");
     assert_no_pii(&out, "\\copy");
+    // Delimiters, quotes and escapes chosen to cut values apart for a naive parser.
+    for opts in [
+        "DELIMITER '@'",
+        "DELIMITER '-'",
+        "FORMAT csv, DELIMITER '@'",
+        "FORMAT csv, DELIMITER '-', QUOTE '.'",
+        "FORMAT csv, DELIMITER ' ', QUOTE '@', ESCAPE '.'",
+        "FORMAT csv, FORCE_QUOTE *, QUOTE '1'",
+    ] {
+        let sql = format!("COPY (SELECT email, ssn, card_number, phone FROM customers) TO STDOUT WITH ({opts})");
+        let (ok, out, err) = g.psql(&["-c", &sql]);
+        assert!(ok, "{opts}: {err}");
+        assert_eq!(out.lines().count(), 5, "{opts}: {out}");
+        assert_no_pii(&out, &format!("COPY with {opts}"));
+    }
     let (ok, _, err) = g.psql(&["-c", "COPY customers TO STDOUT WITH (FORMAT binary)"]);
     assert!(!ok);
     assert!(err.contains("binary COPY output cannot be masked"), "{err}");

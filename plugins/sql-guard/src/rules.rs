@@ -293,7 +293,13 @@ fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, Colum
                         .any(|t| t == ptable || bare(t) == bare(ptable)),
                 };
             if table_match {
-                return Some((p.clone(), c.usage));
+                // Name the column itself; a wildcard rule says nothing about which one.
+                let name = match (&c.table, ptable) {
+                    (Some(t), _) => format!("{}.{}", bare(t), if c.column == "*" { pcol } else { &c.column }),
+                    (None, "*") => pcol.to_string(),
+                    (None, _) => p.clone(),
+                };
+                return Some((name, c.usage));
             }
         }
     }

@@ -426,8 +426,9 @@ fn copy_format(req: &SqlRequest) -> Option<CopyFormat> {
     let parsed = pg_query::parse(&stmt.text, 0).ok()?;
     let raw = parsed.protobuf.stmts.first()?.stmt.as_ref()?.node.as_ref()?;
     let pg_query::NodeEnum::CopyStmt(c) = raw else { return None };
-    let mut f = CopyFormat { csv: false, binary: false, delimiter: b'\t', table: None, columns: vec![] };
+    let mut f = CopyFormat::text(b'\t');
     let mut delim: Option<u8> = None;
+    let mut escape: Option<u8> = None;
     for o in &c.options {
         if let Some(pg_query::NodeEnum::DefElem(d)) = o.node.as_ref() {
             let val = match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
@@ -440,11 +441,14 @@ fn copy_format(req: &SqlRequest) -> Option<CopyFormat> {
                     f.binary = val.eq_ignore_ascii_case("binary");
                 }
                 "delimiter" => delim = val.bytes().next(),
+                "quote" => f.quote = val.bytes().next().unwrap_or(b'"'),
+                "escape" => escape = val.bytes().next(),
                 _ => {}
             }
         }
     }
     f.delimiter = delim.unwrap_or(if f.csv { b',' } else { b'\t' });
+    f.escape = escape.unwrap_or(f.quote);
     if let Some(r) = &c.relation {
         f.table =
             Some(if r.schemaname.is_empty() { r.relname.clone() } else { format!("{}.{}", r.schemaname, r.relname) });
@@ -933,7 +937,7 @@ fn on_upstream_message(
                 res.copy_out = Some((c, shape));
             } else if masks {
                 // We cannot tell how these rows are laid out: mask each line as text.
-                let c = CopyFormat { csv: false, binary: false, delimiter: 0, table: None, columns: vec![] };
+                let c = CopyFormat::text(0);
                 let shape = rows::unknown_shape(1);
                 res.copy_out = Some((c, shape));
             }
@@ -1067,10 +1071,8 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
     let split = |l: &[u8]| -> Vec<Option<Vec<u8>>> {
         if whole_line {
             vec![Some(l.to_vec())]
-        } else if fmt.csv {
-            rows::split_csv(l, fmt.delimiter)
         } else {
-            rows::split_copy_text(l, fmt.delimiter)
+            fmt.split(l)
         }
     };
     let parsed: Vec<Vec<Option<Vec<u8>>>> = lines.iter().map(|l| split(l)).collect();
@@ -1121,10 +1123,8 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
         let mut line = Vec::new();
         if raw_lines {
             line.extend_from_slice(cells[0].unwrap_or(b""));
-        } else if fmt.csv {
-            rows::join_csv(&cells, fmt.delimiter, &mut line);
         } else {
-            rows::join_copy_text(&cells, fmt.delimiter, &mut line);
+            fmt.join(&cells, &mut line);
         }
         line.push(b'\n');
         codec::put_message(out, b'd', &line);

@@ -263,41 +263,78 @@ pub struct CopyFormat {
     pub binary: bool,
     /// Field delimiter.
     pub delimiter: u8,
+    /// CSV quote character (`QUOTE`, default `"`).
+    pub quote: u8,
+    /// CSV escape character (`ESCAPE`, default: the quote).
+    pub escape: u8,
     /// `schema.table` or `table` when copying a table.
     pub table: Option<String>,
     /// Column list when given.
     pub columns: Vec<String>,
 }
 
+impl CopyFormat {
+    /// Text format with `delimiter` (0: lines are not split into fields).
+    pub fn text(delimiter: u8) -> Self {
+        CopyFormat { csv: false, binary: false, delimiter, quote: b'"', escape: b'"', table: None, columns: vec![] }
+    }
+
+    /// Split one line of COPY output into fields (None = NULL).
+    pub fn split(&self, line: &[u8]) -> Vec<Option<Vec<u8>>> {
+        if self.csv {
+            split_csv(line, self.delimiter, self.quote, self.escape)
+        } else {
+            split_copy_text(line, self.delimiter)
+        }
+    }
+
+    /// Join fields back into one line (without the newline).
+    pub fn join(&self, fields: &[Option<&[u8]>], out: &mut Vec<u8>) {
+        if self.csv {
+            join_csv(fields, self.delimiter, self.quote, self.escape, out)
+        } else {
+            join_copy_text(fields, self.delimiter, out)
+        }
+    }
+}
+
 /// Split one text-format COPY line into fields (None = `\N`), unescaping.
+/// A backslash escapes the next byte, the delimiter included, so fields are
+/// found while unescaping, never by splitting first.
 pub fn split_copy_text(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
     let mut fields = vec![];
-    for raw in line.split(|&b| b == delim) {
-        if raw == b"\\N" {
-            fields.push(None);
-            continue;
-        }
-        let mut v = Vec::with_capacity(raw.len());
-        let mut i = 0;
-        while i < raw.len() {
-            if raw[i] == b'\\' && i + 1 < raw.len() {
-                i += 1;
-                v.push(match raw[i] {
+    let mut cur = Vec::new();
+    let mut null = false;
+    let mut i = 0;
+    while i < line.len() {
+        let c = line[i];
+        if c == b'\\' && i + 1 < line.len() {
+            let n = line[i + 1];
+            if n == b'N' && cur.is_empty() && !null && (i + 2 == line.len() || line[i + 2] == delim) {
+                null = true;
+            } else {
+                cur.push(match n {
                     b't' => b'\t',
                     b'n' => b'\n',
                     b'r' => b'\r',
                     b'b' => 8,
                     b'f' => 12,
                     b'v' => 11,
-                    c => c,
+                    other => other,
                 });
-            } else {
-                v.push(raw[i]);
             }
-            i += 1;
+            i += 2;
+            continue;
         }
-        fields.push(Some(v));
+        if c == delim {
+            fields.push(if null { None } else { Some(std::mem::take(&mut cur)) });
+            null = false;
+        } else {
+            cur.push(c);
+        }
+        i += 1;
     }
+    fields.push(if null { None } else { Some(cur) });
     fields
 }
 
@@ -328,70 +365,65 @@ pub fn join_copy_text(fields: &[Option<&[u8]>], delim: u8, out: &mut Vec<u8>) {
     }
 }
 
-/// Split one CSV line into fields (unquoted empty = NULL, as COPY writes it).
-pub fn split_csv(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
+/// Split one CSV line into fields (unquoted empty = NULL, as COPY writes it),
+/// with the COPY's `QUOTE` and `ESCAPE` characters.
+pub fn split_csv(line: &[u8], delim: u8, quote: u8, escape: u8) -> Vec<Option<Vec<u8>>> {
     let mut fields = vec![];
+    let mut cur = Vec::new();
+    let mut quoted_any = false;
+    let mut in_quotes = false;
     let mut i = 0;
-    loop {
-        if i < line.len() && line[i] == b'"' {
-            let mut v = vec![];
-            i += 1;
-            while i < line.len() {
-                if line[i] == b'"' {
-                    if i + 1 < line.len() && line[i + 1] == b'"' {
-                        v.push(b'"');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    v.push(line[i]);
-                    i += 1;
-                }
+    while i < line.len() {
+        let c = line[i];
+        if in_quotes {
+            if c == escape
+                && i + 1 < line.len()
+                && (line[i + 1] == quote || line[i + 1] == escape)
+                && (escape != quote || line[i + 1] == quote)
+            {
+                cur.push(line[i + 1]);
+                i += 2;
+                continue;
             }
-            // skip to delimiter
-            while i < line.len() && line[i] != delim {
-                i += 1;
+            if c == quote {
+                in_quotes = false;
+            } else {
+                cur.push(c);
             }
-            fields.push(Some(v));
+        } else if c == quote {
+            in_quotes = true;
+            quoted_any = true;
+        } else if c == delim {
+            let f = std::mem::take(&mut cur);
+            fields.push(if f.is_empty() && !quoted_any { None } else { Some(f) });
+            quoted_any = false;
         } else {
-            let start = i;
-            while i < line.len() && line[i] != delim {
-                i += 1;
-            }
-            let raw = &line[start..i];
-            fields.push(if raw.is_empty() { None } else { Some(raw.to_vec()) });
+            cur.push(c);
         }
-        if i >= line.len() {
-            break;
-        }
-        i += 1; // delimiter
-        if i == line.len() {
-            fields.push(None);
-            break;
-        }
+        i += 1;
     }
+    fields.push(if cur.is_empty() && !quoted_any { None } else { Some(cur) });
     fields
 }
 
 /// Join CSV fields, quoting when needed.
-pub fn join_csv(fields: &[Option<&[u8]>], delim: u8, out: &mut Vec<u8>) {
+pub fn join_csv(fields: &[Option<&[u8]>], delim: u8, quote: u8, escape: u8, out: &mut Vec<u8>) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             out.push(delim);
         }
         if let Some(b) = f {
-            let quote = b.is_empty() || b.iter().any(|&c| c == delim || c == b'"' || c == b'\n' || c == b'\r');
-            if quote {
-                out.push(b'"');
+            let needs =
+                b.is_empty() || b.iter().any(|&c| c == delim || c == quote || c == escape || c == b'\n' || c == b'\r');
+            if needs {
+                out.push(quote);
                 for &c in b.iter() {
-                    if c == b'"' {
-                        out.push(b'"');
+                    if c == quote || (c == escape && escape != quote) {
+                        out.push(escape);
                     }
                     out.push(c);
                 }
-                out.push(b'"');
+                out.push(quote);
             } else {
                 out.extend_from_slice(b);
             }
@@ -461,17 +493,33 @@ mod tests {
 
     #[test]
     fn copy_text_and_csv_round_trip() {
+        // A delimiter inside a value is escaped, not a field boundary.
+        let f = split_copy_text(b"jane.doe\\@example.com@\\N@x\\\\@", b'@');
+        assert_eq!(f, vec![Some(b"jane.doe@example.com".to_vec()), None, Some(b"x\\".to_vec()), Some(vec![])]);
+        let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
+        let mut out = vec![];
+        join_copy_text(&refs, b'@', &mut out);
+        assert_eq!(out, b"jane.doe\\@example.com@\\N@x\\\\@");
+        // QUOTE and ESCAPE options.
+        let f = split_csv(b".123-45-6789.-.a..b.-", b'-', b'.', b'.');
+        assert_eq!(f, vec![Some(b"123-45-6789".to_vec()), Some(b"a.b".to_vec()), None]);
+        let f2 = split_csv(b"'it\\'s',\"x\"", b',', b'\'', b'\\');
+        assert_eq!(f2, vec![Some(b"it's".to_vec()), Some(b"\"x\"".to_vec())]);
+        let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
+        let mut out = vec![];
+        join_csv(&refs, b'-', b'.', b'.', &mut out);
+        assert_eq!(out, b".123-45-6789.-.a..b.-");
         let f = split_copy_text(b"1\ta\\tb\t\\N", b'\t');
         assert_eq!(f, vec![Some(b"1".to_vec()), Some(b"a\tb".to_vec()), None]);
         let mut out = vec![];
         let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
         join_copy_text(&refs, b'\t', &mut out);
         assert_eq!(out, b"1\ta\\tb\t\\N");
-        let f = split_csv(b"1,\"a,\"\"b\",,x", b',');
+        let f = split_csv(b"1,\"a,\"\"b\",,x", b',', b'"', b'"');
         assert_eq!(f, vec![Some(b"1".to_vec()), Some(b"a,\"b".to_vec()), None, Some(b"x".to_vec())]);
         let mut out = vec![];
         let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
-        join_csv(&refs, b',', &mut out);
+        join_csv(&refs, b',', b'"', b'"', &mut out);
         assert_eq!(out, b"1,\"a,\"\"b\",,x");
     }
 }
