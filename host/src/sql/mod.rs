@@ -331,10 +331,16 @@ fn kebab(name: &str) -> String {
 
 /// A WHERE that selects every row anyway: a constant, a comparison of
 /// constants or of a column with itself (`id = id`), `NOT <constant>`, an OR
-/// with such a branch, an AND of only such terms. (Truth in general is
-/// undecidable: `WHERE id > 0` passes; this catches the usual tricks.)
+/// with such a branch, an AND of only such terms — or any condition that
+/// refers to no column at all (`WHERE coalesce(NULL, true)`, `WHERE now() >
+/// '2000-01-01'`, `WHERE EXISTS (SELECT 1 FROM t)`): it does not depend on the
+/// row, so it keeps all rows or none. (Truth in general is undecidable:
+/// `WHERE id > 0` passes; this catches the usual tricks.)
 fn trivially_true(n: Option<&Node>) -> bool {
     let Some(node) = n.and_then(|n| n.node.as_ref()) else { return true };
+    if !mentions_a_column(node) {
+        return true;
+    }
     match node {
         n if is_constant(n) => true,
         NodeEnum::BoolExpr(b) => match b.boolop() {
@@ -354,6 +360,19 @@ fn trivially_true(n: Option<&Node>) -> bool {
         }
         _ => false,
     }
+}
+
+/// Does any column reference (or whole-row reference) occur anywhere in `n`?
+fn mentions_a_column(n: &NodeEnum) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| k == "ColumnRef" || walk(v)),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    // Unserializable (never seen): assume it does, so only the rules above decide.
+    serde_json::to_value(n).map(|v| walk(&v)).unwrap_or(true)
 }
 
 fn is_constant(n: &NodeEnum) -> bool {
@@ -757,6 +776,15 @@ mod tests {
         assert!(!first("DELETE FROM t WHERE id = id").has_where);
         assert!(!first("DELETE FROM t WHERE true AND (1 = 1)").has_where);
         assert!(first("DELETE FROM t WHERE true AND id = 3").has_where);
+        for rowless in [
+            "UPDATE t SET a = 1 WHERE coalesce(NULL, true)",
+            "DELETE FROM t WHERE now() > '2000-01-01'",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u)",
+            "DELETE FROM t WHERE random() < 2",
+        ] {
+            assert!(!first(rowless).has_where, "{rowless}");
+        }
+        assert!(first("DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id)").has_where);
     }
 
     #[test]
