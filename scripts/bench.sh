@@ -52,6 +52,9 @@ sed -e "/^\[listeners.postgres\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$gw_port
     -e 's|^state_dir = .*|state_dir = "bench-state"|' \
     -e 's|^plugin_dir = .*|plugin_dir = "bench-plugins"|' \
     "$WARDGATE_DEMO_DIR/wardgate.toml" > "$WARDGATE_DEMO_DIR/bench.toml"
+# The demo's agent key lives in its state store: give the bench gateway the same store.
+mkdir -p "$WARDGATE_DEMO_DIR/bench-state"
+cp "$WARDGATE_DEMO_DIR/state/service-accounts.json" "$WARDGATE_DEMO_DIR/bench-state/"
 WARDGATE_LOG=warn ${WG_WRAP:-} "$WG" serve --config "$WARDGATE_DEMO_DIR/bench.toml" 2>"$work/serve.log" &
 serve_pid=$!
 

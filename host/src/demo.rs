@@ -195,7 +195,7 @@ plugins = ["sql-guard", "pii-mask"]
 
 [connections.shop.approvals]      # a review verdict waits for a human in group dba
 mode = "wait"
-timeout_secs = 60
+timeout_secs = 30
 approver_groups = ["dba"]
 
 # Service accounts live in state/service-accounts.json (`wardgate service-accounts list`).
