@@ -74,7 +74,7 @@ enum Cmd {
     /// Recorded sessions.
     Sessions {
         #[command(subcommand)]
-        command: SessionsCmd,
+        command: cli::sessions::SessionsCmd,
     },
 }
 
@@ -122,15 +122,6 @@ enum PluginsCmd {
     },
 }
 
-#[derive(Subcommand)]
-enum SessionsCmd {
-    /// Verify the hash chain of recordings (a file, or every file in a directory).
-    Verify {
-        /// A recording file or the recordings directory.
-        path: PathBuf,
-    },
-}
-
 /// Panics go to the log as one structured line (with a backtrace when
 /// RUST_BACKTRACE is set). Plugin calls contain panics raised inside host
 /// functions; the gateway keeps serving.
@@ -169,6 +160,12 @@ fn init_logging(format: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve { .. } | Cmd::Demo { .. }) {
+        // Commands that print: `… | head` should end quietly, as for any Unix tool.
+        // (The servers keep Rust's default: a closed socket is an error, not a signal.)
+        // SAFETY: set before any thread starts; restores the default disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -263,20 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Login(args) => cli::identity::login(args),
         Cmd::Approvals { command } => cli::approvals::run(command),
         Cmd::Token { issuer } => cli::identity::token(issuer),
-        Cmd::Sessions { command: SessionsCmd::Verify { path } } => {
-            let files = wardgate::record::verify::recordings_in(&path)?;
-            let mut bad = 0;
-            for f in &files {
-                match wardgate::record::verify::verify_file(f) {
-                    Ok(n) => println!("ok   {} ({n} events)", f.display()),
-                    Err(e) => {
-                        bad += 1;
-                        println!("FAIL {}: {e}", f.display());
-                    }
-                }
-            }
-            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
+        Cmd::Sessions { command } => cli::sessions::run(command),
     }
 }
 

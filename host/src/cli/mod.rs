@@ -2,3 +2,4 @@
 
 pub mod approvals;
 pub mod identity;
+pub mod sessions;

@@ -9,6 +9,7 @@
 //! so a slow or failing sink never slows client traffic; a failed batch stays
 //! in the spool and is retried.
 
+pub mod read;
 pub mod verify;
 
 use std::collections::{HashMap, VecDeque};

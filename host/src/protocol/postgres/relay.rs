@@ -878,7 +878,7 @@ fn on_upstream_message(
         }
         b'C' | b'I' | b's' => {
             let tag = (m.tag == b'C').then(|| Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string());
-            if let Some(Expect::Execute { id, .. }) = s.expect.front() {
+            if let Some(Expect::Execute { id, .. } | Expect::Query { id, .. }) = s.expect.front() {
                 res.request_id = *id;
             }
             drop(s);
@@ -894,6 +894,9 @@ fn on_upstream_message(
         b'E' => {
             let fields = error_fields(&m.body);
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
+            if let Some(Expect::Execute { id, .. } | Expect::Query { id, .. }) = s.expect.front() {
+                res.request_id = *id;
+            }
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
             record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));

@@ -1,0 +1,209 @@
+//! `wardgate sessions list|show|replay|export|verify`: reading recordings.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use wardgate::record::read;
+
+/// Where the recordings are.
+#[derive(Args, Debug)]
+pub struct Where {
+    /// Gateway config file (recordings are in its state_dir).
+    #[arg(long, short, env = "WARDGATE_CONFIG", conflicts_with = "dir")]
+    config: Option<PathBuf>,
+    /// The recordings directory (instead of --config).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Where {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        match (&self.dir, &self.config) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, Some(c)) => Ok(wardgate::config::Config::load(c)?.state_dir.join("recordings")),
+            (None, None) => anyhow::bail!("pass --config FILE (or set WARDGATE_CONFIG), or --dir RECORDINGS_DIR"),
+        }
+    }
+
+    fn open(&self, id: &str) -> anyhow::Result<read::Recording> {
+        let path = if std::path::Path::new(id).is_file() {
+            PathBuf::from(id)
+        } else {
+            read::find(&self.dir()?, id).map_err(|e| anyhow::anyhow!(e))?
+        };
+        read::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// `wardgate sessions …`
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// Recorded sessions, newest first.
+    List {
+        /// Only sessions whose principal (name or subject) contains this.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this connection.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only sessions started since (RFC 3339, or a lifetime like 30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions with a denied or reviewed request.
+        #[arg(long)]
+        flagged: bool,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// One session as a readable timeline.
+    Show {
+        /// Session id (a unique prefix is enough) or a recording file.
+        id: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Play a session back in time order.
+    Replay {
+        /// Session id or file.
+        id: String,
+        /// Speed factor (2 = twice as fast; 0 = no pauses).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Export a session's events.
+    Export {
+        /// Session id or file.
+        id: String,
+        /// jsonl (the verifiable lines as stored) or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Verify hash chains: one session, a file, or every recording.
+    Verify {
+        /// Session id, a recording file or directory (default: all recordings).
+        target: Option<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn since_ms(s: &str) -> anyhow::Result<u64> {
+    if let Some(t) = wardgate::util::parse_rfc3339_ms(s) {
+        return Ok(t);
+    }
+    let d = wardgate::identity::keys::parse_lifetime_ms(s)
+        .with_context(|| format!("--since {s}: use RFC 3339 or a span like 30m, 2h, 7d"))?;
+    Ok(wardgate::util::now_ms().saturating_sub(d))
+}
+
+/// Run a `sessions` subcommand.
+pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SessionsCmd::List { principal, connection, since, flagged, at } => {
+            let dir = at.dir()?;
+            let since = since.as_deref().map(since_ms).transpose()?;
+            let mut rows = Vec::new();
+            for f in wardgate::record::verify::recordings_in(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+            {
+                let Ok(r) = read::read(&f) else { continue };
+                let s = r.summary();
+                let keep =
+                    principal.as_ref().is_none_or(|p| s.who.contains(p.as_str()) || s.subject.contains(p.as_str()))
+                        && connection.as_ref().is_none_or(|c| &s.connection == c)
+                        && since.is_none_or(|t| s.started_ms >= t)
+                        && (!flagged || s.denied + s.reviewed > 0);
+                if keep {
+                    rows.push(s);
+                }
+            }
+            rows.sort_by_key(|s| std::cmp::Reverse(s.started_ms));
+            println!(
+                "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<5} WHO",
+                "SESSION", "STARTED", "CONNECTION", "REQS", "DENIED", "REVIEW", "ENDED"
+            );
+            for s in &rows {
+                println!(
+                    "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<5} {}",
+                    s.id,
+                    wardgate::util::format_rfc3339_ms(s.started_ms),
+                    s.connection,
+                    s.requests,
+                    s.denied,
+                    s.reviewed,
+                    if s.ended { "yes" } else { "no" },
+                    s.who
+                );
+            }
+            if rows.is_empty() {
+                eprintln!("no matching recordings in {}", dir.display());
+            }
+        }
+        SessionsCmd::Show { id, at } => {
+            let r = at.open(&id)?;
+            let s = r.summary();
+            println!("session {}  ({} events, {})", r.id, r.events.len(), r.path.display());
+            println!("who: {}   connection: {}", s.who, s.connection);
+            println!("started {}", wardgate::util::format_rfc3339_ms(s.started_ms));
+            let t0 = s.started_ms;
+            for e in &r.events {
+                println!("{}", read::describe(e, t0));
+            }
+            if r.bad_lines > 0 {
+                println!("({} lines are not events: run `wardgate sessions verify {}`)", r.bad_lines, r.id);
+            }
+        }
+        SessionsCmd::Replay { id, speed, at } => {
+            let r = at.open(&id)?;
+            let mut events = r.events.clone();
+            events.sort_by_key(|e| (e.at_ms, e.seq));
+            let t0 = events.first().map_or(0, |e| e.at_ms);
+            let mut last = t0;
+            for e in &events {
+                if speed > 0.0 && e.at_ms > last {
+                    let wait = ((e.at_ms - last) as f64 / speed).min(10_000.0);
+                    std::thread::sleep(Duration::from_millis(wait as u64));
+                }
+                last = e.at_ms;
+                println!("{}", read::describe(e, t0));
+            }
+        }
+        SessionsCmd::Export { id, format, at } => {
+            let r = at.open(&id)?;
+            match format.as_str() {
+                // The stored lines, untouched, so the export still verifies.
+                "jsonl" => print!("{}", std::fs::read_to_string(&r.path)?),
+                "csv" => print!("{}", read::to_csv(&r)),
+                other => anyhow::bail!("--format {other}: use jsonl or csv"),
+            }
+        }
+        SessionsCmd::Verify { target, at } => {
+            let files = match &target {
+                Some(t) if std::path::Path::new(t).exists() => {
+                    wardgate::record::verify::recordings_in(std::path::Path::new(t))?
+                }
+                Some(id) => vec![read::find(&at.dir()?, id).map_err(|e| anyhow::anyhow!(e))?],
+                None => wardgate::record::verify::recordings_in(&at.dir()?)?,
+            };
+            let mut bad = 0;
+            for f in &files {
+                match wardgate::record::verify::verify_file(f) {
+                    Ok(n) => println!("ok   {} ({n} events)", f.display()),
+                    Err(e) => {
+                        bad += 1;
+                        println!("FAIL {}: {e}", f.display());
+                    }
+                }
+            }
+            return Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

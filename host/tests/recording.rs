@@ -1,0 +1,68 @@
+//! Reading recordings back with the CLI: list, show, export, replay, verify.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{assert_no_pii, gateway, Options};
+
+fn sessions(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wardgate")).arg("sessions").args(args).arg("--dir").arg(dir).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psql_session_reads_back_as_a_timeline_and_tampering_is_named() {
+    let g = gateway(Options::default()).await;
+    let (ok, _, err) =
+        g.psql(&["-c", "SELECT name, email, ssn, card_number FROM customers ORDER BY id", "-c", "DROP TABLE orders"]);
+    assert!(!ok && err.contains("DROP TABLE orders is not allowed"), "{err}");
+    g.gw.recorder.flush();
+    let dir = g.dir.join("state/recordings");
+
+    let list = stdout(&sessions(&dir, &["list", "--principal", "test-agent"]));
+    let id = list.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("one session listed").to_string();
+    assert!(list.contains("test-agent (agent) for alice@example.com"), "{list}");
+    assert!(stdout(&sessions(&dir, &["list", "--flagged", "--since", "10m"])).contains(&id));
+    assert!(!stdout(&sessions(&dir, &["list", "--connection", "billing"])).contains(&id));
+
+    let show = stdout(&sessions(&dir, &["show", &id[..10]]));
+    for want in [
+        "session start: test-agent (agent, wardgate, groups agents) on behalf of alice@example.com",
+        "[ALLOW] SELECT name, email, ssn, card_number FROM customers ORDER BY id",
+        "[DENY] DROP TABLE orders",
+        "sql-guard 0.1.0 deny: DROP TABLE orders is not allowed",
+        "j***@example.com",
+        "session end",
+    ] {
+        assert!(show.contains(want), "missing {want:?} in:\n{show}");
+    }
+    assert_no_pii(&show, "sessions show");
+    let csv = stdout(&sessions(&dir, &["export", &id, "--format", "csv"]));
+    assert!(csv.starts_with("seq,at,kind,body\n1,") && csv.contains("\"request\""), "{csv}");
+    let jsonl = stdout(&sessions(&dir, &["export", &id]));
+    assert_eq!(
+        jsonl,
+        std::fs::read_to_string(dir.join(format!("{id}.jsonl"))).unwrap(),
+        "jsonl export is the file itself"
+    );
+    let replay = stdout(&sessions(&dir, &["replay", &id, "--speed", "0"]));
+    assert_eq!(replay.matches("session start").count(), 1);
+    assert!(stdout(&sessions(&dir, &["verify", &id])).starts_with("ok "));
+
+    // Flip one byte inside event 3: verify names it and fails.
+    let path = dir.join(format!("{id}.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let third = text.lines().take(2).map(|l| l.len() + 1).sum::<usize>() + 40;
+    let mut bytes = text.into_bytes();
+    bytes[third] = if bytes[third] == b'a' { b'b' } else { b'a' };
+    std::fs::write(&path, bytes).unwrap();
+    let out = sessions(&dir, &["verify", &id]);
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(msg.contains("FAIL") && msg.contains("event 3"), "{msg}");
+}
