@@ -167,6 +167,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             )
         })
         .unwrap_or_default();
+    // The key that signs recording checkpoints (kept across runs of the same --dir).
+    let key_file = dir.join("recording.key");
+    if !key_file.exists() {
+        std::fs::write(&key_file, crate::record::sign::generate_seed_hex() + "\n")?;
+        set_private(&key_file);
+    }
+    let recording_public = crate::record::sign::Signer::from_seed_hex(&std::fs::read_to_string(&key_file)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?
+        .public_hex();
     let pw_file = dir.join("upstream-password");
     std::fs::write(&pw_file, &app_pw)?;
     set_private(&pw_file);
@@ -177,6 +186,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 [gateway]
 state_dir = "state"
 plugin_dir = "plugins"
+recording_key_file = "recording.key"   # signs checkpoints in every recording
 
 [listeners.postgres]
 bind = "127.0.0.1:{gw_port}"
@@ -261,12 +271,19 @@ groups = ["agents"]
     let rec_dir = gw.recorder.dir().to_path_buf();
     let recordings = crate::record::verify::recordings_in(&rec_dir)?;
     println!("\nEvidence:");
+    let public = hex::decode(&recording_public).unwrap_or_default();
     for r in &recordings {
-        match crate::record::verify::verify_file(r) {
-            Ok(n) => println!("  recording {} — {n} events, SHA-256 chain verified, masked data only", r.display()),
+        match crate::record::verify::verify_file_with(r, Some(&public)) {
+            Ok(v) => println!(
+                "  recording {} — {} events, SHA-256 chain and {} signed checkpoint(s) verified, masked data only",
+                r.display(),
+                v.events,
+                v.checkpoints
+            ),
             Err(e) => println!("  recording {} — DOES NOT VERIFY: {e}", r.display()),
         }
     }
+    println!("  read one back: wardgate sessions show ID --config {}", cfg_path.display());
     let siem = dir.join("state").join("siem.jsonl");
     if siem.exists() {
         println!("  SIEM feed (jsonl-sink plugin, ECS fields): {}", siem.display());
@@ -283,6 +300,7 @@ groups = ["agents"]
                 format!("WARDGATE_DEMO_DIR={}\n", dir.display()),
                 format!("WARDGATE_CONFIG={}\n", cfg_path.display()),
                 format!("WARDGATE_CREDENTIAL={approver_key}\n"),
+                format!("WARDGATE_RECORDING_PUBLIC_KEY={recording_public}\n"),
             ])
             .chain(
                 opts.oidc

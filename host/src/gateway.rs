@@ -63,7 +63,17 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     for (name, err) in &registry.current().errors {
         tracing::error!(plugin = %name, "plugin not loaded: {err}");
     }
-    let recorder = Recorder::start(&config.state_dir.join("recordings"), Some(registry.clone()))
+    let signer = match &config.recording_key_file {
+        None => None,
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let s = crate::record::sign::Signer::from_seed_hex(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            tracing::info!(public_key = %s.public_hex(), "recordings carry signed checkpoints");
+            Some(s)
+        }
+    };
+    let recorder = Recorder::start_signed(&config.state_dir.join("recordings"), Some(registry.clone()), signer)
         .context("cannot start the recorder")?;
     let stats = Arc::new(Stats::default());
     let mut tasks = Vec::new();

@@ -66,3 +66,49 @@ async fn a_psql_session_reads_back_as_a_timeline_and_tampering_is_named() {
     let msg = String::from_utf8_lossy(&out.stdout);
     assert!(msg.contains("FAIL") && msg.contains("event 3"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_recordings_verify_with_the_public_key_and_a_cut_off_end_is_named() {
+    let keydir = common::tempdir("reckey");
+    let key = keydir.join("recording.key");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_wardgate")).args(["sessions", "keygen", "--out"]).arg(&key).output().unwrap();
+    let public = stdout(&out).trim().to_string();
+    assert_eq!(public.len(), 64);
+    let again =
+        Command::new(env!("CARGO_BIN_EXE_wardgate")).args(["sessions", "keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(!again.status.success(), "an existing key is never overwritten");
+    let g = gateway(Options {
+        gateway_extra: format!("recording_key_file = \"{}\"\n", key.display()),
+        ..Default::default()
+    })
+    .await;
+    let (ok, _, err) = g.psql(&["-c", "SELECT count(*) FROM orders", "-c", "SELECT email FROM customers"]);
+    assert!(ok, "{err}");
+    // Wait for the session's closing checkpoint.
+    let dir = g.dir.join("state/recordings");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let id = loop {
+        g.gw.recorder.flush();
+        let list = stdout(&sessions(&dir, &["list", "--principal", "test-agent"]));
+        if let Some(id) = list.lines().nth(1).and_then(|l| l.split_whitespace().next()) {
+            if list.contains(" yes ") {
+                break id.to_string();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "session not closed: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ok = stdout(&sessions(&dir, &["verify", &id, "--public-key", &public]));
+    assert!(ok.contains("signed checkpoints verified"), "{ok}");
+    let path = dir.join(format!("{id}.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let n = text.lines().count();
+    let cut: String = text.lines().take(n - 2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, cut).unwrap();
+    let bad = sessions(&dir, &["verify", &id, "--public-key", &public]);
+    assert!(!bad.status.success());
+    let msg = String::from_utf8_lossy(&bad.stdout);
+    assert!(msg.contains("not covered by a signed checkpoint"), "{msg}");
+    assert!(stdout(&sessions(&dir, &["verify", &id])).starts_with("ok "), "the chain alone cannot see a cut-off end");
+}

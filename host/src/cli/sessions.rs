@@ -85,12 +85,22 @@ pub enum SessionsCmd {
         #[command(flatten)]
         at: Where,
     },
-    /// Verify hash chains: one session, a file, or every recording.
+    /// Verify hash chains (and signed checkpoints): one session, a file, or every recording.
     Verify {
         /// Session id, a recording file or directory (default: all recordings).
         target: Option<String>,
+        /// The gateway's checkpoint public key (hex, or a file holding it): signatures are checked and
+        /// every recording must end with a signed checkpoint.
+        #[arg(long, env = "WARDGATE_RECORDING_PUBLIC_KEY")]
+        public_key: Option<String>,
         #[command(flatten)]
         at: Where,
+    },
+    /// Create a checkpoint signing key for `gateway.recording_key_file`; prints the public key.
+    Keygen {
+        /// Where to write the private key (created 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -184,7 +194,30 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 other => anyhow::bail!("--format {other}: use jsonl or csv"),
             }
         }
-        SessionsCmd::Verify { target, at } => {
+        SessionsCmd::Keygen { out } => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let seed = wardgate::record::sign::generate_seed_hex();
+            let public =
+                wardgate::record::sign::Signer::from_seed_hex(&seed).map_err(|e| anyhow::anyhow!(e))?.public_hex();
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&out).with_context(|| {
+                    format!("cannot create {} (an existing key is never overwritten)", out.display())
+                })?;
+            writeln!(f, "{seed}")?;
+            eprintln!(
+                "private key written to {} (keep it secret; set gateway.recording_key_file to it)",
+                out.display()
+            );
+            eprintln!("public key, for `wardgate sessions verify --public-key`:");
+            println!("{public}");
+        }
+        SessionsCmd::Verify { target, public_key, at } => {
+            let key = public_key
+                .as_deref()
+                .map(wardgate::record::sign::parse_public)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
             let files = match &target {
                 Some(t) if std::path::Path::new(t).exists() => {
                     wardgate::record::verify::recordings_in(std::path::Path::new(t))?
@@ -194,8 +227,20 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             };
             let mut bad = 0;
             for f in &files {
-                match wardgate::record::verify::verify_file(f) {
-                    Ok(n) => println!("ok   {} ({n} events)", f.display()),
+                match wardgate::record::verify::verify_file_with(f, key.as_deref()) {
+                    Ok(r) if key.is_some() => {
+                        println!(
+                            "ok   {} ({} events, {} signed checkpoints verified)",
+                            f.display(),
+                            r.events,
+                            r.checkpoints
+                        )
+                    }
+                    Ok(r) => println!(
+                        "ok   {} ({} events; chain only, pass --public-key to check signatures)",
+                        f.display(),
+                        r.events
+                    ),
                     Err(e) => {
                         bad += 1;
                         println!("FAIL {}: {e}", f.display());

@@ -52,6 +52,7 @@ struct RawGateway {
     state_store: Option<Spanned<String>>,
     state_store_password_env: Option<Spanned<String>>,
     state_store_password_file: Option<Spanned<String>>,
+    recording_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -291,6 +292,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// Where approvals (and other shared state) live.
     pub state_store: StateStoreConfig,
+    /// The ed25519 seed (hex) that signs recording checkpoints.
+    pub recording_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -516,6 +519,29 @@ impl Config {
         let grants =
             identity::grants(&cx, raw.grants, |name| connections.get(name).map(|c| c.roles.keys().cloned().collect()))?;
         let oidc = identity::oidc(&cx, raw.oidc)?;
+        let recording_key_file = match &raw.gateway.recording_key_file {
+            None => None,
+            Some(f) => {
+                let path = resolve(f.get_ref());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    err(
+                        f.span(),
+                        "gateway.recording_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                        "create one with `wardgate sessions keygen --out FILE`",
+                    )
+                })?;
+                crate::record::sign::Signer::from_seed_hex(&text).map_err(|e| {
+                    err(
+                        f.span(),
+                        "gateway.recording_key_file",
+                        format!("{}: {e}", path.display()),
+                        "create one with `wardgate sessions keygen --out FILE`",
+                    )
+                })?;
+                Some(path)
+            }
+        };
         let approvals = approvals::gateway(&cx, raw.approvals, format!("http://{admin_bind}"))?;
         let state_store = match &raw.gateway.state_store {
             None => StateStoreConfig::Sqlite,
@@ -567,6 +593,7 @@ impl Config {
             oidc,
             approvals,
             state_store,
+            recording_key_file,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! in the spool and is retried.
 
 pub mod read;
+pub mod sign;
 pub mod verify;
 
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +90,15 @@ pub struct Recorder {
 impl Recorder {
     /// Start the writer (and, with a registry, the plugin sink) threads.
     pub fn start(dir: &Path, registry: Option<Arc<Registry>>) -> std::io::Result<Recorder> {
+        Self::start_signed(dir, registry, None)
+    }
+
+    /// Like [`Recorder::start`], writing signed checkpoints with `signer`.
+    pub fn start_signed(
+        dir: &Path,
+        registry: Option<Arc<Registry>>,
+        signer: Option<sign::Signer>,
+    ) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
         let queue = Arc::new(Queue::default());
         let tx = Tx(queue.clone());
@@ -107,7 +117,7 @@ impl Recorder {
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("wardgate-record".into())
-                .spawn(move || writer_loop(dir, queue, sink_tx, stats))?;
+                .spawn(move || writer_loop(dir, queue, sink_tx, stats, signer))?;
         }
         Ok(Recorder { tx, dir: dir.to_path_buf(), stats })
     }
@@ -159,6 +169,48 @@ struct Open {
     file: BufWriter<File>,
     seq: u64,
     prev: String,
+    /// Events written since the last checkpoint, and when the first of them was.
+    unsigned: u64,
+    unsigned_since: Option<std::time::Instant>,
+}
+
+impl Open {
+    /// Append one event line (canonical form, chained); returns its content JSON of the body.
+    fn append(&mut self, session: &str, kind: &str, at_ms: u64, body_json: &str) -> std::io::Result<()> {
+        self.seq += 1;
+        // Serialize once, in canonical form (keys sorted, as a serde_json map
+        // re-serializes them): `verify` parses the line, drops `hash` and must
+        // get exactly this content back.
+        let content = format!(
+            "{{\"at\":{},\"at_ms\":{at_ms},\"body\":{body_json},\"kind\":{},\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":{}}}",
+            Value::String(crate::util::format_rfc3339_ms(at_ms)),
+            Value::String(kind.to_string()),
+            self.prev,
+            self.seq,
+            Value::String(session.to_string()),
+        );
+        let hash = chain_hash(&self.prev, &content);
+        let line = format!("{},\"hash\":\"{hash}\"}}", &content[..content.len() - 1]);
+        let r = writeln!(self.file, "{line}");
+        self.prev = hash;
+        r
+    }
+
+    /// Sign the chain head, if anything is unsigned.
+    fn checkpoint(&mut self, session: &str, signer: &sign::Signer) -> std::io::Result<()> {
+        if self.unsigned == 0 {
+            return Ok(());
+        }
+        let body = serde_json::json!({
+            "seq": self.seq,
+            "head": self.prev,
+            "key": signer.public_hex(),
+            "sig": signer.sign(session, self.seq, &self.prev),
+        });
+        self.unsigned = 0;
+        self.unsigned_since = None;
+        self.append(session, "checkpoint", crate::util::now_ms(), &body.to_string())
+    }
 }
 
 /// The file of a session's recording.
@@ -182,7 +234,24 @@ pub fn genesis(id: &str) -> String {
     hex::encode(Sha256::digest(format!("wardgate-session:{id}").as_bytes()))
 }
 
-fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>, stats: Arc<RecordStats>) {
+/// Checkpoint sessions whose oldest unsigned event is old enough (all, if `all`), and flush them.
+fn sign_due(open: &mut HashMap<Arc<str>, Open>, signer: &sign::Signer, all: bool, stats: &RecordStats) {
+    for (session, o) in open.iter_mut() {
+        let due = o.unsigned_since.is_some_and(|t| all || t.elapsed() >= sign::MAX_UNSIGNED_AGE);
+        if due && (o.checkpoint(session, signer).is_err() || o.file.flush().is_err()) {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn writer_loop(
+    dir: PathBuf,
+    queue: Arc<Queue>,
+    sink: Option<Sender<Vec<Event>>>,
+    stats: Arc<RecordStats>,
+    signer: Option<sign::Signer>,
+) {
+    let mut last_sweep = std::time::Instant::now();
     let mut open: HashMap<Arc<str>, Open> = HashMap::new();
     let mut batch: Vec<Event> = Vec::new();
     let mut cmds: Vec<Cmd> = Vec::new();
@@ -191,6 +260,12 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
         if cmds.is_empty() {
             if Arc::strong_count(&queue) == 1 {
                 return; // every sender is gone
+            }
+            if let Some(signer) = &signer {
+                if last_sweep.elapsed() >= sign::MAX_UNSIGNED_AGE / 4 {
+                    last_sweep = std::time::Instant::now();
+                    sign_due(&mut open, signer, false, &stats);
+                }
             }
             std::thread::sleep(COMMIT_INTERVAL);
             continue;
@@ -209,6 +284,8 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
                                     file: BufWriter::new(f),
                                     seq: 0,
                                     prev: genesis(&session),
+                                    unsigned: 0,
+                                    unsigned_since: None,
                                 }),
                                 Err(e) => {
                                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -218,27 +295,19 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
                             }
                         }
                     };
-                    o.seq += 1;
-                    // Serialize once, in canonical form (keys sorted, as a
-                    // serde_json map re-serializes them): `verify` parses the line,
-                    // drops `hash` and must get exactly this content back.
                     let body_json = body.to_string();
-                    let content = format!(
-                        "{{\"at\":{},\"at_ms\":{at_ms},\"body\":{body_json},\"kind\":{},\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":{}}}",
-                        Value::String(crate::util::format_rfc3339_ms(at_ms)),
-                        Value::String(kind.to_string()),
-                        o.prev,
-                        o.seq,
-                        Value::String(session.to_string()),
-                    );
-                    let hash = chain_hash(&o.prev, &content);
-                    let line = format!("{},\"hash\":\"{hash}\"}}", &content[..content.len() - 1]);
-                    if writeln!(o.file, "{line}").is_err() {
+                    if o.append(&session, kind, at_ms, &body_json).is_err() {
                         stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     } else {
                         stats.events.fetch_add(1, Ordering::Relaxed);
                     }
-                    o.prev = hash;
+                    if let Some(signer) = &signer {
+                        o.unsigned += 1;
+                        o.unsigned_since.get_or_insert_with(std::time::Instant::now);
+                        if o.unsigned >= sign::EVERY && o.checkpoint(&session, signer).is_err() {
+                            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     if sink.is_some() {
                         batch.push(Event {
                             seq: o.seq,
@@ -251,11 +320,23 @@ fn writer_loop(dir: PathBuf, queue: Arc<Queue>, sink: Option<Sender<Vec<Event>>>
                 }
                 Cmd::Close { session } => {
                     if let Some(mut o) = open.remove(&session) {
+                        if let Some(signer) = &signer {
+                            if o.checkpoint(&session, signer).is_err() {
+                                stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         let _ = o.file.flush();
                         let _ = o.file.get_ref().sync_data();
                     }
                 }
                 Cmd::Flush(w) => waiters.push(w),
+            }
+        }
+        // Sign what waited long enough, and everything when someone waits for a flush.
+        if let Some(signer) = &signer {
+            if !waiters.is_empty() || last_sweep.elapsed() >= sign::MAX_UNSIGNED_AGE / 4 {
+                last_sweep = std::time::Instant::now();
+                sign_due(&mut open, signer, !waiters.is_empty(), &stats);
             }
         }
         for o in open.values_mut() {

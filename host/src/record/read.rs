@@ -241,6 +241,11 @@ pub fn describe(e: &RecordedEvent, t0: u64) -> String {
             t
         }
         "session.end" => format!("session end: {}", s("reason")),
+        "checkpoint" => format!(
+            "checkpoint: events up to #{} signed (key {}…)",
+            b["seq"],
+            b["key"].as_str().unwrap_or("").get(..16).unwrap_or("")
+        ),
         "auth.failed" => format!("login refused ({}): {} from {}", s("error"), s("reason"), s("client_addr")),
         k if k.starts_with("approval.") => {
             let id = s("approval_id");

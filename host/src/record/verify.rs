@@ -41,10 +41,28 @@ pub fn recordings_in(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 
 /// Check every line of a session file; returns the number of events.
 pub fn verify_file(path: &Path) -> Result<usize, VerifyError> {
+    verify_file_with(path, None).map(|r| r.events)
+}
+
+/// What a verified recording holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Events, checkpoints included.
+    pub events: usize,
+    /// Signed checkpoints (verified when a key was given).
+    pub checkpoints: usize,
+}
+
+/// Check the chain and, with the gateway's public key, every checkpoint's
+/// signature — and that the recording ends with one (else it was cut off,
+/// or the session is still open).
+pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, VerifyError> {
     let text = std::fs::read_to_string(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
     let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     let mut prev = genesis(id);
     let mut n = 0;
+    let mut checkpoints = 0;
+    let mut last_signed = 0usize;
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
         let mut v: Value = serde_json::from_str(line).map_err(|_| VerifyError::Malformed(lineno))?;
@@ -67,13 +85,44 @@ pub fn verify_file(path: &Path) -> Result<usize, VerifyError> {
                 reason: "content does not match its hash (edited)".into(),
             });
         }
+        if obj.get("kind").and_then(Value::as_str) == Some("checkpoint") {
+            let b = &obj["body"];
+            let covers = b["seq"].as_u64() == Some(lineno as u64 - 1) && b["head"].as_str() == Some(prev.as_str());
+            if !covers {
+                return Err(VerifyError::Broken {
+                    line: lineno,
+                    reason: "checkpoint does not cover the event before it".into(),
+                });
+            }
+            if let Some(key) = public {
+                let sig = b["sig"].as_str().unwrap_or("");
+                if !super::sign::verify(key, id, lineno as u64 - 1, &prev, sig) {
+                    return Err(VerifyError::Broken {
+                        line: lineno,
+                        reason: "checkpoint signature does not verify with this key (forged, or another gateway's key)"
+                            .into(),
+                    });
+                }
+            }
+            checkpoints += 1;
+            last_signed = lineno;
+        }
         prev = hash;
         n += 1;
     }
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(VerifyError::Broken { line: n + 1, reason: "truncated last line".into() });
     }
-    Ok(n)
+    if public.is_some() && last_signed != n {
+        return Err(VerifyError::Broken {
+            line: last_signed + 1,
+            reason: format!(
+                "events {}..{n} are not covered by a signed checkpoint: the recording was cut off or appended to (or its session is still open)",
+                last_signed + 1
+            ),
+        });
+    }
+    Ok(Report { events: n, checkpoints })
 }
 
 #[cfg(test)]
@@ -114,5 +163,35 @@ mod tests {
         assert!(matches!(verify_file(&p), Err(VerifyError::Broken { line: 2, .. })));
         std::fs::write(&p, &orig[..orig.len() - 10]).unwrap();
         assert!(verify_file(&p).is_err());
+    }
+
+    #[test]
+    fn signed_checkpoints_catch_cut_off_tails_and_forgery() {
+        use crate::record::sign::{generate_seed_hex, Signer};
+        let seed = generate_seed_hex();
+        let public = hex::decode(Signer::from_seed_hex(&seed).unwrap().public_hex()).unwrap();
+        let dir = std::env::temp_dir().join(format!("wardgate-verify-{}", crate::util::random_id()));
+        let rec = Recorder::start_signed(&dir, None, Some(Signer::from_seed_hex(&seed).unwrap())).unwrap();
+        let s = rec.session("sig1");
+        for i in 0..150 {
+            s.emit("request", json!({"n": i}));
+        }
+        drop(s);
+        rec.flush();
+        let p = session_path(&dir, "sig1");
+        let r = verify_file_with(&p, Some(&public)).unwrap();
+        assert_eq!((r.events, r.checkpoints), (153, 3), "two periodic checkpoints and one at close");
+        // Cut off the end, even at a line boundary with a consistent chain: named.
+        let orig = std::fs::read_to_string(&p).unwrap();
+        let kept: String = orig.lines().take(100).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&p, &kept).unwrap();
+        assert!(verify_file(&p).is_ok(), "the chain alone cannot tell");
+        let e = verify_file_with(&p, Some(&public)).unwrap_err().to_string();
+        assert!(e.starts_with("event 66: events 66..100 are not covered"), "{e}");
+        // Another key's checkpoints do not verify.
+        std::fs::write(&p, &orig).unwrap();
+        let other = hex::decode(Signer::from_seed_hex(&generate_seed_hex()).unwrap().public_hex()).unwrap();
+        let e = verify_file_with(&p, Some(&other)).unwrap_err().to_string();
+        assert!(e.starts_with("event 65: checkpoint signature does not verify"), "{e}");
     }
 }
