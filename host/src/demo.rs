@@ -267,8 +267,20 @@ groups = ["agents"]
         oidc_agent(o, &env).await;
     }
 
-    gw.recorder.flush();
+    // psql has exited; give the gateway a moment to record each session's end.
     let rec_dir = gw.recorder.dir().to_path_buf();
+    for _ in 0..40 {
+        gw.recorder.flush();
+        let open = crate::record::verify::recordings_in(&rec_dir)?.iter().any(|f| {
+            crate::record::read::read(f).is_ok_and(|r| {
+                r.events.iter().any(|e| e.kind == "session.start") && !r.events.iter().any(|e| e.kind == "session.end")
+            })
+        });
+        if !open {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let recordings = crate::record::verify::recordings_in(&rec_dir)?;
     println!("\nEvidence:");
     let public = hex::decode(&recording_public).unwrap_or_default();

@@ -63,6 +63,7 @@ pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, Ve
     let mut n = 0;
     let mut checkpoints = 0;
     let mut last_signed = 0usize;
+    let (mut started, mut ended) = (false, false);
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
         let mut v: Value = serde_json::from_str(line).map_err(|_| VerifyError::Malformed(lineno))?;
@@ -84,6 +85,11 @@ pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, Ve
                 line: lineno,
                 reason: "content does not match its hash (edited)".into(),
             });
+        }
+        match obj.get("kind").and_then(Value::as_str) {
+            Some("session.start") => started = true,
+            Some("session.end") => ended = true,
+            _ => {}
         }
         if obj.get("kind").and_then(Value::as_str) == Some("checkpoint") {
             let b = &obj["body"];
@@ -120,6 +126,13 @@ pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, Ve
                 "events {}..{n} are not covered by a signed checkpoint: the recording was cut off or appended to (or its session is still open)",
                 last_signed + 1
             ),
+        });
+    }
+    if public.is_some() && started && !ended {
+        return Err(VerifyError::Broken {
+            line: n + 1,
+            reason: "the recording ends without session.end: cut off at a checkpoint (or the session is still open)"
+                .into(),
         });
     }
     Ok(Report { events: n, checkpoints })
