@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 use common::{db, gateway, Options, TestGateway};
 use serde_json::Value;
 
+/// A human in no approver group: sees nothing of others' requests.
+const DAVE_KEY: &str = "wg_dave-is-a-developer-and-not-an-approver-0000000000";
+
+fn dave_hash() -> String {
+    wardgate::identity::key_hash(DAVE_KEY)
+}
+
 const DO_INSERT: &str =
     "DO $$ BEGIN INSERT INTO orders (customer_id, amount_cents, status) VALUES (1, 4242, 'held-run'); END $$;";
 
@@ -26,6 +33,12 @@ fn approver_accounts(carol_hash: &str, erin_hash: &str) -> String {
     format!(
         r#"
 [[service_accounts]]
+name = "dave"
+kind = "human"
+groups = ["developers"]
+key_sha256 = "{dave}"
+
+[[service_accounts]]
 name = "carol"
 kind = "human"
 groups = ["dba"]
@@ -36,7 +49,8 @@ name = "erin"
 kind = "human"
 groups = ["sre-breakglass"]
 key_sha256 = "{erin_hash}"
-"#
+"#,
+        dave = dave_hash()
     )
 }
 
@@ -252,6 +266,14 @@ async fn a_cancel_request_withdraws_the_held_statement() {
     assert!(text(&show).contains("WITHDRAWN"), "{}", text(&show));
     let late = cli(&admin(&s.g), &s.carol, &["approve", &id]);
     assert!(!late.status.success() && text(&late).contains("withdrawn, not pending"), "{}", text(&late));
+    // The requester sees its own request; a principal with nothing to do with it does not.
+    assert!(text(&cli(&admin(&s.g), &s.g.key, &["show", &id])).contains("WITHDRAWN"));
+    let breakglass = text(&cli(&admin(&s.g), &s.erin, &["list", "--status", "all"]));
+    assert!(breakglass.contains(&id), "break-glass sees everything: {breakglass}");
+    let stranger = text(&cli(&admin(&s.g), DAVE_KEY, &["list", "--status", "all"]));
+    assert!(!stranger.contains(&id), "{stranger}");
+    let shown = text(&cli(&admin(&s.g), DAVE_KEY, &["show", &id]));
+    assert!(shown.contains(&format!("no approval request {id}")), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

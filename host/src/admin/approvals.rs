@@ -2,9 +2,9 @@
 //!
 //! Every call carries the approver's credential as `Authorization: Bearer`
 //! (an OIDC token from `wardgate login`, or a Wardgate key), checked by the
-//! same [`Authenticator`] as database clients. Only principals who may
-//! decide a request (its approver groups, or break-glass) see its exact
-//! statement; others see it masked. The page keeps the credential in the
+//! same [`Authenticator`] as database clients. A request is visible to those
+//! who may decide it (its approver groups, or break-glass), who see its exact
+//! statement, and to whoever asked (or was asked for), who see it masked. The page keeps the credential in the
 //! tab's sessionStorage and sends it as a header (no cookies, so no CSRF).
 
 use axum::extract::{Path, Query, State};
@@ -46,6 +46,13 @@ fn may_decide(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {
         || s.approvals.config().break_glass_groups.iter().any(|x| g.contains(x))
 }
 
+/// May `who` see `req` at all? Its deciders, and whoever it was asked by or for.
+fn may_see(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {
+    let me = &who.principal;
+    let is_me = |p: &crate::approvals::model::PrincipalView| p.subject == me.subject && p.issuer == me.issuer;
+    may_decide(s, who, req) || is_me(&req.identity.principal) || req.identity.on_behalf_of.iter().any(is_me)
+}
+
 fn view(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> serde_json::Value {
     let decide = may_decide(s, who, req);
     let mut v = serde_json::to_value(req).unwrap_or_default();
@@ -78,7 +85,8 @@ async fn list(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<L
         },
     };
     match s.approvals.list(status, q.limit.unwrap_or(100).min(1000)).await {
-        Ok(all) => Json(all.iter().map(|r| view(&s, &who, r)).collect::<Vec<_>>()).into_response(),
+        Ok(all) => Json(all.iter().filter(|r| may_see(&s, &who, r)).map(|r| view(&s, &who, r)).collect::<Vec<_>>())
+            .into_response(),
         Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -89,8 +97,9 @@ async fn show(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<St
         Err(r) => return r,
     };
     match s.approvals.get(&id).await {
-        Ok(Some(r)) => Json(view(&s, &who, &r)).into_response(),
-        Ok(None) => fail(StatusCode::NOT_FOUND, format!("no approval request {id}")),
+        Ok(Some(r)) if may_see(&s, &who, &r) => Json(view(&s, &who, &r)).into_response(),
+        // Not yours to see reads the same as not there.
+        Ok(_) => fail(StatusCode::NOT_FOUND, format!("no approval request {id}")),
         Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
