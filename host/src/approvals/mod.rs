@@ -93,6 +93,8 @@ pub enum Outcome {
     },
     /// Nobody decided in time.
     Expired,
+    /// Approved, but another run of the same statement (same identity) used it first.
+    AlreadyUsed,
     /// The client cancelled, or went away.
     Withdrawn,
     /// This gateway is shutting down; the request stays pending.
@@ -287,13 +289,14 @@ impl Approvals {
                         self.log.emit("approval.executed", json!({"approval_id": id}));
                         break Outcome::Approved { by: req.approvers() };
                     }
-                    break Outcome::Expired;
+                    break Outcome::AlreadyUsed;
                 }
                 Status::Denied => {
                     let (by, reason) = req.denial();
                     break Outcome::Denied { by, reason };
                 }
-                Status::Expired | Status::Executed => break Outcome::Expired,
+                Status::Expired => break Outcome::Expired,
+                Status::Executed => break Outcome::AlreadyUsed,
                 Status::Withdrawn => break Outcome::Withdrawn,
                 Status::Pending if req.expires_at_ms <= crate::util::now_ms() => {
                     self.expire_one(&req).await?;

@@ -85,7 +85,8 @@ struct RefreshState {
 /// One configured OpenID Provider.
 pub struct OidcIssuer {
     cfg: OidcIssuerConfig,
-    algs: Vec<CoreJwsSigningAlgorithm>,
+    /// Allowed algorithms, by their JOSE name.
+    algs: Vec<(String, CoreJwsSigningAlgorithm)>,
     keys: ArcSwapOption<KeySet>,
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -106,7 +107,7 @@ const TOKEN_TYPES: [&str; 4] = ["jwt", "at+jwt", "application/jwt", "application
 impl OidcIssuer {
     /// For a validated configuration (algorithms already vetted).
     pub fn new(cfg: OidcIssuerConfig) -> Self {
-        let algs = cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect();
+        let algs = cfg.algorithms.iter().filter_map(|a| parse_alg(a).map(|p| (a.clone(), p))).collect();
         OidcIssuer { cfg, algs, keys: ArcSwapOption::empty(), refresh: Default::default() }
     }
 
@@ -127,9 +128,8 @@ impl OidcIssuer {
         let alg = self
             .algs
             .iter()
-            .zip(&self.cfg.algorithms)
-            .find(|(_, name)| **name == jws.alg)
-            .map(|(a, _)| a.clone())
+            .find(|(name, _)| *name == jws.alg)
+            .map(|(_, a)| a.clone())
             .ok_or_else(|| JwtError::Algorithm(jws.alg.chars().take(20).collect()))?;
         if let Some(t) = &jws.typ {
             if !TOKEN_TYPES.contains(&t.to_ascii_lowercase().as_str()) {

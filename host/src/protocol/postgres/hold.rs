@@ -196,6 +196,7 @@ pub async fn resolve(
         Outcome::Approved { .. } => "approved",
         Outcome::Denied { .. } => "denied",
         Outcome::Expired => "expired",
+        Outcome::AlreadyUsed => "already-used",
         Outcome::Withdrawn => "withdrawn",
         Outcome::ShuttingDown => "gateway-shutdown",
     };
@@ -211,6 +212,14 @@ pub async fn resolve(
             "42501",
             &format!("Wardgate: approval request {} expired at {expires} without a decision", req.id),
             Some("run the statement again to ask anew, and tell an approver"),
+        )),
+        Outcome::AlreadyUsed => Err(error_bytes(
+            "42501",
+            &format!(
+                "Wardgate: approval request {} was approved, but another run of this statement used it first",
+                req.id
+            ),
+            Some("an approval covers one run: send the statement again to ask anew"),
         )),
         Outcome::ShuttingDown => Err(error_bytes(
             "57P01",
