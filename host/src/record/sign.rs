@@ -16,7 +16,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 /// Events between checkpoints.
 pub const EVERY: u64 = 64;
 /// Longest an event stays unsigned while the session is open.
-pub const MAX_UNSIGNED_AGE: Duration = Duration::from_secs(1);
+pub const MAX_UNSIGNED_AGE: Duration = Duration::from_millis(200);
 
 /// The gateway's checkpoint key.
 pub struct Signer {
