@@ -386,14 +386,7 @@ async fn two_replicas_share_a_postgres_state_store() {
 async fn pending_requests_survive_a_restart_and_expire_on_time() {
     let (extra, carol, _) = approvals_extra("wait", 6, "");
     let template = gateway(Options { extra, ..Default::default() }).await;
-    let port = wardgate::devenv::free_port().unwrap();
-    let admin_port = wardgate::devenv::free_port().unwrap();
-    let cfg = std::fs::read_to_string(template.dir.join("wardgate.toml"))
-        .unwrap()
-        .replace("bind = \"127.0.0.1:0\"\nallow_plaintext", &format!("bind = \"127.0.0.1:{port}\"\nallow_plaintext"))
-        .replace("[admin]\nbind = \"127.0.0.1:0\"", &format!("[admin]\nbind = \"127.0.0.1:{admin_port}\""));
-    let path = template.dir.join("serve.toml");
-    std::fs::write(&path, cfg).unwrap();
+    let (path, port, admin_port) = template.serve_config();
     let admin_url = format!("http://127.0.0.1:{admin_port}");
     let serve = common::Serve::start(&path, "warn", None);
     serve.wait_for_port(port);

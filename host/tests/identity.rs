@@ -354,14 +354,7 @@ async fn grants_choose_the_upstream_role_and_respect_principal_kinds() {
 async fn the_gateway_log_never_holds_a_token_or_a_key_even_at_debug() {
     let g = oidc_gateway(&[op().issuer()]).await;
     // The same config, served by the real binary with its log captured.
-    let port = wardgate::devenv::free_port().unwrap();
-    let admin = wardgate::devenv::free_port().unwrap();
-    let cfg = std::fs::read_to_string(g.dir.join("wardgate.toml"))
-        .unwrap()
-        .replace("bind = \"127.0.0.1:0\"\nallow_plaintext", &format!("bind = \"127.0.0.1:{port}\"\nallow_plaintext"))
-        .replace("[admin]\nbind = \"127.0.0.1:0\"", &format!("[admin]\nbind = \"127.0.0.1:{admin}\""));
-    let path = g.dir.join("serve.toml");
-    std::fs::write(&path, cfg).unwrap();
+    let (path, port, _) = g.serve_config();
     let log = g.dir.join("serve.log");
     let serve = common::Serve::start(&path, "debug", Some(&log));
     serve.wait_for_port(port);

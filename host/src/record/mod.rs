@@ -175,7 +175,7 @@ struct Open {
 }
 
 impl Open {
-    /// Append one event line (canonical form, chained); returns its content JSON of the body.
+    /// Append one event line (canonical form, chained to the previous one).
     fn append(&mut self, session: &str, kind: &str, at_ms: u64, body_json: &str) -> std::io::Result<()> {
         self.seq += 1;
         // Serialize once, in canonical form (keys sorted, as a serde_json map

@@ -86,12 +86,10 @@ pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, Ve
                 reason: "content does not match its hash (edited)".into(),
             });
         }
-        match obj.get("kind").and_then(Value::as_str) {
-            Some("session.start") => started = true,
-            Some("session.end") => ended = true,
-            _ => {}
-        }
-        if obj.get("kind").and_then(Value::as_str) == Some("checkpoint") {
+        let kind = obj.get("kind").and_then(Value::as_str);
+        started |= kind == Some("session.start");
+        ended |= kind == Some("session.end");
+        if kind == Some("checkpoint") {
             let b = &obj["body"];
             let covers = b["seq"].as_u64() == Some(lineno as u64 - 1) && b["head"].as_str() == Some(prev.as_str());
             if !covers {

@@ -196,6 +196,23 @@ impl TestGateway {
         )
     }
 
+    /// This gateway's config with fixed free ports, written to `serve.toml` for
+    /// `wardgate serve`; returns (path, postgres port, admin port).
+    pub fn serve_config(&self) -> (PathBuf, u16, u16) {
+        let port = wardgate::devenv::free_port().unwrap();
+        let admin = wardgate::devenv::free_port().unwrap();
+        let cfg = std::fs::read_to_string(self.dir.join("wardgate.toml"))
+            .unwrap()
+            .replace(
+                "bind = \"127.0.0.1:0\"\nallow_plaintext",
+                &format!("bind = \"127.0.0.1:{port}\"\nallow_plaintext"),
+            )
+            .replace("[admin]\nbind = \"127.0.0.1:0\"", &format!("[admin]\nbind = \"127.0.0.1:{admin}\""));
+        let path = self.dir.join("serve.toml");
+        std::fs::write(&path, cfg).unwrap();
+        (path, port, admin)
+    }
+
     /// Every recording file's text, concatenated.
     pub fn recordings(&self) -> String {
         self.gw.recorder.flush();
