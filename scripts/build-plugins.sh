@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$WARDGATE_ROOT"
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --profile plugin --target wasm32-wasip2 \
-  -p pii-mask -p sql-guard -p jsonl-sink -p hostile -p wrong-version -p no-exports -p example-guard
+  -p pii-mask -p sql-guard -p jsonl-sink -p webhook-sink -p hostile -p wrong-version -p no-exports -p example-guard
 out="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"
 mkdir -p dist/plugins dist/fixtures
-for p in pii-mask sql-guard jsonl-sink; do
+for p in pii-mask sql-guard jsonl-sink webhook-sink; do
   cp "$out/${p//-/_}.wasm" "dist/plugins/$p.wasm"
   cp "plugins/$p/$p.toml" "dist/plugins/$p.toml"
 done

@@ -73,18 +73,27 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             Some(s)
         }
     };
-    let recorder = Recorder::start_signed(&config.state_dir.join("recordings"), Some(registry.clone()), signer)
-        .context("cannot start the recorder")?;
     let stats = Arc::new(Stats::default());
     let mut tasks = Vec::new();
-    let store = match &config.state_store {
-        crate::config::StateStoreConfig::Sqlite => crate::state::StateStore::sqlite_in(&config.state_dir).await,
-        crate::config::StateStoreConfig::Url { url, password } => {
-            let pw = password.read().map_err(|e| anyhow::anyhow!("gateway.state_store password: {e}"))?;
-            crate::state::StateStore::open(url, pw).await
-        }
-    }
-    .context("cannot open the state store")?;
+    let store = crate::state::StateStore::for_config(&config).await.context("cannot open the state store")?;
+    let (index, index_task) = crate::record::index::spawn(store.clone());
+    tasks.push(index_task);
+    let recorder = Recorder::open(
+        &config.state_dir.join("recordings"),
+        crate::record::Options {
+            registry: Some(registry.clone()),
+            signer,
+            index: Some(index),
+            retention: config.retention.clone(),
+            archive: config
+                .recording_archive
+                .as_deref()
+                .map(crate::record::archive::Archive::open)
+                .transpose()
+                .context("gateway.recording_archive")?,
+        },
+    )
+    .context("cannot start the recorder")?;
     // Each run of the gateway gets its own approvals log (a hash chain starts once).
     let log = recorder.session(&format!("approvals-{}", crate::util::random_id()));
     let approvals = crate::approvals::Approvals::new(store, config.approvals.clone(), log);

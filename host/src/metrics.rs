@@ -29,30 +29,47 @@ type PluginMetric = (&'static str, &'static str, &'static str, fn(&crate::plugin
 /// Render all metrics.
 pub fn render(stats: &Stats, registry: &Registry, record: &RecordStats) -> String {
     let mut s = String::new();
-    let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    counter("wardgate_sessions_started_total", "Client sessions accepted.", "counter", g(&stats.sessions_started));
-    counter("wardgate_sessions_active", "Client sessions open now.", "gauge", g(&stats.sessions_active));
-    counter(
-        "wardgate_auth_failures_total",
-        "Refused credentials or missing grants.",
-        "counter",
-        g(&stats.auth_failures),
-    );
-    counter("wardgate_requests_total", "Requests checked by guards.", "counter", g(&stats.requests));
-    counter("wardgate_requests_denied_total", "Requests refused.", "counter", g(&stats.requests_denied));
-    counter("wardgate_rows_masked_total", "Result rows passed through maskers.", "counter", g(&stats.rows_masked));
-    counter("wardgate_record_events_total", "Events written to recordings.", "counter", g(&record.events));
-    counter("wardgate_record_write_errors_total", "Recording write errors.", "counter", g(&record.write_errors));
-    counter("wardgate_record_spool_backlog", "Events waiting for recorder plugins.", "gauge", g(&record.spooled));
-    counter(
-        "wardgate_record_spool_dropped_total",
-        "Events dropped from a full recorder spool.",
-        "counter",
-        g(&record.spool_dropped),
-    );
+    let (c, gauge) = ("counter", "gauge");
+    let gateway: [(&str, &str, &str, u64); 14] = [
+        ("wardgate_sessions_started_total", "Client sessions accepted.", c, g(&stats.sessions_started)),
+        ("wardgate_sessions_active", "Client sessions open now.", gauge, g(&stats.sessions_active)),
+        ("wardgate_auth_failures_total", "Refused credentials or missing grants.", c, g(&stats.auth_failures)),
+        ("wardgate_requests_total", "Requests checked by guards.", c, g(&stats.requests)),
+        ("wardgate_requests_denied_total", "Requests refused.", c, g(&stats.requests_denied)),
+        ("wardgate_rows_masked_total", "Result rows passed through maskers.", c, g(&stats.rows_masked)),
+        ("wardgate_record_events_total", "Events written to recordings.", c, g(&record.events)),
+        ("wardgate_record_write_errors_total", "Recording write errors.", c, g(&record.write_errors)),
+        (
+            "wardgate_record_sink_backlog_bytes",
+            "Bytes of recordings not yet delivered to every recorder plugin.",
+            gauge,
+            g(&record.sink_backlog_bytes),
+        ),
+        (
+            "wardgate_record_sink_backlog_sessions",
+            "Sessions with events not yet delivered to every recorder plugin.",
+            gauge,
+            g(&record.sink_backlog_sessions),
+        ),
+        ("wardgate_record_sink_delivered_total", "Events delivered to recorder plugins.", c, g(&record.sink_delivered)),
+        (
+            "wardgate_record_sink_failures_total",
+            "Failed deliveries to recorder plugins (kept and retried).",
+            c,
+            g(&record.sink_failures),
+        ),
+        ("wardgate_record_archive_pending", "Closed recordings not yet archived.", gauge, g(&record.archive_pending)),
+        (
+            "wardgate_record_retention_removed_total",
+            "Recordings removed by retention.",
+            c,
+            g(&record.retention_removed),
+        ),
+    ];
+    for (name, help, kind, v) in gateway {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
     let set = registry.current();
     let per_plugin: [PluginMetric; 3] = [
         ("wardgate_plugin_calls_total", "Plugin calls.", "counter", |p| p.health.calls.load(Ordering::Relaxed)),

@@ -92,7 +92,7 @@ async fn signed_recordings_verify_with_the_public_key_and_a_cut_off_end_is_named
         g.gw.recorder.flush();
         let list = stdout(&sessions(&dir, &["list", "--principal", "test-agent"]));
         if let Some(id) = list.lines().nth(1).and_then(|l| l.split_whitespace().next()) {
-            if list.contains(" yes ") {
+            if list.contains(" closed ") {
                 break id.to_string();
             }
         }
@@ -111,4 +111,78 @@ async fn signed_recordings_verify_with_the_public_key_and_a_cut_off_end_is_named
     let msg = String::from_utf8_lossy(&bad.stdout);
     assert!(msg.contains("FAIL") && msg.contains("cut off"), "{msg}");
     assert!(stdout(&sessions(&dir, &["verify", &id])).starts_with("ok "), "the chain alone cannot see a cut-off end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_index_finds_sessions_by_principal_connection_time_and_decision() {
+    let archive = common::tempdir("archive");
+    let g = gateway(Options {
+        gateway_extra: format!("recording_archive = \"file://{}\"\n", archive.display()),
+        ..Default::default()
+    })
+    .await;
+    let config = g.dir.join("wardgate.toml");
+    let (ok, _, err) = g.psql(&["-c", "SELECT count(*) FROM orders", "-c", "DROP TABLE orders"]);
+    assert!(!ok && err.contains("not allowed"), "{err}");
+    let (ok, _, _) = g.psql(&["-c", "SELECT 1"]);
+    assert!(ok);
+    let (ok, _, err) = g.psql_as("mallory", "wg_not-a-real-key", &["-c", "SELECT 1"]);
+    assert!(!ok, "{err}");
+    let list = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(["sessions", "list", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        stdout(&o)
+    };
+    // The index is written off the sessions' path: wait for the three sessions to be closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while list(&["--json"]).lines().filter(|l| !l.contains("\"status\":\"open\"")).count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "not indexed:\n{}", list(&[]));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let denied = list(&["--decision", "deny", "--json"]);
+    assert_eq!(denied.lines().count(), 1, "{denied}");
+    let row: serde_json::Value = serde_json::from_str(denied.lines().next().unwrap()).unwrap();
+    assert_eq!(row["principal_name"], "test-agent");
+    assert_eq!(row["on_behalf_of"], "alice@example.com");
+    assert_eq!((row["requests"].as_i64(), row["denied"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(list(&["--decision", "allow", "--json"]).lines().count(), 1);
+    // By the human the agent acts for, case-insensitively; by connection; by time.
+    assert_eq!(list(&["--principal", "ALICE", "--json"]).lines().count(), 2);
+    assert_eq!(list(&["--connection", "shop", "--since", "5m", "--json"]).lines().count(), 3);
+    assert_eq!(list(&["--connection", "billing", "--json"]).lines().count(), 0);
+    assert_eq!(list(&["--until", "1h", "--json"]).lines().count(), 0);
+    let refused = list(&["--decision", "auth-failed"]);
+    assert!(refused.contains("auth-failed") && refused.contains("mallory"), "{refused}");
+    assert!(!refused.contains("wg_not-a-real-key"), "the index never holds credentials");
+    // Closed recordings are copied to the archive byte for byte; once a local
+    // copy is gone, show and verify read the archived one.
+    assert!(g.gw.recorder.wait_delivered(std::time::Duration::from_secs(10)), "archived");
+    let id = row["id"].as_str().unwrap();
+    let local = g.dir.join(format!("state/recordings/{id}.jsonl"));
+    assert_eq!(std::fs::read(archive.join(format!("{id}.jsonl"))).unwrap(), std::fs::read(&local).unwrap());
+    std::fs::rename(&local, g.dir.join("moved.jsonl")).unwrap();
+    let cli = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .arg("sessions")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        stdout(&o)
+    };
+    assert!(cli(&["show", id]).contains("[DENY] DROP TABLE orders"));
+    assert!(cli(&["verify", id]).starts_with("ok "));
+    std::fs::rename(g.dir.join("moved.jsonl"), &local).unwrap();
+    // A lost index is rebuilt from the recordings.
+    let o = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["sessions", "reindex", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("indexed 3 sessions"), "{}", stdout(&o));
 }

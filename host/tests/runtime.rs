@@ -236,3 +236,17 @@ fn plugins_check_reports_exports_or_a_clear_error() {
     assert_eq!(code, 2);
     assert!(out.contains("not a WebAssembly file"), "{out}");
 }
+
+#[test]
+fn a_plugin_that_sleeps_in_the_host_is_stopped_at_once() {
+    // A wait in wasi:io/poll runs in the host, out of reach of epoch deadlines:
+    // the host refuses to block instead of holding the session.
+    let r = rig(100, 64);
+    let mut p = plugins(&r);
+    let h = r.registry.current().plugins["hostile"].clone();
+    let t = Instant::now();
+    let e = p.check(&h, &session(), &sql("SLEEP")).unwrap_err();
+    assert!(t.elapsed() < Duration::from_millis(600), "stopped after {:?}", t.elapsed());
+    assert!(e.to_string().contains("may not block"), "{e}");
+    assert_eq!(p.check(&h, &session(), &sql("SELECT 1")).unwrap(), Verdict::Allow);
+}

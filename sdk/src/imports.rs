@@ -48,3 +48,15 @@ pub fn write_output(line: &str) -> Result<(), String> {
         }
     });
 }
+
+/// POST `body` to `url` (granted in the manifest's `[capabilities] http`);
+/// returns the HTTP status.
+pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> Result<u16, String> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::host::http_post(url, content_type, body);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testkit::with_harness(|h| {
+        h.posts.push((url.to_string(), content_type.to_string(), body.to_vec()));
+        h.post_answer.clone().unwrap_or(Ok(200))
+    });
+}

@@ -4,9 +4,10 @@
 //! recorder against the `wardgate:plugin@0.1.0` contract (see `wit/wardgate.wit`).
 //!
 //! * [`types`] and [`host`]: the generated contract types and host imports.
-//! * [`log`], [`config_get`], [`config_json`], [`now_ms`], [`write_output`]: the
+//! * [`log`], [`config_get`], [`config_json`], [`now_ms`], [`write_output`], [`http_post`]: the
 //!   host functions, usable from native unit tests too (see [`testkit`]).
 //! * [`rows`]: read and build packed row batches cell by cell.
+//! * [`ecs`]: recorded events as Elastic Common Schema documents, for SIEM sinks.
 //! * [`sql`]: helpers over host-parsed statements.
 //! * [`testkit`]: build sessions, requests and batches in `cargo test`,
 //!   without wasmtime.
@@ -54,7 +55,9 @@ pub mod sql;
 pub mod testkit;
 
 mod imports;
-pub use imports::{config_get, config_json, log, now_ms, write_output};
+pub use imports::{config_get, config_json, http_post, log, now_ms, write_output};
+
+pub mod ecs;
 
 #[doc(hidden)]
 #[macro_export]

@@ -33,6 +33,10 @@ pub struct Harness {
     pub output: Vec<String>,
     /// When set, `write-output` fails with this message.
     pub output_error: Option<String>,
+    /// Requests made with `http-post`: (url, content type, body).
+    pub posts: Vec<(String, String, Vec<u8>)>,
+    /// What `http-post` answers (default: status 200).
+    pub post_answer: Option<Result<u16, String>>,
 }
 
 thread_local! {

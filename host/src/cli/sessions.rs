@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use wardgate::record::read;
+use wardgate::record::{index, read};
+use wardgate::state::StateStore;
 
 /// Where the recordings are.
 #[derive(Args, Debug)]
@@ -29,34 +30,74 @@ impl Where {
     }
 
     fn open(&self, id: &str) -> anyhow::Result<read::Recording> {
-        let path = if std::path::Path::new(id).is_file() {
-            PathBuf::from(id)
-        } else {
-            read::find(&self.dir()?, id).map_err(|e| anyhow::anyhow!(e))?
-        };
+        let path = self.path_of(id)?;
         read::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// The file of session `id` (a unique prefix, or a path): the local
+    /// recording, else — with --config and `gateway.recording_archive` — the
+    /// archived copy, fetched into a temporary directory.
+    fn path_of(&self, id: &str) -> anyhow::Result<PathBuf> {
+        if std::path::Path::new(id).is_file() {
+            return Ok(PathBuf::from(id));
+        }
+        let local = read::find(&self.dir()?, id);
+        let (Err(e), None, Some(config)) = (&local, &self.dir, &self.config) else {
+            return local.map_err(|e| anyhow::anyhow!(e));
+        };
+        let Some(url) = wardgate::config::Config::load(config)?.recording_archive else {
+            anyhow::bail!("{e}");
+        };
+        let archive = wardgate::record::archive::Archive::open(&url)?;
+        let bytes =
+            archive.get(id).with_context(|| format!("{e}; not in the archive {url} either (give the full id)"))?;
+        let dir = std::env::temp_dir().join(format!("wardgate-archive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = wardgate::record::session_path(&dir, id);
+        std::fs::write(&path, bytes)?;
+        eprintln!("(from the archive {url})");
+        Ok(path)
     }
 }
 
 /// `wardgate sessions …`
 #[derive(Subcommand)]
 pub enum SessionsCmd {
-    /// Recorded sessions, newest first.
+    /// Recorded sessions, newest first: from the session index in the state
+    /// store (with --config), or by reading the recordings (with --dir).
     List {
-        /// Only sessions whose principal (name or subject) contains this.
+        /// Only sessions whose principal (subject or name) or on-behalf-of principal contains this.
         #[arg(long)]
         principal: Option<String>,
         /// Only this connection.
         #[arg(long)]
         connection: Option<String>,
-        /// Only sessions started since (RFC 3339, or a lifetime like 30m, 2h, 7d).
+        /// Only sessions started since (RFC 3339, or a span like 30m, 2h, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Only sessions with a denied or reviewed request.
+        /// Only sessions started before (RFC 3339, or a span like 30m, 2h, 7d ago).
         #[arg(long)]
+        until: Option<String>,
+        /// Only sessions with: deny, review, allow (neither), flagged (deny, review or refused login), auth-failed.
+        #[arg(long)]
+        decision: Option<String>,
+        /// Same as --decision flagged.
+        #[arg(long, conflicts_with = "decision")]
         flagged: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         at: Where,
+    },
+    /// Rebuild the session index in the state store from the recordings.
+    Reindex {
+        /// Gateway config file.
+        #[arg(long, short, env = "WARDGATE_CONFIG")]
+        config: PathBuf,
     },
     /// One session as a readable timeline.
     Show {
@@ -116,45 +157,47 @@ fn since_ms(s: &str) -> anyhow::Result<u64> {
 /// Run a `sessions` subcommand.
 pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        SessionsCmd::List { principal, connection, since, flagged, at } => {
-            let dir = at.dir()?;
-            let since = since.as_deref().map(since_ms).transpose()?;
-            let mut rows = Vec::new();
-            for f in wardgate::record::verify::recordings_in(&dir)
-                .with_context(|| format!("cannot read {}", dir.display()))?
-            {
-                let Ok(r) = read::read(&f) else { continue };
-                let s = r.summary();
-                let keep =
-                    principal.as_ref().is_none_or(|p| s.who.contains(p.as_str()) || s.subject.contains(p.as_str()))
-                        && connection.as_ref().is_none_or(|c| &s.connection == c)
-                        && since.is_none_or(|t| s.started_ms >= t)
-                        && (!flagged || s.denied + s.reviewed > 0);
-                if keep {
-                    rows.push(s);
+        SessionsCmd::List { principal, connection, since, until, decision, flagged, limit, json, at } => {
+            let q = index::Query {
+                principal,
+                connection,
+                since_ms: since.as_deref().map(since_ms).transpose()?,
+                until_ms: until.as_deref().map(since_ms).transpose()?,
+                decision: if flagged { Some("flagged".into()) } else { decision },
+                limit,
+            };
+            if let Some(d) = q.decision.as_deref().filter(|d| !index::DECISIONS.contains(d)) {
+                anyhow::bail!("--decision {d}: use one of {}", index::DECISIONS.join(", "));
+            }
+            let (rows, place) = match (&at.dir, &at.config) {
+                (None, Some(c)) => {
+                    let config = wardgate::config::Config::load(c)?;
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let rows = rt.block_on(async {
+                        let store = StateStore::for_config(&config).await?;
+                        index::search(&store, &q).await
+                    })?;
+                    (rows, "the session index".to_string())
                 }
-            }
-            rows.sort_by_key(|s| std::cmp::Reverse(s.started_ms));
-            println!(
-                "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<5} WHO",
-                "SESSION", "STARTED", "CONNECTION", "REQS", "DENIED", "REVIEW", "ENDED"
-            );
-            for s in &rows {
-                println!(
-                    "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<5} {}",
-                    s.id,
-                    wardgate::util::format_rfc3339_ms(s.started_ms),
-                    s.connection,
-                    s.requests,
-                    s.denied,
-                    s.reviewed,
-                    if s.ended { "yes" } else { "no" },
-                    s.who
-                );
-            }
+                _ => {
+                    let dir = at.dir()?;
+                    (scan_dir(&dir, &q)?, dir.display().to_string())
+                }
+            };
+            print_rows(&rows, json);
             if rows.is_empty() {
-                eprintln!("no matching recordings in {}", dir.display());
+                eprintln!("no matching sessions in {place}");
             }
+        }
+        SessionsCmd::Reindex { config } => {
+            let config = wardgate::config::Config::load(&config)?;
+            let dir = config.state_dir.join("recordings");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let n = rt.block_on(async {
+                let store = StateStore::for_config(&config).await?;
+                index::reindex(&store, &dir).await
+            })?;
+            println!("indexed {n} sessions from {}", dir.display());
         }
         SessionsCmd::Show { id, at } => {
             let r = at.open(&id)?;
@@ -222,7 +265,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 Some(t) if std::path::Path::new(t).exists() => {
                     wardgate::record::verify::recordings_in(std::path::Path::new(t))?
                 }
-                Some(id) => vec![read::find(&at.dir()?, id).map_err(|e| anyhow::anyhow!(e))?],
+                Some(id) => vec![at.path_of(id)?],
                 None => wardgate::record::verify::recordings_in(&at.dir()?)?,
             };
             let mut bad = 0;
@@ -251,4 +294,57 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sessions in a recordings directory matching `q` (without an index).
+fn scan_dir(dir: &std::path::Path, q: &index::Query) -> anyhow::Result<Vec<index::Row>> {
+    let mut rows = Vec::new();
+    for f in wardgate::record::verify::recordings_in(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        let d = wardgate::record::recover::scan(&bytes).digest;
+        if d.start.is_none() && d.auth_failed.is_none() {
+            continue;
+        }
+        let id = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let row = index::row_of_recording(id, &d);
+        if index::matches(&row, q) {
+            rows.push(row);
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
+    rows.truncate(q.limit.max(1) as usize);
+    Ok(rows)
+}
+
+fn print_rows(rows: &[index::Row], json: bool) {
+    if json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        return;
+    }
+    println!(
+        "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<11} WHO",
+        "SESSION", "STARTED", "CONNECTION", "REQS", "DENIED", "REVIEW", "STATUS"
+    );
+    for r in rows {
+        let mut who = r.principal_name.clone().or_else(|| r.principal_subject.clone()).unwrap_or_else(|| "?".into());
+        if let Some(k) = &r.principal_kind {
+            who += &format!(" ({k})");
+        }
+        if let Some(o) = &r.on_behalf_of {
+            who += &format!(" for {o}");
+        }
+        println!(
+            "{:<34} {:<24} {:<12} {:>5} {:>6} {:>6}  {:<11} {}",
+            r.id,
+            wardgate::util::format_rfc3339_ms(r.started_at_ms.max(0) as u64),
+            r.connection.as_deref().unwrap_or("-"),
+            r.requests,
+            r.denied,
+            r.reviewed,
+            r.status,
+            who
+        );
+    }
 }

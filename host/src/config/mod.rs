@@ -53,6 +53,9 @@ struct RawGateway {
     state_store_password_env: Option<Spanned<String>>,
     state_store_password_file: Option<Spanned<String>>,
     recording_key_file: Option<Spanned<String>>,
+    recording_retention_days: Option<Spanned<u32>>,
+    recording_max_mib: Option<Spanned<u64>>,
+    recording_archive: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -294,6 +297,10 @@ pub struct Config {
     pub state_store: StateStoreConfig,
     /// The ed25519 seed (hex) that signs recording checkpoints.
     pub recording_key_file: Option<PathBuf>,
+    /// How long closed recordings are kept.
+    pub retention: crate::record::Retention,
+    /// Object storage closed recordings are copied to (`s3://…` or `file:///…`).
+    pub recording_archive: Option<String>,
 }
 
 impl Config {
@@ -542,6 +549,46 @@ impl Config {
                 Some(path)
             }
         };
+        let mut retention = crate::record::Retention::default();
+        if let Some(d) = &raw.gateway.recording_retention_days {
+            if *d.get_ref() == 0 {
+                return Err(err(
+                    d.span(),
+                    "gateway.recording_retention_days",
+                    "0 days".into(),
+                    "use 1 or more (or leave it out to keep recordings forever)",
+                ));
+            }
+            retention.max_age = Some(std::time::Duration::from_secs(u64::from(*d.get_ref()) * 86_400));
+        }
+        if let Some(m) = &raw.gateway.recording_max_mib {
+            if *m.get_ref() == 0 {
+                return Err(err(
+                    m.span(),
+                    "gateway.recording_max_mib",
+                    "0 MiB".into(),
+                    "use 1 or more (or leave it out for no cap)",
+                ));
+            }
+            retention.max_bytes = Some(m.get_ref() << 20);
+        }
+        let recording_archive = match &raw.gateway.recording_archive {
+            None => None,
+            Some(a) => {
+                let url = a.get_ref();
+                let ok = url.strip_prefix("file://").is_some_and(|p| p.starts_with('/'))
+                    || url.strip_prefix("s3://").is_some_and(|b| !b.is_empty() && !b.starts_with('/'));
+                if !ok {
+                    return Err(err(
+                        a.span(),
+                        "gateway.recording_archive",
+                        format!("\"{url}\" is not an archive URL"),
+                        "use s3://BUCKET/PREFIX (credentials from AWS_* variables) or file:///ABSOLUTE/PATH",
+                    ));
+                }
+                Some(url.clone())
+            }
+        };
         let approvals = approvals::gateway(&cx, raw.approvals, format!("http://{admin_bind}"))?;
         let state_store = match &raw.gateway.state_store {
             None => StateStoreConfig::Sqlite,
@@ -594,6 +641,8 @@ impl Config {
             approvals,
             state_store,
             recording_key_file,
+            retention,
+            recording_archive,
         })
     }
 }

@@ -83,6 +83,7 @@ impl PluginEngine {
         };
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        forbid_blocking(&mut linker)?;
         HostView::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         let config_key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -152,4 +153,23 @@ impl PluginEngine {
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache_dir.as_deref()
     }
+}
+
+/// Plugins may not block: a `wasi:io/poll` wait (`std::thread::sleep`, a
+/// blocking read) runs in the host, where epoch deadlines cannot interrupt
+/// it, so a plugin could hold a session — or the sink thread — forever.
+/// Both ways to wait trap instead, which counts as the call failing.
+fn forbid_blocking(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    poll.func_wrap("poll", |_, (_,): (Vec<Resource<DynPollable>>,)| -> wasmtime::Result<(Vec<u32>,)> {
+        Err(wasmtime::format_err!("plugins may not block (wasi:io/poll.poll): the call is abandoned"))
+    })?;
+    poll.func_wrap("[method]pollable.block", |_, (_,): (Resource<DynPollable>,)| -> wasmtime::Result<()> {
+        Err(wasmtime::format_err!("plugins may not block (wasi:io/poll.block): the call is abandoned"))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -61,6 +61,11 @@ pub struct PluginContext {
     pub config_values: std::collections::BTreeMap<String, String>,
     /// Granted output.
     pub output: Option<Output>,
+    /// URLs granted to `http-post`, and the client that reaches them (made
+    /// once per plugin version; deadline = the plugin's call deadline).
+    pub http: Vec<String>,
+    /// Present when `http` is not empty.
+    pub http_agent: Option<ureq::Agent>,
 }
 
 /// Store data of one plugin instance.
@@ -153,6 +158,25 @@ impl Host for PluginState {
 
     fn now_ms(&mut self) -> u64 {
         crate::util::now_ms()
+    }
+
+    fn http_post(&mut self, url: String, content_type: String, body: Vec<u8>) -> Result<u16, String> {
+        let m = &self.plugin;
+        let agent = match &m.http_agent {
+            Some(a) if super::manifest::http_granted(&m.http, &url) => a,
+            _ => {
+                return Err(format!(
+                    "{url} is not granted: add it to [capabilities] http in the manifest of {}",
+                    m.name
+                ))
+            }
+        };
+        agent
+            .post(&url)
+            .header("content-type", &content_type)
+            .send(&body[..])
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("POST {url}: {e}"))
     }
 
     fn write_output(&mut self, line: String) -> Result<(), String> {

@@ -145,9 +145,9 @@ impl SessionPlugins {
             .into_iter()
             .filter(|p| p.manifest.applies_to(&self.connection, self.protocol))
             .filter(|p| match role {
-                Role::Guard => p.exports.guard,
-                Role::Masker => p.exports.masker,
-                Role::Recorder => p.exports.recorder,
+                Role::Guard => p.exports.guard && p.manifest.plays("guard"),
+                Role::Masker => p.exports.masker && p.manifest.plays("masker"),
+                Role::Recorder => p.exports.recorder && p.manifest.plays("recorder"),
             })
             .collect()
     }
@@ -313,7 +313,9 @@ impl SessionPlugins {
                         )
                     }
                     FailureKind::Memory => format!("{} MiB", plugin.manifest.memory_bytes >> 20),
-                    _ => first_line(&format!("{e}")),
+                    // The root cause says what happened (a wasm trap, a host refusal);
+                    // the outer error is wasmtime's "error while executing at" frame.
+                    _ => first_line(&format!("{}", e.root_cause())),
                 };
                 let err = CallError { plugin: name, kind, detail };
                 self.failed(plugin, &err);

@@ -246,6 +246,16 @@ pub fn load(engine: &PluginEngine, wasm_path: &Path, state_dir: &Path) -> Result
         config_json: manifest.config_json.clone(),
         config_values: manifest.config_values.clone(),
         output,
+        http: manifest.http.clone(),
+        // The call's deadline cannot interrupt a host function: requests carry it themselves.
+        http_agent: (!manifest.http.is_empty()).then(|| {
+            ureq::Agent::config_builder()
+                .timeout_global(Some(manifest.call_timeout))
+                .max_redirects(0)
+                .http_status_as_error(false)
+                .build()
+                .into()
+        }),
     });
     Ok(LoadedPlugin {
         manifest,

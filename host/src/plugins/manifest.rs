@@ -39,6 +39,9 @@ impl Default for Limits {
 pub struct Capabilities {
     /// Where `write-output` lines go: `stdout`, `stderr` or `file:PATH`.
     pub output: Option<Spanned<String>>,
+    /// URLs `http-post` may reach (exact, or a prefix ending in `*`).
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
 }
 
 /// Where a plugin's `write-output` lines go.
@@ -67,6 +70,8 @@ struct RawManifest {
     order: i32,
     #[serde(default = "yes")]
     enabled: bool,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
@@ -105,12 +110,16 @@ pub struct Manifest {
     pub order: i32,
     /// Disabled plugins are loaded and checked but never called.
     pub enabled: bool,
+    /// The roles it is used for (`guard`, `masker`, `recorder`); empty = every role it exports.
+    pub roles: Vec<String>,
     /// Memory ceiling, bytes.
     pub memory_bytes: usize,
     /// Deadline per call.
     pub call_timeout: std::time::Duration,
     /// Granted output, if any.
     pub output: Option<OutputTarget>,
+    /// URLs granted to `http-post` (exact, or a prefix ending in `*`).
+    pub http: Vec<String>,
     /// `[config]` as JSON.
     pub config_json: String,
     /// `[config]` values for `config-get` (strings raw, others JSON).
@@ -125,6 +134,17 @@ impl Manifest {
         self.enabled
             && self.protocols.iter().any(|p| p == protocol)
             && self.connections.iter().any(|c| c == "*" || c == connection)
+    }
+
+    /// Whether `url` is granted to `http-post`. A prefix grant must end at a
+    /// path boundary of the URL it grants (`https://h/a/*` covers `https://h/a/b`).
+    pub fn http_granted(&self, url: &str) -> bool {
+        http_granted(&self.http, url)
+    }
+
+    /// Whether the operator lets it act as `role` (`guard`, `masker`, `recorder`).
+    pub fn plays(&self, role: &str) -> bool {
+        self.roles.is_empty() || self.roles.iter().any(|r| r == role)
     }
 
     /// Read and validate `path`; `expected_name` is the `.wasm` file's stem.
@@ -172,6 +192,16 @@ impl Manifest {
                 ));
             }
         }
+        for r in &raw.roles {
+            if !["guard", "masker", "recorder"].contains(&r.get_ref().as_str()) {
+                return Err(err(
+                    r.span(),
+                    "roles",
+                    format!("unknown role \"{}\"", r.get_ref()),
+                    "use guard, masker or recorder",
+                ));
+            }
+        }
         let mem = *raw.limits.memory_mib.get_ref();
         if !(1..=4096).contains(&mem) {
             return Err(err(
@@ -206,6 +236,16 @@ impl Manifest {
                 }
             }),
         };
+        for u in &raw.capabilities.http {
+            if let Err(why) = http_grant_ok(u.get_ref()) {
+                return Err(err(
+                    u.span(),
+                    "capabilities.http",
+                    format!("\"{}\" {why}", u.get_ref()),
+                    "grant https://HOST/PATH (or http:// to 127.0.0.1, ::1 or localhost), optionally ending in *",
+                ));
+            }
+        }
         let config_json = serde_json::to_string(&raw.config).unwrap_or_else(|_| "{}".into());
         let config_values = raw
             .config
@@ -226,9 +266,11 @@ impl Manifest {
             protocols: raw.protocols.into_iter().map(Spanned::into_inner).collect(),
             order: raw.order,
             enabled: raw.enabled,
+            roles: raw.roles.into_iter().map(Spanned::into_inner).collect(),
             memory_bytes: mem as usize * 1024 * 1024,
             call_timeout: std::time::Duration::from_millis(timeout as u64),
             output,
+            http: raw.capabilities.http.into_iter().map(Spanned::into_inner).collect(),
             config_json,
             config_values,
             digest: {
@@ -286,5 +328,57 @@ mod tests {
         assert_eq!(m.config_values["mode"], "a");
         assert_eq!(m.config_values["n"], "3");
         assert_eq!(m.config_values["l"], "[\"p\"]");
+    }
+}
+
+/// A URL may be granted (or posted to) when it is https, or http to loopback,
+/// with a host, no credentials and no fragment.
+pub fn http_grant_ok(url: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = url.split_once("://").ok_or("is not a URL")?;
+    let authority = rest.split(['/', '?', '*']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') || url.contains('#') {
+        return Err("must not hold credentials or a fragment");
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    match scheme {
+        "https" => Ok(()),
+        "http" if ["127.0.0.1", "::1", "localhost"].contains(&host) => Ok(()),
+        "http" => Err("is plain http to a host that is not loopback"),
+        _ => Err("is not an http(s) URL"),
+    }
+}
+
+/// Whether `url` is covered by one of `grants` (exact, or a prefix ending in `*`).
+pub fn http_granted(grants: &[String], url: &str) -> bool {
+    http_grant_ok(url).is_ok()
+        && grants.iter().any(|g| match g.strip_suffix('*') {
+            Some(prefix) => url.starts_with(prefix),
+            None => g == url,
+        })
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+
+    #[test]
+    fn http_grants_are_exact_or_prefixes_and_plain_http_is_loopback_only() {
+        let g = vec!["https://siem.example.com/ingest/*".to_string(), "http://127.0.0.1:9/hook".to_string()];
+        assert!(http_granted(&g, "https://siem.example.com/ingest/a"));
+        assert!(http_granted(&g, "http://127.0.0.1:9/hook"));
+        assert!(!http_granted(&g, "http://127.0.0.1:9/hook2"));
+        assert!(!http_granted(&g, "https://siem.example.com.evil.org/ingest/a"));
+        assert!(!http_granted(&g, "https://siem.example.com/other"));
+        assert!(!http_granted(&g, "https://siem.example.com/ingest/a#x"));
+        assert!(http_grant_ok("http://10.0.0.1/x").is_err());
+        assert!(http_grant_ok("http://[::1]:8080/x").is_ok());
+        assert!(http_grant_ok("https://user:pw@h/x").is_err());
+        assert!(http_grant_ok("ftp://h/x").is_err());
     }
 }

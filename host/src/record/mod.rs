@@ -1,48 +1,48 @@
 //! Session recording: every event of every session, masked, in an append-only
-//! file per session where each line carries the SHA-256 of the previous one.
+//! file per session where each line carries the SHA-256 of the previous one
+//! and signed checkpoints seal the chain (see [`sign`]).
 //!
-//! Events go into a queue that one writer thread drains every
-//! [`COMMIT_INTERVAL`] (group commit: write everything queued, flush once).
-//! Senders never wake the writer: a futex wake per event cost ~20% of the
-//! gateway's CPU under pgbench. Recorder plugins get the
-//! same events in batches from a separate sink thread with a per-sink spool,
-//! so a slow or failing sink never slows client traffic; a failed batch stays
-//! in the spool and is retried.
+//! Durability: a session buffers its own events and hands them to the kernel
+//! ([`SessionRecorder::commit`]) before its request goes upstream and before
+//! its answer goes to the client — one `write(2)` per request, no thread
+//! hand-off. So whatever the gateway acknowledged survives a crash of the
+//! process (`kill -9`, OOM); a maintenance thread fsyncs every second and
+//! on session close, which bounds what an OS crash or power loss can take.
+//! After a crash, [`Recorder::open`] seals the sessions that were open
+//! (truncating a torn last line, appending `session.end` and a checkpoint).
+//!
+//! Recorder plugins get the events from the files themselves, through
+//! [`spool`]: a per-sink cursor, persisted, so a slow, failing or absent
+//! sink never slows client traffic and never loses an event.
 
+pub mod archive;
+pub mod index;
+pub mod log;
 pub mod read;
+pub mod recover;
 pub mod sign;
+pub mod spool;
 pub mod verify;
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-use std::time::Duration;
-
+use parking_lot::Mutex;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
-use crate::pipeline::types::Event;
-use crate::plugins::instances::Role;
-use crate::plugins::{Registry, SessionPlugins};
+use crate::plugins::Registry;
+use log::LogState;
 
 /// Schema id written in every event.
 pub const SCHEMA: &str = "wardgate.event.v1";
-/// How often the writer drains the queue.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
-
-/// Events a recorder plugin's spool holds before the oldest are counted as dropped.
-pub const SPOOL_CAP: usize = 100_000;
-
-enum Cmd {
-    Event { session: Arc<str>, kind: &'static str, at_ms: u64, body: Value },
-    Close { session: Arc<str> },
-    Flush(Sender<()>),
-}
+/// How often the maintenance thread writes what sessions left buffered and signs due checkpoints.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// How often written recordings are fsynced.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -51,46 +51,70 @@ pub struct RecordStats {
     pub events: AtomicU64,
     /// Write errors.
     pub write_errors: AtomicU64,
-    /// Events waiting in recorder-plugin spools.
-    pub spooled: AtomicU64,
-    /// Events dropped because a spool was full.
-    pub spool_dropped: AtomicU64,
+    /// Bytes of recordings not yet delivered to every recorder plugin.
+    pub sink_backlog_bytes: AtomicU64,
+    /// Sessions with undelivered events.
+    pub sink_backlog_sessions: AtomicU64,
+    /// Events delivered to recorder plugins.
+    pub sink_delivered: AtomicU64,
+    /// Failed recorder-plugin deliveries (retried).
+    pub sink_failures: AtomicU64,
+    /// Recordings removed by retention.
+    pub retention_removed: AtomicU64,
+    /// Closed recordings not yet copied to the archive.
+    pub archive_pending: AtomicU64,
 }
 
-/// The queue between sessions and the writer.
+/// How long recordings are kept.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    /// Remove closed recordings older than this.
+    pub max_age: Option<Duration>,
+    /// Remove the oldest closed recordings while all of them take more than this.
+    pub max_bytes: Option<u64>,
+}
+
+/// How to start a [`Recorder`].
 #[derive(Default)]
-struct Queue {
-    cmds: parking_lot::Mutex<Vec<Cmd>>,
-    closed: std::sync::atomic::AtomicBool,
+pub struct Options {
+    /// Recorder plugins receive events through a durable spool.
+    pub registry: Option<Arc<Registry>>,
+    /// Signs checkpoints.
+    pub signer: Option<sign::Signer>,
+    /// Receives session summaries for the index.
+    pub index: Option<index::Feed>,
+    /// Retention of closed recordings.
+    pub retention: Retention,
+    /// Where closed recordings are copied (needs a registry: it rides the spool).
+    pub archive: Option<archive::Archive>,
 }
 
-/// A handle that enqueues commands.
-#[derive(Clone)]
-struct Tx(Arc<Queue>);
-
-impl Tx {
-    fn send(&self, c: Cmd) -> Result<(), ()> {
-        if self.0.closed.load(Ordering::Relaxed) {
-            return Err(());
-        }
-        self.0.cmds.lock().push(c);
-        Ok(())
-    }
+struct Inner {
+    dir: PathBuf,
+    signer: Option<sign::Signer>,
+    live: Mutex<HashMap<Arc<str>, Weak<Mutex<LogState>>>>,
+    stats: Arc<RecordStats>,
+    spool: Option<Arc<spool::Spool>>,
+    index: Option<index::Feed>,
 }
 
 /// The gateway's recorder.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: Tx,
-    dir: PathBuf,
+    inner: Arc<Inner>,
     /// Counters.
     pub stats: Arc<RecordStats>,
 }
 
+/// A recording could not be written: requests are refused until it can.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the session recording cannot be written: {0}")]
+pub struct RecordError(pub String);
+
 impl Recorder {
-    /// Start the writer (and, with a registry, the plugin sink) threads.
+    /// Start recording into `dir` (without signatures, index or retention).
     pub fn start(dir: &Path, registry: Option<Arc<Registry>>) -> std::io::Result<Recorder> {
-        Self::start_signed(dir, registry, None)
+        Self::open(dir, Options { registry, ..Default::default() })
     }
 
     /// Like [`Recorder::start`], writing signed checkpoints with `signer`.
@@ -99,58 +123,120 @@ impl Recorder {
         registry: Option<Arc<Registry>>,
         signer: Option<sign::Signer>,
     ) -> std::io::Result<Recorder> {
+        Self::open(dir, Options { registry, signer, ..Default::default() })
+    }
+
+    /// Open the recordings in `dir`: seal the sessions a crash left open,
+    /// then start the maintenance thread and (with a registry) the sinks' spool.
+    pub fn open(dir: &Path, opts: Options) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
-        let queue = Arc::new(Queue::default());
-        let tx = Tx(queue.clone());
         let stats = Arc::new(RecordStats::default());
-        let sink_tx = registry.map(|r| {
-            let (stx, srx) = channel::<Vec<Event>>();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("wardgate-record-sinks".into())
-                .spawn(move || sink_loop(r, srx, stats))
-                .expect("spawn sink thread");
-            stx
+        let spool = match opts.registry {
+            Some(registry) => {
+                spool::Spool::recover(dir, opts.signer.as_ref(), opts.index.as_ref())?;
+                Some(spool::Spool::start(dir, registry, stats.clone(), opts.archive)?)
+            }
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            signer: opts.signer,
+            live: Mutex::new(HashMap::new()),
+            stats: stats.clone(),
+            spool,
+            index: opts.index,
         });
-        {
-            let dir = dir.to_path_buf();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("wardgate-record".into())
-                .spawn(move || writer_loop(dir, queue, sink_tx, stats, signer))?;
-        }
-        Ok(Recorder { tx, dir: dir.to_path_buf(), stats })
+        let weak = Arc::downgrade(&inner);
+        let retention = opts.retention;
+        std::thread::Builder::new().name("wardgate-record".into()).spawn(move || maintain(weak, retention))?;
+        Ok(Recorder { inner, stats })
     }
 
     /// Where recordings live.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
     }
 
     /// A handle for one session.
     pub fn session(&self, id: &str) -> SessionRecorder {
-        SessionRecorder { id: Arc::from(id), tx: self.tx.clone() }
+        let id: Arc<str> = Arc::from(id);
+        let log = Arc::new(Mutex::new(LogState::new(&self.inner.dir, &id)));
+        self.inner.live.lock().insert(id.clone(), Arc::downgrade(&log));
+        if let Some(spool) = &self.inner.spool {
+            spool.begin(&id);
+        }
+        SessionRecorder { id, log, inner: self.inner.clone() }
     }
 
-    /// Wait until everything queued so far is written and flushed.
+    /// Sign and write everything recorded so far (tests, shutdown, the demo).
     pub fn flush(&self) {
-        let (tx, rx) = channel();
-        if self.tx.send(Cmd::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
+        for log in live_logs(&self.inner) {
+            let mut st = log.lock();
+            if let Some(signer) = &self.inner.signer {
+                st.checkpoint(signer);
+            }
+            if st.commit().is_err() {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
+
+    /// Wait until recorder plugins (and the archive) have received everything
+    /// recorded so far (at most `timeout`); true when they have.
+    pub fn wait_delivered(&self, timeout: Duration) -> bool {
+        self.flush();
+        let Some(spool) = &self.inner.spool else { return true };
+        spool.wait_idle(timeout)
+    }
+}
+
+fn live_logs(inner: &Inner) -> Vec<Arc<Mutex<LogState>>> {
+    inner.live.lock().values().filter_map(Weak::upgrade).collect()
 }
 
 /// Records the events of one session. Closing happens on drop.
 pub struct SessionRecorder {
     id: Arc<str>,
-    tx: Tx,
+    log: Arc<Mutex<LogState>>,
+    inner: Arc<Inner>,
 }
 
 impl SessionRecorder {
-    /// Record an event. `body` must hold masked data only.
+    /// Record an event. `body` must hold masked data only. The event is
+    /// buffered; [`SessionRecorder::commit`] writes it.
     pub fn emit(&self, kind: &'static str, body: Value) {
-        let _ = self.tx.send(Cmd::Event { session: self.id.clone(), kind, at_ms: crate::util::now_ms(), body });
+        let at_ms = crate::util::now_ms();
+        let mut st = self.log.lock();
+        if st.append(kind, at_ms, &body, self.inner.signer.as_ref()).is_err() {
+            self.inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(st);
+        if kind == "session.start" {
+            if let Some(index) = &self.inner.index {
+                index.started(&self.id, at_ms, &body);
+            }
+        }
+    }
+
+    /// Hand the buffered events to the kernel. Callers commit before a request
+    /// goes upstream and before an answer goes to the client; an error means
+    /// the recording cannot be written and the request must be refused.
+    pub fn commit(&self) -> Result<(), RecordError> {
+        let mut st = self.log.lock();
+        if !st.pending() {
+            return match &st.error {
+                Some(e) => Err(RecordError(e.clone())),
+                None => Ok(()),
+            };
+        }
+        let r = st.commit();
+        let n = std::mem::take(&mut st.appended);
+        drop(st);
+        self.inner.stats.events.fetch_add(n, Ordering::Relaxed);
+        r.map_err(|e| {
+            self.inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            RecordError(e)
+        })
     }
 
     /// Session id.
@@ -161,55 +247,25 @@ impl SessionRecorder {
 
 impl Drop for SessionRecorder {
     fn drop(&mut self) {
-        let _ = self.tx.send(Cmd::Close { session: self.id.clone() });
-    }
-}
-
-struct Open {
-    file: BufWriter<File>,
-    seq: u64,
-    prev: String,
-    /// Events written since the last checkpoint, and when the first of them was.
-    unsigned: u64,
-    unsigned_since: Option<std::time::Instant>,
-}
-
-impl Open {
-    /// Append one event line (canonical form, chained to the previous one).
-    fn append(&mut self, session: &str, kind: &str, at_ms: u64, body_json: &str) -> std::io::Result<()> {
-        self.seq += 1;
-        // Serialize once, in canonical form (keys sorted, as a serde_json map
-        // re-serializes them): `verify` parses the line, drops `hash` and must
-        // get exactly this content back.
-        let content = format!(
-            "{{\"at\":{},\"at_ms\":{at_ms},\"body\":{body_json},\"kind\":{},\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":{}}}",
-            Value::String(crate::util::format_rfc3339_ms(at_ms)),
-            Value::String(kind.to_string()),
-            self.prev,
-            self.seq,
-            Value::String(session.to_string()),
-        );
-        let hash = chain_hash(&self.prev, &content);
-        let line = format!("{},\"hash\":\"{hash}\"}}", &content[..content.len() - 1]);
-        let r = writeln!(self.file, "{line}");
-        self.prev = hash;
-        r
-    }
-
-    /// Sign the chain head, if anything is unsigned.
-    fn checkpoint(&mut self, session: &str, signer: &sign::Signer) -> std::io::Result<()> {
-        if self.unsigned == 0 {
-            return Ok(());
+        let mut st = self.log.lock();
+        if let Some(signer) = &self.inner.signer {
+            st.checkpoint(signer);
         }
-        let body = serde_json::json!({
-            "seq": self.seq,
-            "head": self.prev,
-            "key": signer.public_hex(),
-            "sig": signer.sign(session, self.seq, &self.prev),
-        });
-        self.unsigned = 0;
-        self.unsigned_since = None;
-        self.append(session, "checkpoint", crate::util::now_ms(), &body.to_string())
+        if st.commit().is_err() || st.sync().is_err() {
+            self.inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(session = %self.id, "recording not fully written: {}", st.error.clone().unwrap_or_default());
+        }
+        self.inner.stats.events.fetch_add(std::mem::take(&mut st.appended), Ordering::Relaxed);
+        let digest = std::mem::take(&mut st.digest);
+        let opened = st.opened();
+        drop(st);
+        self.inner.live.lock().remove(&self.id);
+        if let Some(spool) = &self.inner.spool {
+            spool.closed(&self.id);
+        }
+        if let (Some(index), true) = (&self.inner.index, opened) {
+            index.ended(&self.id, digest, false);
+        }
     }
 }
 
@@ -234,167 +290,77 @@ pub fn genesis(id: &str) -> String {
     hex::encode(Sha256::digest(format!("wardgate-session:{id}").as_bytes()))
 }
 
-/// Checkpoint sessions whose oldest unsigned event is old enough (all, if `all`), and flush them.
-fn sign_due(open: &mut HashMap<Arc<str>, Open>, signer: &sign::Signer, all: bool, stats: &RecordStats) {
-    for (session, o) in open.iter_mut() {
-        let due = o.unsigned_since.is_some_and(|t| all || t.elapsed() >= sign::MAX_UNSIGNED_AGE);
-        if due && (o.checkpoint(session, signer).is_err() || o.file.flush().is_err()) {
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+/// The maintenance thread: writes events sessions left buffered (a session
+/// waiting on a long query), signs checkpoints that are due, fsyncs, and
+/// applies retention. Ends with the recorder.
+fn maintain(inner: Weak<Inner>, retention: Retention) {
+    let mut last_sync = Instant::now();
+    let mut last_retention: Option<Instant> = None;
+    loop {
+        std::thread::sleep(SWEEP_INTERVAL);
+        let Some(inner) = inner.upgrade() else { return };
+        let sync = last_sync.elapsed() >= SYNC_INTERVAL;
+        for log in live_logs(&inner) {
+            let mut st = log.lock();
+            if let Some(signer) = &inner.signer {
+                if st.sign_due(sign::MAX_UNSIGNED_AGE) {
+                    st.checkpoint(signer);
+                }
+            }
+            let failed = st.commit().is_err() || (sync && st.sync().is_err());
+            inner.stats.events.fetch_add(std::mem::take(&mut st.appended), Ordering::Relaxed);
+            if failed {
+                inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if sync {
+            last_sync = Instant::now();
+        }
+        if last_retention.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_retention = Some(Instant::now());
+            let n = apply_retention(&inner, &retention);
+            inner.stats.retention_removed.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
 
-fn writer_loop(
-    dir: PathBuf,
-    queue: Arc<Queue>,
-    sink: Option<Sender<Vec<Event>>>,
-    stats: Arc<RecordStats>,
-    signer: Option<sign::Signer>,
-) {
-    let mut last_sweep = std::time::Instant::now();
-    let mut open: HashMap<Arc<str>, Open> = HashMap::new();
-    let mut batch: Vec<Event> = Vec::new();
-    let mut cmds: Vec<Cmd> = Vec::new();
-    loop {
-        std::mem::swap(&mut *queue.cmds.lock(), &mut cmds);
-        if cmds.is_empty() {
-            if Arc::strong_count(&queue) == 1 {
-                return; // every sender is gone
-            }
-            if let Some(signer) = &signer {
-                if last_sweep.elapsed() >= sign::MAX_UNSIGNED_AGE / 4 {
-                    last_sweep = std::time::Instant::now();
-                    sign_due(&mut open, signer, false, &stats);
-                }
-            }
-            std::thread::sleep(COMMIT_INTERVAL);
+/// Remove closed recordings past their age, then the oldest while over the
+/// size cap. Open sessions and recordings a sink has not received are kept.
+fn apply_retention(inner: &Inner, r: &Retention) -> u64 {
+    if r.max_age.is_none() && r.max_bytes.is_none() {
+        return 0;
+    }
+    let Ok(files) = verify::recordings_in(&inner.dir) else { return 0 };
+    let live: Vec<Arc<str>> = inner.live.lock().keys().cloned().collect();
+    let mut closed: Vec<(std::time::SystemTime, u64, PathBuf)> = files
+        .into_iter()
+        .filter(|p| {
+            let id = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            !live.iter().any(|l| &**l == id) && !inner.spool.as_ref().is_some_and(|s| s.holds(id))
+        })
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((m.modified().ok()?, m.len(), p))
+        })
+        .collect();
+    closed.sort();
+    let mut total: u64 = closed.iter().map(|c| c.1).sum();
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for (modified, len, path) in closed {
+        let old = r.max_age.is_some_and(|a| now.duration_since(modified).unwrap_or_default() > a);
+        let over = r.max_bytes.is_some_and(|m| total > m);
+        if !(old || over) {
             continue;
         }
-        let mut waiters = vec![];
-        // Group commit: write everything queued, then flush once.
-        for c in cmds.drain(..) {
-            match c {
-                Cmd::Event { session, kind, at_ms, body } => {
-                    let o = match open.get_mut(&session) {
-                        Some(o) => o,
-                        None => {
-                            let path = session_path(&dir, &session);
-                            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-                                Ok(f) => open.entry(session.clone()).or_insert(Open {
-                                    file: BufWriter::new(f),
-                                    seq: 0,
-                                    prev: genesis(&session),
-                                    unsigned: 0,
-                                    unsigned_since: None,
-                                }),
-                                Err(e) => {
-                                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                                    tracing::error!(path = %path.display(), error = %e, "cannot open recording");
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    let body_json = body.to_string();
-                    if o.append(&session, kind, at_ms, &body_json).is_err() {
-                        stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.events.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(signer) = &signer {
-                        o.unsigned += 1;
-                        o.unsigned_since.get_or_insert_with(std::time::Instant::now);
-                        if o.unsigned >= sign::EVERY && o.checkpoint(&session, signer).is_err() {
-                            stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if sink.is_some() {
-                        batch.push(Event {
-                            seq: o.seq,
-                            at_ms,
-                            session_id: session.to_string(),
-                            kind: kind.to_string(),
-                            body_json,
-                        });
-                    }
-                }
-                Cmd::Close { session } => {
-                    if let Some(mut o) = open.remove(&session) {
-                        if let Some(signer) = &signer {
-                            if o.checkpoint(&session, signer).is_err() {
-                                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        let _ = o.file.flush();
-                        let _ = o.file.get_ref().sync_data();
-                    }
-                }
-                Cmd::Flush(w) => waiters.push(w),
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                removed += 1;
+                total -= len;
+                tracing::info!(path = %path.display(), "recording removed by retention");
             }
-        }
-        // Sign what waited long enough, and everything when someone waits for a flush.
-        if let Some(signer) = &signer {
-            if !waiters.is_empty() || last_sweep.elapsed() >= sign::MAX_UNSIGNED_AGE / 4 {
-                last_sweep = std::time::Instant::now();
-                sign_due(&mut open, signer, !waiters.is_empty(), &stats);
-            }
-        }
-        for o in open.values_mut() {
-            if o.file.flush().is_err() {
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let (Some(s), false) = (&sink, batch.is_empty()) {
-            let _ = s.send(std::mem::take(&mut batch));
-        }
-        for w in waiters {
-            let _ = w.send(());
+            Err(e) => tracing::warn!(path = %path.display(), "retention cannot remove recording: {e}"),
         }
     }
-}
-
-fn sink_loop(registry: Arc<Registry>, rx: Receiver<Vec<Event>>, stats: Arc<RecordStats>) {
-    let mut plugins = SessionPlugins::new(registry, "recorder", "*", "postgres", vec![]);
-    let mut spools: HashMap<String, VecDeque<Event>> = HashMap::new();
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let got =
-            rx.recv_timeout(if spools.values().any(|s| !s.is_empty()) { backoff } else { Duration::from_secs(1) });
-        plugins.refresh();
-        let sinks = plugins.with_role(Role::Recorder);
-        match got {
-            Ok(events) => {
-                for p in &sinks {
-                    let q = spools.entry(p.manifest.name.clone()).or_default();
-                    q.extend(events.iter().cloned());
-                    while q.len() > SPOOL_CAP {
-                        q.pop_front();
-                        stats.spool_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        let mut failed = false;
-        for p in &sinks {
-            let Some(q) = spools.get_mut(&p.manifest.name) else { continue };
-            while !q.is_empty() {
-                let n = q.len().min(256);
-                let chunk: Vec<Event> = q.iter().take(n).cloned().collect();
-                match plugins.record(p, &chunk) {
-                    Ok(()) => {
-                        q.drain(..n);
-                    }
-                    Err(e) => {
-                        tracing::warn!(plugin = %p.manifest.name, "recorder sink failed, events kept in spool: {e}");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-        }
-        backoff = if failed { (backoff * 2).min(Duration::from_secs(5)) } else { Duration::from_millis(50) };
-        stats.spooled.store(spools.values().map(|q| q.len() as u64).sum(), Ordering::Relaxed);
-    }
+    removed
 }

@@ -1,4 +1,4 @@
-//! The state store: approvals (and later the session index) in SQLite — an
+//! The state store: approvals and the session index in SQLite — an
 //! embedded file, zero set-up — or in PostgreSQL when several gateway
 //! replicas share state. One `sqlx` Any pool serves both; the SQL is written
 //! once, in the dialect both accept (`$n` placeholders, BIGINT, TEXT).
@@ -72,6 +72,23 @@ const SCHEMA: &[&str] = &[
         break_glass BIGINT NOT NULL,
         at_ms BIGINT NOT NULL,
         PRIMARY KEY (approval_id, approver_key))",
+    "CREATE TABLE IF NOT EXISTS wardgate_sessions (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        connection_name TEXT,
+        principal_subject TEXT,
+        principal_name TEXT,
+        principal_kind TEXT,
+        on_behalf_of TEXT,
+        client_addr TEXT,
+        started_at_ms BIGINT NOT NULL,
+        ended_at_ms BIGINT,
+        requests BIGINT NOT NULL DEFAULT 0,
+        denied BIGINT NOT NULL DEFAULT 0,
+        reviewed BIGINT NOT NULL DEFAULT 0,
+        end_reason TEXT)",
+    "CREATE INDEX IF NOT EXISTS wardgate_sessions_started ON wardgate_sessions (started_at_ms)",
+    "CREATE INDEX IF NOT EXISTS wardgate_sessions_connection ON wardgate_sessions (connection_name, started_at_ms)",
 ];
 
 impl StateStore {
@@ -108,6 +125,18 @@ impl StateStore {
             }
         }
         Ok(store)
+    }
+
+    /// The store a gateway config names (`gateway.state_store`, else SQLite in its state_dir).
+    pub async fn for_config(config: &crate::config::Config) -> Result<StateStore, StateError> {
+        match &config.state_store {
+            crate::config::StateStoreConfig::Sqlite => Self::sqlite_in(&config.state_dir).await,
+            crate::config::StateStoreConfig::Url { url, password } => {
+                let pw =
+                    password.read().map_err(|e| StateError::Corrupt(format!("gateway.state_store password: {e}")))?;
+                Self::open(url, pw).await
+            }
+        }
     }
 
     /// The SQLite store in `state_dir`.

@@ -213,12 +213,22 @@ impl TestGateway {
         (path, port, admin)
     }
 
+    /// Like [`Self::serve_config`], with a state directory of its own
+    /// (`serve-state`) that this in-process gateway does not touch.
+    pub fn serve_config_isolated(&self) -> (PathBuf, u16, u16) {
+        let (path, port, admin) = self.serve_config();
+        let cfg =
+            std::fs::read_to_string(&path).unwrap().replace("state_dir = \"state\"", "state_dir = \"serve-state\"");
+        std::fs::write(&path, cfg).unwrap();
+        (path, port, admin)
+    }
+
     /// Every recording file's text, concatenated.
     pub fn recordings(&self) -> String {
         self.gw.recorder.flush();
         let mut s = String::new();
-        for e in std::fs::read_dir(self.dir.join("state/recordings")).unwrap().flatten() {
-            s.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        for f in wardgate::record::verify::recordings_in(&self.dir.join("state/recordings")).unwrap() {
+            s.push_str(&std::fs::read_to_string(f).unwrap());
         }
         s
     }

@@ -569,6 +569,15 @@ fn decide(
             "policy_micros": started.elapsed().as_micros() as u64,
         }),
     );
+    // The request is on record before it can reach the upstream: fail closed.
+    if let Err(e) = ctx.recorder.commit() {
+        tracing::error!("refusing a request: {e}");
+        return Decided::Refuse(error_bytes(
+            "53100",
+            &format!("Wardgate: {e}; requests are refused until it can be"),
+            Some("the gateway's operator must free space in (or repair) its state directory"),
+        ));
+    }
     match result {
         Err(bytes) => Decided::Refuse(bytes),
         Ok((_, Some((plugin, review)))) => {
@@ -619,6 +628,11 @@ async fn upstream_to_client(
         // Write what was produced even when draining failed: it ends with the
         // error the client must see (a withheld result, a protocol error).
         if !out.is_empty() {
+            // What the client is about to see is on record first (a crash
+            // after this loses nothing the client was told).
+            if let Err(e) = ctx.recorder.commit() {
+                tracing::error!("{e}");
+            }
             let written = client.write_all(&out).await;
             out.clear();
             if drained.is_ok() {
