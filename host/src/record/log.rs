@@ -216,7 +216,7 @@ impl LogState {
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .map_err(|e| self.failed(format!("cannot open {}: {e}", self.path.display())))?;
+                .map_err(|e| self.failed("open", e))?;
             self.file = Some(f);
         }
         let file = self.file.as_mut().expect("opened above");
@@ -239,13 +239,18 @@ impl LogState {
                 self.error = None;
                 Ok(())
             }
-            Err(e) => Err(self.failed(format!("cannot write {}: {e}", self.path.display()))),
+            Err(e) => Err(self.failed("write", e)),
         }
     }
 
-    fn failed(&mut self, e: String) -> String {
-        self.error = Some(e.clone());
-        e
+    /// Note a failure; the message (shown to clients) names the OS error, not the path.
+    fn failed(&mut self, op: &str, e: std::io::Error) -> String {
+        if self.error.is_none() {
+            tracing::error!(path = %self.path.display(), "cannot {op} the recording: {e}");
+        }
+        let msg = e.to_string();
+        self.error = Some(msg.clone());
+        msg
     }
 
     /// fsync the file if anything was written since the last time.

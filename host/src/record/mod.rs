@@ -89,6 +89,9 @@ pub struct Options {
     pub archive: Option<archive::Archive>,
 }
 
+/// One session's log, shared by its session and the maintenance thread.
+type SharedLog = Arc<Mutex<LogState>>;
+
 struct Inner {
     dir: PathBuf,
     signer: Option<sign::Signer>,
@@ -96,6 +99,22 @@ struct Inner {
     stats: Arc<RecordStats>,
     spool: Option<Arc<spool::Spool>>,
     index: Option<index::Feed>,
+    /// Closed sessions whose last events could not be written yet (disk full):
+    /// the maintenance thread retries them, then reports them closed.
+    orphans: Mutex<Vec<(Arc<str>, SharedLog)>>,
+}
+
+impl Inner {
+    /// A session's log is complete on disk: tell the spool and the index.
+    fn closed(&self, id: &str, st: &mut LogState) {
+        let digest = std::mem::take(&mut st.digest);
+        if let Some(spool) = &self.spool {
+            spool.closed(id);
+        }
+        if let (Some(index), true) = (&self.index, st.opened()) {
+            index.ended(id, digest, false);
+        }
+    }
 }
 
 /// The gateway's recorder.
@@ -145,6 +164,7 @@ impl Recorder {
             stats: stats.clone(),
             spool,
             index: opts.index,
+            orphans: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
         let retention = opts.retention;
@@ -251,20 +271,16 @@ impl Drop for SessionRecorder {
         if let Some(signer) = &self.inner.signer {
             st.checkpoint(signer);
         }
-        if st.commit().is_err() || st.sync().is_err() {
-            self.inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(session = %self.id, "recording not fully written: {}", st.error.clone().unwrap_or_default());
-        }
+        let written = st.commit().is_ok() && st.sync().is_ok();
         self.inner.stats.events.fetch_add(std::mem::take(&mut st.appended), Ordering::Relaxed);
-        let digest = std::mem::take(&mut st.digest);
-        let opened = st.opened();
-        drop(st);
         self.inner.live.lock().remove(&self.id);
-        if let Some(spool) = &self.inner.spool {
-            spool.closed(&self.id);
-        }
-        if let (Some(index), true) = (&self.inner.index, opened) {
-            index.ended(&self.id, digest, false);
+        if written {
+            self.inner.closed(&self.id, &mut st);
+        } else {
+            self.inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(session = %self.id, "recording not fully written yet, retrying: {}", st.error.clone().unwrap_or_default());
+            drop(st);
+            self.inner.orphans.lock().push((self.id.clone(), self.log.clone()));
         }
     }
 }
@@ -316,6 +332,15 @@ fn maintain(inner: Weak<Inner>, retention: Retention) {
         if sync {
             last_sync = Instant::now();
         }
+        inner.orphans.lock().retain(|(id, log)| {
+            let mut st = log.lock();
+            let written = st.commit().is_ok() && st.sync().is_ok();
+            inner.stats.events.fetch_add(std::mem::take(&mut st.appended), Ordering::Relaxed);
+            if written {
+                inner.closed(id, &mut st);
+            }
+            !written
+        });
         if last_retention.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             last_retention = Some(Instant::now());
             let n = apply_retention(&inner, &retention);

@@ -218,7 +218,11 @@ pub fn describe(e: &RecordedEvent, t0: u64) -> String {
                 .as_array()
                 .map(|a| a.iter().map(|f| format!("{}×{}", f["entity"].as_str().unwrap_or("?"), f["count"])).collect())
                 .unwrap_or_default();
-            let mut t = format!("#{} → {} ({} rows, {} bytes)", b["request_id"], s("command"), b["rows"], b["bytes"]);
+            let mut t = format!("#{} → {} ({} rows, {} bytes", b["request_id"], s("command"), b["rows"], b["bytes"]);
+            if let Some(us) = b["duration_us"].as_u64() {
+                t.push_str(&format!(", {:.1} ms", us as f64 / 1000.0));
+            }
+            t.push(')');
             if !findings.is_empty() {
                 t.push_str(&format!(", masked {}", findings.join(" ")));
             }

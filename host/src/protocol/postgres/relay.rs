@@ -50,6 +50,8 @@ enum Expect {
     Query {
         copy: Option<CopyFormat>,
         id: u64,
+        /// When it was forwarded (for the response's duration).
+        at: std::time::Instant,
     },
     Parse {
         name: String,
@@ -66,6 +68,8 @@ enum Expect {
     Execute {
         portal: String,
         id: u64,
+        /// When it was forwarded.
+        at: std::time::Instant,
     },
     Close,
     Sync,
@@ -201,7 +205,11 @@ async fn client_to_upstream(
                     let simple = matches!(held.then, Expect::Query { .. });
                     match verdict {
                         Ok(()) => {
-                            ctx.shared.lock().expect.push_back(held.then);
+                            let mut then = held.then;
+                            if let Expect::Query { at, .. } | Expect::Execute { at, .. } = &mut then {
+                                *at = std::time::Instant::now();
+                            }
+                            ctx.shared.lock().expect.push_back(then);
                             codec::put_message(&mut out, held.message.tag, &held.message.body);
                         }
                         Err(bytes) => {
@@ -274,12 +282,12 @@ fn on_client_message(
                     return Ok(Some(Held {
                         ask: Arc::new(ask),
                         params: vec![],
-                        then: Expect::Query { copy, id },
+                        then: Expect::Query { copy, id, at: std::time::Instant::now() },
                         message: m,
                     }));
                 }
                 Decided::Run(rewritten) => {
-                    ctx.shared.lock().expect.push_back(Expect::Query { copy, id });
+                    ctx.shared.lock().expect.push_back(Expect::Query { copy, id, at: std::time::Instant::now() });
                     match rewritten {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
@@ -382,9 +390,14 @@ fn on_client_message(
             let id = s.portals.get(&portal).and_then(|p| s.parsed_ids.get(&p.stmt)).copied().unwrap_or(0);
             drop(s);
             if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
-                return Ok(Some(Held { ask, params, then: Expect::Execute { portal, id }, message: m }));
+                return Ok(Some(Held {
+                    ask,
+                    params,
+                    then: Expect::Execute { portal, id, at: std::time::Instant::now() },
+                    message: m,
+                }));
             }
-            ctx.shared.lock().expect.push_back(Expect::Execute { portal, id });
+            ctx.shared.lock().expect.push_back(Expect::Execute { portal, id, at: std::time::Instant::now() });
             codec::put_message(out, b'E', &m.body);
         }
         b'C' => {
@@ -602,6 +615,8 @@ struct Results {
     findings: Vec<Finding>,
     sample: Vec<Vec<Option<String>>>,
     request_id: u64,
+    /// When the request this result answers was forwarded.
+    started: Option<std::time::Instant>,
 }
 
 async fn upstream_to_client(
@@ -620,6 +635,7 @@ async fn upstream_to_client(
         findings: vec![],
         sample: vec![],
         request_id: 0,
+        started: None,
     };
     let masks = ctx.pipeline.lock().masks();
     loop {
@@ -830,6 +846,7 @@ fn record_response(ctx: &Ctx<'_>, res: &mut Results, tag: Option<&str>, error: O
             "command": tag,
             "rows": res.rows,
             "bytes": res.bytes,
+            "duration_us": res.started.map(|t| t.elapsed().as_micros() as u64),
             "findings": res.findings.iter().map(|f| json!({"entity": f.entity, "count": f.count})).collect::<Vec<_>>(),
             "sample_rows": std::mem::take(&mut res.sample),
             "error": error.map(|(code, message)| json!({"code": code, "message": message})),
@@ -883,8 +900,8 @@ fn on_upstream_message(
                         }
                     }
                 }
-                Some(Expect::Query { id, .. }) => {
-                    res.request_id = *id;
+                Some(Expect::Query { id, at, .. }) => {
+                    (res.request_id, res.started) = (*id, Some(*at));
                     res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog));
                 }
                 _ => res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog)),
@@ -892,8 +909,8 @@ fn on_upstream_message(
         }
         b'C' | b'I' | b's' => {
             let tag = (m.tag == b'C').then(|| Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string());
-            if let Some(Expect::Execute { id, .. } | Expect::Query { id, .. }) = s.expect.front() {
-                res.request_id = *id;
+            if let Some(Expect::Execute { id, at, .. } | Expect::Query { id, at, .. }) = s.expect.front() {
+                (res.request_id, res.started) = (*id, Some(*at));
             }
             drop(s);
             record_response(ctx, res, tag.as_deref(), None);
@@ -908,8 +925,8 @@ fn on_upstream_message(
         b'E' => {
             let fields = error_fields(&m.body);
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
-            if let Some(Expect::Execute { id, .. } | Expect::Query { id, .. }) = s.expect.front() {
-                res.request_id = *id;
+            if let Some(Expect::Execute { id, at, .. } | Expect::Query { id, at, .. }) = s.expect.front() {
+                (res.request_id, res.started) = (*id, Some(*at));
             }
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
@@ -943,8 +960,8 @@ fn on_upstream_message(
         b'H' => {
             // COPY TO STDOUT begins.
             let copy = match s.expect.front() {
-                Some(Expect::Query { copy, id }) => {
-                    res.request_id = *id;
+                Some(Expect::Query { copy, id, at }) => {
+                    (res.request_id, res.started) = (*id, Some(*at));
                     copy.clone()
                 }
                 _ => None,

@@ -1,0 +1,45 @@
+//! Upstream bytes as the gateway reads them: RowDescription, DataRow packing
+//! for the maskers and unpacking of their answer, ErrorResponse fields (and
+//! the withholding of quoted data), COPY text/CSV lines split and re-joined.
+#![no_main]
+
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use wardgate::protocol::postgres::codec::{error_fields, take_message};
+use wardgate::protocol::postgres::rows::{self, CopyFormat};
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = BytesMut::from(data);
+    let mut shape = rows::unknown_shape(0);
+    let mut batch: Vec<Bytes> = vec![];
+    while let Ok(Some(m)) = take_message(&mut buf) {
+        match m.tag {
+            b'T' => {
+                if let Ok(f) = rows::parse_row_description(&m.body) {
+                    shape = rows::shape(&f, None, &Default::default());
+                }
+            }
+            b'D' => batch.push(m.body.clone()),
+            b'E' | b'N' => {
+                for (field, value) in error_fields(&m.body) {
+                    let _ = wardgate::protocol::postgres::errors::withhold_data("22P02", field, &value);
+                }
+            }
+            b'd' => {
+                for f in [CopyFormat::text(b'\t'), CopyFormat { csv: true, ..CopyFormat::text(b',') }] {
+                    let fields = f.split(&m.body);
+                    let refs: Vec<Option<&[u8]>> = fields.iter().map(|x| x.as_deref()).collect();
+                    let mut out = vec![];
+                    f.join(&refs, &mut out);
+                    // What is joined splits back to the same fields.
+                    assert_eq!(f.split(&out), fields);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(cells) = rows::pack(&batch, &shape) {
+        let mut out = BytesMut::new();
+        rows::unpack(&cells, &cells, &batch, &shape, &mut out);
+    }
+});
