@@ -2,14 +2,15 @@
 # Install everything Wardgate's build, demo and tests need, idempotently:
 # Debian packages (PostgreSQL server and clients, pgbouncer, libclang for the
 # SQL parser, node/npm and curl for the test OpenID Provider, chromium for the
-# approvals page's browser test), the
-# wasm32-wasip2 Rust target, the provider's npm packages. Safe to run again.
+# approvals page's browser test, python3-venv for the S3-compatible test server),
+# the wasm32-wasip2 Rust target, the provider's npm packages, and moto (PyPI)
+# for the archive's S3 test. Safe to run again.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang curl chromium; do
+for p in postgresql postgresql-client postgresql-contrib pgbouncer libclang-dev clang curl chromium python3-venv; do
   have "$p" || need_pkgs+=("$p")
 done
 # node and npm may come from elsewhere (e.g. NodeSource bundles npm into nodejs): check the commands.
@@ -34,4 +35,11 @@ command -v rustup >/dev/null || { echo "setup: rustup not found (install Rust fr
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 # The test OpenID Provider (npm oidc-provider) into ~/.cache/wardgate/oidc.
 "$(dirname "$0")/oidc.sh" install
+# An S3-compatible server for the archive tests (PyPI moto), into ~/.cache/wardgate/moto.
+moto="$HOME/.cache/wardgate/moto"
+if [ ! -x "$moto/bin/moto_server" ]; then
+  echo "setup: installing moto (S3-compatible test server)"
+  python3 -m venv "$moto"
+  "$moto/bin/pip" install -q "moto[server]==5.2.5"
+fi
 echo "setup: ok"

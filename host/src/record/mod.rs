@@ -389,3 +389,41 @@ fn apply_retention(inner: &Inner, r: &Retention) -> u64 {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aged(dir: &Path, id: &str, bytes: usize, age_days: u64) {
+        let path = session_path(dir, id);
+        std::fs::write(&path, vec![b'x'; bytes]).unwrap();
+        let when = std::time::SystemTime::now() - Duration::from_secs(age_days * 86_400);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+    }
+
+    #[test]
+    fn retention_removes_old_recordings_then_the_oldest_over_the_cap_but_never_an_open_one() {
+        let dir = std::env::temp_dir().join(format!("wardgate-retention-{}", crate::util::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        aged(&dir, "ancient", 10, 400);
+        aged(&dir, "old", 600_000, 20);
+        aged(&dir, "recent", 600_000, 10);
+        aged(&dir, "new", 600_000, 1);
+        let retention = Retention { max_age: Some(Duration::from_secs(365 * 86_400)), max_bytes: Some(1 << 20) };
+        let rec = Recorder::open(&dir, Options { retention, ..Default::default() }).unwrap();
+        let live = rec.session("recent");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rec.stats.retention_removed.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "retention did not run");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left: Vec<String> = verify::recordings_in(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        // "ancient" is past its age; "old" goes for the size cap; "recent" is open.
+        assert_eq!(left, vec!["new", "recent"]);
+        drop(live);
+    }
+}
