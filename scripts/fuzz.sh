@@ -22,6 +22,14 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export CARGO_TARGET_DIR="$HOME/.cache/wardgate/fuzz-target"
 
 cd fuzz
+# Builds of another checkout of this repository in the same target directory
+# carry the same crate hashes for the local path crates but other sources:
+# rebuild those when the checkout changed.
+if [ "$(cat "$CARGO_TARGET_DIR/.checkout" 2>/dev/null)" != "$WARDGATE_ROOT" ]; then
+  cargo +nightly clean -q --release --target x86_64-unknown-linux-gnu \
+    -p wardgate -p wardgate-sdk -p pii-mask -p wardgate-fuzz 2>/dev/null || true
+  mkdir -p "$CARGO_TARGET_DIR" && echo "$WARDGATE_ROOT" > "$CARGO_TARGET_DIR/.checkout"
+fi
 
 for t in "${targets[@]}"; do
   cargo +nightly fuzz build -O "$t" >/dev/null 2>&1 || { cargo +nightly fuzz build -O "$t"; exit 1; }
