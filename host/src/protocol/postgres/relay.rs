@@ -645,10 +645,9 @@ async fn upstream_to_client(
         // error the client must see (a withheld result, a protocol error).
         if !out.is_empty() {
             // What the client is about to see is on record first (a crash
-            // after this loses nothing the client was told).
-            if let Err(e) = ctx.recorder.commit() {
-                tracing::error!("{e}");
-            }
+            // after this loses nothing the client was told). A failure was
+            // logged where it happened, and new requests are refused meanwhile.
+            let _ = ctx.recorder.commit();
             let written = client.write_all(&out).await;
             out.clear();
             if drained.is_ok() {
