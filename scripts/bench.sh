@@ -8,58 +8,22 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 ROUNDS=${ROUNDS:-3}; SECS=${SECS:-10}; SCALE=${SCALE:-10}
-"$WARDGATE_ROOT/scripts/setup.sh" >/dev/null
-"$WARDGATE_ROOT/scripts/build-plugins.sh" >/dev/null
-cd "$WARDGATE_ROOT"
-cargo build --release -q -p wardgate
-WG="$CARGO_TARGET_DIR/release/wardgate"
+. "$WARDGATE_ROOT/scripts/lib/stack.sh"
+wg_build bench
 
 echo "== plugin platform"
 cargo bench -q -p wardgate --bench plugins 2>/dev/null | grep -v '^$'
 
-work=$(mktemp -d /tmp/wardgate-bench.XXXXXX)
-chmod 755 "$work"
-cleanup() {
-  [ -n "${demo_pid:-}" ] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null || true
-  [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null || true
-  [ -n "${bouncer_pid:-}" ] && kill "$bouncer_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# PostgreSQL + seeded database from the demo (it stays up with --keep).
-"$WG" demo --keep --plugins "$WARDGATE_PLUGINS" --dir "$work/demo" --env-file "$work/demo.env" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 120); do [ -f "$work/demo.env" ] && break; sleep 0.5; done
-[ -f "$work/demo.env" ] || { cat "$work/demo.log"; exit 1; }
-val() { grep "^$1=" "$work/demo.env" | cut -d= -f2-; }
-WARDGATE_UPSTREAM_DSN=$(val WARDGATE_UPSTREAM_DSN); WARDGATE_DEMO_DIR=$(val WARDGATE_DEMO_DIR); agent_key=$(val PGPASSWORD)
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+# PostgreSQL + seeded database from the demo; a second gateway with only
+# sql-guard + pii-mask (the demo also runs a recorder plugin).
+wg_demo "$SCALE"
+wg_gateway bench sql-guard pii-mask
+work=$WORK; WARDGATE_UPSTREAM_DSN=$UPSTREAM; WARDGATE_DEMO_DIR=$DEMO_DIR; agent_key=$AGENT_KEY; gw_port=$GW_PORT
 app_pw=$(cat "$WARDGATE_DEMO_DIR/upstream-password")
 up_port=$(sed -E 's|.*:([0-9]+)/.*|\1|' <<<"$WARDGATE_UPSTREAM_DSN")
-"$PGBIN/pgbench" -i -q -s "$SCALE" "$WARDGATE_UPSTREAM_DSN" >/dev/null 2>&1
-psql -X -q "$WARDGATE_UPSTREAM_DSN" -c "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO wardgate_app" >/dev/null
-
-# A second gateway on a plaintext loopback listener, so transport is equal for all three.
-gw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-adm_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WARDGATE_DEMO_DIR/bench-plugins"
-for p in sql-guard pii-mask; do cp "$WARDGATE_PLUGINS/$p.wasm" "$WARDGATE_PLUGINS/$p.toml" "$WARDGATE_DEMO_DIR/bench-plugins/"; done
-# The demo's own config, with its own ports, plaintext on loopback and only
-# sql-guard + pii-mask (the demo also runs a recorder plugin).
-sed -e "/^\[listeners.postgres\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$gw_port\"\nallow_plaintext = true|" \
-    -e "/^\[admin\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$adm_port\"|" \
-    -e 's|^state_dir = .*|state_dir = "bench-state"|' \
-    -e 's|^plugin_dir = .*|plugin_dir = "bench-plugins"|' \
-    "$WARDGATE_DEMO_DIR/wardgate.toml" > "$WARDGATE_DEMO_DIR/bench.toml"
-# The demo's agent key lives in its state store: give the bench gateway the same store.
-mkdir -p "$WARDGATE_DEMO_DIR/bench-state"
-cp "$WARDGATE_DEMO_DIR/state/service-accounts.json" "$WARDGATE_DEMO_DIR/bench-state/"
-WARDGATE_LOG=warn ${WG_WRAP:-} "$WG" serve --config "$WARDGATE_DEMO_DIR/bench.toml" 2>"$work/serve.log" &
-serve_pid=$!
 
 # pgbouncer in front of the same database, same upstream user.
-bn_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bn_port=$(port)
 printf '"wardgate_app" "%s"\n' "$app_pw" > "$work/userlist.txt"
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -77,7 +41,7 @@ pidfile = $work/pgbouncer.pid
 INI
 chown -R postgres "$work" 2>/dev/null || true
 if [ "$(id -u)" = 0 ]; then runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & else pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & fi
-bouncer_pid=$!
+WG_PIDS+=($!)
 sleep 1
 
 direct="host=127.0.0.1 port=$up_port dbname=shop user=wardgate_app password=$app_pw sslmode=disable"

@@ -7,62 +7,21 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 SOAK_SECS=${SOAK_SECS:-600}; CLIENTS=${CLIENTS:-8}
-"$WARDGATE_ROOT/scripts/setup.sh" >/dev/null
-"$WARDGATE_ROOT/scripts/build-plugins.sh" >/dev/null
-cd "$WARDGATE_ROOT"
-cargo build --release -q -p wardgate
-WG="$CARGO_TARGET_DIR/release/wardgate"
-
-work=$(mktemp -d /tmp/wardgate-soak.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${demo_pid:-}" ] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null || true
-  [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# PostgreSQL, schema, keys and plugins from the demo; a gateway of our own on top.
-"$WG" demo --keep --plugins "$WARDGATE_PLUGINS" --dir "$work/demo" --env-file "$work/demo.env" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 120); do [ -f "$work/demo.env" ] && break; sleep 0.5; done
-[ -f "$work/demo.env" ] || { cat "$work/demo.log"; exit 1; }
-val() { grep "^$1=" "$work/demo.env" | cut -d= -f2-; }
-UPSTREAM=$(val WARDGATE_UPSTREAM_DSN); DIR=$(val WARDGATE_DEMO_DIR); agent_key=$(val PGPASSWORD)
-approver=$(val WARDGATE_CREDENTIAL)
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-"$PGBIN/pgbench" -i -q -s 10 "$UPSTREAM" >/dev/null 2>&1
-psql -X -q "$UPSTREAM" -c "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO wardgate_app" >/dev/null
-
-gw_port=$(port); adm_port=$(port)
-mkdir -p "$DIR/soak-plugins" "$DIR/soak-state"
-cp "$WARDGATE_PLUGINS"/*.wasm "$WARDGATE_PLUGINS"/*.toml "$DIR/soak-plugins/"
-cp "$DIR/state/service-accounts.json" "$DIR/soak-state/"
-sed -e "/^\[listeners.postgres\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$gw_port\"\nallow_plaintext = true|" \
-    -e "/^\[admin\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$adm_port\"|" \
-    -e 's|^state_dir = .*|state_dir = "soak-state"|' \
-    -e 's|^plugin_dir = .*|plugin_dir = "soak-plugins"|' \
-    "$DIR/wardgate.toml" > "$DIR/soak.toml"
-WARDGATE_LOG=warn "$WG" serve --config "$DIR/soak.toml" 2>"$work/serve.log" &
-serve_pid=$!
-dsn="host=127.0.0.1 port=$gw_port dbname=shop user=demo-agent password=$agent_key sslmode=disable"
-for _ in $(seq 1 100); do psql -X -q "$dsn" -c 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
-
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$serve_pid/status"; }
-fds() { ls "/proc/$serve_pid/fd" | wc -l; }
+. "$WARDGATE_ROOT/scripts/lib/stack.sh"
+wg_build soak
+wg_demo 10
+wg_gateway soak '*'
+dsn=$GW_DSN; adm_port=$ADM_PORT; approver=$APPROVER; DIR=$DEMO_DIR; work=$WORK; serve_pid=$SERVE_PID
 rss0=$(rss); fd0=$(fds); peak=$rss0
 echo "soak: ${SOAK_SECS}s, $CLIENTS pgbench clients (-M extended, select-only), an approval every 10 s, a hot swap every 5 s"
 
 # Load.
 "$PGBIN/pgbench" -n -S -M extended -c "$CLIENTS" -j2 -T "$SOAK_SECS" "$dsn" >"$work/pgbench.log" 2>&1 &
-pids+=($!); bench_pid=$!
+WG_PIDS+=($!); bench_pid=$!
 
 # Hot swaps: rewrite pii-mask's manifest (a new digest reloads the plugin).
 ( n=0; while sleep 5; do n=$((n+1)); echo "# swap $n" >> "$DIR/soak-plugins/pii-mask.toml"; echo $n > "$work/swaps"; done ) &
-pids+=($!)
+WG_PIDS+=($!)
 
 # Approvals: an agent's DO block waits for review; the DBA approves it.
 ( ok=0; bad=0
@@ -70,12 +29,12 @@ pids+=($!)
     out=$(psql -X -q "$dsn" -c "DO \$\$ BEGIN PERFORM count(*) FROM orders; END \$\$" 2>&1) && ok=$((ok+1)) || { bad=$((bad+1)); echo "$out" >> "$work/approval-errors"; }
     echo "$ok $bad" > "$work/approvals"
   done ) &
-pids+=($!)
+WG_PIDS+=($!)
 ( while sleep 1; do
     id=$("$WG" approvals list --admin-url "http://127.0.0.1:$adm_port" --credential "$approver" 2>/dev/null | grep -o 'apr_[0-9a-f]*' | head -1 || true)
     [ -n "$id" ] && "$WG" approvals approve "$id" --reason soak --admin-url "http://127.0.0.1:$adm_port" --credential "$approver" >/dev/null 2>&1 || true
   done ) &
-pids+=($!)
+WG_PIDS+=($!)
 
 while kill -0 "$bench_pid" 2>/dev/null; do
   r=$(rss); [ "$r" -gt "$peak" ] && peak=$r

@@ -146,13 +146,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             expires_in_ms: Some(7 * 86_400_000),
         })
         .context("creating the demo's service account")?;
-    // A human approver with a personal key (no OpenID Provider needed for the demo).
+    // A human approver and Wardgate admin with a personal key (no OpenID Provider needed for the demo).
     let _ = store.revoke("oncall-dba");
     let (approver_key, _) = store
         .create(crate::identity::keys::NewAccount {
             name: "oncall-dba".into(),
             kind: "human".into(),
-            groups: vec!["dba".into()],
+            groups: vec!["dba".into(), "wardgate-admins".into()],
             on_behalf_of: None,
             expires_in_ms: Some(7 * 86_400_000),
         })
@@ -192,8 +192,9 @@ recording_key_file = "recording.key"   # signs checkpoints in every recording
 bind = "127.0.0.1:{gw_port}"
 tls_self_signed = true
 
-[admin]
+[admin]                            # loopback only; every call needs a credential with a role
 bind = "127.0.0.1:{admin_port}"
+admin_groups = ["wardgate-admins"]
 
 [connections.shop]
 host = "127.0.0.1"

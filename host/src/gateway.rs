@@ -66,7 +66,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let signer = match &config.recording_key_file {
         None => None,
         Some(f) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let text = crate::config::Secret::new(
+                std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+            );
             let s = crate::record::sign::Signer::from_seed_hex(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             tracing::info!(public_key = %s.public_hex(), "recordings carry signed checkpoints");
@@ -101,13 +103,15 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let auth = Arc::new(Authenticator::from_config(&config));
     let mut postgres_addr = None;
     let mut self_signed_pem = None;
+    let mut certs = Vec::new();
     if let Some(l) = &config.postgres {
-        let tls = postgres::tls::server_config(&l.tls).context("TLS for listeners.postgres")?;
-        let (tls, pem) = match tls {
-            Some(t) => (Some(t.config), t.self_signed_pem),
-            None => (None, None),
-        };
-        self_signed_pem = pem;
+        let tls = crate::tls::server_config(&l.tls, &[]).context("TLS for listeners.postgres")?;
+        let tls = tls.map(|t| {
+            tasks.extend(t.certs.watch("postgres"));
+            certs.push(t.certs);
+            self_signed_pem = t.self_signed_pem;
+            t.config
+        });
         let listener = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {}", l.bind))?;
         postgres_addr = Some(listener.local_addr()?);
         let ctx = Arc::new(PgContext {
@@ -127,19 +131,29 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             }
         }));
     }
-    let admin = TcpListener::bind(config.admin_bind)
+    let admin_tls = crate::tls::server_config(&config.admin.tls, &[b"http/1.1"]).context("TLS for admin")?;
+    let admin_tls = admin_tls.map(|t| {
+        tasks.extend(t.certs.watch("admin"));
+        certs.push(t.certs);
+        t.config
+    });
+    let admin = TcpListener::bind(config.admin.bind)
         .await
-        .with_context(|| format!("cannot listen on admin.bind {}", config.admin_bind))?;
+        .with_context(|| format!("cannot listen on admin.bind {}", config.admin.bind))?;
     let admin_addr = admin.local_addr()?;
+    let audit = crate::admin::access::Audit::new(recorder.session(&format!("admin-{}", crate::util::random_id())));
     let app = crate::admin::router(crate::admin::AdminState {
         registry: registry.clone(),
         stats: stats.clone(),
         recorder: recorder.clone(),
         approvals: approvals.clone(),
         auth: auth.clone(),
+        access: Arc::new(crate::admin::access::Access::from_config(&config)),
+        audit,
+        certs,
     });
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, app).await {
+        if let Err(e) = crate::admin::listen::serve(admin, admin_tls, app).await {
             tracing::error!("admin API stopped: {e}");
         }
     }));

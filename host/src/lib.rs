@@ -20,4 +20,5 @@ pub mod protocol;
 pub mod record;
 pub mod sql;
 pub mod state;
+pub mod tls;
 pub mod util;

@@ -116,9 +116,8 @@ enum PluginsCmd {
     },
     /// What a running gateway has loaded.
     List {
-        /// Admin API of the gateway.
-        #[arg(long, env = "WARDGATE_ADMIN_URL", default_value = "http://127.0.0.1:9190")]
-        admin_url: String,
+        #[command(flatten)]
+        admin: cli::admin_client::AdminClient,
     },
 }
 
@@ -230,13 +229,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Plugins { command: PluginsCmd::Check { file } } => plugins_check(&file),
-        Cmd::Plugins { command: PluginsCmd::List { admin_url } } => {
-            let url = format!("{}/api/plugins", admin_url.trim_end_matches('/'));
-            let list: Vec<wardgate::admin::PluginInfo> = ureq::get(&url)
-                .call()
-                .with_context(|| format!("cannot reach the admin API at {admin_url} (is the gateway running? set --admin-url or WARDGATE_ADMIN_URL)"))?
-                .body_mut()
-                .read_json()?;
+        Cmd::Plugins { command: PluginsCmd::List { admin } } => {
+            let list: Vec<wardgate::admin::PluginInfo> =
+                serde_json::from_value(admin.call("GET", "/api/plugins", None)?)?;
             println!(
                 "{:<16} {:<9} {:<14} {:<17} {:>8} {:>8}  STATUS",
                 "NAME", "VERSION", "SHA256", "EXPORTS", "CALLS", "FAILED"

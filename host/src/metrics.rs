@@ -3,8 +3,12 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
+use crate::admin::access::AdminStats;
 use crate::plugins::Registry;
 use crate::record::RecordStats;
+use crate::tls::reload::CertStore;
 
 /// Gateway-wide counters.
 #[derive(Debug, Default)]
@@ -26,12 +30,28 @@ pub struct Stats {
 /// name, help, type, value of a per-plugin metric.
 type PluginMetric = (&'static str, &'static str, &'static str, fn(&crate::plugins::LoadedPlugin) -> u64);
 
+/// Where the metrics come from.
+pub struct Sources<'a> {
+    /// Gateway counters.
+    pub stats: &'a Stats,
+    /// Plugins.
+    pub registry: &'a Registry,
+    /// Recording.
+    pub record: &'a RecordStats,
+    /// Admin listener.
+    pub admin: &'a AdminStats,
+    /// Listener certificates.
+    pub certs: &'a [Arc<CertStore>],
+}
+
 /// Render all metrics.
-pub fn render(stats: &Stats, registry: &Registry, record: &RecordStats) -> String {
+pub fn render(src: &Sources<'_>) -> String {
+    let Sources { stats, registry, record, admin, certs } = src;
     let mut s = String::new();
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let sum = |f: fn(&CertStore) -> &AtomicU64| certs.iter().map(|c| g(f(c))).sum::<u64>();
     let (c, gauge) = ("counter", "gauge");
-    let gateway: [(&str, &str, &str, u64); 14] = [
+    let gateway: [(&str, &str, &str, u64); 18] = [
         ("wardgate_sessions_started_total", "Client sessions accepted.", c, g(&stats.sessions_started)),
         ("wardgate_sessions_active", "Client sessions open now.", gauge, g(&stats.sessions_active)),
         ("wardgate_auth_failures_total", "Refused credentials or missing grants.", c, g(&stats.auth_failures)),
@@ -65,6 +85,30 @@ pub fn render(stats: &Stats, registry: &Registry, record: &RecordStats) -> Strin
             "Recordings removed by retention.",
             c,
             g(&record.retention_removed),
+        ),
+        (
+            "wardgate_admin_requests_total",
+            "Admin API calls authenticated, authorized and recorded.",
+            c,
+            g(&admin.allowed),
+        ),
+        (
+            "wardgate_admin_refused_total",
+            "Admin API calls refused (credential, role or cross-site).",
+            c,
+            g(&admin.refused),
+        ),
+        (
+            "wardgate_tls_cert_reloads_total",
+            "Listener certificates reloaded after their files changed.",
+            c,
+            sum(|c| &c.reloads),
+        ),
+        (
+            "wardgate_tls_cert_reload_failures_total",
+            "Changed certificate files refused (the previous certificate stayed in service).",
+            c,
+            sum(|c| &c.reload_failures),
         ),
     ];
     for (name, help, kind, v) in gateway {

@@ -136,8 +136,9 @@ fn metric(text: &str, name: &str) -> u64 {
 async fn a_sleeping_or_trapping_sink_never_slows_clients_and_a_fixed_build_catches_up() {
     let g = gateway(Options::default()).await;
     let admin = format!("http://{}", g.gw.admin_addr);
+    let auth = format!("Authorization: Bearer {}", g.metrics_key);
     let metrics = || {
-        let out = Command::new("curl").args(["-sf", &format!("{admin}/metrics")]).output().unwrap();
+        let out = Command::new("curl").args(["-sf", "-H", &auth, &format!("{admin}/metrics")]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let mut delivered_before_fix = 0;
@@ -174,6 +175,8 @@ async fn a_sleeping_or_trapping_sink_never_slows_clients_and_a_fixed_build_catch
     std::fs::write(g.plugin_dir.join("siem.toml"), manifest).unwrap();
     std::fs::copy(common::dist().join("jsonl-sink.wasm"), g.plugin_dir.join("siem.wasm")).unwrap();
     assert!(g.gw.recorder.wait_delivered(Duration::from_secs(20)), "caught up:\n{}", metrics());
+    // What was recorded up to now (reading the metrics is itself an audited admin call).
+    let recorded = g.recordings();
     assert_eq!(metric(&metrics(), "wardgate_record_sink_backlog_bytes"), 0);
 
     // Every event of every recording arrived (at least once), in order per session.
@@ -186,7 +189,7 @@ async fn a_sleeping_or_trapping_sink_never_slows_clients_and_a_fixed_build_catch
         })
         .collect();
     let mut want = 0;
-    for line in g.recordings().lines() {
+    for line in recorded.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         want += 1;
         let key = (v["session"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap());

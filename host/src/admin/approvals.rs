@@ -1,42 +1,28 @@
 //! Approvals on the admin listener: a JSON API and a small web page.
 //!
-//! Every call carries the approver's credential as `Authorization: Bearer`
-//! (an OIDC token from `wardgate login`, or a Wardgate key), checked by the
-//! same [`Authenticator`] as database clients. A request is visible to those
-//! who may decide it (its approver groups, or break-glass), who see its exact
-//! statement, and to whoever asked (or was asked for), who see it masked. The page keeps the credential in the
-//! tab's sessionStorage and sends it as a header (no cookies, so no CSRF).
+//! Callers are authenticated and hold the approver (or admin) role before
+//! these handlers run ([`super::access`]). A request is visible to those who
+//! may decide it (its approver groups, or break-glass), who see its exact
+//! statement, to admins and to whoever asked (or was asked for), who see it
+//! masked. The page keeps the credential in the tab's sessionStorage and sends
+//! it as a header (no cookies).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::access::Role;
 use super::AdminState;
 use crate::approvals::{ApprovalRequest, DecideError, Status};
 use crate::pipeline::types::Identity;
 
 fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
-}
-
-async fn caller(s: &AdminState, headers: &HeaderMap) -> Result<Identity, Response> {
-    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Err(fail(
-            StatusCode::UNAUTHORIZED,
-            "send your credential as Authorization: Bearer (wardgate token, or a key)",
-        ));
-    };
-    let Some(cred) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) else {
-        return Err(fail(StatusCode::UNAUTHORIZED, "use the Bearer scheme"));
-    };
-    s.auth.authenticate(cred.trim()).await.map_err(|e| {
-        tracing::warn!(error = e.kind(), "admin API: credential refused: {e}");
-        fail(StatusCode::UNAUTHORIZED, e.to_string())
-    })
 }
 
 /// May `who` decide `req`? (Exact statement shown only then.)
@@ -50,7 +36,10 @@ fn may_decide(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {
 fn may_see(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {
     let me = &who.principal;
     let is_me = |p: &crate::approvals::model::PrincipalView| p.subject == me.subject && p.issuer == me.issuer;
-    may_decide(s, who, req) || is_me(&req.identity.principal) || req.identity.on_behalf_of.iter().any(is_me)
+    may_decide(s, who, req)
+        || s.access.has(who, Role::Admin)
+        || is_me(&req.identity.principal)
+        || req.identity.on_behalf_of.iter().any(is_me)
 }
 
 fn view(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> serde_json::Value {
@@ -72,11 +61,11 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    let who = match caller(&s, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn list(
+    State(s): State<AdminState>,
+    Extension(who): Extension<Identity>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let status = match q.status.as_deref() {
         None | Some("all") => None,
         Some(x) => match Status::parse(x) {
@@ -91,11 +80,7 @@ async fn list(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<L
     }
 }
 
-async fn show(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let who = match caller(&s, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn show(State(s): State<AdminState>, Extension(who): Extension<Identity>, Path(id): Path<String>) -> Response {
     match s.approvals.get(&id).await {
         Ok(Some(r)) if may_see(&s, &who, &r) => Json(view(&s, &who, &r)).into_response(),
         // Not yours to see reads the same as not there.
@@ -109,17 +94,7 @@ struct DecideBody {
     reason: Option<String>,
 }
 
-async fn decide(
-    s: AdminState,
-    headers: HeaderMap,
-    id: String,
-    approve: bool,
-    body: Option<Json<DecideBody>>,
-) -> Response {
-    let who = match caller(&s, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn decide(s: AdminState, who: Identity, id: String, approve: bool, body: Option<Json<DecideBody>>) -> Response {
     let reason = body.and_then(|Json(b)| b.reason).filter(|r| !r.trim().is_empty());
     if !approve && reason.is_none() {
         return fail(StatusCode::BAD_REQUEST, "a denial needs a reason");
@@ -162,14 +137,20 @@ pub fn routes() -> Router<AdminState> {
         .route("/api/approvals/{id}", get(show))
         .route(
             "/api/approvals/{id}/approve",
-            post(|State(s): State<AdminState>, h: HeaderMap, Path(id): Path<String>, b: Option<Json<DecideBody>>| {
-                decide(s, h, id, true, b)
-            }),
+            post(
+                |State(s): State<AdminState>,
+                 Extension(w): Extension<Identity>,
+                 Path(id): Path<String>,
+                 b: Option<Json<DecideBody>>| { decide(s, w, id, true, b) },
+            ),
         )
         .route(
             "/api/approvals/{id}/deny",
-            post(|State(s): State<AdminState>, h: HeaderMap, Path(id): Path<String>, b: Option<Json<DecideBody>>| {
-                decide(s, h, id, false, b)
-            }),
+            post(
+                |State(s): State<AdminState>,
+                 Extension(w): Extension<Identity>,
+                 Path(id): Path<String>,
+                 b: Option<Json<DecideBody>>| { decide(s, w, id, false, b) },
+            ),
         )
 }

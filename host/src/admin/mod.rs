@@ -1,9 +1,11 @@
 //! The admin HTTP API: health, metrics, plugins, approvals. It listens on
-//! loopback by default. Approvals require the caller's credential (see
-//! [`approvals`]); health, metrics and the plugin list are read-only and
-//! unauthenticated, so keep the listener off public interfaces.
+//! loopback by default (anything else needs TLS). Every route but `/healthz`
+//! and the approvals page's static files needs an authenticated principal with
+//! a role, and every call is recorded: see [`access`].
 
+pub mod access;
 pub mod approvals;
+pub mod listen;
 
 use std::sync::Arc;
 
@@ -31,6 +33,12 @@ pub struct AdminState {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// Who callers are.
     pub auth: Arc<crate::identity::Authenticator>,
+    /// Which callers hold which role.
+    pub access: Arc<access::Access>,
+    /// The admin audit trail.
+    pub audit: Arc<access::Audit>,
+    /// Listener certificates (for reload counters).
+    pub certs: Vec<Arc<crate::tls::reload::CertStore>>,
 }
 
 /// One plugin as `plugins list` shows it.
@@ -104,12 +112,19 @@ pub fn router(state: AdminState) -> Router {
             get(|State(s): State<AdminState>| async move {
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    crate::metrics::render(&s.stats, &s.registry, &s.recorder.stats),
+                    crate::metrics::render(&crate::metrics::Sources {
+                        stats: &s.stats,
+                        registry: &s.registry,
+                        record: &s.recorder.stats,
+                        admin: &s.audit.stats,
+                        certs: &s.certs,
+                    }),
                 )
                     .into_response()
             }),
         )
         .route("/api/plugins", get(|State(s): State<AdminState>| async move { Json(plugin_list(&s.registry)) }))
         .merge(approvals::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::enforce))
         .with_state(state)
 }

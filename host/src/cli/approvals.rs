@@ -2,20 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use clap::{Args, Subcommand};
-use serde_json::Value;
+use clap::Subcommand;
 
-/// How to reach the gateway and who you are.
-#[derive(Args, Debug)]
-pub struct Access {
-    /// Admin API of the gateway.
-    #[arg(long, env = "WARDGATE_ADMIN_URL", default_value = "http://127.0.0.1:9190")]
-    admin_url: String,
-    /// Your credential (a key or token); default: the token from `wardgate login`.
-    #[arg(long, env = "WARDGATE_CREDENTIAL", hide_env_values = true)]
-    credential: Option<String>,
-}
+use super::admin_client::AdminClient as Access;
+use serde_json::Value;
 
 /// `wardgate approvals …`
 #[derive(Subcommand)]
@@ -55,39 +45,6 @@ pub enum ApprovalsCmd {
         #[command(flatten)]
         access: Access,
     },
-}
-
-impl Access {
-    fn credential(&self) -> anyhow::Result<String> {
-        if let Some(c) = &self.credential {
-            return Ok(c.clone());
-        }
-        let l = wardgate::identity::login::current(&wardgate::identity::login::default_token_file(), None)
-            .context("no credential: pass --credential, set WARDGATE_CREDENTIAL, or run `wardgate login`")?;
-        Ok(l.credential().to_string())
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.admin_url.trim_end_matches('/'));
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let auth = format!("Bearer {}", self.credential()?);
-        let resp = match (method, body) {
-            ("POST", b) => agent.post(&url).header("Authorization", &auth).send_json(b.unwrap_or(Value::Null)),
-            _ => agent.get(&url).header("Authorization", &auth).call(),
-        };
-        let mut resp = resp.with_context(|| {
-            format!(
-                "cannot reach the admin API at {} (is the gateway running? set --admin-url or WARDGATE_ADMIN_URL)",
-                self.admin_url
-            )
-        })?;
-        let status = resp.status();
-        let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-        if !status.is_success() {
-            anyhow::bail!("{}", v["error"].as_str().unwrap_or(status.as_str()));
-        }
-        Ok(v)
-    }
 }
 
 fn ms(v: &Value) -> String {

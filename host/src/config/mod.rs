@@ -80,6 +80,14 @@ struct RawPgListener {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    #[serde(default)]
+    tls_self_signed: bool,
+    #[serde(default)]
+    admin_groups: Vec<String>,
+    #[serde(default)]
+    metrics_groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +175,19 @@ pub struct PgListener {
     pub allow_plaintext: bool,
 }
 
+/// The admin listener (API, approvals page, metrics).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address to bind (loopback by default).
+    pub bind: SocketAddr,
+    /// TLS (required unless `bind` is loopback).
+    pub tls: TlsSource,
+    /// Members have the admin role: plugins, metrics, every approval request (read).
+    pub admin_groups: Vec<String>,
+    /// Members may read `/metrics` (a Prometheus scraper's service account).
+    pub metrics_groups: Vec<String>,
+}
+
 /// How the gateway talks TLS to an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamTls {
@@ -189,16 +210,23 @@ pub enum SecretSource {
     None,
 }
 
+/// A secret in memory: wiped when dropped.
+pub type Secret = zeroize::Zeroizing<String>;
+
 impl SecretSource {
-    /// Read the secret now (so rotation takes effect without a restart).
-    pub fn read(&self) -> Result<Option<String>, String> {
+    /// Read the secret now (so rotation takes effect without a restart). The
+    /// value, and the file's bytes it came from, are wiped when dropped.
+    pub fn read(&self) -> Result<Option<Secret>, String> {
         match self {
             SecretSource::None => Ok(None),
-            SecretSource::Env(v) => {
-                std::env::var(v).map(Some).map_err(|_| format!("environment variable {v} is not set"))
-            }
+            SecretSource::Env(v) => std::env::var(v)
+                .map(|s| Some(Secret::new(s)))
+                .map_err(|_| format!("environment variable {v} is not set")),
             SecretSource::File(p) => std::fs::read_to_string(p)
-                .map(|s| Some(s.lines().next().unwrap_or("").to_string()))
+                .map(|s| {
+                    let all = Secret::new(s);
+                    Some(Secret::new(all.lines().next().unwrap_or("").to_string()))
+                })
                 .map_err(|e| format!("cannot read {}: {e}", p.display())),
         }
     }
@@ -281,8 +309,8 @@ pub struct Config {
     pub max_plugin_instances: u32,
     /// PostgreSQL listener.
     pub postgres: Option<PgListener>,
-    /// Admin API address.
-    pub admin_bind: SocketAddr,
+    /// Admin listener.
+    pub admin: AdminConfig,
     /// Connections by name.
     pub connections: BTreeMap<String, Connection>,
     /// Service accounts.
@@ -342,37 +370,8 @@ impl Config {
                         "use IP:PORT, e.g. \"127.0.0.1:6432\"",
                     )
                 })?;
-                let tls = match (&l.tls_cert, &l.tls_key, l.tls_self_signed) {
-                    (Some(c), Some(k), false) => {
-                        TlsSource::Files { cert: resolve(c.get_ref()), key: resolve(k.get_ref()) }
-                    }
-                    (None, None, true) => TlsSource::SelfSigned,
-                    (None, None, false) => TlsSource::None,
-                    (Some(c), None, _) => {
-                        return Err(err(
-                            c.span(),
-                            "listeners.postgres.tls_cert",
-                            "tls_cert without tls_key".into(),
-                            "add tls_key = \"key.pem\"",
-                        ))
-                    }
-                    (None, Some(k), _) => {
-                        return Err(err(
-                            k.span(),
-                            "listeners.postgres.tls_key",
-                            "tls_key without tls_cert".into(),
-                            "add tls_cert = \"cert.pem\"",
-                        ))
-                    }
-                    (Some(c), Some(_), true) => {
-                        return Err(err(
-                            c.span(),
-                            "listeners.postgres.tls_self_signed",
-                            "both certificate files and tls_self_signed".into(),
-                            "choose one",
-                        ))
-                    }
-                };
+                let tls = tls_source("listeners.postgres", &l.tls_cert, &l.tls_key, l.tls_self_signed, &resolve)
+                    .map_err(|(span, key, msg, fix)| err(span, &key, msg, fix))?;
                 let allow_plaintext = *l.allow_plaintext.get_ref();
                 if matches!(tls, TlsSource::None) && !allow_plaintext {
                     return Err(err(
@@ -394,7 +393,7 @@ impl Config {
             }
         };
 
-        let admin_bind = match &raw.admin.bind {
+        let admin_bind: SocketAddr = match &raw.admin.bind {
             None => "127.0.0.1:9190".parse().expect("valid"),
             Some(b) => b.get_ref().parse().map_err(|_| {
                 err(
@@ -404,6 +403,23 @@ impl Config {
                     "use IP:PORT, e.g. \"127.0.0.1:9190\"",
                 )
             })?,
+        };
+        let admin_tls =
+            tls_source("admin", &raw.admin.tls_cert, &raw.admin.tls_key, raw.admin.tls_self_signed, &resolve)
+                .map_err(|(span, key, msg, fix)| err(span, &key, msg, fix))?;
+        if matches!(admin_tls, TlsSource::None) && !admin_bind.ip().is_loopback() {
+            return Err(err(
+                raw.admin.bind.as_ref().map(|b| b.span()).unwrap_or(0..0),
+                "admin.bind",
+                format!("the admin listener on {} would carry credentials in clear text", admin_bind.ip()),
+                "bind to 127.0.0.1 (and reach it through SSH or a TLS proxy), or set admin.tls_cert and admin.tls_key",
+            ));
+        }
+        let admin = AdminConfig {
+            bind: admin_bind,
+            tls: admin_tls,
+            admin_groups: raw.admin.admin_groups,
+            metrics_groups: raw.admin.metrics_groups,
         };
 
         let cx = identity::Ctx { path, src };
@@ -633,7 +649,7 @@ impl Config {
             record_rows: raw.gateway.record_rows.unwrap_or(20),
             max_plugin_instances: raw.gateway.max_plugin_instances.unwrap_or(1000),
             postgres,
-            admin_bind,
+            admin,
             connections,
             service_accounts,
             grants,
@@ -645,6 +661,48 @@ impl Config {
             recording_archive,
         })
     }
+}
+
+/// A config error before it is placed: span, key, message, fix.
+type Misplaced = (std::ops::Range<usize>, String, String, &'static str);
+
+/// TLS settings of a listener section (`tls_cert` + `tls_key`, or `tls_self_signed`).
+fn tls_source(
+    section: &str,
+    cert: &Option<Spanned<String>>,
+    key: &Option<Spanned<String>>,
+    self_signed: bool,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<TlsSource, Misplaced> {
+    Ok(match (cert, key, self_signed) {
+        (Some(c), Some(k), false) => TlsSource::Files { cert: resolve(c.get_ref()), key: resolve(k.get_ref()) },
+        (None, None, true) => TlsSource::SelfSigned,
+        (None, None, false) => TlsSource::None,
+        (Some(c), None, _) => {
+            return Err((
+                c.span(),
+                format!("{section}.tls_cert"),
+                "tls_cert without tls_key".into(),
+                "add tls_key = \"key.pem\"",
+            ))
+        }
+        (None, Some(k), _) => {
+            return Err((
+                k.span(),
+                format!("{section}.tls_key"),
+                "tls_key without tls_cert".into(),
+                "add tls_cert = \"cert.pem\"",
+            ))
+        }
+        (Some(c), Some(_), true) => {
+            return Err((
+                c.span(),
+                format!("{section}.tls_self_signed"),
+                "both certificate files and tls_self_signed".into(),
+                "choose one",
+            ))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -91,24 +91,39 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS wardgate_sessions_connection ON wardgate_sessions (connection_name, started_at_ms)",
 ];
 
+/// How long a caller waits for a store connection before it gets an error:
+/// short, because a held statement or an admin call is refused (fail closed)
+/// rather than left hanging while the store is down.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl StateStore {
     /// Open (and create the schema of) `url`: `sqlite://PATH` or `postgres://…`.
-    pub async fn open(url: &str, password: Option<String>) -> Result<StateStore, StateError> {
+    pub async fn open(url: &str, password: Option<&str>) -> Result<StateStore, StateError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else {
             Backend::Sqlite
         };
-        let url = match (&password, backend) {
+        // The URL with the password is wiped once the pool has parsed it.
+        let url = crate::config::Secret::new(match (password, backend) {
             (Some(pw), Backend::Postgres) => with_password(url, pw),
             _ => url.to_string(),
-        };
+        });
         let pool =
-            AnyPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(10)).connect(&url).await?;
+            AnyPoolOptions::new().max_connections(8).acquire_timeout(ACQUIRE_TIMEOUT).connect(url.as_str()).await?;
         let store = StateStore { pool, backend };
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool).await?;
+        } else {
+            let row = sqlx::query("SHOW synchronous_commit").fetch_one(&store.pool).await?;
+            let v: String = col(&row, "synchronous_commit")?;
+            if v == "off" {
+                tracing::warn!(
+                    "the state store runs with synchronous_commit = off: approval decisions acknowledged just before \
+                     a database crash can be lost; set it to on for the Wardgate database"
+                );
+            }
         }
         for stmt in SCHEMA {
             // Two replicas creating the schema at once can race in PostgreSQL's catalog: retry.
@@ -134,7 +149,7 @@ impl StateStore {
             crate::config::StateStoreConfig::Url { url, password } => {
                 let pw =
                     password.read().map_err(|e| StateError::Corrupt(format!("gateway.state_store password: {e}")))?;
-                Self::open(url, pw).await
+                Self::open(url, pw.as_deref().map(String::as_str)).await
             }
         }
     }

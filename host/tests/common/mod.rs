@@ -61,6 +61,10 @@ pub struct TestGateway {
     pub gw: wardgate::gateway::Gateway,
     pub dir: PathBuf,
     pub key: String,
+    /// A human in `admin.admin_groups`.
+    pub admin_key: String,
+    /// A service account in `admin.metrics_groups` (a metrics scraper).
+    pub metrics_key: String,
     pub plugin_dir: PathBuf,
     pub port: u16,
 }
@@ -107,6 +111,8 @@ pub async fn gateway(opts: Options) -> TestGateway {
     }
     std::fs::write(dir.join("pw"), &db.app_password).unwrap();
     let (key, hash) = wardgate::identity::generate_key();
+    let (admin_key, admin_hash) = wardgate::identity::generate_key();
+    let (metrics_key, metrics_hash) = wardgate::identity::generate_key();
     let listener =
         if opts.plaintext { "allow_plaintext = true\ntls_self_signed = true" } else { "tls_self_signed = true" };
     let required: Vec<String> = opts.required.iter().map(|s| format!("\"{s}\"")).collect();
@@ -123,6 +129,8 @@ bind = "127.0.0.1:0"
 
 [admin]
 bind = "127.0.0.1:0"
+admin_groups = ["wardgate-admins"]
+metrics_groups = ["monitoring"]
 
 [connections.shop]
 host = "127.0.0.1"
@@ -138,6 +146,18 @@ groups = ["agents"]
 on_behalf_of = "alice@example.com"
 key_sha256 = "{hash}"
 
+[[service_accounts]]
+name = "ops-admin"
+kind = "human"
+groups = ["wardgate-admins"]
+key_sha256 = "{admin_hash}"
+
+[[service_accounts]]
+name = "prometheus"
+kind = "service-account"
+groups = ["monitoring"]
+key_sha256 = "{metrics_hash}"
+
 [[grants]]
 connection = "shop"
 groups = ["agents"]
@@ -152,7 +172,7 @@ groups = ["agents"]
     std::fs::write(&path, cfg).unwrap();
     let gw = wardgate::gateway::start(Config::load(&path).unwrap()).await.unwrap();
     let port = gw.postgres_addr.unwrap().port();
-    TestGateway { gw, dir, key, plugin_dir, port }
+    TestGateway { gw, dir, key, admin_key, metrics_key, plugin_dir, port }
 }
 
 impl TestGateway {

@@ -17,7 +17,7 @@ pub mod relay;
 pub mod rows;
 pub mod session;
 pub mod stream;
-pub mod tls;
+
 pub mod upstream;
 
 pub use listener::{serve, PgContext};

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::cancel::UpstreamKey;
-use super::codec::{self, fatal_bytes, take_message, take_startup, ProtocolError, Reader};
+use super::codec::{self, fatal_bytes, take_startup, ProtocolError, Reader};
 use super::listener::PgContext;
 use super::stream::BoxStream;
 use super::upstream;
@@ -173,11 +173,16 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     codec::finish(&mut out, at);
     stream.write_all(&out).await?;
     let credential = loop {
-        if let Some(m) = take_message(&mut buf)? {
-            if m.tag != b'p' {
+        if let Some(total) = codec::frame_len(&buf)? {
+            if buf[0] != b'p' {
                 return Err(refuse(&mut stream, "08P01", "expected a password message", None).await);
             }
-            break Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string();
+            let cred = zeroize::Zeroizing::new(Reader::new(&buf[5..total], b'p').cstr().unwrap_or("").to_string());
+            // The credential's wire copy is wiped as soon as it is parsed; the
+            // parsed copy is wiped when dropped (right after authentication).
+            zeroize::Zeroize::zeroize(&mut buf[..total]);
+            bytes::Buf::advance(&mut buf, total);
+            break cred;
         }
         let n = tokio::time::timeout(Duration::from_secs(60), stream.read_buf(&mut buf))
             .await

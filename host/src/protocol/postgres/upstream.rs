@@ -87,7 +87,7 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
         .map_err(|e| UpstreamError::Connect { addr: addr.clone(), reason: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
     let mut stream: BoxStream =
-        match super::tls::upstream_config(&conn.tls).map_err(|e| UpstreamError::Tls(e.to_string()))? {
+        match crate::tls::upstream_config(&conn.tls).map_err(|e| UpstreamError::Tls(e.to_string()))? {
             None => Box::new(tcp),
             Some(cfg) => {
                 let mut tcp = tcp;
@@ -97,7 +97,7 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
                 if b[0] != b'S' {
                     return Err(UpstreamError::Tls(format!("{addr} does not accept TLS (sslmode={:?})", conn.tls)));
                 }
-                let name = super::tls::server_name(&conn.host).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                let name = crate::tls::server_name(&conn.host).map_err(|e| UpstreamError::Tls(e.to_string()))?;
                 let tls = tokio_rustls::TlsConnector::from(cfg)
                     .connect(name, tcp)
                     .await
@@ -199,6 +199,8 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
                     other => return Err(UpstreamError::Protocol(format!("unsupported authentication method {other}"))),
                 }
                 stream.write_all(&reply).await?;
+                // A cleartext password (method 3) was in there: wipe it.
+                zeroize::Zeroize::zeroize(&mut reply[..]);
             }
             b'S' => {
                 let mut r = Reader::new(&m.body, m.tag);

@@ -1,5 +1,10 @@
-//! TLS for the listener (server side) and for upstream connections (client side).
-//! rustls only; TLS 1.2 and 1.3 with rustls' default (modern) cipher suites.
+//! TLS for listeners (server side, certificates reloaded on change: see
+//! [`reload`]) and for upstream connections (client side). rustls only: TLS 1.2
+//! and 1.3, and only ring's default suites — all AEAD (AES-GCM,
+//! ChaCha20-Poly1305) with ephemeral (EC)DHE key exchange; no CBC, no RSA key
+//! transport, no renegotiation, no compression.
+
+pub mod reload;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,11 +33,11 @@ pub enum TlsError {
     Generate(String),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file = |message: String| TlsError::File { path: path.display().to_string(), message };
     let data = std::fs::read(path).map_err(|e| file(format!("cannot read: {e}")))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &data[..])
@@ -44,17 +49,29 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let file = |message: String| TlsError::File { path: path.display().to_string(), message };
+    // The key's bytes are wiped once parsed (rustls keeps its own copy).
+    let data = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| file(format!("cannot read: {e}")))?);
+    rustls_pemfile::private_key(&mut &data[..])
+        .map_err(|e| file(format!("not a PEM key: {e}")))?
+        .ok_or_else(|| file("no private key in file (expected -----BEGIN PRIVATE KEY-----)".into()))
+}
+
 /// A listener's TLS configuration.
 pub struct ServerTls {
     /// rustls configuration.
     pub config: Arc<ServerConfig>,
     /// PEM of a generated self-signed certificate (so the demo can tell clients what to trust).
     pub self_signed_pem: Option<String>,
+    /// The certificate in service (watch it to reload on change).
+    pub certs: Arc<reload::CertStore>,
 }
 
-/// Build the listener's TLS configuration.
-pub fn server_config(source: &TlsSource) -> Result<Option<ServerTls>, TlsError> {
-    let (certs, key, pem): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, Option<String>) = match source {
+/// Build a listener's TLS configuration (`None` for plaintext). `alpn`: the
+/// protocols offered (e.g. `http/1.1`), empty for PostgreSQL.
+pub fn server_config(source: &TlsSource, alpn: &[&[u8]]) -> Result<Option<ServerTls>, TlsError> {
+    let (certs, pem) = match source {
         TlsSource::None => return Ok(None),
         TlsSource::SelfSigned => {
             let ck = rcgen::generate_simple_self_signed(vec![
@@ -65,31 +82,16 @@ pub fn server_config(source: &TlsSource) -> Result<Option<ServerTls>, TlsError> 
             .map_err(|e| TlsError::Generate(e.to_string()))?;
             let pem = ck.cert.pem();
             let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-            (vec![ck.cert.der().clone()], key, Some(pem))
+            (reload::CertStore::fixed(vec![ck.cert.der().clone()], key)?, Some(pem))
         }
-        TlsSource::Files { cert, key } => {
-            let certs = read_certs(cert)?;
-            let kdata = std::fs::read(key).map_err(|e| TlsError::File {
-                path: key.display().to_string(),
-                message: format!("cannot read: {e}"),
-            })?;
-            let k = rustls_pemfile::private_key(&mut &kdata[..])
-                .map_err(|e| TlsError::File {
-                    path: key.display().to_string(),
-                    message: format!("not a PEM key: {e}"),
-                })?
-                .ok_or_else(|| TlsError::File {
-                    path: key.display().to_string(),
-                    message: "no private key in file".into(),
-                })?;
-            (certs, k, None)
-        }
+        TlsSource::Files { cert, key } => (reload::CertStore::from_files(cert, key)?, None),
     };
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(Some(ServerTls { config: Arc::new(cfg), self_signed_pem: pem }))
+        .with_cert_resolver(certs.clone());
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Some(ServerTls { config: Arc::new(cfg), self_signed_pem: pem, certs }))
 }
 
 /// Build the client configuration for an upstream, or `None` for plain TCP.
