@@ -36,8 +36,11 @@ WG_PIDS+=($!)
   done ) &
 WG_PIDS+=($!)
 
+# A sample a minute shows whether growth levels off (warm-up) or keeps going (a leak).
+t=0; trend=""
 while kill -0 "$bench_pid" 2>/dev/null; do
   r=$(rss); [ "$r" -gt "$peak" ] && peak=$r
+  t=$((t+1)); [ $((t % 60)) -eq 0 ] && trend="$trend $((r/1024))/$(fds)"
   sleep 1
 done
 wait "$bench_pid" || true
@@ -53,6 +56,7 @@ errors=$(( ${failed:-0} + client_errors + approval_errors + gateway_errors ))
 echo "transactions $tx, failed ${failed:-0}, client errors $client_errors; approvals $approved approved, $approval_errors failed; hot swaps $swaps; gateway ERROR log lines $gateway_errors"
 echo "RSS start $((rss0/1024)) MiB, end $((rss1/1024)) MiB, peak $((peak/1024)) MiB, drift $(( (rss1-rss0)/1024 )) MiB"
 echo "open fds start $fd0, end $fd1, drift $((fd1-fd0))"
+echo "per minute (RSS MiB/fds):$trend"
 echo "errors $errors"
 if [ "$errors" -ne 0 ]; then
   tail -5 "$work/pgbench.log"; grep -E ' ERROR ' "$work/serve.log" | head -5 || true

@@ -329,6 +329,11 @@ groups = ["agents"]
         );
         println!("  set -a; . {}; set +a; psql", opts.env_file.display());
         println!("Plugins hot-reload from {} — edit a manifest or drop in a new .wasm.", plugin_dir.display());
+        println!(
+            "Admin (http://{0}, loopback): `wardgate approvals list`, `wardgate plugins list`, the page at \
+             http://{0}/approvals — all as WARDGATE_CREDENTIAL (oncall-dba, an approver and admin).",
+            gw.admin_addr
+        );
         println!("Ctrl-C (or SIGTERM) stops everything.");
         wait_for_shutdown().await;
         println!("\nStopping.");

@@ -301,3 +301,46 @@ async fn the_webhook_sink_posts_every_event_only_to_granted_urls_and_retries_unt
     assert!(all.contains("DROP TABLE orders") && all.contains("\"outcome\":\"failure\""), "denials reach the SIEM");
     common::assert_no_pii(&all, "webhook payloads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_gets_only_the_sessions_of_the_connections_its_manifest_names() {
+    let g = gateway(Options::default()).await;
+    let sink = |name: &str, connections: &str| {
+        let out = g.dir.join(format!("state/{name}.jsonl"));
+        let manifest = std::fs::read_to_string(common::dist().join("jsonl-sink.toml"))
+            .unwrap()
+            .replace("name = \"jsonl-sink\"", &format!("name = \"{name}\""))
+            .replace("connections = [\"*\"]", &format!("connections = [{connections}]"))
+            .replace("output = \"file:siem.jsonl\"", &format!("output = \"file:{}\"", out.display()));
+        std::fs::write(g.plugin_dir.join(format!("{name}.toml")), manifest).unwrap();
+        std::fs::copy(common::dist().join("jsonl-sink.wasm"), g.plugin_dir.join(format!("{name}.wasm"))).unwrap();
+        out
+    };
+    let (shop, other, all) =
+        (sink("shop-sink", "\"shop\""), sink("other-sink", "\"billing\""), sink("all-sink", "\"*\""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.gw.registry.current().plugins.len() < 3 {
+        assert!(Instant::now() < deadline, "sinks not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = g.client().await;
+    c.simple_query("SELECT count(*) FROM orders").await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(g.gw.recorder.wait_delivered(Duration::from_secs(20)));
+    let sessions = |p: &std::path::Path| -> HashSet<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["session"]["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (shop, other, all) = (sessions(&shop), sessions(&other), sessions(&all));
+    assert!(!shop.is_empty(), "the shop sink got the shop session");
+    assert!(other.is_empty(), "a sink for another connection got {other:?}");
+    // Gateway-wide logs (approvals, admin) go only to sinks for every connection.
+    assert!(shop.iter().all(|s| !s.starts_with("approvals-") && !s.starts_with("admin-")), "{shop:?}");
+    assert!(all.is_superset(&shop), "{all:?} vs {shop:?}");
+}

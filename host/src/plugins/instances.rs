@@ -90,6 +90,14 @@ pub struct SessionPlugins {
     live: HashMap<String, Live>,
 }
 
+fn plays(p: &LoadedPlugin, role: Role) -> bool {
+    match role {
+        Role::Guard => p.exports.guard && p.manifest.plays("guard"),
+        Role::Masker => p.exports.masker && p.manifest.plays("masker"),
+        Role::Recorder => p.exports.recorder && p.manifest.plays("recorder"),
+    }
+}
+
 /// Which export to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -143,12 +151,18 @@ impl SessionPlugins {
         self.set
             .ordered()
             .into_iter()
-            .filter(|p| p.manifest.applies_to(&self.connection, self.protocol))
-            .filter(|p| match role {
-                Role::Guard => p.exports.guard && p.manifest.plays("guard"),
-                Role::Masker => p.exports.masker && p.manifest.plays("masker"),
-                Role::Recorder => p.exports.recorder && p.manifest.plays("recorder"),
-            })
+            .filter(|p| p.manifest.applies_to(&self.connection, self.protocol) && plays(p, role))
+            .collect()
+    }
+
+    /// Plugins playing `role` on this protocol, whichever connections they
+    /// apply to (the recording spool serves every session from one instance
+    /// per sink and matches each session's connection itself).
+    pub fn with_role_any_connection(&self, role: Role) -> Vec<Arc<LoadedPlugin>> {
+        self.set
+            .ordered()
+            .into_iter()
+            .filter(|p| p.manifest.enabled && p.manifest.protocols.iter().any(|x| x == self.protocol) && plays(p, role))
             .collect()
     }
 

@@ -51,6 +51,27 @@ struct Marker {
     closed: bool,
     /// Bytes of the recording each sink (by plugin name) has received.
     offsets: HashMap<String, u64>,
+    /// The connection the session used (`*`: a gateway-wide log), once known;
+    /// sinks get a session only if their manifest applies to it.
+    #[serde(default)]
+    connection: Option<String>,
+}
+
+/// Events that open a client session's recording, each naming its connection.
+const FIRST_EVENTS: [&str; 3] = ["session.start", "auth.failed", "upstream.failed"];
+
+/// The connection of the recording at `path`, from its first event; `*` for
+/// gateway-wide logs (approvals, admin); `None` while nothing is written yet.
+fn connection_of(path: &Path) -> Option<String> {
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path).ok()?.take(64 << 10).read_to_end(&mut head).ok()?;
+    let line = head.split(|b| *b == b'\n').next().filter(|l| head.len() > l.len())?;
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let kind = v["kind"].as_str().unwrap_or("");
+    Some(match v["body"]["connection"].as_str() {
+        Some(c) if FIRST_EVENTS.contains(&kind) => c.to_string(),
+        _ => "*".to_string(),
+    })
 }
 
 enum Note {
@@ -220,6 +241,8 @@ impl Backoff {
 }
 
 fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, archive: Option<Archive>) {
+    // One instance per sink for all sessions; each session goes only to the
+    // sinks whose manifest applies to its connection.
     let mut plugins = SessionPlugins::new(registry, "recorder", "*", "postgres", vec![]);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
@@ -249,14 +272,27 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
             }
         }
         plugins.refresh();
-        let sinks = plugins.with_role(Role::Recorder);
+        let all_sinks = plugins.with_role_any_connection(Role::Recorder);
         let (mut backlog, mut behind, mut unarchived) = (0u64, 0u64, 0u64);
         let mut finished = vec![];
         for (id, p) in pending.iter_mut() {
             let path = super::session_path(&spool.rec_dir, id);
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if p.marker.connection.is_none() {
+                // A session that closed without writing anything has nothing to deliver.
+                p.marker.connection =
+                    connection_of(&path).or_else(|| (p.marker.closed && len == 0).then(|| "*".to_string()));
+                p.dirty |= p.marker.connection.is_some();
+            }
+            let Some(conn) = p.marker.connection.clone() else {
+                // Nothing complete written yet: nothing to deliver.
+                behind += u64::from(len > 0);
+                backlog += len;
+                continue;
+            };
+            let sinks = all_sinks.iter().filter(|s| s.manifest.applies_to(&conn, "postgres"));
             let mut least = len;
-            for sink in &sinks {
+            for sink in sinks {
                 let name = &sink.manifest.name;
                 let off = p.marker.offsets.get(name).copied().unwrap_or(0);
                 let b = backoff.entry(name.clone()).or_default();
