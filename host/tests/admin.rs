@@ -206,3 +206,46 @@ async fn both_listeners_serve_tls_and_pick_up_a_rotated_certificate_without_a_re
     );
     drop(gw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_management_from_the_cli_is_recorded_without_the_key() {
+    let g = gateway(Options::default()).await;
+    let config = g.dir.join("wardgate.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(["service-accounts"])
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "ops-oncall")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let key = run(&["create", "nightly-etl", "--groups", "agents", "--expires", "7d"]);
+    assert!(key.starts_with("wg_"), "{key}");
+    run(&["revoke", "nightly-etl"]);
+
+    let dir = g.dir.join("state/recordings");
+    let files: Vec<_> = wardgate::record::verify::recordings_in(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("admin-cli-"))
+        .collect();
+    assert_eq!(files.len(), 2, "one admin recording per CLI action");
+    let text: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    assert!(!text.contains(&key), "the key reached the recording");
+    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<_> = events.iter().filter(|e| e["kind"] == "admin.action").collect();
+    assert!(actions.iter().any(|e| e["body"]["command"] == "service-accounts create"
+        && e["body"]["args"]["name"] == "nightly-etl"
+        && e["body"]["os_user"] == "ops-oncall"));
+    assert!(actions.iter().any(|e| e["body"]["command"] == "service-accounts revoke"));
+    assert_eq!(events.iter().filter(|e| e["kind"] == "admin.outcome" && e["body"]["ok"] == true).count(), 2);
+    // Each is a complete, verifiable recording.
+    for f in &files {
+        let out = Command::new(env!("CARGO_BIN_EXE_wardgate")).args(["sessions", "verify"]).arg(f).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use wardgate::identity::keys::{parse_lifetime_ms, AccountStore, NewAccount};
 use wardgate::identity::login;
+use wardgate::record::{Recorder, SessionRecorder};
 
 /// Where the state store is: a config file's `state_dir`, or a directory.
 #[derive(Args, Debug)]
@@ -21,15 +22,71 @@ pub struct StateArgs {
 }
 
 impl StateArgs {
-    fn store(&self) -> anyhow::Result<AccountStore> {
-        let dir = match (&self.state_dir, &self.config) {
-            (Some(d), _) => d.clone(),
-            (None, Some(c)) => wardgate::config::Config::load(c)?.state_dir,
+    /// The state directory, and the config when one was given.
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Option<wardgate::config::Config>)> {
+        match (&self.state_dir, &self.config) {
+            (Some(d), _) => Ok((d.clone(), None)),
+            (None, Some(c)) => {
+                let cfg = wardgate::config::Config::load(c)?;
+                Ok((cfg.state_dir.clone(), Some(cfg)))
+            }
             (None, None) => anyhow::bail!(
                 "where is the gateway's state? pass --config FILE (or set WARDGATE_CONFIG), or --state-dir DIR"
             ),
+        }
+    }
+
+    fn store(&self) -> anyhow::Result<AccountStore> {
+        Ok(AccountStore::in_dir(&self.resolve()?.0))
+    }
+
+    /// Start the admin recording of a key-management action: written (and
+    /// signed, with the config's recording key) *before* the action runs, so
+    /// an action that cannot be recorded is not taken.
+    fn audit(&self, command: &str, body: serde_json::Value) -> anyhow::Result<CliAudit> {
+        let (dir, cfg) = self.resolve()?;
+        let signer = match cfg.as_ref().and_then(|c| c.recording_key_file.as_ref()) {
+            None => None,
+            Some(f) => {
+                let seed = wardgate::config::Secret::new(
+                    std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+                );
+                Some(
+                    wardgate::record::sign::Signer::from_seed_hex(&seed)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+                )
+            }
         };
-        Ok(AccountStore::in_dir(&dir))
+        // No registry: no crash recovery or sinks here (a running gateway owns those).
+        let recorder =
+            Recorder::open(&dir.join("recordings"), wardgate::record::Options { signer, ..Default::default() })
+                .context("cannot open the recordings directory for the admin record")?;
+        let log = recorder.session(&format!("admin-cli-{}", wardgate::util::random_id()));
+        let user = std::env::var("USER").unwrap_or_default();
+        log.emit(
+            "admin.action",
+            serde_json::json!({"command": command, "args": body, "os_user": user,
+                               "os_uid": unsafe { libc::geteuid() }, "via": "cli"}),
+        );
+        log.commit().map_err(|e| anyhow::anyhow!("{e}; the action is not taken"))?;
+        Ok(CliAudit { log, _recorder: recorder })
+    }
+}
+
+/// An admin action from the CLI being recorded (see [`StateArgs::audit`]).
+struct CliAudit {
+    log: SessionRecorder,
+    _recorder: Recorder,
+}
+
+impl CliAudit {
+    /// Record how the action ended; the recording is closed (and signed) on drop.
+    fn outcome<T>(self, r: &anyhow::Result<T>) {
+        let body = match r {
+            Ok(_) => serde_json::json!({"ok": true}),
+            Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+        };
+        self.log.emit("admin.outcome", body);
     }
 }
 
@@ -81,7 +138,16 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
                 ),
             };
             let store = state.store()?;
-            let (key, acct) = store.create(NewAccount { name, kind, groups, on_behalf_of, expires_in_ms })?;
+            let audit = state.audit(
+                "service-accounts create",
+                serde_json::json!({"name": name, "kind": kind, "groups": groups, "on_behalf_of": on_behalf_of,
+                                   "expires_in_ms": expires_in_ms}),
+            )?;
+            let created = store
+                .create(NewAccount { name, kind, groups, on_behalf_of, expires_in_ms })
+                .map_err(anyhow::Error::from);
+            audit.outcome(&created);
+            let (key, acct) = created?;
             eprintln!(
                 "Created {} sa:{} (groups: {}){}{} in {}",
                 acct.kind,
@@ -127,7 +193,11 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SaCmd::Revoke { name, state } => {
-            let n = state.store()?.revoke(&name)?;
+            let store = state.store()?;
+            let audit = state.audit("service-accounts revoke", serde_json::json!({"name": name}))?;
+            let revoked = store.revoke(&name).map_err(anyhow::Error::from);
+            audit.outcome(&revoked);
+            let n = revoked?;
             eprintln!("revoked {n} key(s) of sa:{name}; new connections with it are refused now");
             Ok(ExitCode::SUCCESS)
         }
