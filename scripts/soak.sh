@@ -13,6 +13,8 @@ wg_demo 10
 wg_gateway soak '*'
 dsn=$GW_DSN; adm_port=$ADM_PORT; approver=$APPROVER; DIR=$DEMO_DIR; work=$WORK; serve_pid=$SERVE_PID
 rss0=$(rss); fd0=$(fds); peak=$rss0
+fd_targets() { for f in /proc/$SERVE_PID/fd/*; do readlink "$f" 2>/dev/null; done | sed -E 's/[0-9a-f]{32}/ID/g; s/\[[0-9]+\]/[N]/' | sort; }
+fd_targets > "$work/fds.start"
 echo "soak: ${SOAK_SECS}s, $CLIENTS pgbench clients (-M extended, select-only), an approval every 10 s, a hot swap every 5 s"
 
 # Load.
@@ -57,6 +59,8 @@ echo "transactions $tx, failed ${failed:-0}, client errors $client_errors; appro
 echo "RSS start $((rss0/1024)) MiB, end $((rss1/1024)) MiB, peak $((peak/1024)) MiB, drift $(( (rss1-rss0)/1024 )) MiB"
 echo "open fds start $fd0, end $fd1, drift $((fd1-fd0))"
 echo "per minute (RSS MiB/fds):$trend"
+fd_targets > "$work/fds.end"
+echo "fds opened since start (kind, count): $(comm -13 "$work/fds.start" "$work/fds.end" | sort | uniq -c | awk '{printf "%s x%s; ", $2, $1}')"
 echo "errors $errors"
 if [ "$errors" -ne 0 ]; then
   tail -5 "$work/pgbench.log"; grep -E ' ERROR ' "$work/serve.log" | head -5 || true
