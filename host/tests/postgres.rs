@@ -661,6 +661,17 @@ async fn the_gateway_speaks_utf8_upstream_whatever_the_client_asks() {
     let out = run("SQL_ASCII");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "UTF8");
+    // Spellings PostgreSQL accepts for UTF8 (asyncpg sends 'utf-8' with the quotes).
+    for enc in ["utf-8", "'utf-8'", "Unicode"] {
+        let out = run(enc);
+        assert!(out.status.success(), "{enc}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "UTF8");
+    }
+    // Drivers that SET the encoding (or standard_conforming_strings) to what the gateway pins get a no-op.
+    let c = g.client().await;
+    for ok in ["SET client_encoding TO 'UTF8'", "SET NAMES 'utf-8'", "SET standard_conforming_strings = on"] {
+        c.batch_execute(ok).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
     // An encoding the parser and maskers cannot read is refused with a fix.
     let out = run("LATIN1");
     assert!(!out.status.success());

@@ -170,11 +170,17 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
     if let Some((key, segments)) = shape {
         // Cache the shape only when the token split agrees with the parser's
         // statement split (BEGIN ATOMIC bodies, for one, hold `;` inside a
-        // statement) and no constant decides the outcome (set_config's name).
+        // statement) and no constant decides the outcome (set_config's name,
+        // the value a pinned setting is SET to).
         let split_agrees = segments.len() == tops.len()
             && tops.iter().enumerate().all(|(i, t)| text[segments[i].clone()].trim() == t.as_str());
-        let constant_matters =
-            analyzed.statements.iter().any(|s| s.functions.iter().any(|f| f.ends_with("set_config")));
+        let constant_matters = analyzed.statements.iter().any(|s| {
+            s.functions.iter().any(|f| f.ends_with("set_config"))
+                || (s.kind == StatementKind::SessionSetting && {
+                    let t = s.text.to_ascii_lowercase();
+                    PINNED_SETTINGS.iter().any(|p| t.contains(p))
+                })
+        });
         if split_agrees && !constant_matters && key.len() <= 64 * 1024 {
             let mut entries = Vec::with_capacity(analyzed.statements.len());
             let mut top = 0;
@@ -231,11 +237,42 @@ fn is_pinned(name: &str) -> bool {
     PINNED_SETTINGS.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
+/// An encoding name as PostgreSQL compares it: ASCII letters and digits only,
+/// lower case (`'UTF-8'`, `utf_8` and `"Utf8"` all become `utf8`).
+pub fn clean_encoding_name(name: &str) -> String {
+    name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+}
+
+/// Does `name` (any spelling PostgreSQL accepts) mean UTF8?
+pub fn is_utf8_encoding(name: &str) -> bool {
+    matches!(clean_encoding_name(name).as_str(), "utf8" | "unicode")
+}
+
+/// `SET pinned TO value` where the value is the one Wardgate pins (a no-op
+/// that drivers and ORMs send): UTF8 for the encoding, on for
+/// `standard_conforming_strings`.
+fn sets_pinned_value(v: &protobuf::VariableSetStmt) -> bool {
+    if v.kind() != protobuf::VariableSetKind::VarSetValue || v.args.len() != 1 {
+        return false;
+    }
+    let Some(NodeEnum::AConst(c)) = v.args[0].node.as_ref() else { return false };
+    let value = match &c.val {
+        Some(protobuf::a_const::Val::Sval(s)) => s.sval.clone(),
+        Some(protobuf::a_const::Val::Boolval(b)) => if b.boolval { "on" } else { "off" }.to_string(),
+        _ => return false,
+    };
+    if v.name.eq_ignore_ascii_case("standard_conforming_strings") {
+        matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1")
+    } else {
+        is_utf8_encoding(&value)
+    }
+}
+
 /// SET/RESET of a pinned setting, `RESET ALL`, or `set_config()` whose name is
 /// pinned or not a constant.
 fn pinned_setting_change(node: &NodeEnum) -> Option<String> {
     if let NodeEnum::VariableSetStmt(v) = node {
-        if is_pinned(&v.name) {
+        if is_pinned(&v.name) && !sets_pinned_value(v) {
             return Some(format!("changing {} is not allowed through Wardgate", v.name));
         }
         if v.kind() == protobuf::VariableSetKind::VarResetAll {
@@ -840,6 +877,19 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_pinned_value_never_lends_its_verdict_to_another_value_of_the_same_shape() {
+        for (ok, bad) in [
+            ("SET client_encoding = 'UTF8'", "SET client_encoding = 'SJIS'"),
+            ("SET NAMES 'utf8'", "SET NAMES 'big5'"),
+            ("SET LOCAL standard_conforming_strings = 'on'", "SET LOCAL standard_conforming_strings = 'off'"),
+            ("SELECT 1; SET client_encoding TO 'unicode'", "SELECT 2; SET client_encoding TO 'latin1'"),
+        ] {
+            assert_eq!(host_violation(ok), None, "{ok}");
+            assert!(host_violation(bad).is_some(), "{bad} rode on the verdict for {ok}");
+        }
+    }
+
+    #[test]
     fn changes_to_lexer_settings_are_host_violations() {
         for bad in [
             "SET standard_conforming_strings = off",
@@ -851,10 +901,25 @@ mod tests {
             "SELECT set_config('standard_conforming_strings', 'off', false)",
             "SELECT pg_catalog.set_config('standard_' || 'conforming_strings', 'off', false)",
             "SELECT 1; SELECT set_config(name, 'off', false) FROM pg_settings",
+            "SET client_encoding = DEFAULT",
+            "SET client_encoding TO 'UTF8', 'LATIN1'",
+            "SET standard_conforming_strings = 'off'",
+            "SET client_encoding = 'UTF16'",
         ] {
             assert!(host_violation(bad).is_some(), "{bad}");
         }
-        for ok in ["SET search_path = app", "SELECT set_config('search_path', '', false)", "SELECT 1"] {
+        // Setting a pinned value to what it is pinned to is a no-op drivers send.
+        for ok in [
+            "SET search_path = app",
+            "SELECT set_config('search_path', '', false)",
+            "SELECT 1",
+            "SET client_encoding TO 'UTF8'",
+            "SET client_encoding = 'utf-8'",
+            "SET NAMES 'unicode'",
+            "SET client_encoding TO utf8",
+            "SET standard_conforming_strings = on",
+            "SET standard_conforming_strings TO 'true'",
+        ] {
             assert_eq!(host_violation(ok), None, "{ok}");
         }
     }

@@ -30,8 +30,9 @@ const PASSTHROUGH: [&str; 5] = ["application_name", "datestyle", "timezone", "ex
 
 /// Client encodings the gateway accepts: UTF-8, or SQL_ASCII (raw bytes, which
 /// a terminal in the C locale asks for; UTF-8 output is valid for it).
+/// Names are compared as PostgreSQL does (asyncpg sends `'utf-8'`, quotes included).
 fn client_encoding_ok(enc: &str) -> bool {
-    matches!(enc.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE" | "SQL_ASCII")
+    crate::sql::is_utf8_encoding(enc) || crate::sql::clean_encoding_name(enc) == "sqlascii"
 }
 
 /// How a session ended badly.
@@ -342,9 +343,7 @@ pub fn unsafe_parameter(key: &str, value: &str) -> Option<String> {
     if key.eq_ignore_ascii_case("standard_conforming_strings") && !value.eq_ignore_ascii_case("on") {
         return Some(format!("the server reports standard_conforming_strings = {value}; Wardgate requires on"));
     }
-    if key.eq_ignore_ascii_case("client_encoding")
-        && !matches!(value.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE")
-    {
+    if key.eq_ignore_ascii_case("client_encoding") && !crate::sql::is_utf8_encoding(value) {
         return Some(format!("the server reports client_encoding = {value}; Wardgate requires UTF8"));
     }
     None
