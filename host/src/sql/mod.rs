@@ -281,30 +281,55 @@ fn pinned_setting_change(node: &NodeEnum) -> Option<String> {
     }
     for (child, _, _, _) in node.nodes() {
         let NodeRef::FuncCall(f) = child else { continue };
-        let name = strings(&f.funcname);
-        if !(name == "set_config" || name == "pg_catalog.set_config") {
-            continue;
-        }
-        let first = f.args.first().and_then(|a| a.node.as_ref());
-        let constant = match first {
-            Some(NodeEnum::AConst(c)) => match &c.val {
-                Some(protobuf::a_const::Val::Sval(sv)) => Some(sv.sval.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        match constant {
-            Some(n) if !is_pinned(&n) => {}
-            Some(n) => return Some(format!("changing {n} is not allowed through Wardgate")),
-            None => return Some("set_config() with a computed setting name is not allowed through Wardgate".into()),
+        match set_config_name(f) {
+            None => {}
+            Some(Some(n)) if !is_pinned(&n) => {}
+            Some(Some(n)) => return Some(format!("changing {n} is not allowed through Wardgate")),
+            Some(None) => {
+                return Some("set_config() with a computed setting name is not allowed through Wardgate".into())
+            }
         }
     }
     None
 }
 
+/// For a call of `set_config`: the setting it names when that is a constant
+/// (`Some(None)`: computed). `None`: not `set_config`.
+fn set_config_name(f: &protobuf::FuncCall) -> Option<Option<String>> {
+    let name = strings(&f.funcname);
+    if !(name == "set_config" || name == "pg_catalog.set_config") {
+        return None;
+    }
+    Some(match f.args.first().and_then(|a| a.node.as_ref()) {
+        Some(NodeEnum::AConst(c)) => match &c.val {
+            Some(protobuf::a_const::Val::Sval(sv)) => Some(sv.sval.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// Settings that change who the session is: `SET ROLE` and `SET SESSION
+/// AUTHORIZATION` are statements of their own (kind other, which guards
+/// review); `set_config()` on them is described the same way.
+const IDENTITY_SETTINGS: [&str; 2] = ["role", "session_authorization"];
+
 /// Describe `node` and any data-changing statements nested in it.
 fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
     out.push(describe(node, text));
+    for (child, _, _, _) in node.nodes() {
+        let NodeRef::FuncCall(f) = child else { continue };
+        if let Some(Some(name)) = set_config_name(f) {
+            if IDENTITY_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name.trim())) {
+                out.push(SqlStatement {
+                    kind: StatementKind::Other,
+                    node: "VariableSetStmt".into(),
+                    functions: vec!["set_config".into()],
+                    ..describe(&NodeEnum::VariableSetStmt(Default::default()), text)
+                });
+            }
+        }
+    }
     let nested: Vec<&NodeEnum> = match node {
         NodeEnum::PrepareStmt(p) => p.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
         NodeEnum::DeclareCursorStmt(d) => d.query.as_ref().and_then(|q| q.node.as_ref()).into_iter().collect(),
@@ -874,6 +899,20 @@ mod tests {
             assert!(r.parse_error.is_some(), "{text:?}");
             assert!(r.statements.is_empty());
         }
+    }
+
+    #[test]
+    fn set_config_on_role_or_session_authorization_reads_like_set_role() {
+        for text in [
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT pg_catalog.set_config('Session_Authorization', 'postgres', false)",
+            "SELECT 1 FROM t WHERE set_config('role', 'admin', true) IS NOT NULL",
+        ] {
+            let k = kinds(text);
+            assert!(k.contains(&StatementKind::Other), "{text}: {k:?}");
+        }
+        assert_eq!(kinds("SELECT set_config('search_path', 'app', false)"), vec![StatementKind::Select]);
+        assert_eq!(first("SET ROLE postgres").kind, StatementKind::Other);
     }
 
     #[test]
