@@ -23,7 +23,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
-    _acceptor: tokio::task::JoinHandle<()>,
+    acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
@@ -54,7 +54,14 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { rx, local, _acceptor: task })
+        Ok(TlsListener { rx, local, acceptor: task })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // The accept loop owns the socket: stop it so the port is released.
+        self.acceptor.abort();
     }
 }
 

@@ -63,9 +63,14 @@ const FIRST_EVENTS: [&str; 3] = ["session.start", "auth.failed", "upstream.faile
 /// The connection of the recording at `path`, from its first event; `*` for
 /// gateway-wide logs (approvals, admin); `None` while nothing is written yet.
 fn connection_of(path: &Path) -> Option<String> {
+    const HEAD: u64 = 64 << 10;
     let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(path).ok()?.take(64 << 10).read_to_end(&mut head).ok()?;
-    let line = head.split(|b| *b == b'\n').next().filter(|l| head.len() > l.len())?;
+    std::fs::File::open(path).ok()?.take(HEAD).read_to_end(&mut head).ok()?;
+    let Some(line) = head.split(|b| *b == b'\n').next().filter(|l| head.len() > l.len()) else {
+        // A first line longer than any session opening is a gateway-wide log's
+        // (an approval request quoting a long statement): deliver it as such.
+        return (head.len() as u64 >= HEAD).then(|| "*".to_string());
+    };
     let v: Value = serde_json::from_slice(line).ok()?;
     let kind = v["kind"].as_str().unwrap_or("");
     Some(match v["body"]["connection"].as_str() {
@@ -434,4 +439,32 @@ fn to_event(line: &[u8]) -> Option<Event> {
         kind: v.get("kind")?.as_str()?.to_string(),
         body_json: v.get("body")?.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_of;
+
+    #[test]
+    fn a_recording_names_its_connection_in_its_first_event() {
+        let dir = std::env::temp_dir().join(format!("wardgate-spool-{}", crate::util::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.jsonl");
+        let write = |text: &str| std::fs::write(&f, text).unwrap();
+        write("");
+        assert_eq!(connection_of(&f), None, "nothing written yet");
+        write("{\"kind\":\"session.start\",\"body\":{\"connection\":\"shop\"}");
+        assert_eq!(connection_of(&f), None, "a line being written");
+        write("{\"kind\":\"session.start\",\"body\":{\"connection\":\"shop\"}}\n{}\n");
+        assert_eq!(connection_of(&f).as_deref(), Some("shop"));
+        write("{\"kind\":\"auth.failed\",\"body\":{\"connection\":\"billing\"}}\n");
+        assert_eq!(connection_of(&f).as_deref(), Some("billing"));
+        // A gateway-wide log whose first event merely mentions a connection.
+        write("{\"kind\":\"approval.requested\",\"body\":{\"connection\":\"shop\"}}\n");
+        assert_eq!(connection_of(&f).as_deref(), Some("*"));
+        // A first line longer than the head that is read: gateway-wide, never stuck.
+        write(&format!("{{\"kind\":\"approval.requested\",\"body\":{{\"statement\":\"{}\"}}}}\n", "x".repeat(70_000)));
+        assert_eq!(connection_of(&f).as_deref(), Some("*"));
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
