@@ -210,6 +210,13 @@ async fn both_listeners_serve_tls_and_pick_up_a_rotated_certificate_without_a_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_management_from_the_cli_is_recorded_without_the_key() {
     let g = gateway(Options::default()).await;
+    // A SIEM sink for every connection: CLI admin records reach it too.
+    let siem = g.dir.join("state/siem-all.jsonl");
+    let manifest = std::fs::read_to_string(common::dist().join("jsonl-sink.toml"))
+        .unwrap()
+        .replace("output = \"file:siem.jsonl\"", &format!("output = \"file:{}\"", siem.display()));
+    std::fs::write(g.plugin_dir.join("jsonl-sink.toml"), manifest).unwrap();
+    std::fs::copy(common::dist().join("jsonl-sink.wasm"), g.plugin_dir.join("jsonl-sink.wasm")).unwrap();
     let config = g.dir.join("wardgate.toml");
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_wardgate"))
@@ -243,6 +250,18 @@ async fn key_management_from_the_cli_is_recorded_without_the_key() {
         && e["body"]["os_user"] == "ops-oncall"));
     assert!(actions.iter().any(|e| e["body"]["command"] == "service-accounts revoke"));
     assert_eq!(events.iter().filter(|e| e["kind"] == "admin.outcome" && e["body"]["ok"] == true).count(), 2);
+    // The running gateway's spool adopts them: the sink receives both records.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = std::fs::read_to_string(&siem).unwrap_or_default();
+        let delivered = got.lines().filter(|l| l.contains("\"admin-cli-")).count();
+        if delivered >= 4 {
+            assert!(!got.contains(&key), "the key reached the sink");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{delivered} admin-cli events delivered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Each is a complete, verifiable recording.
     for f in &files {
         let out = Command::new(env!("CARGO_BIN_EXE_wardgate")).args(["sessions", "verify"]).arg(f).output().unwrap();

@@ -69,14 +69,14 @@ impl StateArgs {
                                "os_uid": unsafe { libc::geteuid() }, "via": "cli"}),
         );
         log.commit().map_err(|e| anyhow::anyhow!("{e}; the action is not taken"))?;
-        Ok(CliAudit { log, _recorder: recorder })
+        Ok(CliAudit { log, recorder })
     }
 }
 
 /// An admin action from the CLI being recorded (see [`StateArgs::audit`]).
 struct CliAudit {
     log: SessionRecorder,
-    _recorder: Recorder,
+    recorder: Recorder,
 }
 
 impl CliAudit {
@@ -87,6 +87,12 @@ impl CliAudit {
             Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
         };
         self.log.emit("admin.outcome", body);
+        let id = self.log.id().to_string();
+        drop(self.log); // closes (and signs) the recording
+                        // The gateway's sinks and archive get it too.
+        if let Err(e) = wardgate::record::spool::adopt(self.recorder.dir(), &id) {
+            eprintln!("warning: the admin record {id} was written but not queued for sinks: {e}");
+        }
     }
 }
 

@@ -104,6 +104,35 @@ fn write_marker(dir: &Path, id: &str, m: &Marker) -> std::io::Result<()> {
     std::fs::rename(&tmp, marker_path(dir, id))
 }
 
+/// Hand a closed recording written by another process (the CLI's
+/// `admin-cli-*` records) to the spool of the gateway that owns `rec_dir`: a
+/// running one picks it up within [`ADOPT_EVERY`] rounds, a stopped one at start.
+pub fn adopt(rec_dir: &Path, id: &str) -> std::io::Result<()> {
+    let dir = rec_dir.join(".spool");
+    std::fs::create_dir_all(&dir)?;
+    write_marker(&dir, id, &Marker { closed: true, ..Default::default() })
+}
+
+/// How often (in rounds) the sink thread looks for adopted recordings.
+const ADOPT_EVERY: u64 = 20;
+
+/// Closed markers this spool does not know yet (adopted ones); unreadable or
+/// open markers are left alone (a finished session's marker may be vanishing).
+fn adoptable(dir: &Path, known: &HashMap<String, Pending>) -> Vec<(String, Marker)> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let id = p.file_name()?.to_str()?.strip_suffix(".json")?.to_string();
+            if id.starts_with('.') || known.contains_key(&id) {
+                return None;
+            }
+            let m: Marker = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            m.closed.then_some((id, m))
+        })
+        .collect()
+}
+
 fn markers(dir: &Path) -> Vec<(String, Marker)> {
     let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
     let mut v = vec![];
@@ -256,9 +285,16 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
             pending.insert(id, Pending { marker, dirty: false, saved: Instant::now() });
         }
     }
+    let mut round = 0u64;
     loop {
         std::thread::sleep(ROUND);
         let Some(spool) = spool.upgrade() else { return };
+        round += 1;
+        if round.is_multiple_of(ADOPT_EVERY) {
+            for (id, marker) in adoptable(&spool.dir, &pending) {
+                pending.insert(id, Pending { marker, dirty: false, saved: Instant::now() });
+            }
+        }
         for note in std::mem::take(&mut *spool.notes.lock()) {
             match note {
                 Note::Open(id) => {
