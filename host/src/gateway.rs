@@ -66,11 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let signer = match &config.recording_key_file {
         None => None,
         Some(f) => {
-            let text = crate::config::Secret::new(
-                std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
-            );
-            let s = crate::record::sign::Signer::from_seed_hex(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            let s = crate::record::sign::Signer::from_key_file(f).map_err(anyhow::Error::msg)?;
             tracing::info!(public_key = %s.public_hex(), "recordings carry signed checkpoints");
             Some(s)
         }
@@ -105,10 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let mut self_signed_pem = None;
     let mut certs = Vec::new();
     if let Some(l) = &config.postgres {
-        let tls = crate::tls::server_config(&l.tls, &[]).context("TLS for listeners.postgres")?;
-        let tls = tls.map(|t| {
-            tasks.extend(t.certs.watch("postgres"));
-            certs.push(t.certs);
+        let tls = listener_tls(&l.tls, &[], "postgres", &mut tasks, &mut certs)?.map(|t| {
             self_signed_pem = t.self_signed_pem;
             t.config
         });
@@ -131,12 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             }
         }));
     }
-    let admin_tls = crate::tls::server_config(&config.admin.tls, &[b"http/1.1"]).context("TLS for admin")?;
-    let admin_tls = admin_tls.map(|t| {
-        tasks.extend(t.certs.watch("admin"));
-        certs.push(t.certs);
-        t.config
-    });
+    let admin_tls = listener_tls(&config.admin.tls, &[b"http/1.1"], "admin", &mut tasks, &mut certs)?.map(|t| t.config);
     let admin = TcpListener::bind(config.admin.bind)
         .await
         .with_context(|| format!("cannot listen on admin.bind {}", config.admin.bind))?;
@@ -158,4 +146,21 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         }
     }));
     Ok(Gateway { postgres_addr, admin_addr, registry, recorder, stats, self_signed_pem, approvals, tasks })
+}
+
+/// A listener's TLS (`what`: `postgres` or `admin`), its certificate watched
+/// for changes (the task joins `tasks`, the store joins `certs` for metrics).
+fn listener_tls(
+    source: &crate::config::TlsSource,
+    alpn: &[&[u8]],
+    what: &'static str,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    certs: &mut Vec<Arc<crate::tls::reload::CertStore>>,
+) -> anyhow::Result<Option<crate::tls::ServerTls>> {
+    let tls = crate::tls::server_config(source, alpn).with_context(|| format!("TLS for the {what} listener"))?;
+    if let Some(t) = &tls {
+        tasks.extend(t.certs.watch(what));
+        certs.push(t.certs.clone());
+    }
+    Ok(tls)
 }

@@ -32,3 +32,18 @@ pub fn format_rfc3339_ms(ms: u64) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
+
+/// The next connection on `listener`. Accept errors (out of file descriptors
+/// and the like) are logged and retried after a pause instead of spinning or
+/// ending the listener: the sessions already open keep being served.
+pub async fn accept(listener: &tokio::net::TcpListener, what: &str) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

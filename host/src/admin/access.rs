@@ -32,12 +32,11 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::json;
 
 use super::listen::Peer;
-use super::AdminState;
+use super::{fail, AdminState};
 use crate::config::Config;
 use crate::pipeline::types::{Identity, PrincipalKind};
 use crate::record::SessionRecorder;
@@ -156,10 +155,6 @@ impl Audit {
     }
 }
 
-fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"error": msg.into()}))).into_response()
-}
-
 fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -186,11 +181,6 @@ fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     Ok(())
 }
 
-fn principal_json(who: &Identity) -> serde_json::Value {
-    let p = &who.principal;
-    json!({"subject": p.subject, "name": p.name, "issuer": p.issuer, "kind": format!("{:?}", p.kind).to_lowercase()})
-}
-
 /// The middleware: authenticate, authorize, audit. The caller's [`Identity`]
 /// is handed to handlers as a request extension.
 pub async fn enforce(
@@ -208,7 +198,7 @@ pub async fn enforce(
         audit.log.emit(
             "admin.refused",
             json!({"method": method.as_str(), "path": path, "peer": peer.to_string(),
-                   "principal": who.map(principal_json), "status": status.as_u16(), "reason": why}),
+                   "principal": who.map(|w| crate::approvals::model::PrincipalView::from(&w.principal)), "status": status.as_u16(), "reason": why}),
         );
         // Refusals are best effort: a full disk must not turn into a 500 for a bad token.
         let _ = audit.log.commit();
@@ -245,7 +235,7 @@ pub async fn enforce(
         );
         return refuse(StatusCode::FORBIDDEN, Some(&who), why);
     }
-    let principal = principal_json(&who);
+    let principal = crate::approvals::model::PrincipalView::from(&who.principal);
     if !is_safe(&method) {
         // Recorded before it runs: no unrecorded admin action.
         audit.log.emit(

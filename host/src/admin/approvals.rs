@@ -17,13 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::access::Role;
-use super::AdminState;
+use super::{fail, AdminState};
 use crate::approvals::{ApprovalRequest, DecideError, Status};
 use crate::pipeline::types::Identity;
-
-fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"error": msg.into()}))).into_response()
-}
 
 /// May `who` decide `req`? (Exact statement shown only then.)
 fn may_decide(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> bool {

@@ -33,15 +33,7 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         let task = tokio::spawn(async move {
             loop {
-                let (sock, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of fds and the like: back off instead of spinning.
-                        tracing::warn!("admin listener: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (sock, peer) = crate::util::accept(&tcp, "admin").await;
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {

@@ -103,6 +103,11 @@ pub fn plugin_list(registry: &Registry) -> Vec<PluginInfo> {
     v
 }
 
+/// An error answer: `{"error": msg}` with `status`.
+pub(crate) fn fail(status: axum::http::StatusCode, msg: impl Into<String>) -> axum::response::Response {
+    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+}
+
 /// The router.
 pub fn router(state: AdminState) -> Router {
     Router::new()

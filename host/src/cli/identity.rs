@@ -40,47 +40,52 @@ impl StateArgs {
         Ok(AccountStore::in_dir(&self.resolve()?.0))
     }
 
-    /// Start the admin recording of a key-management action: written (and
-    /// signed, with the config's recording key) *before* the action runs, so
-    /// an action that cannot be recorded is not taken.
-    fn audit(&self, command: &str, body: serde_json::Value) -> anyhow::Result<CliAudit> {
+    /// The key store and the admin recording of a key-management action on
+    /// it (see [`audit`]), from one read of the config.
+    fn store_audited(&self, command: &str, args: serde_json::Value) -> anyhow::Result<(AccountStore, CliAudit)> {
         let (dir, cfg) = self.resolve()?;
-        let signer = match cfg.as_ref().and_then(|c| c.recording_key_file.as_ref()) {
-            None => None,
-            Some(f) => {
-                let seed = wardgate::config::Secret::new(
-                    std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
-                );
-                Some(
-                    wardgate::record::sign::Signer::from_seed_hex(&seed)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
-                )
-            }
-        };
-        // No registry: no crash recovery or sinks here (a running gateway owns those).
-        let recorder =
-            Recorder::open(&dir.join("recordings"), wardgate::record::Options { signer, ..Default::default() })
-                .context("cannot open the recordings directory for the admin record")?;
-        let log = recorder.session(&format!("admin-cli-{}", wardgate::util::random_id()));
-        let user = std::env::var("USER").unwrap_or_default();
-        log.emit(
-            "admin.action",
-            serde_json::json!({"command": command, "args": body, "os_user": user,
-                               "os_uid": unsafe { libc::geteuid() }, "via": "cli"}),
-        );
-        log.commit().map_err(|e| anyhow::anyhow!("{e}; the action is not taken"))?;
-        Ok(CliAudit { log, recorder })
+        let audit = audit(&dir, cfg.as_ref(), command, args)?;
+        Ok((AccountStore::in_dir(&dir), audit))
     }
 }
 
-/// An admin action from the CLI being recorded (see [`StateArgs::audit`]).
+/// Start the admin recording of a key-management action in `state_dir`:
+/// written (and signed, with the config's recording key) *before* the action
+/// runs, so an action that cannot be recorded is not taken.
+fn audit(
+    state_dir: &std::path::Path,
+    cfg: Option<&wardgate::config::Config>,
+    command: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<CliAudit> {
+    let signer = cfg
+        .and_then(|c| c.recording_key_file.as_deref())
+        .map(wardgate::record::sign::Signer::from_key_file)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    // No registry: no crash recovery or sinks here (a running gateway owns those).
+    let recorder =
+        Recorder::open(&state_dir.join("recordings"), wardgate::record::Options { signer, ..Default::default() })
+            .context("cannot open the recordings directory for the admin record")?;
+    let log = recorder.session(&format!("admin-cli-{}", wardgate::util::random_id()));
+    let user = std::env::var("USER").unwrap_or_default();
+    log.emit(
+        "admin.action",
+        serde_json::json!({"command": command, "args": body, "os_user": user,
+                           "os_uid": unsafe { libc::geteuid() }, "via": "cli"}),
+    );
+    log.commit().map_err(|e| anyhow::anyhow!("{e}; the action is not taken"))?;
+    Ok(CliAudit { log, recorder })
+}
+
+/// An admin action from the CLI being recorded (see [`audit`]).
 struct CliAudit {
     log: SessionRecorder,
     recorder: Recorder,
 }
 
 impl CliAudit {
-    /// Record how the action ended; the recording is closed (and signed) on drop.
+    /// Record how the action ended, close (and sign) the recording and queue it for the gateway's sinks.
     fn outcome<T>(self, r: &anyhow::Result<T>) {
         let body = match r {
             Ok(_) => serde_json::json!({"ok": true}),
@@ -88,8 +93,8 @@ impl CliAudit {
         };
         self.log.emit("admin.outcome", body);
         let id = self.log.id().to_string();
-        drop(self.log); // closes (and signs) the recording
-                        // The gateway's sinks and archive get it too.
+        // Closing signs the recording; then the gateway's sinks and archive get it too.
+        drop(self.log);
         if let Err(e) = wardgate::record::spool::adopt(self.recorder.dir(), &id) {
             eprintln!("warning: the admin record {id} was written but not queued for sinks: {e}");
         }
@@ -143,8 +148,7 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("--expires {e}: use a number and a unit (s, m, h, d, w), e.g. 30d"))?,
                 ),
             };
-            let store = state.store()?;
-            let audit = state.audit(
+            let (store, audit) = state.store_audited(
                 "service-accounts create",
                 serde_json::json!({"name": name, "kind": kind, "groups": groups, "on_behalf_of": on_behalf_of,
                                    "expires_in_ms": expires_in_ms}),
@@ -199,8 +203,7 @@ pub fn service_accounts(cmd: SaCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SaCmd::Revoke { name, state } => {
-            let store = state.store()?;
-            let audit = state.audit("service-accounts revoke", serde_json::json!({"name": name}))?;
+            let (store, audit) = state.store_audited("service-accounts revoke", serde_json::json!({"name": name}))?;
             let revoked = store.revoke(&name).map_err(anyhow::Error::from);
             audit.outcome(&revoked);
             let n = revoked?;

@@ -159,11 +159,7 @@ impl SessionPlugins {
     /// apply to (the recording spool serves every session from one instance
     /// per sink and matches each session's connection itself).
     pub fn with_role_any_connection(&self, role: Role) -> Vec<Arc<LoadedPlugin>> {
-        self.set
-            .ordered()
-            .into_iter()
-            .filter(|p| p.manifest.enabled && p.manifest.protocols.iter().any(|x| x == self.protocol) && plays(p, role))
-            .collect()
+        self.set.ordered().into_iter().filter(|p| p.manifest.serves(self.protocol) && plays(p, role)).collect()
     }
 
     /// The required plugins that are loaded, and an error for the first one

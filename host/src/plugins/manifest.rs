@@ -131,9 +131,17 @@ pub struct Manifest {
 impl Manifest {
     /// Does this plugin apply to `connection` over `protocol`?
     pub fn applies_to(&self, connection: &str, protocol: &str) -> bool {
-        self.enabled
-            && self.protocols.iter().any(|p| p == protocol)
-            && self.connections.iter().any(|c| c == "*" || c == connection)
+        self.serves(protocol) && self.connections.iter().any(|c| c == "*" || c == connection)
+    }
+
+    /// Enabled for `protocol`, on whichever connections.
+    pub fn serves(&self, protocol: &str) -> bool {
+        self.enabled && self.protocols.iter().any(|p| p == protocol)
+    }
+
+    /// Named for every connection (`"*"`): gateway-wide logs go only to these.
+    pub fn applies_to_all_connections(&self) -> bool {
+        self.enabled && self.connections.iter().any(|c| c == "*")
     }
 
     /// Whether `url` is granted to `http-post`. A prefix grant must end at a

@@ -177,13 +177,24 @@ impl Recorder {
         &self.inner.dir
     }
 
-    /// A handle for one session.
+    /// A handle for a gateway-wide log (approvals, admin): recorder plugins
+    /// for every connection receive it.
     pub fn session(&self, id: &str) -> SessionRecorder {
+        self.open_session(id, None)
+    }
+
+    /// A handle for one client session on `connection`: recorder plugins whose
+    /// manifest applies to that connection receive it.
+    pub fn session_on(&self, id: &str, connection: &str) -> SessionRecorder {
+        self.open_session(id, Some(connection))
+    }
+
+    fn open_session(&self, id: &str, connection: Option<&str>) -> SessionRecorder {
         let id: Arc<str> = Arc::from(id);
         let log = Arc::new(Mutex::new(LogState::new(&self.inner.dir, &id)));
         self.inner.live.lock().insert(id.clone(), Arc::downgrade(&log));
         if let Some(spool) = &self.inner.spool {
-            spool.begin(&id);
+            spool.begin(&id, connection);
         }
         SessionRecorder { id, log, inner: self.inner.clone() }
     }

@@ -53,6 +53,13 @@ impl Signer {
         Ok(Signer { key })
     }
 
+    /// From a key file (`gateway.recording_key_file`); the file's text is
+    /// wiped from memory once parsed. Errors name the file.
+    pub fn from_key_file(path: &std::path::Path) -> Result<Signer, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_seed_hex(&crate::config::Secret::new(text)).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// The public key, hex (what verifiers need).
     pub fn public_hex(&self) -> String {
         hex::encode(self.key.public_key().as_ref())

@@ -51,36 +51,15 @@ struct Marker {
     closed: bool,
     /// Bytes of the recording each sink (by plugin name) has received.
     offsets: HashMap<String, u64>,
-    /// The connection the session used (`*`: a gateway-wide log), once known;
-    /// sinks get a session only if their manifest applies to it.
+    /// The connection the session used; `None` (older markers, gateway-wide
+    /// logs): every connection. Sinks get a session only if their manifest
+    /// applies to its connection.
     #[serde(default)]
     connection: Option<String>,
 }
 
-/// Events that open a client session's recording, each naming its connection.
-const FIRST_EVENTS: [&str; 3] = ["session.start", "auth.failed", "upstream.failed"];
-
-/// The connection of the recording at `path`, from its first event; `*` for
-/// gateway-wide logs (approvals, admin); `None` while nothing is written yet.
-fn connection_of(path: &Path) -> Option<String> {
-    const HEAD: u64 = 64 << 10;
-    let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(path).ok()?.take(HEAD).read_to_end(&mut head).ok()?;
-    let Some(line) = head.split(|b| *b == b'\n').next().filter(|l| head.len() > l.len()) else {
-        // A first line longer than any session opening is a gateway-wide log's
-        // (an approval request quoting a long statement): deliver it as such.
-        return (head.len() as u64 >= HEAD).then(|| "*".to_string());
-    };
-    let v: Value = serde_json::from_slice(line).ok()?;
-    let kind = v["kind"].as_str().unwrap_or("");
-    Some(match v["body"]["connection"].as_str() {
-        Some(c) if FIRST_EVENTS.contains(&kind) => c.to_string(),
-        _ => "*".to_string(),
-    })
-}
-
 enum Note {
-    Open(String),
+    Open(String, Option<String>),
     Closed(String),
 }
 
@@ -116,39 +95,35 @@ pub fn adopt(rec_dir: &Path, id: &str) -> std::io::Result<()> {
 /// How often (in rounds) the sink thread looks for adopted recordings.
 const ADOPT_EVERY: u64 = 20;
 
-/// Closed markers this spool does not know yet (adopted ones); unreadable or
-/// open markers are left alone (a finished session's marker may be vanishing).
-fn adoptable(dir: &Path, known: &HashMap<String, Pending>) -> Vec<(String, Marker)> {
+/// The markers in `dir` except those `skip` names (not read): session id and
+/// content (`None`: unreadable).
+fn scan_markers(dir: &Path, skip: impl Fn(&str) -> bool) -> Vec<(String, Option<Marker>)> {
     let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
     rd.flatten()
         .filter_map(|e| {
             let p = e.path();
             let id = p.file_name()?.to_str()?.strip_suffix(".json")?.to_string();
-            if id.starts_with('.') || known.contains_key(&id) {
+            if id.starts_with('.') || skip(&id) {
                 return None;
             }
-            let m: Marker = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-            m.closed.then_some((id, m))
+            let m = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            Some((id, m))
         })
         .collect()
 }
 
+/// Closed markers this spool does not know yet (adopted ones); unreadable or
+/// open markers are left alone (a finished session's marker may be vanishing).
+fn adoptable(dir: &Path, known: &HashMap<String, Pending>) -> Vec<(String, Marker)> {
+    scan_markers(dir, |id| known.contains_key(id))
+        .into_iter()
+        .filter_map(|(id, m)| m.filter(|m| m.closed).map(|m| (id, m)))
+        .collect()
+}
+
+/// Every marker at start; an unreadable one still means "not delivered": start over for it.
 fn markers(dir: &Path) -> Vec<(String, Marker)> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
-    let mut v = vec![];
-    for e in rd.flatten() {
-        let p = e.path();
-        let Some(id) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if id.starts_with('.') {
-            continue;
-        }
-        // An unreadable marker still means "not delivered": start over for it.
-        let m = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        v.push((id.to_string(), m));
-    }
-    v
+    scan_markers(dir, |_| false).into_iter().map(|(id, m)| (id, m.unwrap_or_default())).collect()
 }
 
 impl Spool {
@@ -208,12 +183,14 @@ impl Spool {
         Ok(spool)
     }
 
-    /// A session starts: its marker exists before its first event is written.
-    pub fn begin(&self, id: &str) {
-        if let Err(e) = write_marker(&self.dir, id, &Marker::default()) {
+    /// A session on `connection` (`None`: a gateway-wide log) starts: its
+    /// marker exists before its first event is written.
+    pub fn begin(&self, id: &str, connection: Option<&str>) {
+        let marker = Marker { connection: connection.map(str::to_string), ..Default::default() };
+        if let Err(e) = write_marker(&self.dir, id, &marker) {
             tracing::error!(session = %id, "cannot create spool marker: {e}");
         }
-        self.notes.lock().push(Note::Open(id.to_string()));
+        self.notes.lock().push(Note::Open(id.to_string(), marker.connection));
     }
 
     /// A session ended.
@@ -297,9 +274,9 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         }
         for note in std::mem::take(&mut *spool.notes.lock()) {
             match note {
-                Note::Open(id) => {
+                Note::Open(id, connection) => {
                     pending.entry(id).or_insert(Pending {
-                        marker: Marker::default(),
+                        marker: Marker { connection, ..Default::default() },
                         dirty: false,
                         saved: Instant::now(),
                     });
@@ -319,19 +296,10 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         for (id, p) in pending.iter_mut() {
             let path = super::session_path(&spool.rec_dir, id);
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if p.marker.connection.is_none() {
-                // A session that closed without writing anything has nothing to deliver.
-                p.marker.connection =
-                    connection_of(&path).or_else(|| (p.marker.closed && len == 0).then(|| "*".to_string()));
-                p.dirty |= p.marker.connection.is_some();
-            }
-            let Some(conn) = p.marker.connection.clone() else {
-                // Nothing complete written yet: nothing to deliver.
-                behind += u64::from(len > 0);
-                backlog += len;
-                continue;
-            };
-            let sinks = all_sinks.iter().filter(|s| s.manifest.applies_to(&conn, "postgres"));
+            let sinks = all_sinks.iter().filter(|s| match &p.marker.connection {
+                Some(conn) => s.manifest.applies_to(conn, "postgres"),
+                None => s.manifest.applies_to_all_connections(),
+            });
             let mut least = len;
             for sink in sinks {
                 let name = &sink.manifest.name;
@@ -475,32 +443,4 @@ fn to_event(line: &[u8]) -> Option<Event> {
         kind: v.get("kind")?.as_str()?.to_string(),
         body_json: v.get("body")?.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::connection_of;
-
-    #[test]
-    fn a_recording_names_its_connection_in_its_first_event() {
-        let dir = std::env::temp_dir().join(format!("wardgate-spool-{}", crate::util::random_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("s.jsonl");
-        let write = |text: &str| std::fs::write(&f, text).unwrap();
-        write("");
-        assert_eq!(connection_of(&f), None, "nothing written yet");
-        write("{\"kind\":\"session.start\",\"body\":{\"connection\":\"shop\"}");
-        assert_eq!(connection_of(&f), None, "a line being written");
-        write("{\"kind\":\"session.start\",\"body\":{\"connection\":\"shop\"}}\n{}\n");
-        assert_eq!(connection_of(&f).as_deref(), Some("shop"));
-        write("{\"kind\":\"auth.failed\",\"body\":{\"connection\":\"billing\"}}\n");
-        assert_eq!(connection_of(&f).as_deref(), Some("billing"));
-        // A gateway-wide log whose first event merely mentions a connection.
-        write("{\"kind\":\"approval.requested\",\"body\":{\"connection\":\"shop\"}}\n");
-        assert_eq!(connection_of(&f).as_deref(), Some("*"));
-        // A first line longer than the head that is read: gateway-wide, never stuck.
-        write(&format!("{{\"kind\":\"approval.requested\",\"body\":{{\"statement\":\"{}\"}}}}\n", "x".repeat(70_000)));
-        assert_eq!(connection_of(&f).as_deref(), Some("*"));
-        std::fs::remove_dir_all(dir).ok();
-    }
 }

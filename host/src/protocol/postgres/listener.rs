@@ -36,15 +36,7 @@ pub struct PgContext {
 /// Accept clients until the listener fails.
 pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) -> std::io::Result<()> {
     loop {
-        let (sock, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: keep serving the sessions we have.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (sock, peer) = crate::util::accept(&listener, "postgres").await;
         let _ = sock.set_nodelay(true);
         let ctx = ctx.clone();
         let id = crate::util::random_id();

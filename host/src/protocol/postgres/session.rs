@@ -165,7 +165,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         )
         .await);
     }
-    let recorder = ctx.recorder.session(&id);
+    let recorder = ctx.recorder.session_on(&id, &connection_name);
 
     // Authentication: the password is the credential.
     let mut out = BytesMut::new();
@@ -333,8 +333,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
 }
 
 fn principal_json(p: &crate::pipeline::types::Principal) -> serde_json::Value {
-    json!({"subject": p.subject, "name": p.name, "email": p.email, "groups": p.groups,
-           "kind": crate::sql::enum_name(&p.kind), "issuer": p.issuer})
+    serde_json::to_value(crate::approvals::model::PrincipalView::from(p)).unwrap_or_default()
 }
 
 /// A server parameter that would make PostgreSQL read SQL differently from
