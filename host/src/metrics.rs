@@ -51,7 +51,7 @@ pub fn render(src: &Sources<'_>) -> String {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sum = |f: fn(&CertStore) -> &AtomicU64| certs.iter().map(|c| g(f(c))).sum::<u64>();
     let (c, gauge) = ("counter", "gauge");
-    let gateway: [(&str, &str, &str, u64); 18] = [
+    let gateway: [(&str, &str, &str, u64); 19] = [
         ("wardgate_sessions_started_total", "Client sessions accepted.", c, g(&stats.sessions_started)),
         ("wardgate_sessions_active", "Client sessions open now.", gauge, g(&stats.sessions_active)),
         ("wardgate_auth_failures_total", "Refused credentials or missing grants.", c, g(&stats.auth_failures)),
@@ -109,6 +109,12 @@ pub fn render(src: &Sources<'_>) -> String {
             "Changed certificate files refused (the previous certificate stayed in service).",
             c,
             sum(|c| &c.reload_failures),
+        ),
+        (
+            "wardgate_plugin_dir_reads_total",
+            "Times the plugin directory was read (start-up, then after each change).",
+            c,
+            registry.reloads(),
         ),
     ];
     for (name, help, kind, v) in gateway {

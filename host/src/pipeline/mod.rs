@@ -16,21 +16,22 @@ use crate::plugins::instances::Role;
 use crate::plugins::{CallError, LoadedPlugin, Registry, SessionPlugins};
 use types::{Column, Finding, PackedCells, Request, Review, RowBatch, Session, Verdict};
 
-/// What one guard said, for the recording.
+/// What one guard said, for the recording. Fields in alphabetical order: the
+/// recording's canonical form (see [`crate::record::body`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerdictRecord {
-    /// Plugin name.
-    pub plugin: String,
-    /// Plugin version.
-    pub version: String,
-    /// SHA-256 of the plugin's `.wasm`.
-    pub hash: String,
     /// allow | deny | review | rewrite | error
     pub decision: &'static str,
-    /// Reason given, if any.
-    pub reason: Option<String>,
+    /// SHA-256 of the plugin's `.wasm`.
+    pub hash: String,
     /// Time the call took, microseconds.
     pub micros: u64,
+    /// Plugin name.
+    pub plugin: String,
+    /// Reason given, if any.
+    pub reason: Option<String>,
+    /// Plugin version.
+    pub version: String,
 }
 
 /// The pipeline's decision on a request.

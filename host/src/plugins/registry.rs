@@ -98,6 +98,8 @@ pub struct Registry {
     /// Failures in a row before a plugin is quarantined.
     pub quarantine_after: u32,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// Times the directory was re-read after a change.
+    reloads: AtomicU64,
 }
 
 impl Registry {
@@ -115,6 +117,7 @@ impl Registry {
             listeners: Mutex::new(Vec::new()),
             quarantine_after: 5,
             watcher: Mutex::new(None),
+            reloads: AtomicU64::new(0),
         });
         let names = reg.plugin_names()?;
         reg.reload_names(&names);
@@ -144,6 +147,11 @@ impl Registry {
         for l in self.listeners.lock().iter() {
             l(&event);
         }
+    }
+
+    /// Times the plugin directory was read (start-up, then after each change).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
     }
 
     /// The current set.
@@ -182,6 +190,7 @@ impl Registry {
     /// Reload the named plugins from disk and swap once for all of them.
     pub fn reload_names(&self, names: &BTreeSet<String>) {
         let _guard = self.swap_lock.lock();
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         let old = self.current.load_full();
         let mut plugins = old.plugins.clone();
         let mut errors = old.errors.clone();
@@ -244,7 +253,16 @@ impl Registry {
     pub fn watch(self: &Arc<Self>, debounce: Duration) -> notify::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
+            // Opening or reading a file (our own reload reads them) is not a
+            // change: without this filter every reload triggered the next one.
+            // A file closed after writing is.
+            use notify::event::{AccessKind, AccessMode, EventKind};
+            let Ok(ev) = res else { return };
+            let change = match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                kind => !kind.is_access(),
+            };
+            if change {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::body::Body;
 use super::sign::{self, Signer};
-use super::{chain_hash, genesis, SCHEMA};
+use super::{chain_hash_bytes, genesis, SCHEMA};
 
 /// Buffered bytes above which an event is written at once, commit or not.
 const WRITE_THROUGH: usize = 256 * 1024;
@@ -46,21 +47,22 @@ pub struct Digest {
 
 impl Digest {
     /// Take one event into account.
-    pub fn note(&mut self, kind: &str, at_ms: u64, body: &Value) {
+    pub fn note<B: Body + ?Sized>(&mut self, kind: &str, at_ms: u64, body: &B) {
         if self.first_ms == 0 {
             self.first_ms = at_ms;
         }
         self.last_ms = at_ms;
         match kind {
-            "session.start" => self.start = Some(body.clone()),
-            "auth.failed" => self.auth_failed = Some(body.clone()),
+            "session.start" => self.start = Some(body.to_value()),
+            "auth.failed" => self.auth_failed = Some(body.to_value()),
             "session.end" => {
+                let body = body.to_value();
                 self.end_reason = body.get("reason").and_then(Value::as_str).map(str::to_string);
                 self.recovered = body.get("recovered").and_then(Value::as_bool).unwrap_or(false);
             }
             "request" => {
                 self.requests += 1;
-                match body.get("decision").and_then(Value::as_str) {
+                match body.decision() {
                     Some("deny") => self.denied += 1,
                     Some("review") => self.reviewed += 1,
                     _ => {}
@@ -137,12 +139,18 @@ impl LogState {
 
     /// Append one event to the buffer, chained to the previous one; signs a
     /// checkpoint after every [`sign::EVERY`] events.
-    pub fn append(&mut self, kind: &str, at_ms: u64, body: &Value, signer: Option<&Signer>) -> Result<(), String> {
+    pub fn append<B: Body + ?Sized>(
+        &mut self,
+        kind: &str,
+        at_ms: u64,
+        body: &B,
+        signer: Option<&Signer>,
+    ) -> Result<(), String> {
         if self.buf.len() > FAILING_CAP {
             return Err(self.error.clone().unwrap_or_else(|| "recording buffer full".into()));
         }
         self.digest.note(kind, at_ms, body);
-        self.push_line(kind, at_ms, &body.to_string());
+        self.push_line(kind, at_ms, body);
         if let Some(signer) = signer {
             self.unsigned += 1;
             self.unsigned_since.get_or_insert_with(Instant::now);
@@ -156,24 +164,31 @@ impl LogState {
         Ok(())
     }
 
-    fn push_line(&mut self, kind: &str, at_ms: u64, body_json: &str) {
+    /// Chain one line onto the buffer, serialized in place. Canonical form
+    /// (keys sorted, as a serde_json map re-serializes them): `verify` parses
+    /// the line, drops `hash` and must get exactly this content back.
+    fn push_line<B: Body + ?Sized>(&mut self, kind: &str, at_ms: u64, body: &B) {
         self.seq += 1;
-        // Canonical form (keys sorted, as a serde_json map re-serializes
-        // them): `verify` parses the line, drops `hash` and must get exactly
-        // this content back.
-        let content = format!(
-            "{{\"at\":{},\"at_ms\":{at_ms},\"body\":{body_json},\"kind\":{},\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":{}}}",
-            Value::String(crate::util::format_rfc3339_ms(at_ms)),
-            Value::String(kind.to_string()),
-            self.prev,
-            self.seq,
-            Value::String(self.id.clone()),
-        );
-        let hash = chain_hash(&self.prev, &content);
-        self.buf.extend_from_slice(&content.as_bytes()[..content.len() - 1]);
-        self.buf.extend_from_slice(b",\"hash\":\"");
-        self.buf.extend_from_slice(hash.as_bytes());
-        self.buf.extend_from_slice(b"\"}\n");
+        let start = self.buf.len();
+        let buf = &mut self.buf;
+        // (RFC 3339 times, hex hashes, the schema and numbers need no escaping.)
+        let _ = write!(buf, "{{\"at\":\"{}\",\"at_ms\":{at_ms},\"body\":", crate::util::format_rfc3339_ms(at_ms));
+        let body_at = buf.len();
+        if serde_json::to_writer(&mut *buf, body).is_err() {
+            buf.truncate(body_at);
+            buf.extend_from_slice(b"null");
+        }
+        buf.extend_from_slice(b",\"kind\":");
+        let _ = serde_json::to_writer(&mut *buf, kind);
+        let _ = write!(buf, ",\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":", self.prev, self.seq);
+        let _ = serde_json::to_writer(&mut *buf, &self.id);
+        buf.push(b'}');
+        let hash = chain_hash_bytes(&self.prev, &buf[start..]);
+        // The hash goes in last, inside the object.
+        buf.pop();
+        buf.extend_from_slice(b",\"hash\":\"");
+        buf.extend_from_slice(hash.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
         self.prev = hash;
         self.appended += 1;
     }
@@ -191,7 +206,7 @@ impl LogState {
         });
         self.unsigned = 0;
         self.unsigned_since = None;
-        self.push_line("checkpoint", crate::util::now_ms(), &body.to_string());
+        self.push_line("checkpoint", crate::util::now_ms(), &body);
     }
 
     /// Whether the oldest unsigned event waited at least `age`.

@@ -16,6 +16,7 @@
 //! sink never slows client traffic and never loses an event.
 
 pub mod archive;
+pub mod body;
 pub mod index;
 pub mod log;
 pub mod read;
@@ -31,7 +32,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::plugins::Registry;
@@ -235,7 +235,7 @@ pub struct SessionRecorder {
 impl SessionRecorder {
     /// Record an event. `body` must hold masked data only. The event is
     /// buffered; [`SessionRecorder::commit`] writes it.
-    pub fn emit(&self, kind: &'static str, body: Value) {
+    pub fn emit<B: body::Body>(&self, kind: &'static str, body: B) {
         let at_ms = crate::util::now_ms();
         let mut st = self.log.lock();
         if st.append(kind, at_ms, &body, self.inner.signer.as_ref()).is_err() {
@@ -244,7 +244,7 @@ impl SessionRecorder {
         drop(st);
         if kind == "session.start" {
             if let Some(index) = &self.inner.index {
-                index.started(&self.id, at_ms, &body);
+                index.started(&self.id, at_ms, &body.to_value());
             }
         }
     }
@@ -303,10 +303,15 @@ pub fn session_path(dir: &Path, id: &str) -> PathBuf {
 
 /// Hash of one line's content given the previous hash.
 pub fn chain_hash(prev: &str, content: &str) -> String {
+    chain_hash_bytes(prev, content.as_bytes())
+}
+
+/// [`chain_hash`] of content that is still bytes.
+pub fn chain_hash_bytes(prev: &str, content: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");
-    h.update(content.as_bytes());
+    h.update(content);
     hex::encode(h.finalize())
 }
 

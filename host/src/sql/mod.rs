@@ -26,8 +26,33 @@ use crate::pipeline::types::{SqlPhase, SqlRequest, SqlStatement, StatementKind};
 const CACHE_CAP: usize = 4096;
 
 /// The manifest name of a statement kind (`drop`, `do-block`, ...).
-pub fn kind_name(kind: StatementKind) -> String {
-    enum_name(&kind)
+pub fn kind_name(kind: StatementKind) -> &'static str {
+    use StatementKind as K;
+    match kind {
+        K::Select => "select",
+        K::Insert => "insert",
+        K::Update => "update",
+        K::Delete => "delete",
+        K::Merge => "merge",
+        K::CopyTo => "copy-to",
+        K::CopyFrom => "copy-from",
+        K::Create => "create",
+        K::Alter => "alter",
+        K::Drop => "drop",
+        K::Truncate => "truncate",
+        K::Grant => "grant",
+        K::Revoke => "revoke",
+        K::DoBlock => "do-block",
+        K::Call => "call",
+        K::Transaction => "transaction",
+        K::SessionSetting => "session-setting",
+        K::Explain => "explain",
+        K::Prepared => "prepared",
+        K::Notification => "notification",
+        K::Cursor => "cursor",
+        K::Maintenance => "maintenance",
+        K::Other => "other",
+    }
 }
 
 /// The kebab-case name of a contract enum value (`Agent` -> `agent`, `DoBlock` -> `do-block`).

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
@@ -34,6 +34,7 @@ use super::upstream::{TableInfo, Upstream};
 use crate::metrics::Stats;
 use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest};
 use crate::pipeline::{Decision, Outcome, SessionPipeline};
+use crate::record::body::{Findings, RequestEvent, ResponseError, ResponseEvent, Statements};
 use crate::record::SessionRecorder;
 
 /// Rows masked per plugin call.
@@ -474,24 +475,6 @@ fn copy_format(req: &SqlRequest) -> Option<CopyFormat> {
     Some(f)
 }
 
-fn statements_json(req: &SqlRequest) -> Value {
-    Value::Array(
-        req.statements
-            .iter()
-            .map(|s| {
-                json!({
-                    "kind": crate::sql::kind_name(s.kind),
-                    "node": s.node,
-                    "tables_read": s.tables_read,
-                    "tables_written": s.tables_written,
-                    "functions": s.functions,
-                    "has_where": s.has_where,
-                })
-            })
-            .collect(),
-    )
-}
-
 /// What the guards decided about one request.
 enum Decided {
     /// Run it (with a guard's rewritten text, if any).
@@ -518,7 +501,7 @@ fn decide(
     } else {
         request.text.clone()
     };
-    let statements = statements_json(&request);
+    let statements = request.statements.clone();
     let phase = if request.phase == SqlPhase::Parse { "parse" } else { "query" };
     let parse_error = request.parse_error.clone();
     let original_text = request.text.clone();
@@ -570,17 +553,17 @@ fn decide(
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     ctx.recorder.emit(
         "request",
-        json!({
-            "request_id": id,
-            "phase": phase,
-            "statement": &recorded_text,
-            "statements": statements,
-            "parse_error": parse_error,
-            "decision": decision,
-            "host_policy": host_violation,
-            "verdicts": verdicts,
-            "policy_micros": started.elapsed().as_micros() as u64,
-        }),
+        RequestEvent {
+            decision,
+            host_policy: host_violation.as_deref(),
+            parse_error: parse_error.as_deref(),
+            phase,
+            policy_micros: started.elapsed().as_micros() as u64,
+            request_id: id,
+            statement: &recorded_text,
+            statements: Statements(&statements),
+            verdicts: &verdicts,
+        },
     );
     // The request is on record before it can reach the upstream: fail closed.
     if let Err(e) = ctx.recorder.commit() {
@@ -840,17 +823,18 @@ fn record_response(ctx: &Ctx<'_>, res: &mut Results, tag: Option<&str>, error: O
     }
     ctx.recorder.emit(
         "response",
-        json!({
-            "request_id": res.request_id,
-            "command": tag,
-            "rows": res.rows,
-            "bytes": res.bytes,
-            "duration_us": res.started.map(|t| t.elapsed().as_micros() as u64),
-            "findings": res.findings.iter().map(|f| json!({"entity": f.entity, "count": f.count})).collect::<Vec<_>>(),
-            "sample_rows": std::mem::take(&mut res.sample),
-            "error": error.map(|(code, message)| json!({"code": code, "message": message})),
-        }),
+        ResponseEvent {
+            bytes: res.bytes,
+            command: tag,
+            duration_us: res.started.map(|t| t.elapsed().as_micros() as u64),
+            error: error.as_ref().map(|(code, message)| ResponseError { code, message }),
+            findings: Findings(&res.findings),
+            request_id: res.request_id,
+            rows: res.rows,
+            sample_rows: &res.sample,
+        },
     );
+    res.sample.clear();
     res.rows = 0;
     res.bytes = 0;
     res.findings.clear();
