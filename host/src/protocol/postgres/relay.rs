@@ -1,9 +1,11 @@
 //! The relay of an authenticated session: client -> gateway -> upstream and
 //! back, with guards on every Query/Parse and maskers on every result row.
 //!
-//! Two tasks, one per direction, so neither can block the other (a single
-//! task writing to a full upstream socket while the upstream waits for us to
-//! read would deadlock a pipelining client). They share an expectation queue:
+//! Two halves, one per direction, polled together in the session's task, so
+//! neither can block the other (one loop writing to a full upstream socket
+//! while the upstream waits for us to read would deadlock a pipelining
+//! client); being one task, no cross-thread wake-up separates them. They
+//! share an expectation queue:
 //! the client side pushes what each forwarded message will produce; the
 //! upstream side pops as responses arrive and so always knows which
 //! statement and which columns a DataRow belongs to, in simple and extended
