@@ -79,7 +79,7 @@ const SCRIPT: &[(&str, &str)] = &[
 ];
 
 /// Appended to the `[config]` table (the manifest's last) of the demo's sql-guard.
-const DEMO_PROTECTED: &str = "\n# Added by `wardgate demo`: columns with these names, in any table, may only be returned\n# as they are (so maskers see them): transforming them could carry data past content detectors.\nprotected_columns = [\"*.email\", \"*.card_number\", \"*.ssn\", \"*.phone\", \"*.notes\", \"*.password\", \"*.secret\", \"*.api_key\", \"*.token\", \"*.iban\"]\nprotected_transform = \"deny\"\nprotected_filter = \"allow\"\n";
+const DEMO_PROTECTED: &str = "\n# Added by `wardgate demo`: columns with these names, in any table, may only be returned\n# as they are (so maskers see them): transforming them could carry data past content detectors.\nprotected_columns = [\"*.email\", \"*.card_number\", \"*.ssn\", \"*.phone\", \"*.notes\", \"*.password\", \"*.secret\", \"*.api_key\", \"*.token\", \"*.iban\"]\nprotected_transform = \"deny\"\n# Filtering or ordering by them is refused too: `WHERE ssn LIKE '1%'`, repeated, reads the\n# value one character at a time. Set \"allow\" to permit lookups such as `WHERE email = $1`.\nprotected_filter = \"deny\"\n";
 
 fn find_plugin_dir(p: &Path) -> anyhow::Result<PathBuf> {
     for name in ["sql-guard", "pii-mask"] {

@@ -354,10 +354,13 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
     }
     if let Some((col, usage)) = protected_use(rules, stmt) {
         let (action, what) = match usage {
-            ColumnUsage::Filter => (rules.set.protected_filter.as_str(), "filters or orders rows by"),
-            _ => (rules.set.protected_transform.as_str(), "transforms or copies"),
+            ColumnUsage::Filter => (
+                rules.set.protected_filter.as_str(),
+                "filters or orders rows by it (repeated filters would reveal the value)",
+            ),
+            _ => (rules.set.protected_transform.as_str(), "transforms or copies it"),
         };
-        let reason = format!("{col} is protected: it may only be returned as it is (masked); this statement {what} it");
+        let reason = format!("{col} is protected: it may only be returned as it is (masked); this statement {what}");
         match action {
             "deny" => return Verdict::Deny(reason),
             "review" => return review(rules, reason),
