@@ -98,7 +98,7 @@ pub struct Registry {
     /// Failures in a row before a plugin is quarantined.
     pub quarantine_after: u32,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    /// Times the directory was re-read after a change.
+    /// Times the directory was read (start-up, then after each change).
     reloads: AtomicU64,
 }
 
