@@ -37,8 +37,8 @@ pub struct VerdictRecord {
 /// The pipeline's decision on a request.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Run it (possibly rewritten by a guard).
-    Allow(Request),
+    /// Run it: as it was (`None`), or as a guard rewrote it.
+    Allow(Option<Request>),
     /// Refuse it.
     Deny {
         /// Plugin that refused (or failed).
@@ -154,7 +154,7 @@ impl SessionPipeline {
 
     /// Ask every guard about `request`. `reanalyze` turns a guard's rewrite
     /// into a fully analysed request (for SQL: parse the new text again).
-    pub fn check(&mut self, request: Request, reanalyze: impl Fn(Request) -> Request) -> Decision {
+    pub fn check(&mut self, request: &Request, reanalyze: impl Fn(Request) -> Request) -> Decision {
         self.refresh();
         let mut verdicts = Vec::with_capacity(self.guards.len());
         if let Some(err) = self.blocked() {
@@ -163,10 +163,11 @@ impl SessionPipeline {
                 verdicts,
             };
         }
-        let mut request = request;
+        // The request as the guards so far left it (a rewrite replaces it).
+        let mut rewritten: Option<Request> = None;
         for g in self.guards.clone() {
             let started = Instant::now();
-            match self.plugins.check(&g, &self.session, &request) {
+            match self.plugins.check(&g, &self.session, rewritten.as_ref().unwrap_or(request)) {
                 Ok(Verdict::Allow) => verdicts.push(record(&g, "allow", None, started)),
                 Ok(Verdict::Deny(reason)) => {
                     verdicts.push(record(&g, "deny", Some(reason.clone()), started));
@@ -178,7 +179,7 @@ impl SessionPipeline {
                 }
                 Ok(Verdict::Rewrite(new)) => {
                     verdicts.push(record(&g, "rewrite", None, started));
-                    request = reanalyze(new);
+                    rewritten = Some(reanalyze(new));
                 }
                 Err(e) => {
                     verdicts.push(record(&g, "error", Some(e.to_string()), started));
@@ -189,7 +190,7 @@ impl SessionPipeline {
                 }
             }
         }
-        Decision { outcome: Outcome::Allow(request), verdicts }
+        Decision { outcome: Outcome::Allow(rewritten), verdicts }
     }
 
     /// Run `cells` (rows of `columns`) through every masker in order.

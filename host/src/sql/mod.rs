@@ -25,34 +25,14 @@ use crate::pipeline::types::{SqlPhase, SqlRequest, SqlStatement, StatementKind};
 
 const CACHE_CAP: usize = 4096;
 
-/// The manifest name of a statement kind (`drop`, `do-block`, ...).
+/// The manifest name of a statement kind (`drop`, `do-block`, ...), derived
+/// once per kind from the contract's names (it is on every request's path).
 pub fn kind_name(kind: StatementKind) -> &'static str {
-    use StatementKind as K;
-    match kind {
-        K::Select => "select",
-        K::Insert => "insert",
-        K::Update => "update",
-        K::Delete => "delete",
-        K::Merge => "merge",
-        K::CopyTo => "copy-to",
-        K::CopyFrom => "copy-from",
-        K::Create => "create",
-        K::Alter => "alter",
-        K::Drop => "drop",
-        K::Truncate => "truncate",
-        K::Grant => "grant",
-        K::Revoke => "revoke",
-        K::DoBlock => "do-block",
-        K::Call => "call",
-        K::Transaction => "transaction",
-        K::SessionSetting => "session-setting",
-        K::Explain => "explain",
-        K::Prepared => "prepared",
-        K::Notification => "notification",
-        K::Cursor => "cursor",
-        K::Maintenance => "maintenance",
-        K::Other => "other",
-    }
+    // The binding is a one-byte enum, so its discriminant indexes the table.
+    const _: () = assert!(std::mem::size_of::<StatementKind>() == 1);
+    static NAMES: [std::sync::OnceLock<&'static str>; 256] = [const { std::sync::OnceLock::new() }; 256];
+    // One leaked string per kind the contract declares: bounded.
+    NAMES[kind as usize].get_or_init(|| Box::leak(enum_name(&kind).into_boxed_str()))
 }
 
 /// The kebab-case name of a contract enum value (`Agent` -> `agent`, `DoBlock` -> `do-block`).

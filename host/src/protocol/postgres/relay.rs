@@ -503,29 +503,28 @@ fn decide(
     } else {
         request.text.clone()
     };
-    let statements = request.statements.clone();
     let phase = if request.phase == SqlPhase::Parse { "parse" } else { "query" };
-    let parse_error = request.parse_error.clone();
-    let original_text = request.text.clone();
     let started = std::time::Instant::now();
     // The host's own policy comes first and does not depend on plugins.
-    let (result, decision, verdicts) = if let Some(reason) = &host_violation {
+    let (result, decision, verdicts, request) = if let Some(reason) = &host_violation {
         let hint = Some("these settings are pinned so the gateway reads SQL exactly as PostgreSQL does");
-        (Err(error_bytes("42501", &format!("Wardgate: {reason}"), hint)), "deny", Vec::new())
+        (Err(error_bytes("42501", &format!("Wardgate: {reason}"), hint)), "deny", Vec::new(), request)
     } else {
-        let Decision { outcome, verdicts } = pipeline.check(Request::Sql(request), |r| match r {
+        let wrapped = Request::Sql(request);
+        let Decision { outcome, verdicts } = pipeline.check(&wrapped, |r| match r {
             Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
             other => other,
         });
+        let Request::Sql(request) = wrapped else { unreachable!("wrapped as SQL above") };
         let result = match &outcome {
             Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
                 Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
             }
-            Outcome::Allow(Request::Sql(rewritten)) if rewritten.text != original_text => {
+            Outcome::Allow(Some(Request::Sql(rewritten))) if rewritten.text != request.text => {
                 Ok(Some(rewritten.text.clone()))
             }
-            Outcome::Allow(Request::Sql(_)) => Ok(None),
-            Outcome::Allow(_) => Err(error_bytes(
+            Outcome::Allow(None | Some(Request::Sql(_))) => Ok(None),
+            Outcome::Allow(Some(_)) => Err(error_bytes(
                 "42501",
                 "Wardgate: a guard rewrote this SQL request into another protocol's request",
                 None,
@@ -546,7 +545,7 @@ fn decide(
             Outcome::Review { plugin, review } if result.is_ok() => Some((plugin, review)),
             _ => None,
         };
-        (result.map(|r| (r, review)), decision, verdicts)
+        (result.map(|r| (r, review)), decision, verdicts, request)
     };
     drop(pipeline);
     if result.is_err() {
@@ -558,12 +557,12 @@ fn decide(
         RequestEvent {
             decision,
             host_policy: host_violation.as_deref(),
-            parse_error: parse_error.as_deref(),
+            parse_error: request.parse_error.as_deref(),
             phase,
             policy_micros: started.elapsed().as_micros() as u64,
             request_id: id,
             statement: &recorded_text,
-            statements: Statements(&statements),
+            statements: Statements(&request.statements),
             verdicts: &verdicts,
         },
     );
@@ -579,7 +578,7 @@ fn decide(
     match result {
         Err(bytes) => Decided::Refuse(bytes),
         Ok((_, Some((plugin, review)))) => {
-            Decided::Review(ReviewAsk { plugin, review, text: original_text, masked: recorded_text, request_id: id })
+            Decided::Review(ReviewAsk { plugin, review, text: request.text, masked: recorded_text, request_id: id })
         }
         Ok((rewritten, None)) => Decided::Run(rewritten),
     }
