@@ -1,7 +1,8 @@
 //! Client bytes as the gateway reads them: the startup packet (SSLRequest,
 //! GSSENCRequest, CancelRequest, StartupMessage), then framed messages whose
 //! fields are read with the same `Reader` the relay uses, and each Query /
-//! Parse text through the SQL analysis the guards get.
+//! Parse text (and each large-object FunctionCall, as its SELECT) through
+//! the SQL analysis the guards get.
 #![no_main]
 
 use bytes::BytesMut;
@@ -24,6 +25,11 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(Some(m)) = take_message(&mut buf) {
         let mut r = Reader::new(&m.body, m.tag);
         match m.tag {
+            b'F' => {
+                if let Ok(Ok(call)) = wardgate::protocol::postgres::fastpath::parse(&m.body) {
+                    let _ = wardgate::sql::analyze(&call.sql, SqlPhase::SimpleQuery, "");
+                }
+            }
             b'Q' => {
                 if let Ok(q) = r.cstr() {
                     let _ = wardgate::sql::analyze(q, SqlPhase::SimpleQuery, "");

@@ -159,6 +159,45 @@ fn main() {
         Duration::from_secs(2),
     );
 
+    // What one short request pays (pgbench -S: one statement in, one int4
+    // row out): the statement masked for the recording, and a 1x1 batch.
+    let stmt = "SELECT abalance FROM pgbench_accounts WHERE aid = 823089;";
+    let one = RowBatch {
+        columns: vec![Column { name: "abalance".into(), type_oid: 23, table: None, format: CellFormat::Text }],
+        cells: PackedCells { data: b"-4711".to_vec(), lengths: vec![5] },
+    };
+    let one_native = wardgate_sdk::types::PackedCells { data: b"-4711".to_vec(), lengths: vec![5] };
+    let one_col = vec![wardgate_sdk::types::Column {
+        name: "abalance".into(),
+        type_oid: 23,
+        table: None,
+        format: wardgate_sdk::types::CellFormat::Text,
+    }];
+    let t_text = per_iter(
+        || {
+            black_box(sp.mask_text(&masker, &sess, black_box(stmt)).unwrap());
+        },
+        Duration::from_secs(1),
+    );
+    let t_text_native = per_iter(
+        || {
+            black_box(native_policy.mask_text(black_box(stmt)));
+        },
+        Duration::from_millis(500),
+    );
+    let t_one = per_iter(
+        || {
+            black_box(sp.mask_rows(&masker, &sess, &one).unwrap());
+        },
+        Duration::from_secs(1),
+    );
+    let t_one_native = per_iter(
+        || {
+            black_box(native_policy.mask_batch(black_box(&one_col), black_box(&one_native)).unwrap());
+        },
+        Duration::from_millis(500),
+    );
+
     // Near-boundary cost: a masker that returns its input (the hostile test
     // fixture, which also copies the batch to a string and scans it for its
     // trigger words, so this is an upper bound on lift/lower).
@@ -211,6 +250,16 @@ fn main() {
         "  mask 1000x5, pii-mask in sandbox       {:>9.1} µs/batch  {:>7.1} MB/s",
         us(t_wasm),
         bytes as f64 / t_wasm.as_secs_f64() / 1e6
+    );
+    println!(
+        "  mask statement text (recording), sandbox {:>7.2} µs/call   native {:.2} µs",
+        us(t_text),
+        us(t_text_native)
+    );
+    println!(
+        "  mask 1x1 int4 row, sandbox              {:>8.2} µs/call   native {:.2} µs",
+        us(t_one),
+        us(t_one_native)
     );
     if let Some(b) = t_boundary {
         println!(

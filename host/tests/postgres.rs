@@ -459,12 +459,60 @@ async fn the_lexer_cannot_be_switched_under_the_guard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_payloads_and_notices_are_masked() {
     let g = gateway(Options::default()).await;
-    let (ok, out, err) =
-        g.psql(&["-c", "LISTEN wg_channel", "-c", "NOTIFY wg_channel, 'customer jane.doe@example.com changed'"]);
+    let (ok, out, err) = g.psql(&[
+        "-At",
+        "-c",
+        "LISTEN wg_channel",
+        "-c",
+        "NOTIFY wg_channel, 'customer jane.doe@example.com changed'",
+        "-c",
+        "SELECT pg_backend_pid()",
+    ]);
     assert!(ok, "{err}");
     let all = format!("{out}{err}");
     assert!(all.contains("Asynchronous notification \"wg_channel\""), "{all}");
     assert!(all.contains("j***@example.com") && !all.contains("jane.doe@example.com"), "{all}");
+    // Clients match notifications to connections by the backend's pid.
+    let pid = out.lines().last().unwrap_or_default().trim();
+    assert!(all.contains(&format!("server process with PID {pid}.")), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_over_the_function_call_protocol_are_guarded_and_masked() {
+    let dir = common::tempdir("lo");
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, "shipping notes\nnothing personal here\n").unwrap();
+    let import = format!("\\lo_import {}", plain.display());
+
+    // sql-guard's defaults refuse the large-object family (by name, as for SELECT).
+    let g = gateway(Options::default()).await;
+    let (ok, _, err) = g.psql(&["-c", &import]);
+    assert!(!ok && err.contains("lo_creat"), "{err}");
+    let (ok, out, err) = g.psql(&["-At", "-c", "SELECT 1"]);
+    assert!(ok && out.trim() == "1", "{err}");
+
+    // Allowed by the guard: psql's \lo_import/\lo_export use libpq's fastpath calls.
+    let g = gateway(Options { guard_config: r#"deny_functions = ["pg_read_file"]"#, ..Default::default() }).await;
+    let oid = |out: &str| out.split_whitespace().last().unwrap_or_default().to_string();
+    let (ok, out, err) = g.psql(&["-c", &import]);
+    assert!(ok, "{err}");
+    let back = dir.join("back.txt");
+    let (ok, _, err) = g.psql(&["-c", &format!("\\lo_export {} {}", oid(&out), back.display())]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
+
+    // Bytes holding what the maskers hide are withheld, not silently cut short.
+    let secret = dir.join("secret.txt");
+    std::fs::write(&secret, "contact jane.doe@example.com\n").unwrap();
+    let (ok, out, err) = g.psql(&["-c", &format!("\\lo_import {}", secret.display())]);
+    assert!(ok, "{err}");
+    let leak = dir.join("leak.txt");
+    let (ok, o2, err) = g.psql(&["-c", &format!("\\lo_export {} {}", oid(&out), leak.display())]);
+    assert!(!ok && err.contains("loread result withheld"), "{o2}{err}");
+    let leaked = std::fs::read_to_string(&leak).unwrap_or_default();
+    assert!(!leaked.contains("jane.doe"), "{leaked}");
+    let (ok, _, err) = g.psql(&["-c", &format!("\\lo_unlink {}", oid(&out))]);
+    assert!(ok, "{err}");
 }
 
 #[test]

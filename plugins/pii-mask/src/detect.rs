@@ -569,7 +569,9 @@ fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
         let boundary = end == n || !(b[end].is_ascii_alphanumeric());
         let nd = digits.len();
         let mut matched = None;
-        if boundary && (13..=19).contains(&nd) && !plus && d.on(Entity::Card) && luhn(&digits) {
+        // A decimal number (one dot) is not a card: 3583503.876544 passes Luhn.
+        let decimal = sep_kinds == 4 && seps == 1;
+        if boundary && (13..=19).contains(&nd) && !plus && !decimal && d.on(Entity::Card) && luhn(&digits) {
             matched = Some(Entity::Card);
         } else if boundary
             && nd == 9
@@ -604,12 +606,27 @@ fn phone_shape(plus: bool, nd: usize, seps: usize, kinds: u8, s: &[u8]) -> bool 
         return (8..=15).contains(&nd);
     }
     // (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567: 10 digits, 2-3 separators
+    // Digit groups must read as a North American number: 555 123 4567, or
+    // 1 555 123 4567 (192.168.1.100 and 10.100.200.30 are addresses).
+    let mut groups = [0usize; 5];
+    let mut g = 0usize;
+    for &c in s {
+        if c.is_ascii_digit() {
+            groups[g] += 1;
+        } else if groups[g] > 0 {
+            g += 1;
+            if g == groups.len() {
+                return false;
+            }
+        }
+    }
+    let groups = &groups[..=g.min(groups.len() - 1)];
     if nd == 10 && seps >= 2 && (kinds == 2 || kinds == 4 || kinds == 1 || kinds & 8 != 0) {
-        return s[0] == b'(' || s.get(3).is_some_and(|c| !c.is_ascii_digit());
+        return groups == [3, 3, 4];
     }
     // 1-555-123-4567
     if nd == 11 && s[0] == b'1' && seps >= 3 && (kinds == 2 || kinds == 4 || kinds == 1) {
-        return true;
+        return groups == [1, 3, 3, 4];
     }
     false
 }
@@ -640,6 +657,8 @@ mod tests {
         assert_eq!(found("card:4111-1111-1111-1111."), vec![(Entity::Card, "4111-1111-1111-1111".into())]);
         assert_eq!(found("5500005555555559"), vec![(Entity::Card, "5500005555555559".into())]);
         assert!(found("4111111111111112").is_empty(), "bad Luhn");
+        assert_eq!(found("4111.1111.1111.1111"), vec![(Entity::Card, "4111.1111.1111.1111".into())]);
+        assert!(found("-3583503.876544").is_empty(), "a decimal number that passes Luhn");
     }
 
     #[test]
@@ -660,6 +679,10 @@ mod tests {
         assert_eq!(found("555-123-4567"), vec![(Entity::Phone, "555-123-4567".into())]);
         assert!(found("order 5551234567").is_empty());
         assert!(found("2024-01-15").is_empty());
+        assert_eq!(found("555.123.4567"), vec![(Entity::Phone, "555.123.4567".into())]);
+        assert_eq!(found("1-555-123-4567"), vec![(Entity::Phone, "1-555-123-4567".into())]);
+        assert!(found("host 192.168.1.100").is_empty(), "an IPv4 address");
+        assert!(found("10.100.200.30").is_empty(), "an IPv4 address");
     }
 
     #[test]

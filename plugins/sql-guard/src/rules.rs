@@ -117,11 +117,25 @@ fn default_deny_functions() -> Vec<String> {
         "database_to_xml",
         "database_to_xmlschema",
         "database_to_xml_and_xmlschema",
-        // Large objects bypass table permissions and masking.
+        // Large objects bypass table permissions and masking (their bytes
+        // reach clients as bytea, which detectors cannot read): the whole
+        // family, including what libpq's and JDBC's large-object APIs call.
         "lo_get",
         "lo_put",
         "lo_from_bytea",
         "lo_unlink",
+        "lo_open",
+        "lo_close",
+        "loread",
+        "lowrite",
+        "lo_lseek",
+        "lo_lseek64",
+        "lo_tell",
+        "lo_tell64",
+        "lo_truncate",
+        "lo_truncate64",
+        "lo_creat",
+        "lo_create",
         "pg_ls_logdir",
         "pg_ls_waldir",
         "pg_ls_tmpdir",

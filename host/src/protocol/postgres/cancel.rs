@@ -1,9 +1,11 @@
 //! Cancel-request mapping.
 //!
-//! Each client gets its own random (pid, secret) pair; the gateway remembers
-//! which upstream backend it stands for. A CancelRequest must match both
-//! values exactly, so one client can never cancel another's query, and the
-//! upstream's real key never leaves the gateway. A cancel also signals the
+//! Each client sees its upstream backend's real process id (as
+//! `pg_backend_pid()` and NOTIFY messages report it; clients compare them)
+//! with a secret of the gateway's own; the gateway remembers which upstream
+//! backend the pair stands for. A CancelRequest must match both values
+//! exactly, so one client can never cancel another's query, and the
+//! upstream's real secret never leaves the gateway. A cancel also signals the
 //! session itself, which withdraws a statement held for approval.
 
 use std::collections::HashMap;
@@ -41,8 +43,8 @@ impl CancelMap {
         let mut rng = rand::rngs::OsRng;
         let mut map = self.inner.lock();
         let client = loop {
-            let k = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
-            if !map.contains_key(&k) {
+            let k = (key.pid, rng.gen::<i32>());
+            if k.1 != key.secret && !map.contains_key(&k) {
                 break k;
             }
         };
@@ -87,6 +89,8 @@ mod tests {
         let up = UpstreamKey { host: "h".into(), port: 1, pid: 7, secret: 9 };
         let mut reg = m.register(up.clone());
         let (pid, secret) = reg.client;
+        assert_eq!(pid, 7, "the client sees the backend's real pid");
+        assert_ne!(secret, 9, "but not its secret");
         assert!(!reg.cancelled.has_changed().unwrap());
         assert_eq!(m.lookup(pid, secret), Some(up));
         assert!(reg.cancelled.has_changed().unwrap(), "the session is signalled");

@@ -11,6 +11,7 @@
 pub mod cancel;
 pub mod codec;
 pub mod errors;
+pub mod fastpath;
 pub mod hold;
 pub mod listener;
 pub mod relay;

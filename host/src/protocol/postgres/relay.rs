@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
+use super::fastpath;
 use super::hold::{self, ReviewAsk, ReviewCtx};
 use super::rows::{self, CopyFormat, Field, Shape};
 use super::session::SessionError;
@@ -76,6 +77,13 @@ enum Expect {
     },
     Close,
     Sync,
+    /// A large-object FunctionCall: its result, then ReadyForQuery.
+    Function {
+        id: u64,
+        at: std::time::Instant,
+        /// Function name, result type and format.
+        result: (&'static str, u32, i16),
+    },
     /// A denial, emitted in place; `ready` adds ReadyForQuery (simple protocol).
     Synthetic {
         bytes: Bytes,
@@ -205,11 +213,13 @@ async fn client_to_upstream(
                     let verdict =
                         hold::resolve(&mut review, &held.ask, &held.params, ctx.recorder, &mut client, &mut buf)
                             .await?;
-                    let simple = matches!(held.then, Expect::Query { .. });
+                    let simple = matches!(held.then, Expect::Query { .. } | Expect::Function { .. });
                     match verdict {
                         Ok(()) => {
                             let mut then = held.then;
-                            if let Expect::Query { at, .. } | Expect::Execute { at, .. } = &mut then {
+                            if let Expect::Query { at, .. } | Expect::Execute { at, .. } | Expect::Function { at, .. } =
+                                &mut then
+                            {
                                 *at = std::time::Instant::now();
                             }
                             ctx.shared.lock().expect.push_back(then);
@@ -420,14 +430,42 @@ fn on_client_message(
         }
         b'H' | b'd' | b'c' | b'f' => codec::put_message(out, m.tag, &m.body),
         b'F' => {
-            // The fastpath function-call protocol bypasses SQL: guards cannot see it.
-            let bytes = error_bytes(
-                "0A000",
-                "Wardgate: the function-call protocol is not supported; call the function with SELECT",
-                None,
-            );
-            ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
-            ctx.notify.notify_one();
+            let refuse = |bytes| {
+                ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
+                ctx.notify.notify_one();
+            };
+            let call = match fastpath::parse(&m.body)? {
+                Ok(call) => call,
+                Err(refused) => {
+                    ctx.recorder
+                        .emit("request.refused", json!({"protocol": "function-call", "reason": refused.to_string()}));
+                    refuse(error_bytes("42501", &format!("Wardgate: {refused}"), None));
+                    return Ok(None);
+                }
+            };
+            st.next_id += 1;
+            let id = st.next_id;
+            let (request, violation) = crate::sql::analyze_checked(&call.sql, SqlPhase::SimpleQuery, "");
+            let then = Expect::Function {
+                id,
+                at: std::time::Instant::now(),
+                result: (call.name, call.result_type, call.result_format),
+            };
+            match decide(ctx, request, violation, id, None) {
+                Decided::Review(ask) => {
+                    return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m }));
+                }
+                Decided::Run(None) => {
+                    ctx.shared.lock().expect.push_back(then);
+                    codec::put_message(out, b'F', &m.body);
+                }
+                Decided::Run(Some(_)) => refuse(error_bytes(
+                    "42501",
+                    "Wardgate: a guard rewrote a function call; the function-call protocol cannot carry a rewrite",
+                    None,
+                )),
+                Decided::Refuse(bytes) => refuse(bytes),
+            }
         }
         other => return Err(ProtocolError::Unexpected(other as char)),
     }
@@ -909,7 +947,10 @@ fn on_upstream_message(
         b'E' => {
             let fields = error_fields(&m.body);
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
-            if let Some(Expect::Execute { id, at, .. } | Expect::Query { id, at, .. }) = s.expect.front() {
+            if let Some(
+                Expect::Execute { id, at, .. } | Expect::Query { id, at, .. } | Expect::Function { id, at, .. },
+            ) = s.expect.front()
+            {
                 (res.request_id, res.started) = (*id, Some(*at));
             }
             drop(s);
@@ -917,7 +958,7 @@ fn on_upstream_message(
             record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));
             s = ctx.shared.lock();
             // In extended protocol the server skips to Sync: so do we.
-            let extended = !matches!(s.expect.front(), Some(Expect::Query { .. }) | None);
+            let extended = !matches!(s.expect.front(), Some(Expect::Query { .. } | Expect::Function { .. }) | None);
             if extended {
                 while let Some(e) = s.expect.front() {
                     if matches!(e, Expect::Sync) {
@@ -934,12 +975,55 @@ fn on_upstream_message(
         b'Z' => {
             s.tx_status = m.body.first().copied().unwrap_or(b'I');
             while let Some(e) = s.expect.pop_front() {
-                if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::Function { .. }) {
                     break;
                 }
             }
             res.current = None;
             res.copy_out = None;
+        }
+        b'V' => {
+            // A FunctionCall's result: masked as a one-column row.
+            let Some(&Expect::Function { id, at, result: (name, type_oid, format) }) = s.expect.front() else {
+                drop(s);
+                codec::put_message(out, m.tag, &m.body);
+                return Ok(());
+            };
+            (res.request_id, res.started) = (id, Some(at));
+            drop(s);
+            if masks {
+                let field = Field { name: name.to_string(), table_oid: 0, attnum: 0, type_oid, format };
+                res.current = Some(rows::shape(&[field], None, &ctx.catalog));
+                let mut row = BytesMut::with_capacity(m.body.len() + 2);
+                bytes::BufMut::put_i16(&mut row, 1);
+                row.extend_from_slice(&m.body);
+                let mut masked = BytesMut::new();
+                let outcome = mask_rows(ctx, res, &[row.freeze()], &mut masked);
+                res.current = None;
+                if let Err(e) = outcome {
+                    out.extend_from_slice(&masked);
+                    return Err(e);
+                }
+                // DataRow(1 column) -> FunctionCallResponse: the same cell.
+                let d = take_message(&mut masked)
+                    .map_err(SessionError::Protocol)?
+                    .ok_or(SessionError::Protocol(ProtocolError::Truncated('V')))?;
+                let withheld = d.body.get(2..6) == Some(&(-1i32).to_be_bytes()[..])
+                    && m.body.get(..4) != Some(&(-1i32).to_be_bytes()[..]);
+                if withheld {
+                    // Large-object bytes cannot carry a mask; a silent NULL
+                    // would truncate the client's object without a word.
+                    let text = format!("Wardgate: {name} result withheld: it holds data the maskers hide");
+                    out.extend_from_slice(&error_bytes("42501", &text, None));
+                } else {
+                    codec::put_message(out, b'V', &d.body[2..]);
+                }
+            } else {
+                res.rows += 1;
+                codec::put_message(out, b'V', &m.body);
+            }
+            record_response(ctx, res, Some(name), None);
+            return Ok(());
         }
         b'H' => {
             // COPY TO STDOUT begins.

@@ -8,6 +8,13 @@
 //! masker changes one the cell becomes NULL (a typed binary integer cannot
 //! carry a mask); any other binary type is passed as opaque bytes that a
 //! masker may keep or turn into NULL.
+//!
+//! Clients parse what they receive by its type, so a masked value must still
+//! be one of that type. Text-format cells of fixed-syntax types (numbers,
+//! dates and times, uuid, inet, bool, ...) follow the binary integers' rule: a
+//! changed value becomes NULL (`-3583503.876544` masked to `-*******.**6544`
+//! would break the client's decimal parser; the same query answers the same in
+//! either format). JSON that a masker left unparseable is sent as a JSON string.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +30,10 @@ use crate::pipeline::types::{CellFormat, Column, PackedCells};
 pub enum Conv {
     /// Text format: as is.
     Text,
+    /// Text format of a fixed-syntax type: kept, or NULL when changed.
+    TextFixed,
+    /// JSON in text format (json, jsonb) or binary json: must stay JSON.
+    Json,
     /// Binary, text-like type: bytes are UTF-8 text.
     BinaryText,
     /// Binary jsonb: version byte 1 + text.
@@ -78,6 +89,17 @@ pub fn parse_row_description(body: &[u8]) -> Result<Vec<Field>, ProtocolError> {
     Ok(v)
 }
 
+/// Types whose text form has a fixed syntax that no mask satisfies: numbers,
+/// money, bool, dates and times, uuid, network and bit types, lsn, xid.
+fn is_fixed_syntax(oid: u32) -> bool {
+    matches!(
+        oid,
+        16 | 20 | 21 | 23 | 26 | 28 | 700 | 701 | 790 | 1700 // bool, integers, oid, xid, floats, money, numeric
+            | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 // date, time, timestamp(tz), interval, timetz
+            | 2950 | 650 | 869 | 774 | 829 | 1560 | 1562 | 3220 | 5069 // uuid, cidr, inet, macaddr(8), bit, varbit, pg_lsn, xid8
+    )
+}
+
 fn is_text_like(oid: u32) -> bool {
     // text, varchar, bpchar, name, json, xml, unknown, char, citext-like domains are text too but have other oids
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142 | 705 | 18)
@@ -95,7 +117,11 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
             Some([one]) => *one,
             Some(all) => all.get(i).copied().unwrap_or(0),
         };
-        let c = if format == 0 {
+        let c = if f.type_oid == 114 || (format == 0 && f.type_oid == 3802) {
+            Conv::Json
+        } else if format == 0 && is_fixed_syntax(f.type_oid) {
+            Conv::TextFixed
+        } else if format == 0 {
             Conv::Text
         } else if is_text_like(f.type_oid) {
             Conv::BinaryText
@@ -123,8 +149,9 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
             type_oid: f.type_oid,
             table: table.map(|t| t.name.clone()),
             format: match c {
-                Conv::Text => CellFormat::Text,
-                Conv::BinaryText | Conv::BinaryJsonb => CellFormat::BinaryText,
+                Conv::Text | Conv::TextFixed => CellFormat::Text,
+                Conv::Json if format == 0 => CellFormat::Text,
+                Conv::Json | Conv::BinaryText | Conv::BinaryJsonb => CellFormat::BinaryText,
                 Conv::BinaryInt(_) | Conv::Opaque => CellFormat::BinaryOpaque,
             },
         });
@@ -227,18 +254,21 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     out.put_i32(cell.len() as i32);
                     out.put_slice(cell);
                 }
+                Conv::Json => {
+                    let body = still_json(cell, ocell);
+                    out.put_i32(body.len() as i32);
+                    out.put_slice(&body);
+                }
                 Conv::BinaryJsonb => {
-                    // Masked text must still be JSON for the client to parse it;
-                    // if a masker broke it, quote it as a JSON string.
-                    let text = String::from_utf8_lossy(cell);
-                    let body = if cell == ocell || serde_json::from_str::<serde_json::Value>(&text).is_ok() {
-                        text.into_owned()
-                    } else {
-                        serde_json::Value::String(text.into_owned()).to_string()
-                    };
+                    let body = still_json(cell, ocell);
                     out.put_i32(body.len() as i32 + 1);
                     out.put_u8(1);
-                    out.put_slice(body.as_bytes());
+                    out.put_slice(&body);
+                }
+                Conv::TextFixed if cell != ocell || olen < 0 => out.put_i32(-1),
+                Conv::TextFixed => {
+                    out.put_i32(wire.len() as i32);
+                    out.put_slice(wire);
                 }
                 Conv::BinaryInt(_) | Conv::Opaque => {
                     if cell == ocell && olen >= 0 {
@@ -252,6 +282,16 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
         }
         codec::finish(out, at);
     }
+}
+
+/// Masked JSON as the client will parse it: unchanged or still JSON as is;
+/// otherwise (a masker broke it) the masked text as a JSON string.
+fn still_json<'a>(cell: &'a [u8], original: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+    if cell == original || serde_json::from_slice::<serde::de::IgnoredAny>(cell).is_ok() {
+        return std::borrow::Cow::Borrowed(cell);
+    }
+    let text = String::from_utf8_lossy(cell);
+    std::borrow::Cow::Owned(serde_json::Value::String(text.into_owned()).to_string().into_bytes())
 }
 
 /// Options of a `COPY ... TO STDOUT` that matter for masking its rows.
@@ -472,6 +512,32 @@ mod tests {
         unpack(&masked, &packed, &rows, &s, &mut out);
         let m = codec::take_message(&mut out).unwrap().unwrap();
         assert_eq!(m.body, data_row(&[None, Some(b"x")]));
+    }
+
+    /// One text-format row through `unpack` with the masker's answer `masked`.
+    fn unpack_one(s: &Shape, cells: &[&[u8]], masked: &[&[u8]]) -> Bytes {
+        let rows = vec![data_row(&cells.iter().map(|c| Some(*c)).collect::<Vec<_>>())];
+        let packed = pack(&rows, s).unwrap();
+        let answer = PackedCells { data: masked.concat(), lengths: masked.iter().map(|c| c.len() as i32).collect() };
+        let mut out = BytesMut::new();
+        unpack(&answer, &packed, &rows, s, &mut out);
+        codec::take_message(&mut out).unwrap().unwrap().body
+    }
+
+    #[test]
+    fn masked_values_stay_values_of_their_type() {
+        // numeric, date, text: a changed number or date becomes NULL, text carries the mask.
+        let s = shape(&[field("n", 1700, 0), field("d", 1082, 0), field("t", 25, 0)], None, &HashMap::new());
+        assert_eq!(s.columns[0].format, CellFormat::Text, "maskers still read them as text");
+        let kept =
+            unpack_one(&s, &[b"-3583503.876544", b"2026-01-02", b"x"], &[b"-3583503.876544", b"2026-01-02", b"x"]);
+        assert_eq!(kept, data_row(&[Some(b"-3583503.876544"), Some(b"2026-01-02"), Some(b"x")]));
+        let changed = unpack_one(&s, &[b"-3583503.876544", b"2026-01-02", b"x"], &[b"-*******.**6544", b"****", b"*"]);
+        assert_eq!(changed, data_row(&[None, None, Some(b"*")]));
+        // json in text format, jsonb in text format: a mask that breaks JSON is quoted.
+        let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &HashMap::new());
+        let out = unpack_one(&s, &[b"4111111111111111", b"{\"a\": 1}"], &[b"************1111", b"{\"a\": 2}"]);
+        assert_eq!(out, data_row(&[Some(b"\"************1111\""), Some(b"{\"a\": 2}")]));
     }
 
     #[test]
