@@ -685,6 +685,12 @@ async fn broken_plugins_fail_closed_on_the_data_path_and_others_keep_working() {
     assert!(msg.contains("withheld") && msg.contains("hostile"), "{msg}");
     assert!(!msg.contains("jane.doe@example.com"));
     assert!(c.simple_query("SELECT 1").await.is_err(), "that connection is closed");
+    // A masker out of memory: the hint says how large the batch was and which limit to raise.
+    let c = g.client().await;
+    let e = c.simple_query("SELECT upper('alloc')").await.unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert!(db.message().contains("exceeded its memory limit of 32 MiB"), "{e:?}");
+    assert!(db.hint().is_some_and(|h| h.contains("memory_mib") && h.contains("hostile.toml")), "{e:?}");
     // Everyone else is unaffected.
     assert_eq!(other.query_one("SELECT 8::int4", &[]).await.unwrap().get::<_, i32>(0), 8);
 }

@@ -782,15 +782,30 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
             rows::unpack(&m.cells, &packed, rows_in, &shape, out);
             Ok(())
         }
-        Err(e) => Err(withhold(ctx, &e, "result", out)),
+        Err(e) => Err(withhold(ctx, &e, "result", packed.data.len(), out)),
     }
 }
 
 /// Fail closed when a masker fails: no unmasked row leaves; the client gets an
 /// error and the connection closes (the rest of a result cannot be skipped safely).
-fn withhold(ctx: &Ctx<'_>, e: &crate::plugins::CallError, what: &str, out: &mut BytesMut) -> SessionError {
+/// `batch` is the size of what the masker was given (a hint names it when the
+/// plugin's memory limit was too small for it).
+fn withhold(
+    ctx: &Ctx<'_>,
+    e: &crate::plugins::CallError,
+    what: &str,
+    batch: usize,
+    out: &mut BytesMut,
+) -> SessionError {
     ctx.recorder.emit("plugin.error", json!({"error": e.to_string(), "during": format!("masking {what}")}));
-    out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: {what} withheld: {e}"), None));
+    let hint = (e.kind == crate::plugins::instances::FailureKind::Memory).then(|| {
+        format!(
+            "the batch held {:.1} MiB; memory_mib under [limits] in {}.toml bounds the values it can mask",
+            batch as f64 / (1024.0 * 1024.0),
+            e.plugin
+        )
+    });
+    out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: {what} withheld: {e}"), hint.as_deref()));
     ctx.shared.lock().closed = true;
     SessionError::Refused(e.to_string())
 }
@@ -1202,10 +1217,11 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
             }
         }
     }
+    let batch = packed.data.len();
     let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed);
     let m = match masked {
         Ok(m) => m,
-        Err(e) => return Err(withhold(ctx, &e, "COPY output", out)),
+        Err(e) => return Err(withhold(ctx, &e, "COPY output", batch, out)),
     };
     res.rows += parsed.len() as u64;
     res.bytes += m.cells.data.len() as u64;
