@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test, from nothing: install prerequisites, build the plugins for
 # wasm32-wasip2, run the plugins' native unit tests and the gateway's unit and
-# end-to-end tests (real PostgreSQL, psql, pgbench, tokio-postgres), a short
+# end-to-end tests (real PostgreSQL, psql, pgbench, tokio-postgres), a
+# third-party driver's own test suite through the gateway (psycopg2's, compared
+# with a direct run: scripts/drivers.sh), a short
 # fuzzing run of every parser (scripts/fuzz.sh), then the style gates
 # (rustfmt, clippy -D warnings).
 set -euo pipefail
@@ -12,6 +14,7 @@ echo "== building plugins (wasm32-wasip2)"
 scripts/build-plugins.sh
 echo "== tests"
 cargo test --release --workspace --exclude hostile --exclude wrong-version --exclude no-exports
+scripts/drivers.sh
 echo "== fuzzing (short run; longer: FUZZ_SECONDS=600 scripts/fuzz.sh)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
 echo "== style"

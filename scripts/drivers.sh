@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# A third-party driver's own test suite through the gateway: psycopg2's (749
+# tests: simple protocol, COPY, NOTIFY, large objects, async/green connections,
+# cancel, two-phase commit, every type adapter), run once directly against
+# PostgreSQL and once through Wardgate with pii-mask active. A test that fails
+# only through the gateway fails this script, unless it is listed below with
+# the reason the gateway answers differently on purpose. A failure is retried
+# once on its own (some of the suite's async tests are timing-sensitive).
+# Run by scripts/test.sh; alone: scripts/drivers.sh. Needs PyPI.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+. "$WARDGATE_ROOT/scripts/lib/stack.sh"
+PSYCOPG2=2.9.13
+
+# Deliberate differences, each with its reason.
+declare -A EXPECTED=(
+  [test_encoding_name]="client_encoding is pinned to UTF8 (README: Reading SQL exactly as PostgreSQL does)"
+  [test_copy_bytes]="client_encoding is pinned to UTF8"
+  [test_copy_text]="client_encoding is pinned to UTF8"
+  [test_copy_expert_textiobase]="client_encoding is pinned to UTF8"
+  [test_notifies_received_on_set_client_encoding]="client_encoding is pinned to UTF8"
+  [test_koi8]="client_encoding is pinned to UTF8"
+  [test_latin1]="client_encoding is pinned to UTF8"
+  [test_scs]="standard_conforming_strings is pinned on"
+  [test_user]="the client's user is its Wardgate principal, not the upstream role"
+  [test_flush_on_write]="its last step selects a 50 MiB value: more than pii-mask's 64 MiB can mask (the error's hint says which limit to raise)"
+)
+
+wg_build drivers
+venv="$HOME/.cache/wardgate/drivers-venv"
+src="$HOME/.cache/wardgate/psycopg2-$PSYCOPG2"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import psycopg2" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "psycopg2-binary==$PSYCOPG2"
+fi
+if [ ! -d "$src/tests" ]; then
+  "$venv/bin/pip" download -q --no-deps --no-binary :all: -d "$WORK" "psycopg2==$PSYCOPG2"
+  tar -xzf "$WORK/psycopg2-$PSYCOPG2.tar.gz" -C "$(dirname "$src")"
+fi
+
+wg_demo 1
+# A database of its own, reached as the upstream superuser (the suite creates
+# tables, types and large objects), granted to the demo's agents.
+psql -X -q "$UPSTREAM" -c "CREATE DATABASE psycopg2_test" >/dev/null
+up_pw=$(sed -E 's|^postgresql://[^:]+:([^@]+)@.*|\1|' <<<"$UPSTREAM")
+up_port=$(sed -E 's|.*@127\.0\.0\.1:([0-9]+)/.*|\1|' <<<"$UPSTREAM")
+gw="$WORK/drivers"; mkdir -p "$gw/plugins" "$gw/state"
+cp "$WARDGATE_PLUGINS"/pii-mask.wasm "$WARDGATE_PLUGINS"/pii-mask.toml "$gw/plugins/"
+cp "$DEMO_DIR/state/service-accounts.json" "$gw/state/"
+printf '%s\n' "$up_pw" > "$gw/upstream-password"
+GW_PORT=$(port)
+cat > "$gw/wardgate.toml" <<TOML
+[gateway]
+state_dir = "state"
+plugin_dir = "plugins"
+
+[listeners.postgres]
+bind = "127.0.0.1:$GW_PORT"
+tls_self_signed = true
+
+[admin]
+bind = "127.0.0.1:$(port)"
+
+[connections.psycopg2_test]
+host = "127.0.0.1"
+port = $up_port
+database = "psycopg2_test"
+user = "postgres"
+password_file = "upstream-password"
+plugins = ["pii-mask"]
+
+[[grants]]
+connection = "psycopg2_test"
+groups = ["agents"]
+TOML
+WARDGATE_LOG=warn "$WG" serve --config "$gw/wardgate.toml" 2>"$WORK/serve.log" &
+SERVE_PID=$!
+GW_DSN="host=127.0.0.1 port=$GW_PORT dbname=psycopg2_test user=demo-agent password=$AGENT_KEY sslmode=require"
+ready=0
+for _ in $(seq 1 100); do psql -X -q "$GW_DSN" -c 'select 1' >/dev/null 2>&1 && { ready=1; break; }; sleep 0.2; done
+[ "$ready" = 1 ] || { echo "the gateway did not start:"; cat "$WORK/serve.log"; psql -X "$GW_DSN" -c 'select 1'; exit 1; }
+
+# suite direct|gateway [TEST...]: run the suite (or the named tests), print its output.
+suite() {
+  local where=$1; shift
+  if [ "$where" = direct ]; then
+    export PSYCOPG2_TESTDB_PORT=$up_port PSYCOPG2_TESTDB_USER=postgres PSYCOPG2_TESTDB_PASSWORD=$up_pw PGSSLMODE=disable
+  else
+    export PSYCOPG2_TESTDB_PORT=$GW_PORT PSYCOPG2_TESTDB_USER=demo-agent PSYCOPG2_TESTDB_PASSWORD=$AGENT_KEY PGSSLMODE=require
+  fi
+  export PSYCOPG2_TESTDB=psycopg2_test PSYCOPG2_TESTDB_HOST=127.0.0.1
+  if [ $# -eq 0 ]; then
+    (cd "$src" && timeout 900 "$venv/bin/python" -c \
+      "import tests, unittest; unittest.main(defaultTest='tests.test_suite', verbosity=2)" 2>&1) || true
+  else
+    (cd "$src" && timeout 300 "$venv/bin/python" -m unittest -v "$@" 2>&1) || true
+  fi
+}
+failed() { sed -nE 's/^(FAIL|ERROR): ([a-z_0-9]+) \(([A-Za-z_0-9.]+)\)$/\3/p' "$1" | sort -u; }
+
+echo "== psycopg2 $PSYCOPG2 test suite: directly, then through Wardgate (pii-mask active)"
+suite direct > "$WORK/direct.log"
+suite gateway > "$WORK/gateway.log"
+for f in direct gateway; do
+  summary=$(grep -E '^(Ran [0-9]+ tests|OK|FAILED)' "$WORK/$f.log" | tr '\n' ' ' || true)
+  [ -n "$summary" ] || { echo "  the $f run did not complete:"; tail -30 "$WORK/$f.log"; exit 1; }
+  echo "  $f: $summary"
+done
+failed "$WORK/direct.log" > "$WORK/direct.failed"
+failed "$WORK/gateway.log" > "$WORK/gateway.failed"
+bad=0
+while read -r t; do
+  name=${t##*.}
+  if [ -n "${EXPECTED[$name]:-}" ]; then
+    echo "  differs on purpose: $t — ${EXPECTED[$name]}"
+  elif suite gateway "$t" | grep -qE '^OK'; then
+    echo "  passed when retried alone: $t"
+  else
+    echo "  FAILED only through the gateway: $t"
+    awk -v t="($t)" '/^(FAIL|ERROR): /{p=index($0,t)>0} p' "$WORK/gateway.log" | head -30 | sed 's/^/    /'
+    bad=1
+  fi
+done < <(comm -13 "$WORK/direct.failed" "$WORK/gateway.failed")
+[ "$bad" = 0 ] || { echo "== psycopg2 suite: regressions through the gateway"; exit 1; }
+echo "== psycopg2 suite: no difference but the deliberate ones"
