@@ -3,7 +3,7 @@
 #  1. Plugin platform: guard call, masking vs native, instantiation (cargo bench).
 #  2. pgbench -S (select-only), interleaved rounds: direct PostgreSQL vs pgbouncer
 #     vs Wardgate (sql-guard + pii-mask active), -c4 -j2; then single-client
-#     latency p50/p99 direct vs Wardgate.
+#     latency p50/p99 direct vs pgbouncer vs Wardgate.
 # Not a test: numbers vary with the machine. Env: ROUNDS (3), SECS (10), SCALE (10).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -72,9 +72,11 @@ lat() {
   cat "$work"/lat.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%d %d\n", a[int(NR*0.5)], a[int(NR*0.99)]}'
 }
 read -r dp50 dp99 < <(lat "$direct")
+read -r bp50 bp99 < <(lat "$bouncer")
 read -r wp50 wp99 < <(lat "$wardgate")
 read -r dp50b dp99b < <(lat "$direct")
 dp50=$(( (dp50 + dp50b) / 2 )); dp99=$(( (dp99 + dp99b) / 2 ))
-echo "  direct   p50 ${dp50} µs  p99 ${dp99} µs"
-echo "  wardgate p50 ${wp50} µs  p99 ${wp99} µs"
+echo "  direct    p50 ${dp50} µs  p99 ${dp99} µs"
+echo "  pgbouncer p50 ${bp50} µs  p99 ${bp99} µs  (added p50 $((bp50 - dp50)) µs: what a plain proxy costs here)"
+echo "  wardgate  p50 ${wp50} µs  p99 ${wp99} µs"
 echo "  added p50 $((wp50 - dp50)) µs (target <= 50), added p99 $((wp99 - dp99)) µs"
