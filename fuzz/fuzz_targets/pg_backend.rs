@@ -41,5 +41,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cells) = rows::pack(&batch, &shape) {
         let mut out = BytesMut::new();
         rows::unpack(&cells, &cells, &batch, &shape, &mut out);
+        // A masker that changed every cell: the re-encoding paths (binary
+        // arrays rebuilt, typed values NULLed, JSON re-quoted).
+        let mut masked = cells.clone();
+        masked.data.make_ascii_uppercase();
+        rows::unpack(&masked, &cells, &batch, &shape, &mut out);
     }
 });

@@ -109,6 +109,17 @@ async fn binary_json_and_expressions_are_masked() {
     let r = c.query_one("SELECT upper(email) || ' / ' || card_number FROM customers WHERE id = 2", &[]).await.unwrap();
     let s: String = r.get(0);
     assert!(!s.contains("OMAR.HADDAD@EXAMPLE.ORG") && !s.contains("5500-0055-5555-5559"), "{s}");
+    // Arrays of text in binary format: masked element by element, still arrays.
+    let r = c
+        .query_one("SELECT array_agg(email ORDER BY id), ARRAY['plain', NULL]::varchar[] FROM customers", &[])
+        .await
+        .unwrap();
+    let emails: Vec<Option<String>> = r.get(0);
+    let emails: Vec<String> = emails.into_iter().flatten().collect();
+    assert!(emails.len() > 2 && emails.iter().all(|e| e.contains("***@")), "{emails:?}");
+    assert_no_pii(&emails.join(" "), "text[] in binary format");
+    let plain: Vec<Option<String>> = r.get(1);
+    assert_eq!(plain, vec![Some("plain".to_string()), None]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

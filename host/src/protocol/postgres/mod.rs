@@ -8,6 +8,7 @@
 //! * [`rows`]: DataRow/CopyData <-> packed row batches.
 //! * [`codec`]: message framing.
 
+pub mod arrays;
 pub mod cancel;
 pub mod codec;
 pub mod errors;

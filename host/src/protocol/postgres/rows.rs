@@ -6,8 +6,9 @@
 //! the wire and are masked as text; `jsonb` loses and regains its version
 //! byte; integers are rendered as decimal text so detectors see them, and if a
 //! masker changes one the cell becomes NULL (a typed binary integer cannot
-//! carry a mask); any other binary type is passed as opaque bytes that a
-//! masker may keep or turn into NULL.
+//! carry a mask); arrays of text are shown as array text and re-encoded
+//! (see [`super::arrays`]); any other binary type is passed as opaque bytes
+//! that a masker may keep or turn into NULL.
 //!
 //! Clients parse what they receive by its type, so a masked value must still
 //! be one of that type. Text-format cells of fixed-syntax types (numbers,
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::arrays;
 use super::codec::{self, ProtocolError, Reader};
 use super::upstream::TableInfo;
 use crate::pipeline::types::{CellFormat, Column, PackedCells};
@@ -40,6 +42,8 @@ pub enum Conv {
     BinaryJsonb,
     /// Binary int2/int4/int8.
     BinaryInt(u8),
+    /// Binary array of text (see [`super::arrays`]): masked as array text.
+    BinaryTextArray,
     /// Binary, other type.
     Opaque,
 }
@@ -127,6 +131,8 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
             Conv::BinaryText
         } else if f.type_oid == 3802 {
             Conv::BinaryJsonb
+        } else if arrays::is_text_array(f.type_oid) {
+            Conv::BinaryTextArray
         } else if let Some(w) = match f.type_oid {
             21 => Some(2),
             23 => Some(4),
@@ -151,7 +157,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
             format: match c {
                 Conv::Text | Conv::TextFixed => CellFormat::Text,
                 Conv::Json if format == 0 => CellFormat::Text,
-                Conv::Json | Conv::BinaryText | Conv::BinaryJsonb => CellFormat::BinaryText,
+                Conv::Json | Conv::BinaryText | Conv::BinaryJsonb | Conv::BinaryTextArray => CellFormat::BinaryText,
                 Conv::BinaryInt(_) | Conv::Opaque => CellFormat::BinaryOpaque,
             },
         });
@@ -203,6 +209,13 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
                 _ => cell,
             };
             match conv {
+                Conv::BinaryTextArray => {
+                    let at = data.len();
+                    if !arrays::render(cell, &mut data) {
+                        data.extend_from_slice(cell); // malformed: kept or NULLed like opaque bytes
+                    }
+                    lengths.push((data.len() - at) as i32);
+                }
                 Conv::BinaryInt(w) => match int_text(cell, *w) {
                     Some(t) => {
                         data.extend_from_slice(t.as_bytes());
@@ -265,8 +278,15 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     out.put_u8(1);
                     out.put_slice(&body);
                 }
+                Conv::BinaryTextArray if cell != ocell || olen < 0 => match arrays::rebuild(wire, cell) {
+                    Some(array) => {
+                        out.put_i32(array.len() as i32);
+                        out.put_slice(&array);
+                    }
+                    None => out.put_i32(-1),
+                },
                 Conv::TextFixed if cell != ocell || olen < 0 => out.put_i32(-1),
-                Conv::TextFixed => {
+                Conv::TextFixed | Conv::BinaryTextArray => {
                     out.put_i32(wire.len() as i32);
                     out.put_slice(wire);
                 }
@@ -538,6 +558,36 @@ mod tests {
         let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &HashMap::new());
         let out = unpack_one(&s, &[b"4111111111111111", b"{\"a\": 1}"], &[b"************1111", b"{\"a\": 2}"]);
         assert_eq!(out, data_row(&[Some(b"\"************1111\""), Some(b"{\"a\": 2}")]));
+    }
+
+    #[test]
+    fn binary_text_arrays_are_masked_element_by_element() {
+        let s = shape(&[field("emails", 1009, 1)], None, &HashMap::new());
+        assert_eq!(s.columns[0].format, CellFormat::BinaryText);
+        let mut wire = Vec::new();
+        for v in [1i32, 0, 25, 2, 1] {
+            wire.extend_from_slice(&v.to_be_bytes());
+        }
+        for e in ["jane@example.com", "x"] {
+            wire.extend_from_slice(&(e.len() as i32).to_be_bytes());
+            wire.extend_from_slice(e.as_bytes());
+        }
+        let rows = vec![data_row(&[Some(&wire)])];
+        let packed = pack(&rows, &s).unwrap();
+        assert_eq!(&packed.data[..], br#"{"jane@example.com","x"}"#);
+        let masked = br#"{"j***@example.com","x"}"#;
+        let answer = PackedCells { data: masked.to_vec(), lengths: vec![masked.len() as i32] };
+        let mut out = BytesMut::new();
+        unpack(&answer, &packed, &rows, &s, &mut out);
+        let body = codec::take_message(&mut out).unwrap().unwrap().body;
+        let expected = super::arrays::rebuild(&wire, masked).unwrap();
+        assert_eq!(body, data_row(&[Some(&expected)]));
+        assert!(expected.windows(16).any(|w| w == b"j***@example.com"));
+        // A mask over the whole cell (a column rule) cannot be re-encoded: NULL.
+        let answer = PackedCells { data: b"[REDACTED]".to_vec(), lengths: vec![10] };
+        let mut out = BytesMut::new();
+        unpack(&answer, &packed, &rows, &s, &mut out);
+        assert_eq!(codec::take_message(&mut out).unwrap().unwrap().body, data_row(&[None]));
     }
 
     #[test]
