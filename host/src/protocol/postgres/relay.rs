@@ -434,12 +434,15 @@ fn on_client_message(
                 ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
                 ctx.notify.notify_one();
             };
+            // What the guards never saw (or saw and tried to rewrite) is on record too.
+            let refused = |reason: &str| {
+                ctx.recorder.emit("request.refused", json!({"protocol": "function-call", "reason": reason}));
+                refuse(error_bytes("42501", &format!("Wardgate: {reason}"), None));
+            };
             let call = match fastpath::parse(&m.body)? {
                 Ok(call) => call,
-                Err(refused) => {
-                    ctx.recorder
-                        .emit("request.refused", json!({"protocol": "function-call", "reason": refused.to_string()}));
-                    refuse(error_bytes("42501", &format!("Wardgate: {refused}"), None));
+                Err(e) => {
+                    refused(&e.to_string());
                     return Ok(None);
                 }
             };
@@ -459,11 +462,9 @@ fn on_client_message(
                     ctx.shared.lock().expect.push_back(then);
                     codec::put_message(out, b'F', &m.body);
                 }
-                Decided::Run(Some(_)) => refuse(error_bytes(
-                    "42501",
-                    "Wardgate: a guard rewrote a function call; the function-call protocol cannot carry a rewrite",
-                    None,
-                )),
+                Decided::Run(Some(_)) => {
+                    refused("a guard rewrote a function call; the function-call protocol cannot carry a rewrite")
+                }
                 Decided::Refuse(bytes) => refuse(bytes),
             }
         }
