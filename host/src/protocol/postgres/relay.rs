@@ -1001,9 +1001,11 @@ fn on_upstream_message(
         b'V' => {
             // A FunctionCall's result: masked as a one-column row.
             let Some(&Expect::Function { id, at, result: (name, type_oid, format) }) = s.expect.front() else {
+                // Only a forwarded call has a result; anything else would leave unmasked.
                 drop(s);
-                codec::put_message(out, m.tag, &m.body);
-                return Ok(());
+                tracing::error!("upstream sent a function result nobody asked for");
+                out.extend_from_slice(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None));
+                return Err(SessionError::Protocol(ProtocolError::Unexpected('V')));
             };
             (res.request_id, res.started) = (id, Some(at));
             drop(s);
