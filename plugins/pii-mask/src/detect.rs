@@ -605,9 +605,12 @@ fn phone_shape(plus: bool, nd: usize, seps: usize, kinds: u8, s: &[u8]) -> bool 
     if plus {
         return (8..=15).contains(&nd);
     }
-    // (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567: 10 digits, 2-3 separators
-    // Digit groups must read as a North American number: 555 123 4567, or
-    // 1 555 123 4567 (192.168.1.100 and 10.100.200.30 are addresses).
+    if !(nd == 10 || nd == 11) {
+        return false;
+    }
+    // (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567, 1-555-123-4567:
+    // the digit groups must read as a North American number (192.168.1.100
+    // and 10.100.200.30 are addresses).
     let mut groups = [0usize; 5];
     let mut g = 0usize;
     for &c in s {
@@ -620,11 +623,10 @@ fn phone_shape(plus: bool, nd: usize, seps: usize, kinds: u8, s: &[u8]) -> bool 
             }
         }
     }
-    let groups = &groups[..=g.min(groups.len() - 1)];
+    let groups = &groups[..=g];
     if nd == 10 && seps >= 2 && (kinds == 2 || kinds == 4 || kinds == 1 || kinds & 8 != 0) {
         return groups == [3, 3, 4];
     }
-    // 1-555-123-4567
     if nd == 11 && s[0] == b'1' && seps >= 3 && (kinds == 2 || kinds == 4 || kinds == 1) {
         return groups == [1, 3, 3, 4];
     }

@@ -787,6 +787,40 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
     }
 }
 
+/// A FunctionCallResponse through the maskers: its value is the one cell of
+/// a row shaped by the call (see [`current_shape`]).
+fn mask_function_result(
+    ctx: &Ctx<'_>,
+    res: &mut Results,
+    name: &str,
+    body: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let null = (-1i32).to_be_bytes();
+    let mut row = BytesMut::with_capacity(body.len() + 2);
+    bytes::BufMut::put_i16(&mut row, 1);
+    row.extend_from_slice(body);
+    let mut masked = BytesMut::new();
+    let outcome = mask_rows(ctx, res, &[row.freeze()], &mut masked);
+    if let Err(e) = outcome {
+        out.extend_from_slice(&masked);
+        return Err(e);
+    }
+    // DataRow(1 column) -> FunctionCallResponse: the same cell.
+    let d = take_message(&mut masked)
+        .map_err(SessionError::Protocol)?
+        .ok_or(SessionError::Protocol(ProtocolError::Truncated('V')))?;
+    if d.body.get(2..6) == Some(&null[..]) && body.get(..4) != Some(&null[..]) {
+        // Large-object bytes cannot carry a mask; a silent NULL would
+        // truncate the client's object without a word.
+        let text = format!("Wardgate: {name} result withheld: it holds data the maskers hide");
+        out.extend_from_slice(&error_bytes("42501", &text, None));
+    } else {
+        codec::put_message(out, b'V', &d.body[2..]);
+    }
+    Ok(())
+}
+
 /// Fail closed when a masker fails: no unmasked row leaves; the client gets an
 /// error and the connection closes (the rest of a result cannot be skipped safely).
 /// `batch` is the size of what the masker was given (a hint names it when the
@@ -847,6 +881,10 @@ fn sample(res: &mut Results, cells: &PackedCells, ncols: usize, cap: usize) {
 /// portal of the Execute at the head of the queue.
 fn current_shape(s: &mut Shared, res: &Results, catalog: &HashMap<u32, TableInfo>) -> Option<Arc<Shape>> {
     match s.expect.front() {
+        Some(&Expect::Function { result: (name, type_oid, format), .. }) => {
+            let field = Field { name: name.to_string(), table_oid: 0, attnum: 0, type_oid, format };
+            Some(rows::shape(&[field], None, catalog))
+        }
         Some(Expect::Execute { portal, .. }) => {
             let portal = portal.clone();
             let (stmt, formats, pfields, cached) = {
@@ -1000,7 +1038,7 @@ fn on_upstream_message(
         }
         b'V' => {
             // A FunctionCall's result: masked as a one-column row.
-            let Some(&Expect::Function { id, at, result: (name, type_oid, format) }) = s.expect.front() else {
+            let Some(&Expect::Function { id, at, result: (name, ..) }) = s.expect.front() else {
                 // Only a forwarded call has a result; anything else would leave unmasked.
                 drop(s);
                 tracing::error!("upstream sent a function result nobody asked for");
@@ -1010,32 +1048,7 @@ fn on_upstream_message(
             (res.request_id, res.started) = (id, Some(at));
             drop(s);
             if masks {
-                let field = Field { name: name.to_string(), table_oid: 0, attnum: 0, type_oid, format };
-                res.current = Some(rows::shape(&[field], None, &ctx.catalog));
-                let mut row = BytesMut::with_capacity(m.body.len() + 2);
-                bytes::BufMut::put_i16(&mut row, 1);
-                row.extend_from_slice(&m.body);
-                let mut masked = BytesMut::new();
-                let outcome = mask_rows(ctx, res, &[row.freeze()], &mut masked);
-                res.current = None;
-                if let Err(e) = outcome {
-                    out.extend_from_slice(&masked);
-                    return Err(e);
-                }
-                // DataRow(1 column) -> FunctionCallResponse: the same cell.
-                let d = take_message(&mut masked)
-                    .map_err(SessionError::Protocol)?
-                    .ok_or(SessionError::Protocol(ProtocolError::Truncated('V')))?;
-                let withheld = d.body.get(2..6) == Some(&(-1i32).to_be_bytes()[..])
-                    && m.body.get(..4) != Some(&(-1i32).to_be_bytes()[..]);
-                if withheld {
-                    // Large-object bytes cannot carry a mask; a silent NULL
-                    // would truncate the client's object without a word.
-                    let text = format!("Wardgate: {name} result withheld: it holds data the maskers hide");
-                    out.extend_from_slice(&error_bytes("42501", &text, None));
-                } else {
-                    codec::put_message(out, b'V', &d.body[2..]);
-                }
+                mask_function_result(ctx, res, name, &m.body, out)?;
             } else {
                 res.rows += 1;
                 codec::put_message(out, b'V', &m.body);

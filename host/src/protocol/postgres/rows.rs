@@ -245,7 +245,7 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
     for (ri, row_body) in rows.iter().enumerate() {
         let at = codec::begin(out, b'D');
         out.put_i16(ncols as i16);
-        // Original cells of this row, for binary integers kept as they were.
+        // Original cells of this row, for typed values kept as they were.
         let mut orig_reader = Reader::new(row_body, b'D');
         let _ = orig_reader.i16();
         for (ci, conv) in shape.conv.iter().enumerate() {
@@ -278,26 +278,20 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     out.put_u8(1);
                     out.put_slice(&body);
                 }
-                Conv::BinaryTextArray if cell != ocell || olen < 0 => match arrays::rebuild(wire, cell) {
+                // Typed values: the original bytes when unchanged; a changed
+                // array re-encoded; any other change, NULL.
+                _ if cell == ocell && olen >= 0 => {
+                    out.put_i32(wire.len() as i32);
+                    out.put_slice(wire);
+                }
+                Conv::BinaryTextArray => match arrays::rebuild(wire, cell) {
                     Some(array) => {
                         out.put_i32(array.len() as i32);
                         out.put_slice(&array);
                     }
                     None => out.put_i32(-1),
                 },
-                Conv::TextFixed if cell != ocell || olen < 0 => out.put_i32(-1),
-                Conv::TextFixed | Conv::BinaryTextArray => {
-                    out.put_i32(wire.len() as i32);
-                    out.put_slice(wire);
-                }
-                Conv::BinaryInt(_) | Conv::Opaque => {
-                    if cell == ocell && olen >= 0 {
-                        out.put_i32(wire.len() as i32);
-                        out.put_slice(wire);
-                    } else {
-                        out.put_i32(-1);
-                    }
-                }
+                Conv::TextFixed | Conv::BinaryInt(_) | Conv::Opaque => out.put_i32(-1),
             }
         }
         codec::finish(out, at);
