@@ -79,8 +79,7 @@ fn main() {
     let set = registry.current();
     let guard = set.plugins["sql-guard"].clone();
     let masker = set.plugins["pii-mask"].clone();
-    let mut sp = SessionPlugins::new(registry.clone(), "bench", "shop", "postgres", vec![]);
-    let sess = session();
+    let mut sp = SessionPlugins::new(registry.clone(), "bench", "shop", "postgres", vec![]).serving(session());
     let text =
         "SELECT c.id, c.email, o.amount_cents FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id = 42";
 
@@ -106,10 +105,10 @@ fn main() {
     let req = Request::Sql(wardgate::sql::analyze(text, SqlPhase::SimpleQuery, ""));
 
     // Guard call.
-    assert_eq!(sp.check(&guard, &sess, &req).unwrap(), Verdict::Allow);
+    assert_eq!(sp.check(&guard, &req).unwrap(), Verdict::Allow);
     let t_guard = per_iter(
         || {
-            black_box(sp.check(&guard, &sess, &req).unwrap());
+            black_box(sp.check(&guard, &req).unwrap());
         },
         Duration::from_secs(1),
     );
@@ -137,7 +136,7 @@ fn main() {
     let bytes = packed.data.len();
     let t_wasm = per_iter(
         || {
-            black_box(sp.mask_rows(&masker, &sess, &batch).unwrap());
+            black_box(sp.mask_rows(&masker, &batch).unwrap());
         },
         Duration::from_secs(2),
     );
@@ -175,7 +174,7 @@ fn main() {
     }];
     let t_text = per_iter(
         || {
-            black_box(sp.mask_text(&masker, &sess, black_box(stmt)).unwrap());
+            black_box(sp.mask_text(&masker, black_box(stmt)).unwrap());
         },
         Duration::from_secs(1),
     );
@@ -187,7 +186,7 @@ fn main() {
     );
     let t_one = per_iter(
         || {
-            black_box(sp.mask_rows(&masker, &sess, &one).unwrap());
+            black_box(sp.mask_rows(&masker, &one).unwrap());
         },
         Duration::from_secs(1),
     );
@@ -210,10 +209,10 @@ fn main() {
         let e2 = PluginEngine::new(EngineOptions { max_instances: 16, ..Default::default() }).unwrap();
         let r2 = Registry::open(e2, &d, &d).unwrap();
         let h = r2.current().plugins["hostile"].clone();
-        let mut s2 = SessionPlugins::new(r2.clone(), "b2", "shop", "postgres", vec![]);
+        let mut s2 = SessionPlugins::new(r2.clone(), "b2", "shop", "postgres", vec![]).serving(session());
         Some(per_iter(
             || {
-                black_box(s2.mask_rows(&h, &sess, &batch).unwrap());
+                black_box(s2.mask_rows(&h, &batch).unwrap());
             },
             Duration::from_secs(1),
         ))
@@ -224,8 +223,8 @@ fn main() {
     // Instantiate per session (pooled): a new session's first call minus a warm call.
     let t_first = per_iter(
         || {
-            let mut s = SessionPlugins::new(registry.clone(), "b", "shop", "postgres", vec![]);
-            black_box(s.check(&guard, &sess, &req).unwrap());
+            let mut s = SessionPlugins::new(registry.clone(), "b", "shop", "postgres", vec![]).serving(session());
+            black_box(s.check(&guard, &req).unwrap());
         },
         Duration::from_secs(1),
     );

@@ -98,6 +98,45 @@ async fn extended_protocol_binary_results_are_masked_and_types_survive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_no_masker_reads_skip_the_sandbox_and_are_still_recorded() {
+    let g = gateway(Options::default()).await;
+    let c = g.client().await;
+    // pii-mask reads no boolean or int2/int4/oid column: these rows pass as they came.
+    let sql = "SELECT id, id::int2 AS small, id > 1 AS later, id::oid AS o FROM customers WHERE id <= $1 ORDER BY id";
+    let rows = c.query(sql, &[&3i32]).await.unwrap();
+    let got: Vec<(i32, i16, bool, u32)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(got, vec![(1, 1, false, 1), (2, 2, true, 2), (3, 3, true, 3)]);
+    let text =
+        simple_rows(&c.simple_query("SELECT id, id > 1 FROM customers WHERE id <= 2 ORDER BY id").await.unwrap());
+    assert_eq!(text, vec![vec![Some("1".into()), Some("f".into())], vec![Some("2".into()), Some("t".into())]]);
+    // An int8 may hold a card number: read, and a masked integer becomes NULL.
+    let r = c.query_one("SELECT 4111111111111111::int8, 7::int4", &[]).await.unwrap();
+    assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, i32>(1)), (None, 7));
+    let rec = g.recordings();
+    assert!(
+        rec.contains(r#""rows":3,"sample_rows":[["1","1","\\x00","\\x00000001"],["2","2","\\x01","\\x00000002"],"#),
+        "passed-through rows are counted and sampled (binary values no masker reads in hex)"
+    );
+    assert!(rec.contains(r#""sample_rows":[["1","f"],["2","t"]]"#));
+    // Each response is recorded against its own request, though the driver
+    // pipelines Parse/Bind/Execute ahead of the upstream's answers.
+    let requests: Vec<serde_json::Value> = rec
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "request" || e["kind"] == "response")
+        .collect();
+    let card_request = requests
+        .iter()
+        .find(|e| e["kind"] == "request" && e["body"]["statement"].as_str().unwrap_or("").contains("::int8"))
+        .expect("the int8 query is on record");
+    let card_response = requests
+        .iter()
+        .find(|e| e["kind"] == "response" && e["body"]["findings"].to_string().contains("card"))
+        .expect("its response is on record");
+    assert_eq!(card_request["body"]["request_id"], card_response["body"]["request_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_json_and_expressions_are_masked() {
     let g = gateway(Options::default()).await;
     let c = g.client().await;

@@ -72,7 +72,7 @@ fn rig(timeout_ms: u32, memory_mib: u32) -> Rig {
 }
 
 fn plugins(r: &Rig) -> SessionPlugins {
-    SessionPlugins::new(r.registry.clone(), "s1", "shop", "postgres", vec![])
+    SessionPlugins::new(r.registry.clone(), "s1", "shop", "postgres", vec![]).serving(session())
 }
 
 #[test]
@@ -81,12 +81,12 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_the_next_call_works() {
     let mut p = plugins(&r);
     let h = r.registry.current().plugins["hostile"].clone();
     let t = Instant::now();
-    let e = p.check(&h, &session(), &sql("LOOP")).unwrap_err();
+    let e = p.check(&h, &sql("LOOP")).unwrap_err();
     let took = t.elapsed();
     assert_eq!(e.kind, FailureKind::Deadline, "{e}");
     assert!(took >= Duration::from_millis(95) && took < Duration::from_millis(600), "stopped after {took:?}");
     assert!(e.to_string().contains("plugin hostile exceeded its deadline of 100 ms"), "{e}");
-    assert_eq!(p.check(&h, &session(), &sql("SELECT 1")).unwrap(), Verdict::Allow);
+    assert_eq!(p.check(&h, &sql("SELECT 1")).unwrap(), Verdict::Allow);
 }
 
 #[test]
@@ -96,13 +96,13 @@ fn a_1_gib_allocation_is_refused_and_memory_stays_bounded() {
     let h = r.registry.current().plugins["hostile"].clone();
     let before = wardgate::util::rss_kib().unwrap();
     for _ in 0..3 {
-        let e = p.check(&h, &session(), &sql("ALLOC")).unwrap_err();
+        let e = p.check(&h, &sql("ALLOC")).unwrap_err();
         assert_eq!(e.kind, FailureKind::Memory, "{e}");
         assert!(e.to_string().contains("memory limit of 64 MiB"), "{e}");
     }
     let after = wardgate::util::rss_kib().unwrap();
     assert!(after < before + 200 * 1024, "RSS grew from {before} KiB to {after} KiB");
-    assert_eq!(p.check(&h, &session(), &sql("fine")).unwrap(), Verdict::Allow);
+    assert_eq!(p.check(&h, &sql("fine")).unwrap(), Verdict::Allow);
 }
 
 #[test]
@@ -110,9 +110,9 @@ fn a_trap_is_denied_and_the_next_call_gets_a_fresh_instance() {
     let r = rig(1000, 64);
     let mut p = plugins(&r);
     let h = r.registry.current().plugins["hostile"].clone();
-    let e = p.check(&h, &session(), &sql("TRAP")).unwrap_err();
+    let e = p.check(&h, &sql("TRAP")).unwrap_err();
     assert_eq!(e.kind, FailureKind::Trap, "{e}");
-    assert_eq!(p.check(&h, &session(), &sql("ok")).unwrap(), Verdict::Allow);
+    assert_eq!(p.check(&h, &sql("ok")).unwrap(), Verdict::Allow);
     assert!(r
         .events
         .lock()
@@ -127,9 +127,9 @@ fn repeated_failures_quarantine_the_plugin_until_it_is_replaced() {
     let mut p = plugins(&r);
     let h = r.registry.current().plugins["hostile"].clone();
     for _ in 0..5 {
-        assert!(p.check(&h, &session(), &sql("TRAP")).is_err());
+        assert!(p.check(&h, &sql("TRAP")).is_err());
     }
-    let e = p.check(&h, &session(), &sql("benign")).unwrap_err();
+    let e = p.check(&h, &sql("benign")).unwrap_err();
     assert_eq!(e.kind, FailureKind::Quarantined);
     assert!(r.events.lock().unwrap().iter().any(|e| matches!(e, PluginEvent::Quarantined { .. })));
     // Redeploying (same bytes) brings a fresh, healthy version.
@@ -137,7 +137,7 @@ fn repeated_failures_quarantine_the_plugin_until_it_is_replaced() {
     p.refresh();
     let h2 = r.registry.current().plugins["hostile"].clone();
     assert!(!Arc::ptr_eq(&h, &h2));
-    assert_eq!(p.check(&h2, &session(), &sql("benign")).unwrap(), Verdict::Allow);
+    assert_eq!(p.check(&h2, &sql("benign")).unwrap(), Verdict::Allow);
 }
 
 #[test]
@@ -145,11 +145,11 @@ fn sessions_get_their_own_instances() {
     let r = rig(1000, 64);
     let h = r.registry.current().plugins["hostile"].clone();
     let mut a = plugins(&r);
-    let mut b = SessionPlugins::new(r.registry.clone(), "s2", "shop", "postgres", vec![]);
+    let mut b = SessionPlugins::new(r.registry.clone(), "s2", "shop", "postgres", vec![]).serving(session());
     // A trap poisons only the instance of the session that trapped.
-    assert!(a.check(&h, &session(), &sql("TRAP")).is_err());
-    assert_eq!(b.check(&h, &session(), &sql("ok")).unwrap(), Verdict::Allow);
-    assert_eq!(a.check(&h, &session(), &sql("ok")).unwrap(), Verdict::Allow);
+    assert!(a.check(&h, &sql("TRAP")).is_err());
+    assert_eq!(b.check(&h, &sql("ok")).unwrap(), Verdict::Allow);
+    assert_eq!(a.check(&h, &sql("ok")).unwrap(), Verdict::Allow);
 }
 
 fn replace_and_expect_rejection(r: &Rig, bytes: &[u8], needle: &str) {
@@ -173,7 +173,7 @@ fn broken_files_never_replace_a_working_version() {
     replace_and_expect_rejection(&r, b"this is not wasm", "not a WebAssembly file");
     replace_and_expect_rejection(&r, b"\0asm\x01\0\0\0", "core WebAssembly module");
     let wrong = std::fs::read(common::fixtures().join("wrong-version.wasm")).unwrap();
-    replace_and_expect_rejection(&r, &wrong, "speaks wardgate:plugin@0.1.0");
+    replace_and_expect_rejection(&r, &wrong, "speaks wardgate:plugin@0.2.0");
     let none = std::fs::read(common::fixtures().join("no-exports.wasm")).unwrap();
     replace_and_expect_rejection(&r, &none, "exports none of");
 }
@@ -219,7 +219,7 @@ fn plugins_check_reports_exports_or_a_clear_error() {
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("exports:  masker")
-            && out.contains("wardgate:plugin@0.1.0")
+            && out.contains("wardgate:plugin@0.2.0")
             && out.contains("manifest: pii-mask 0.1.0"),
         "{out}"
     );
@@ -245,8 +245,72 @@ fn a_plugin_that_sleeps_in_the_host_is_stopped_at_once() {
     let mut p = plugins(&r);
     let h = r.registry.current().plugins["hostile"].clone();
     let t = Instant::now();
-    let e = p.check(&h, &session(), &sql("SLEEP")).unwrap_err();
+    let e = p.check(&h, &sql("SLEEP")).unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(600), "stopped after {:?}", t.elapsed());
     assert!(e.to_string().contains("may not block"), "{e}");
-    assert_eq!(p.check(&h, &session(), &sql("SELECT 1")).unwrap(), Verdict::Allow);
+    assert_eq!(p.check(&h, &sql("SELECT 1")).unwrap(), Verdict::Allow);
+}
+
+#[test]
+fn a_masker_is_asked_once_per_result_shape_and_skipped_for_columns_it_does_not_read() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use wardgate::pipeline::types::{CellFormat, Column, PackedCells};
+    use wardgate::pipeline::SessionPipeline;
+
+    let r = rig(200, 64);
+    hostile_manifest(&r.dir, 200, 64, "skip_column = \"balance\"");
+    r.registry.reload_names(&["hostile".to_string()].into_iter().collect());
+    let plugin = r.registry.current().plugins["hostile"].clone();
+    let calls = || plugin.health.calls.load(Relaxed);
+    let col = |name: &str| Column { name: name.into(), type_oid: 23, table: None, format: CellFormat::Text };
+    let cells = PackedCells { data: b"42".to_vec(), lengths: vec![2] };
+    let mut p = SessionPipeline::new(r.registry.clone(), session(), vec![]);
+
+    let start = calls();
+    assert!(!p.masks_columns(&[col("balance")]), "hostile does not read `balance`");
+    assert_eq!(p.mask_rows(&[col("balance")], cells.clone()).unwrap().cells, cells);
+    assert_eq!(calls() - start, 1, "one wants-columns call and no mask-rows");
+    p.mask_rows(&[col("balance")], cells.clone()).unwrap();
+    assert_eq!(calls() - start, 1, "the answer is remembered for the shape");
+
+    assert!(p.masks_columns(&[col("name"), col("balance")]));
+    p.mask_rows(&[col("name"), col("balance")], PackedCells { data: b"ab42".to_vec(), lengths: vec![2, 2] }).unwrap();
+    assert_eq!(calls() - start, 3, "a shape with a wanted column is asked about, then masked");
+
+    // A masker that cannot answer reads everything: it is called (and fails
+    // closed there if it is really broken).
+    assert!(p.masks_columns(&[col("TRAP")]));
+    assert!(r.events.lock().unwrap().iter().any(|e| matches!(e, PluginEvent::CallFailed { .. })));
+    assert_eq!(p.mask_rows(&[col("TRAP")], cells.clone()).unwrap().cells, cells);
+
+    // A new plugin version is asked again.
+    hostile_manifest(&r.dir, 200, 64, "");
+    r.registry.reload_names(&["hostile".to_string()].into_iter().collect());
+    p.refresh();
+    assert!(p.masks_columns(&[col("balance")]), "the new version reads `balance`");
+}
+
+#[test]
+fn a_plugin_instance_sees_the_session_it_serves() {
+    // sql-guard's identity rules read the session through host.current-session.
+    let dir = common::tempdir("sess");
+    std::fs::copy(common::dist().join("sql-guard.wasm"), dir.join("sql-guard.wasm")).unwrap();
+    std::fs::write(
+        dir.join("sql-guard.toml"),
+        "name = \"sql-guard\"\nversion = \"1.0.0\"\n[config]\nread_only_kinds = [\"agent\"]\n",
+    )
+    .unwrap();
+    let engine = PluginEngine::new(EngineOptions { max_instances: 8, ..Default::default() }).unwrap();
+    let registry = Registry::open(engine, &dir, &dir.join("state")).unwrap();
+    let guard = registry.current().plugins["sql-guard"].clone();
+    let insert = Request::Sql(wardgate::sql::analyze("INSERT INTO t VALUES (1)", SqlPhase::SimpleQuery, ""));
+    let mut agent = SessionPlugins::new(registry.clone(), "a", "shop", "postgres", vec![]).serving(session());
+    assert!(matches!(agent.check(&guard, &insert).unwrap(), Verdict::Deny(_)), "agents may only read");
+    let mut human = session();
+    human.identity.principal.kind = PrincipalKind::Human;
+    let mut human = SessionPlugins::new(registry.clone(), "h", "shop", "postgres", vec![]).serving(human);
+    assert_eq!(human.check(&guard, &insert).unwrap(), Verdict::Allow);
+    // Without a session (a recorder's instance) a guard has nobody to judge.
+    let mut none = SessionPlugins::new(registry, "r", "*", "postgres", vec![]);
+    assert!(matches!(none.check(&guard, &insert).unwrap(), Verdict::Deny(_)));
 }

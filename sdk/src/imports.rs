@@ -2,6 +2,7 @@
 //! read and write the thread-local [`crate::testkit`] harness instead.
 
 use crate::host::LogLevel;
+use crate::types::Session;
 
 /// Write a line to the gateway's log. Never pass unmasked data.
 pub fn log(level: LogLevel, message: &str) {
@@ -59,4 +60,17 @@ pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> Result<u16, Stri
         h.posts.push((url.to_string(), content_type.to_string(), body.to_vec()));
         h.post_answer.clone().unwrap_or(Ok(200))
     });
+}
+
+/// The session this instance serves: asked of the host once, then kept (an
+/// instance serves one session for its whole life). None in recorders, which
+/// serve every session.
+pub fn session() -> Option<&'static Session> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static SESSION: std::sync::OnceLock<Option<Session>> = std::sync::OnceLock::new();
+        SESSION.get_or_init(crate::host::current_session).as_ref()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testkit::with_harness(|h| h.session)
 }

@@ -1,11 +1,11 @@
 //! # wardgate-sdk
 //!
 //! Everything a Rust plugin author needs to write a Wardgate guard, masker or
-//! recorder against the `wardgate:plugin@0.1.0` contract (see `wit/wardgate.wit`).
+//! recorder against the `wardgate:plugin@0.2.0` contract (see `wit/wardgate.wit`).
 //!
 //! * [`types`] and [`host`]: the generated contract types and host imports.
-//! * [`log`], [`config_get`], [`config_json`], [`now_ms`], [`write_output`], [`http_post`]: the
-//!   host functions, usable from native unit tests too (see [`testkit`]).
+//! * [`session`], [`log`], [`config_get`], [`config_json`], [`now_ms`], [`write_output`],
+//!   [`http_post`]: the host functions, usable from native unit tests too (see [`testkit`]).
 //! * [`rows`]: read and build packed row batches cell by cell.
 //! * [`ecs`]: recorded events as Elastic Common Schema documents, for SIEM sinks.
 //! * [`sql`]: helpers over host-parsed statements.
@@ -21,13 +21,16 @@
 //!     path: "wit",                       // a copy of (or link to) wardgate's wit/
 //!     runtime_path: "wardgate_sdk::wit_bindgen::rt",
 //!     with: {
-//!         "wardgate:plugin/types@0.1.0": wardgate_sdk::types,
-//!         "wardgate:plugin/host@0.1.0": wardgate_sdk::host,
+//!         "wardgate:plugin/types@0.2.0": wardgate_sdk::types,
+//!         "wardgate:plugin/host@0.2.0": wardgate_sdk::host,
 //!     },
 //! });
 //! struct MyGuard;
 //! impl exports::wardgate::plugin::guard::Guest for MyGuard {
-//!     fn check(session: Session, request: Request) -> Verdict { /* ... */ }
+//!     fn check(request: Request) -> Verdict {
+//!         let who = wardgate_sdk::session(); // asked once per instance
+//!         /* ... */
+//!     }
 //! }
 //! export!(MyGuard);
 //! ```
@@ -55,7 +58,7 @@ pub mod sql;
 pub mod testkit;
 
 mod imports;
-pub use imports::{config_get, config_json, http_post, log, now_ms, write_output};
+pub use imports::{config_get, config_json, http_post, log, now_ms, session, write_output};
 
 pub mod ecs;
 
@@ -68,8 +71,8 @@ macro_rules! __plugin_glue {
             path: "wit",
             runtime_path: "wardgate_sdk::wit_bindgen::rt",
             with: {
-                "wardgate:plugin/types@0.1.0": wardgate_sdk::types,
-                "wardgate:plugin/host@0.1.0": wardgate_sdk::host,
+                "wardgate:plugin/types@0.2.0": wardgate_sdk::types,
+                "wardgate:plugin/host@0.2.0": wardgate_sdk::host,
             },
         });
         #[cfg(target_arch = "wasm32")]

@@ -9,6 +9,8 @@
 //! assert_eq!(wardgate_sdk::config_get("mode").as_deref(), Some("strict"));
 //! let s = testkit::session("analytics");
 //! assert_eq!(s.connection, "analytics");
+//! testkit::set_session(s);
+//! assert_eq!(wardgate_sdk::session().unwrap().connection, "analytics");
 //! ```
 
 use std::cell::RefCell;
@@ -37,6 +39,8 @@ pub struct Harness {
     pub posts: Vec<(String, String, Vec<u8>)>,
     /// What `http-post` answers (default: status 200).
     pub post_answer: Option<Result<u16, String>>,
+    /// What `session` answers (see [`set_session`]).
+    pub session: Option<&'static Session>,
 }
 
 thread_local! {
@@ -66,6 +70,13 @@ pub fn set_config_json(json: &str, pairs: &[(&str, &str)]) {
             ..Default::default()
         }
     });
+}
+
+/// Make `session` the one [`crate::session`] answers on this thread (kept
+/// for the rest of the process: tests only).
+pub fn set_session(session: Session) {
+    let leaked: &'static Session = Box::leak(Box::new(session));
+    with_harness(|h| h.session = Some(leaked));
 }
 
 fn json_string(s: &str) -> String {

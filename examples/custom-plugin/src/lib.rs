@@ -37,10 +37,14 @@ pub fn decide(session: &Session, request: &Request, allowed: &[&str]) -> Verdict
 pub struct ExampleGuard;
 
 impl exports::wardgate::plugin::guard::Guest for ExampleGuard {
-    fn check(session: Session, request: Request) -> Verdict {
+    fn check(request: Request) -> Verdict {
+        // Every client session has one: the host answers once per instance.
+        let Some(session) = wardgate_sdk::session() else {
+            return Verdict::Deny("example-guard needs a client session".into());
+        };
         let allowed = wardgate_sdk::config_get("allowed_tables").unwrap_or_default();
         let allowed: Vec<&str> = allowed.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        decide(&session, &request, &allowed)
+        decide(session, &request, &allowed)
     }
 }
 

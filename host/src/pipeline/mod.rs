@@ -9,6 +9,7 @@ pub mod types {
     pub use crate::plugins::bindings::wardgate::plugin::types::*;
 }
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -85,7 +86,13 @@ pub struct SessionPipeline {
     required: Vec<Arc<LoadedPlugin>>,
     missing: Option<CallError>,
     generation: u64,
+    /// Per result shape: which maskers read any of its columns (in the
+    /// order of `maskers`). Asked once per shape and plugin-set generation.
+    wanted: HashMap<Vec<Column>, Arc<[bool]>>,
 }
+
+/// Result shapes whose masker answers a session remembers.
+const WANTED_CAP: usize = 512;
 
 fn record(plugin: &LoadedPlugin, decision: &'static str, reason: Option<String>, started: Instant) -> VerdictRecord {
     VerdictRecord {
@@ -106,7 +113,8 @@ impl SessionPipeline {
             types::Protocol::Ssh => "ssh",
             types::Protocol::Http => "http",
         };
-        let plugins = SessionPlugins::new(registry, &session.id, &session.connection, protocol, required);
+        let plugins = SessionPlugins::new(registry, &session.id, &session.connection, protocol, required)
+            .serving(session.clone());
         let mut p = SessionPipeline {
             plugins,
             session,
@@ -115,6 +123,7 @@ impl SessionPipeline {
             required: vec![],
             missing: None,
             generation: u64::MAX,
+            wanted: HashMap::new(),
         };
         p.refresh();
         p
@@ -128,6 +137,7 @@ impl SessionPipeline {
             self.guards = self.plugins.with_role(Role::Guard);
             self.maskers = self.plugins.with_role(Role::Masker);
             (self.required, self.missing) = self.plugins.resolve_required();
+            self.wanted.clear();
         }
     }
 
@@ -167,7 +177,7 @@ impl SessionPipeline {
         let mut rewritten: Option<Request> = None;
         for g in self.guards.clone() {
             let started = Instant::now();
-            match self.plugins.check(&g, &self.session, rewritten.as_ref().unwrap_or(request)) {
+            match self.plugins.check(&g, rewritten.as_ref().unwrap_or(request)) {
                 Ok(Verdict::Allow) => verdicts.push(record(&g, "allow", None, started)),
                 Ok(Verdict::Deny(reason)) => {
                     verdicts.push(record(&g, "deny", Some(reason.clone()), started));
@@ -193,16 +203,46 @@ impl SessionPipeline {
         Decision { outcome: Outcome::Allow(rewritten), verdicts }
     }
 
-    /// Run `cells` (rows of `columns`) through every masker in order.
+    /// Which maskers read any of `columns`, in order (see the contract's
+    /// `wants-columns`). A masker that fails to answer, or answers for the
+    /// wrong number of columns, reads them all: it is called and fails closed there.
+    fn wanted_by(&mut self, columns: &[Column]) -> Arc<[bool]> {
+        if let Some(w) = self.wanted.get(columns) {
+            return w.clone();
+        }
+        let wanted: Arc<[bool]> = self
+            .maskers
+            .clone()
+            .iter()
+            .map(|m| match self.plugins.wants_columns(m, columns) {
+                Ok(answer) if answer.len() == columns.len() => answer.contains(&true),
+                _ => true,
+            })
+            .collect();
+        if self.wanted.len() >= WANTED_CAP {
+            self.wanted.clear();
+        }
+        self.wanted.insert(columns.to_vec(), wanted.clone());
+        wanted
+    }
+
+    /// True when rows of `columns` must go through [`Self::mask_rows`]: some
+    /// masker reads one of the columns, or masking must fail closed.
+    pub fn masks_columns(&mut self, columns: &[Column]) -> bool {
+        self.blocked().is_some() || self.wanted_by(columns).contains(&true)
+    }
+
+    /// Run `cells` (rows of `columns`) through every masker that reads them, in order.
     pub fn mask_rows(&mut self, columns: &[Column], cells: PackedCells) -> Result<Masked, CallError> {
         if let Some(err) = self.blocked() {
             return Err(err);
         }
+        let wanted = self.wanted_by(columns);
         let mut batch = RowBatch { columns: columns.to_vec(), cells };
         let mut findings: Vec<Finding> = Vec::new();
-        for m in self.maskers.clone() {
+        for (m, _) in self.maskers.clone().into_iter().zip(wanted.iter()).filter(|(_, w)| **w) {
             let expected = batch.cells.lengths.len();
-            let out = self.plugins.mask_rows(&m, &self.session, &batch)?;
+            let out = self.plugins.mask_rows(&m, &batch)?;
             if out.cells.lengths.len() != expected || !lengths_fit(&out.cells) {
                 return Err(CallError {
                     plugin: m.manifest.name.clone(),
@@ -232,7 +272,7 @@ impl SessionPipeline {
         }
         let mut text = text.to_string();
         for m in self.maskers.clone() {
-            text = self.plugins.mask_text(&m, &self.session, &text)?;
+            text = self.plugins.mask_text(&m, &text)?;
         }
         Ok(text)
     }

@@ -9,6 +9,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::wardgate::plugin::host::{Host, LogLevel};
+use super::bindings::wardgate::plugin::types::Session;
 use super::manifest::OutputTarget;
 
 /// A granted output, shared by all instances of one plugin version.
@@ -74,6 +75,9 @@ pub struct PluginState {
     pub plugin: Arc<PluginContext>,
     /// Session the instance serves (for log lines).
     pub session_id: Arc<str>,
+    /// The session as `host.current-session` answers it (none for recorders, which
+    /// serve every session).
+    pub session: Option<Arc<Session>>,
     limits: StoreLimits,
     /// Set when the memory limit refused a growth during the current call.
     pub memory_refused: bool,
@@ -84,10 +88,16 @@ pub struct PluginState {
 impl PluginState {
     /// State with a memory ceiling and an empty WASI context: no files, no
     /// environment, no sockets, no inherited stdio.
-    pub fn new(plugin: Arc<PluginContext>, session_id: Arc<str>, memory_bytes: usize) -> Self {
+    pub fn new(
+        plugin: Arc<PluginContext>,
+        session_id: Arc<str>,
+        session: Option<Arc<Session>>,
+        memory_bytes: usize,
+    ) -> Self {
         PluginState {
             plugin,
             session_id,
+            session,
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
                 .instances(64)
@@ -158,6 +168,10 @@ impl Host for PluginState {
 
     fn now_ms(&mut self) -> u64 {
         crate::util::now_ms()
+    }
+
+    fn current_session(&mut self) -> Option<Session> {
+        self.session.as_deref().cloned()
     }
 
     fn http_post(&mut self, url: String, content_type: String, body: Vec<u8>) -> Result<u16, String> {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 use super::bindings::exports::wardgate::plugin::{guard, masker, recorder};
-use super::bindings::wardgate::plugin::types::{Event, MaskedBatch, Request, RowBatch, Session, Verdict};
+use super::bindings::wardgate::plugin::types::{Column, Event, MaskedBatch, Request, RowBatch, Session, Verdict};
 use super::engine::EPOCH_TICK;
 use super::host_api::PluginState;
 use super::loader::LoadedPlugin;
@@ -84,6 +84,7 @@ pub struct SessionPlugins {
     registry: Arc<Registry>,
     set: Arc<PluginSet>,
     session_id: Arc<str>,
+    session: Option<Arc<Session>>,
     connection: String,
     protocol: &'static str,
     required: Vec<String>,
@@ -124,11 +125,19 @@ impl SessionPlugins {
             registry,
             set,
             session_id: Arc::from(session_id),
+            session: None,
             connection: connection.to_string(),
             protocol,
             required,
             live: HashMap::new(),
         }
+    }
+
+    /// The session instances answer `host.current-session` with (client sessions;
+    /// recorder instances serve every session and have none).
+    pub fn serving(mut self, session: Session) -> Self {
+        self.session = Some(Arc::new(session));
+        self
     }
 
     /// Pick up a newly swapped plugin set (call at the start of each request).
@@ -188,40 +197,33 @@ impl SessionPlugins {
     }
 
     /// Ask a guard.
-    pub fn check(
-        &mut self,
-        plugin: &Arc<LoadedPlugin>,
-        session: &Session,
-        request: &Request,
-    ) -> Result<Verdict, CallError> {
+    pub fn check(&mut self, plugin: &Arc<LoadedPlugin>, request: &Request) -> Result<Verdict, CallError> {
         self.call(plugin, |live| match &live.guard {
-            Some(g) => g.call_check(&mut live.store, session, request).map(Ok),
+            Some(g) => g.call_check(&mut live.store, request).map(Ok),
             None => Ok(Err("does not export guard".to_string())),
         })
     }
 
-    /// Ask a masker to mask a row batch.
-    pub fn mask_rows(
-        &mut self,
-        plugin: &Arc<LoadedPlugin>,
-        session: &Session,
-        batch: &RowBatch,
-    ) -> Result<MaskedBatch, CallError> {
+    /// Ask a masker which of `columns` it reads (one answer per column).
+    pub fn wants_columns(&mut self, plugin: &Arc<LoadedPlugin>, columns: &[Column]) -> Result<Vec<bool>, CallError> {
         self.call(plugin, |live| match &live.masker {
-            Some(m) => m.call_mask_rows(&mut live.store, session, batch),
+            Some(m) => m.call_wants_columns(&mut live.store, columns).map(Ok),
+            None => Ok(Err("does not export masker".to_string())),
+        })
+    }
+
+    /// Ask a masker to mask a row batch.
+    pub fn mask_rows(&mut self, plugin: &Arc<LoadedPlugin>, batch: &RowBatch) -> Result<MaskedBatch, CallError> {
+        self.call(plugin, |live| match &live.masker {
+            Some(m) => m.call_mask_rows(&mut live.store, batch),
             None => Ok(Err("does not export masker".to_string())),
         })
     }
 
     /// Ask a masker to mask free text.
-    pub fn mask_text(
-        &mut self,
-        plugin: &Arc<LoadedPlugin>,
-        session: &Session,
-        text: &str,
-    ) -> Result<String, CallError> {
+    pub fn mask_text(&mut self, plugin: &Arc<LoadedPlugin>, text: &str) -> Result<String, CallError> {
         self.call(plugin, |live| match &live.masker {
-            Some(m) => m.call_mask_text(&mut live.store, session, text),
+            Some(m) => m.call_mask_text(&mut live.store, text),
             None => Ok(Err("does not export masker".to_string())),
         })
     }
@@ -235,7 +237,12 @@ impl SessionPlugins {
     }
 
     fn instantiate(&self, plugin: &Arc<LoadedPlugin>) -> wasmtime::Result<Live> {
-        let state = PluginState::new(plugin.context.clone(), self.session_id.clone(), plugin.manifest.memory_bytes);
+        let state = PluginState::new(
+            plugin.context.clone(),
+            self.session_id.clone(),
+            self.session.clone(),
+            plugin.manifest.memory_bytes,
+        );
         let mut store = Store::new(self.registry.engine().engine(), state);
         store.limiter(|s| s);
         store.set_epoch_deadline(deadline_ticks(plugin.manifest.call_timeout));

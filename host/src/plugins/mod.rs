@@ -21,7 +21,7 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "host-view",
         path: "../wit",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, Eq, Hash],
     });
 }
 
@@ -31,10 +31,10 @@ pub use loader::{LoadError, LoadedPlugin};
 pub use registry::{PluginEvent, Registry};
 
 /// Contract versions this host speaks.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 /// Export names the host looks for.
-pub const GUARD_EXPORT: &str = "wardgate:plugin/guard@0.1.0";
+pub const GUARD_EXPORT: &str = "wardgate:plugin/guard@0.2.0";
 /// Masker export name.
-pub const MASKER_EXPORT: &str = "wardgate:plugin/masker@0.1.0";
+pub const MASKER_EXPORT: &str = "wardgate:plugin/masker@0.2.0";
 /// Recorder export name.
-pub const RECORDER_EXPORT: &str = "wardgate:plugin/recorder@0.1.0";
+pub const RECORDER_EXPORT: &str = "wardgate:plugin/recorder@0.2.0";

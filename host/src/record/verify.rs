@@ -178,31 +178,37 @@ mod tests {
 
     #[test]
     fn signed_checkpoints_catch_cut_off_tails_and_forgery() {
-        use crate::record::sign::{generate_seed_hex, Signer};
+        use crate::record::sign::{generate_seed_hex, Signer, EVERY};
         let seed = generate_seed_hex();
         let public = hex::decode(Signer::from_seed_hex(&seed).unwrap().public_hex()).unwrap();
         let dir = std::env::temp_dir().join(format!("wardgate-verify-{}", crate::util::random_id()));
         let rec = Recorder::start_signed(&dir, None, Some(Signer::from_seed_hex(&seed).unwrap())).unwrap();
         let s = rec.session("sig1");
-        for i in 0..150 {
+        let n = 2 * EVERY + 22;
+        for i in 0..n {
             s.emit("request", json!({"n": i}));
         }
         drop(s);
         rec.flush();
         let p = session_path(&dir, "sig1");
         let r = verify_file_with(&p, Some(&public)).unwrap();
-        assert_eq!((r.events, r.checkpoints), (153, 3), "two periodic checkpoints and one at close");
+        assert_eq!((r.events, r.checkpoints), (n as usize + 3, 3), "two periodic checkpoints and one at close");
         // Cut off the end, even at a line boundary with a consistent chain: named.
         let orig = std::fs::read_to_string(&p).unwrap();
-        let kept: String = orig.lines().take(100).map(|l| format!("{l}\n")).collect();
+        let keep = EVERY as usize + 36;
+        let kept: String = orig.lines().take(keep).map(|l| format!("{l}\n")).collect();
         std::fs::write(&p, &kept).unwrap();
         assert!(verify_file(&p).is_ok(), "the chain alone cannot tell");
         let e = verify_file_with(&p, Some(&public)).unwrap_err().to_string();
-        assert!(e.starts_with("event 66: events 66..100 are not covered"), "{e}");
+        let first_unsigned = EVERY + 2;
+        assert!(
+            e.starts_with(&format!("event {first_unsigned}: events {first_unsigned}..{keep} are not covered")),
+            "{e}"
+        );
         // Another key's checkpoints do not verify.
         std::fs::write(&p, &orig).unwrap();
         let other = hex::decode(Signer::from_seed_hex(&generate_seed_hex()).unwrap().public_hex()).unwrap();
         let e = verify_file_with(&p, Some(&other)).unwrap_err().to_string();
-        assert!(e.starts_with("event 65: checkpoint signature does not verify"), "{e}");
+        assert!(e.starts_with(&format!("event {}: checkpoint signature does not verify", EVERY + 1)), "{e}");
     }
 }

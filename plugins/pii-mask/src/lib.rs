@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use policy::Policy;
 use wardgate_sdk::host::LogLevel;
-use wardgate_sdk::types::{MaskedBatch, RowBatch, Session};
+use wardgate_sdk::types::{Column, MaskedBatch, RowBatch};
 
 /// The policy, built once per instance from the manifest config. A broken
 /// config makes every call fail, so the host fails closed.
@@ -33,11 +33,19 @@ fn policy() -> &'static Result<Policy, String> {
 pub struct PiiMask;
 
 impl exports::wardgate::plugin::masker::Guest for PiiMask {
-    fn mask_rows(_session: Session, batch: RowBatch) -> Result<MaskedBatch, String> {
+    fn wants_columns(columns: Vec<Column>) -> Vec<bool> {
+        match policy() {
+            Ok(p) => columns.iter().map(|c| p.wants(c)).collect(),
+            // A broken config fails every mask call: let the host make them.
+            Err(_) => vec![true; columns.len()],
+        }
+    }
+
+    fn mask_rows(batch: RowBatch) -> Result<MaskedBatch, String> {
         policy().as_ref().map_err(Clone::clone)?.mask_batch(&batch.columns, &batch.cells)
     }
 
-    fn mask_text(_session: Session, text: String) -> Result<String, String> {
+    fn mask_text(text: String) -> Result<String, String> {
         Ok(policy().as_ref().map_err(Clone::clone)?.mask_text(&text))
     }
 }

@@ -133,6 +133,23 @@ impl Policy {
         self.columns.get(&format!("*.{}", col.name)).copied()
     }
 
+    /// Whether this policy reads `col` at all: a column rule names it, or its
+    /// values could hold an entity. Booleans and integers of up to ten digits
+    /// cannot (cards need 13 digits, phones separators, SSNs dashes — unless
+    /// bare nine-digit SSNs are on), so their rows skip the sandbox.
+    pub fn wants(&self, col: &Column) -> bool {
+        const BOOL: u32 = 16;
+        const INT2: u32 = 21;
+        const INT4: u32 = 23;
+        const OID: u32 = 26;
+        let cannot_hold = match col.type_oid {
+            BOOL | INT2 => true,
+            INT4 | OID => !self.detectors.ssn_plain_digits,
+            _ => false,
+        };
+        !cannot_hold || self.column_rule(col).is_some()
+    }
+
     /// Mask a packed batch. Returns the masked cells and per-entity counts.
     pub fn mask_batch(&self, columns: &[Column], cells: &PackedCells) -> Result<MaskedBatch, String> {
         let rows = PackedRows::new(cells, columns.len()).map_err(|e| format!("pii-mask: bad batch: {e}"))?;
@@ -317,6 +334,34 @@ mod tests {
         let columns = text_columns(cols);
         let out = policy.mask_batch(&columns, &pack(rows)).unwrap();
         unpack(&out.cells, cols.len())
+    }
+
+    #[test]
+    fn integer_and_boolean_columns_are_skipped_unless_a_rule_or_plain_ssns_need_them() {
+        let col = |name: &str, type_oid: u32| Column {
+            name: name.into(),
+            type_oid,
+            table: Some("public.accounts".into()),
+            format: CellFormat::Text,
+        };
+        let p = Policy::default();
+        for oid in [16, 21, 23, 26] {
+            assert!(!p.wants(&col("n", oid)), "type {oid}");
+        }
+        // int8 holds 19 digits (a card number); text, numeric and unknown types anything.
+        for oid in [20, 25, 1043, 1700, 0] {
+            assert!(p.wants(&col("n", oid)), "type {oid}");
+        }
+        let ruled = Policy::from_json(r#"{"columns": {"accounts.pin": "null"}}"#).unwrap();
+        assert!(ruled.wants(&col("pin", 23)));
+        assert!(!ruled.wants(&col("balance", 23)));
+        let plain = Policy::from_json(r#"{"ssn_plain_digits": true}"#).unwrap();
+        assert!(plain.wants(&col("n", 23)), "a bare nine-digit SSN fits in an int4");
+        assert!(!plain.wants(&col("n", 21)));
+        // What the host would skip really is left alone by mask_batch.
+        let ints = [col("a", 23), col("b", 21), col("c", 16)];
+        let cells = pack(&[&[Some("2147483647"), Some("-32768"), Some("t")], &[Some("123456789"), None, Some("f")]]);
+        assert_eq!(p.mask_batch(&ints, &cells).unwrap().cells, cells);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use rules::Guard;
 use wardgate_sdk::host::LogLevel;
-use wardgate_sdk::types::{Request, Session, Verdict};
+use wardgate_sdk::types::{Request, Verdict};
 
 fn guard() -> &'static Result<Guard, String> {
     static GUARD: OnceLock<Result<Guard, String>> = OnceLock::new();
@@ -29,9 +29,12 @@ fn guard() -> &'static Result<Guard, String> {
 pub struct SqlGuard;
 
 impl exports::wardgate::plugin::guard::Guest for SqlGuard {
-    fn check(session: Session, request: Request) -> Verdict {
+    fn check(request: Request) -> Verdict {
+        let Some(session) = wardgate_sdk::session() else {
+            return Verdict::Deny("sql-guard needs a client session".into());
+        };
         match guard() {
-            Ok(g) => g.check(&session, &request),
+            Ok(g) => g.check(session, &request),
             // Fail closed: a broken configuration denies everything.
             Err(e) => Verdict::Deny(format!("sql-guard is misconfigured: {e}")),
         }

@@ -108,8 +108,6 @@ struct Shared {
     expect: VecDeque<Expect>,
     statements: HashMap<String, Statement>,
     portals: HashMap<String, Portal>,
-    /// Statement ids by name on the client side (Parse seen, analysis id).
-    parsed_ids: HashMap<String, u64>,
     tx_status: u8,
     closed: bool,
 }
@@ -170,6 +168,12 @@ struct ClientState {
     review_stmts: HashMap<String, Arc<ReviewAsk>>,
     /// Portals of such statements, with their bound parameters.
     review_portals: HashMap<String, (Arc<ReviewAsk>, hold::Params)>,
+    /// Request id of each prepared statement, and of the statement each
+    /// portal was bound to, in the client's order (a pipelining client binds
+    /// and executes before the upstream has confirmed anything): responses
+    /// are recorded against the request they answer.
+    statement_ids: HashMap<String, u64>,
+    portal_ids: HashMap<String, u64>,
 }
 
 /// A client message held for approval, and how to forward it if approved.
@@ -187,8 +191,14 @@ async fn client_to_upstream(
     mut upstream: WriteHalf<BoxStream>,
     mut review: ReviewCtx,
 ) -> Result<(), SessionError> {
-    let mut st =
-        ClientState { skipping: false, next_id: 0, review_stmts: HashMap::new(), review_portals: HashMap::new() };
+    let mut st = ClientState {
+        skipping: false,
+        next_id: 0,
+        review_stmts: HashMap::new(),
+        review_portals: HashMap::new(),
+        statement_ids: HashMap::new(),
+        portal_ids: HashMap::new(),
+    };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
         loop {
@@ -337,10 +347,8 @@ fn on_client_message(
             match decided {
                 Decided::Review(_) => unreachable!("handled above"),
                 Decided::Run(rewritten) => {
-                    let mut s = ctx.shared.lock();
-                    s.parsed_ids.insert(name.clone(), id);
-                    s.expect.push_back(Expect::Parse { name: name.clone() });
-                    drop(s);
+                    st.statement_ids.insert(name.clone(), id);
+                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone() });
                     match rewritten {
                         None => codec::put_message(out, b'P', &m.body),
                         Some(text) => {
@@ -382,6 +390,10 @@ fn on_client_message(
                 Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
                 None => st.review_portals.remove(&portal),
             };
+            match st.statement_ids.get(&stmt) {
+                Some(&id) => st.portal_ids.insert(portal.clone(), id),
+                None => st.portal_ids.remove(&portal),
+            };
             let nres = r.i16()?.max(0) as usize;
             let mut formats = Vec::with_capacity(nres);
             for _ in 0..nres {
@@ -399,9 +411,7 @@ fn on_client_message(
         }
         b'E' => {
             let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
-            let s = ctx.shared.lock();
-            let id = s.portals.get(&portal).and_then(|p| s.parsed_ids.get(&p.stmt)).copied().unwrap_or(0);
-            drop(s);
+            let id = st.portal_ids.get(&portal).copied().unwrap_or(0);
             if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
                 return Ok(Some(Held {
                     ask,
@@ -418,8 +428,10 @@ fn on_client_message(
             let (kind, name) = (r.u8()?, r.cstr()?.to_string());
             if kind == b'S' {
                 st.review_stmts.remove(&name);
+                st.statement_ids.remove(&name);
             } else {
                 st.review_portals.remove(&name);
+                st.portal_ids.remove(&name);
             }
             ctx.shared.lock().expect.push_back(Expect::Close);
             codec::put_message(out, b'C', &m.body);
@@ -768,6 +780,9 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
         current_shape(&mut s, res, &ctx.catalog).unwrap_or_else(|| rows::unknown_shape(ncols))
     };
     let shape = if shape.conv.len() == ncols { shape } else { rows::unknown_shape(ncols) };
+    if !ctx.pipeline.lock().masks_columns(&shape.columns) {
+        return pass_rows(ctx, res, rows_in, &shape, out);
+    }
     let packed = match rows::pack(rows_in, &shape) {
         Ok(p) => p,
         Err(e) => return Err(SessionError::Protocol(e)),
@@ -778,13 +793,40 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
             res.rows += rows_in.len() as u64;
             res.bytes += m.cells.data.len() as u64;
             merge_findings(&mut res.findings, &m.findings);
-            sample(res, &m.cells, ncols, ctx.record_rows);
+            sample(res, &m.cells, &shape, ctx.record_rows);
             ctx.stats.rows_masked.fetch_add(rows_in.len() as u64, Ordering::Relaxed);
             rows::unpack(&m.cells, &packed, rows_in, &shape, out);
             Ok(())
         }
         Err(e) => Err(withhold(ctx, &e, "result", packed.data.len(), out)),
     }
+}
+
+/// Rows no masker reads go out as they came; the recording still counts
+/// them and samples the first few.
+fn pass_rows(
+    ctx: &Ctx<'_>,
+    res: &mut Results,
+    rows_in: &[Bytes],
+    shape: &Shape,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let ncols = shape.columns.len();
+    let want = ctx.record_rows.saturating_sub(res.sample.len()).min(rows_in.len());
+    if want > 0 {
+        let packed = rows::pack(&rows_in[..want], shape).map_err(SessionError::Protocol)?;
+        sample(res, &packed, shape, ctx.record_rows);
+    }
+    for row in rows_in {
+        if Reader::new(row, b'D').i16().map_err(SessionError::Protocol)? as usize != ncols {
+            return Err(SessionError::Protocol(ProtocolError::Truncated('D')));
+        }
+        // Cell bytes: the row minus its column count and one length per cell.
+        res.bytes += row.len().saturating_sub(2 + 4 * ncols) as u64;
+        codec::put_message(out, b'D', row);
+    }
+    res.rows += rows_in.len() as u64;
+    Ok(())
 }
 
 /// A FunctionCallResponse through the maskers: its value is the one cell of
@@ -854,7 +896,13 @@ fn merge_findings(into: &mut Vec<Finding>, from: &[Finding]) {
     }
 }
 
-fn sample(res: &mut Results, cells: &PackedCells, ncols: usize, cap: usize) {
+/// Keep the first rows of a result for the recording: text as text, a
+/// binary value no masker could read as `\x` and its bytes in hex (as
+/// PostgreSQL prints bytea); at most 200 characters a cell.
+fn sample(res: &mut Results, cells: &PackedCells, shape: &Shape, cap: usize) {
+    use std::fmt::Write as _;
+    const MAX: usize = 200;
+    let ncols = shape.conv.len();
     if res.sample.len() >= cap || ncols == 0 {
         return;
     }
@@ -864,14 +912,23 @@ fn sample(res: &mut Results, cells: &PackedCells, ncols: usize, cap: usize) {
             break;
         }
         let mut r = Vec::with_capacity(ncols);
-        for &l in row {
+        for (&l, conv) in row.iter().zip(&shape.conv) {
             if l < 0 {
                 r.push(None);
-            } else {
-                let end = off + l as usize;
-                r.push(Some(String::from_utf8_lossy(&cells.data[off..end]).chars().take(200).collect()));
-                off = end;
+                continue;
             }
+            let end = off + l as usize;
+            let bytes = &cells.data[off..end];
+            off = end;
+            r.push(Some(if *conv == rows::Conv::Opaque {
+                let mut hex = String::from("\\x");
+                for b in bytes.iter().take((MAX - 2) / 2) {
+                    let _ = write!(hex, "{b:02x}");
+                }
+                hex
+            } else {
+                String::from_utf8_lossy(bytes).chars().take(MAX).collect()
+            }));
         }
         res.sample.push(r);
     }
@@ -1242,7 +1299,7 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
     res.rows += parsed.len() as u64;
     res.bytes += m.cells.data.len() as u64;
     merge_findings(&mut res.findings, &m.findings);
-    sample(res, &m.cells, ncols, ctx.record_rows);
+    sample(res, &m.cells, &shape, ctx.record_rows);
     let mut off = 0usize;
     for row in m.cells.lengths.chunks(ncols.max(1)) {
         let mut cells: Vec<Option<&[u8]>> = Vec::with_capacity(ncols);
