@@ -50,8 +50,25 @@ pub fn analyze(text: &str, phase: SqlPhase, statement_name: &str) -> SqlRequest 
 /// [`analyze`], plus why the host itself refuses the text (see
 /// [`host_violation`]), from the same cached analysis.
 pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
-    let analysis = analyze_cached(text);
-    let (statements, parse_error, violation) = match &*analysis {
+    request_from(&analyze_cached(text), text, phase, statement_name)
+}
+
+/// [`analyze_checked`] without any cache: what the caches must agree with
+/// (for tests and fuzzing).
+#[doc(hidden)]
+pub fn analyze_checked_uncached(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
+    let analysis = std::panic::catch_unwind(|| analyze_uncached(text).map(|(a, _)| a))
+        .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string()));
+    request_from(&analysis, text, phase, statement_name)
+}
+
+fn request_from(
+    analysis: &Result<Analyzed, String>,
+    text: &str,
+    phase: SqlPhase,
+    statement_name: &str,
+) -> (SqlRequest, Option<String>) {
+    let (statements, parse_error, violation) = match analysis {
         Ok(a) => (a.statements.clone(), None, a.violation.clone()),
         Err(e) => (Vec::new(), Some(e.clone()), None),
     };
@@ -121,54 +138,194 @@ struct Template {
 /// same statements (kinds, tables, functions, WHERE). With
 /// `standard_conforming_strings` pinned on (see [`PINNED_SETTINGS`]), this
 /// lexer reads text exactly as the server does. Also returns the byte ranges
-/// of top-level statements (split at `;`).
+/// of top-level statements (see [`Segments`]).
 fn shape_key(text: &str) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
     use protobuf::Token;
     let scanned = pg_query::scan(text).ok()?;
     let mut key = Vec::with_capacity(text.len());
-    let mut segments = Vec::new();
-    let mut seg_start: Option<usize> = None;
-    let mut seg_end = 0usize;
+    let mut segments = Segments::default();
     for t in &scanned.tokens {
         let (start, end) = (t.start.max(0) as usize, (t.end.max(0) as usize).min(text.len()));
         let kind = Token::try_from(t.token).ok()?;
         match kind {
             Token::SqlComment | Token::CComment => continue,
+            // Their escapes are checked after scanning (an invalid one fails
+            // the parse, not the scan): the contents decide, so no shape.
+            Token::Usconst | Token::Uident => return None,
             Token::Ascii59 => {
-                if let Some(s) = seg_start.take() {
-                    segments.push(s..seg_end);
-                }
+                segments.semicolon(start);
                 key.extend_from_slice(b";\0");
                 continue;
             }
-            Token::Iconst | Token::Fconst | Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => {
+            Token::Iconst | Token::Fconst | Token::Sconst | Token::Bconst | Token::Xconst => {
                 key.push(0xff);
                 key.extend_from_slice(&t.token.to_le_bytes());
             }
             _ => key.extend_from_slice(text.get(start..end)?.as_bytes()),
         }
         key.push(0);
-        seg_start.get_or_insert(start);
-        seg_end = end;
+        segments.token();
     }
-    if let Some(s) = seg_start {
-        segments.push(s..seg_end);
+    Some((key, segments.finish(text.len())))
+}
+
+/// The byte ranges of a text's top-level statements as PostgreSQL's parser
+/// delimits them: from just after the previous `;` (or the start) to just
+/// before the next (or the end), comments included; only those holding a
+/// token other than a comment (the parser drops empty statements). Used
+/// trimmed, as the parser's statement texts are.
+#[derive(Default)]
+struct Segments {
+    ranges: Vec<std::ops::Range<usize>>,
+    start: usize,
+    has_token: bool,
+}
+
+impl Segments {
+    fn token(&mut self) {
+        self.has_token = true;
     }
-    Some((key, segments))
+
+    fn semicolon(&mut self, at: usize) {
+        if std::mem::take(&mut self.has_token) {
+            self.ranges.push(self.start..at);
+        }
+        self.start = at + 1;
+    }
+
+    fn finish(mut self, len: usize) -> Vec<std::ops::Range<usize>> {
+        if self.has_token {
+            self.ranges.push(self.start..len);
+        }
+        self.ranges
+    }
+}
+
+/// A cheaper key than [`shape_key`] for the texts most requests are: ASCII
+/// outside string literals, no comments, no quoted identifiers, no `$`
+/// (parameters, dollar quotes), no backslash, and no string prefix (`E'…'`,
+/// `B'…'`, `U&'…'`, …). In that alphabet PostgreSQL's lexer has only one way to read
+/// a plain string literal (quotes doubled inside; `standard_conforming_strings`
+/// is pinned on) and a decimal integer standing alone (not touching a letter,
+/// digit, `_`, `$` or `.`), so replacing exactly those by their kind (an
+/// integer's class: int4, or numeric when it overflows, as the lexer decides)
+/// gives texts that differ only in constants equal keys, and any two texts
+/// with equal keys have equal [`shape_key`]s. Everything else is kept byte
+/// for byte. `None` means "use the real lexer". Also returns the byte ranges
+/// of top-level statements, as [`shape_key`] does.
+fn literal_key(text: &str) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+    let b = text.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    let mut key = Vec::with_capacity(b.len());
+    let mut segments = Segments::default();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        match c {
+            b'\'' => {
+                if i > 0 && (word(b[i - 1]) || b[i - 1] == b'&') {
+                    // E'…', B'…', X'…', N'…', U&'…' (escapes checked after
+                    // scanning), or a name touching a string
+                    return None;
+                }
+                i += 1;
+                loop {
+                    match *b.get(i)? {
+                        b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                key.push(2);
+            }
+            b'0'..=b'9' if i == 0 || !(word(b[i - 1]) || b[i - 1] == b'.') => {
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if i < b.len() && (word(b[i]) || b[i] == b'.') {
+                    key.extend_from_slice(&b[start..i]); // part of a real, a junk-suffixed or non-decimal number
+                } else {
+                    let digits = text[start..i].trim_start_matches('0');
+                    let int4 = digits.len() <= 10 && digits.parse::<u64>().unwrap_or(u64::MAX) <= i32::MAX as u64;
+                    key.extend_from_slice(&[1, if int4 { b'I' } else { b'F' }]);
+                }
+            }
+            b';' => {
+                segments.semicolon(i);
+                key.push(b';');
+                i += 1;
+                continue;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                key.push(c);
+                i += 1;
+                continue;
+            }
+            b'"' | b'$' | b'\\' => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            0x21..=0x7e => {
+                key.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+        segments.token();
+    }
+    Some((key, segments.finish(b.len())))
+}
+
+/// Texts whose [`literal_key`] was seen, with the template their
+/// [`shape_key`] gave.
+static LITERAL_SHAPES: Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>> = Mutex::new(None);
+
+fn from_template(text: &str, t: &Template, segments: &[std::ops::Range<usize>]) -> Option<Analyzed> {
+    if t.tops != segments.len() {
+        return None;
+    }
+    let statements = t
+        .entries
+        .iter()
+        .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
+        .collect();
+    Some(Analyzed { statements, violation: t.violation.clone() })
+}
+
+fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8>, t: Arc<Template>) {
+    let mut guard = cache.lock();
+    let cache = guard.get_or_insert_with(HashMap::new);
+    if cache.len() >= CACHE_CAP {
+        cache.clear();
+    }
+    cache.insert(key, t);
 }
 
 fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
     static SHAPES: Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>> = Mutex::new(None);
-    let shape = if text.as_bytes().contains(&0) { None } else { shape_key(text) };
+    if text.as_bytes().contains(&0) {
+        return analyze_uncached(text).map(|(a, _)| a);
+    }
+    let literal = literal_key(text);
+    if let Some((key, segments)) = &literal {
+        let hit = LITERAL_SHAPES.lock().as_ref().and_then(|c| c.get(key).cloned());
+        if let Some(a) = hit.and_then(|t| from_template(text, &t, segments)) {
+            return Ok(a);
+        }
+    }
+    let shape = shape_key(text);
     if let Some((key, segments)) = &shape {
         let hit = SHAPES.lock().as_ref().and_then(|c| c.get(key).cloned());
-        if let Some(t) = hit.filter(|t| t.tops == segments.len()) {
-            let statements = t
-                .entries
-                .iter()
-                .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
-                .collect();
-            return Ok(Analyzed { statements, violation: t.violation.clone() });
+        if let Some(t) = hit {
+            if let Some(a) = from_template(text, &t, segments) {
+                // The same statements split the same way by both lexers: later
+                // texts with this literal key skip the real lexer.
+                if let Some((lkey, _)) = literal.filter(|(_, l)| l == segments) {
+                    cache_put(&LITERAL_SHAPES, lkey, t);
+                }
+                return Ok(a);
+            }
         }
     }
     let (analyzed, tops) = analyze_uncached(text)?;
@@ -197,15 +354,11 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
             }
             let consistent = entries.iter().zip(&analyzed.statements).all(|((t, _), st)| tops[*t] == st.text);
             if consistent {
-                let mut guard = SHAPES.lock();
-                let cache = guard.get_or_insert_with(HashMap::new);
-                if cache.len() >= CACHE_CAP {
-                    cache.clear();
+                let t = Arc::new(Template { entries, tops: tops.len(), violation: analyzed.violation.clone() });
+                if let Some((lkey, _)) = literal.filter(|(_, l)| *l == segments) {
+                    cache_put(&LITERAL_SHAPES, lkey, t.clone());
                 }
-                cache.insert(
-                    key,
-                    Arc::new(Template { entries, tops: tops.len(), violation: analyzed.violation.clone() }),
-                );
+                cache_put(&SHAPES, key, t);
             }
         }
     }
@@ -814,6 +967,76 @@ mod tests {
 
     fn first(sql: &str) -> SqlStatement {
         analyze(sql, SqlPhase::SimpleQuery, "").statements.remove(0)
+    }
+
+    #[test]
+    fn the_literal_key_abstracts_only_plain_literals_and_gives_up_on_the_rest() {
+        let k = |t: &str| literal_key(t).map(|(k, _)| k).unwrap_or_else(|| panic!("no key for {t}"));
+        assert_eq!(k("SELECT * FROM t WHERE id = 1"), k("SELECT * FROM t WHERE id = 2147483647"));
+        assert_eq!(k("SELECT 007"), k("SELECT 1"), "leading zeros: still an int4");
+        assert_ne!(k("SELECT 1"), k("SELECT 2147483648"), "an int4 and a numeric are different tokens");
+        assert_eq!(k("SELECT 'a;b', 'it''s'"), k("SELECT '', 'x'"));
+        assert_ne!(k("SELECT t1 FROM x"), k("SELECT t2 FROM x"), "digits in names are names");
+        assert_ne!(k("SELECT 1.5"), k("SELECT 2.5"), "reals stay verbatim");
+        assert_ne!(k("SELECT 1e5"), k("SELECT 2e5"));
+        assert_ne!(k("SELECT 0x1f"), k("SELECT 0x2f"));
+        assert_ne!(k("SELECT 1 FROM t"), k("SELECT 1  FROM t"), "layout is kept");
+        for t in [
+            "SELECT E'a'",
+            "SELECT e'\\''",
+            "SELECT B'101'",
+            "SELECT 1 -- c",
+            "SELECT /* c */ 1",
+            "SELECT $1",
+            "SELECT $$x$$",
+            "SELECT \"T\"",
+            "SELECT 'a",
+            "SELECT é",
+            "SELECT 1 \\g",
+            "SELECT 1'a'",
+            "SELECT U&'a'",
+        ] {
+            assert!(literal_key(t).is_none(), "{t}");
+        }
+        let text = "SELECT 1; ;SELECT 'a;b' ;";
+        assert_eq!(literal_key(text).unwrap().1, shape_key(text).unwrap().1);
+        assert_eq!(literal_key(text).unwrap().1, vec![0..8, 11..24]);
+    }
+
+    #[test]
+    fn texts_that_differ_in_literals_get_what_a_fresh_parse_gives() {
+        let pairs = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 99;",
+            ),
+            ("SELECT 'x;y', 1; DELETE FROM t WHERE a = 2", "SELECT 'q', 3; DELETE FROM t WHERE a = 4"),
+            ("SELECT U&'a', 'it''s'", "SELECT U&'\\zz', ''"),
+            ("SELECT 'a'\n'b' FROM t", "SELECT 'c'\n'd' FROM t"),
+            ("UPDATE t SET x = 1 WHERE 1 = 2", "UPDATE t SET x = 1 WHERE 1 = 1"),
+            ("SELECT 1 UNION SELECT 2147483648", "SELECT 5 UNION SELECT 9999999999"),
+            ("SELECT n", "SELECT n--e, upper("),
+            ("/* a */ SELECT 1; /* b */; SELECT 2 /* c */", "SELECT 1; SELECT 2"),
+            ("SET search_path = 'a'", "SET search_path = 'b'"),
+            ("SET client_encoding = 'UTF8'", "SET client_encoding = 'LATIN1'"),
+            ("SELECT set_config('x.y', '1', false)", "SELECT set_config('client_encoding', '1', false)"),
+            (
+                "CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END",
+                "CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 2; END",
+            ),
+        ];
+        for (seen, next) in pairs {
+            for t in [seen, seen, next, next] {
+                assert_eq!(
+                    analyze_checked(t, SqlPhase::SimpleQuery, ""),
+                    analyze_checked_uncached(t, SqlPhase::SimpleQuery, ""),
+                    "{t} (after {seen})"
+                );
+            }
+        }
+        // The common case is served without the real lexer.
+        let key = literal_key(pairs[0].1).unwrap().0;
+        assert!(LITERAL_SHAPES.lock().as_ref().is_some_and(|c| c.contains_key(&key)));
     }
 
     #[test]
