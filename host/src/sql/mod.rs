@@ -57,7 +57,7 @@ pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (Sq
 /// (for tests and fuzzing).
 #[doc(hidden)]
 pub fn analyze_checked_uncached(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
-    let analysis = std::panic::catch_unwind(|| analyze_uncached(text).map(|(a, _)| a))
+    let analysis = std::panic::catch_unwind(|| analyze_uncached(text).map(|(a, _, _)| a))
         .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string()));
     request_from(&analysis, text, phase, statement_name)
 }
@@ -133,7 +133,8 @@ struct Template {
 }
 
 /// A cache key from PostgreSQL's own lexer: every token's text, except
-/// constants, which contribute only their kind; comments are dropped. The
+/// constants, which contribute only their kind (no key for a text with
+/// comments or `U&` strings, see below). The
 /// grammar sees only the token stream, so texts with equal keys parse to the
 /// same statements (kinds, tables, functions, WHERE). With
 /// `standard_conforming_strings` pinned on (see [`PINNED_SETTINGS`]), this
@@ -148,10 +149,11 @@ fn shape_key(text: &str) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
         let (start, end) = (t.start.max(0) as usize, (t.end.max(0) as usize).min(text.len()));
         let kind = Token::try_from(t.token).ok()?;
         match kind {
-            Token::SqlComment | Token::CComment => continue,
-            // Their escapes are checked after scanning (an invalid one fails
-            // the parse, not the scan): the contents decide, so no shape.
-            Token::Usconst | Token::Uident => return None,
+            // Whether a comment belongs to a statement's text follows rules of
+            // the parser's own (a leading one does not, a trailing one does);
+            // U& escapes are checked after scanning (an invalid one fails the
+            // parse, not the scan). Either way: no shape.
+            Token::SqlComment | Token::CComment | Token::Usconst | Token::Uident => return None,
             Token::Ascii59 => {
                 segments.semicolon(start);
                 key.extend_from_slice(b";\0");
@@ -171,9 +173,9 @@ fn shape_key(text: &str) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
 
 /// The byte ranges of a text's top-level statements as PostgreSQL's parser
 /// delimits them: from just after the previous `;` (or the start) to just
-/// before the next (or the end), comments included; only those holding a
-/// token other than a comment (the parser drops empty statements). Used
-/// trimmed, as the parser's statement texts are.
+/// before the next (or the end); only those holding a token (the parser
+/// drops empty statements). Used trimmed, as the parser's statement texts
+/// are (the keys above exist only for texts without comments).
 #[derive(Default)]
 struct Segments {
     ranges: Vec<std::ops::Range<usize>>,
@@ -305,7 +307,7 @@ fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8
 fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
     static SHAPES: Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>> = Mutex::new(None);
     if text.as_bytes().contains(&0) {
-        return analyze_uncached(text).map(|(a, _)| a);
+        return analyze_uncached(text).map(|(a, _, _)| a);
     }
     let literal = literal_key(text);
     if let Some((key, segments)) = &literal {
@@ -328,7 +330,7 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
             }
         }
     }
-    let (analyzed, tops) = analyze_uncached(text)?;
+    let (analyzed, tops, owners) = analyze_uncached(text)?;
     if let Some((key, segments)) = shape {
         // Cache the shape only when the token split agrees with the parser's
         // statement split (BEGIN ATOMIC bodies, for one, hold `;` inside a
@@ -344,14 +346,14 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
                 })
         });
         if split_agrees && !constant_matters && key.len() <= 64 * 1024 {
-            let mut entries = Vec::with_capacity(analyzed.statements.len());
-            let mut top = 0;
-            for st in &analyzed.statements {
-                while top + 1 < tops.len() && st.text != tops[top] {
-                    top += 1;
-                }
-                entries.push((top, SqlStatement { text: String::new(), ..st.clone() }));
-            }
+            // Each statement keeps the index of the top-level statement it
+            // came from (two equal statements are still two).
+            let entries: Vec<(usize, SqlStatement)> = analyzed
+                .statements
+                .iter()
+                .zip(&owners)
+                .map(|(st, &top)| (top, SqlStatement { text: String::new(), ..st.clone() }))
+                .collect();
             let consistent = entries.iter().zip(&analyzed.statements).all(|((t, _), st)| tops[*t] == st.text);
             if consistent {
                 let t = Arc::new(Template { entries, tops: tops.len(), violation: analyzed.violation.clone() });
@@ -365,8 +367,9 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
     Ok(analyzed)
 }
 
-/// Parse with the full grammar. Also returns each top-level statement's text.
-fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>), String> {
+/// Parse with the full grammar. Also returns each top-level statement's text,
+/// and for each described statement the index of the top-level one it is in.
+fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), String> {
     if text.as_bytes().contains(&0) {
         return Err("query text contains a NUL byte".into());
     }
@@ -377,18 +380,20 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>), String> {
     let mut out = Vec::new();
     let mut violation = None;
     let mut tops = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut owners = Vec::new();
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
         let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
         let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
         describe_tree(node, &stmt_text, &mut out);
+        owners.resize(out.len(), tops.len());
         tops.push(stmt_text);
         if violation.is_none() {
             violation = pinned_setting_change(node);
         }
     }
-    Ok((Analyzed { statements: out, violation }, tops))
+    Ok((Analyzed { statements: out, violation }, tops, owners))
 }
 
 fn is_pinned(name: &str) -> bool {
@@ -1016,6 +1021,10 @@ mod tests {
             ("UPDATE t SET x = 1 WHERE 1 = 2", "UPDATE t SET x = 1 WHERE 1 = 1"),
             ("SELECT 1 UNION SELECT 2147483648", "SELECT 5 UNION SELECT 9999999999"),
             ("SELECT n", "SELECT n--e, upper("),
+            ("SELECT naitems+1", "/* x */ SELECT naitems+2"),
+            // Two equal statements are two: the second keeps its own text.
+            ("DO $$ BEGIN PERFORM 1; END $$; DO $$ BEGIN PERFORM 1; END $$", "DO $$ x $$; DO $$ y $$"),
+            ("SELECT 1; SELECT 1", "SELECT 1; SELECT 2"),
             ("/* a */ SELECT 1; /* b */; SELECT 2 /* c */", "SELECT 1; SELECT 2"),
             ("SET search_path = 'a'", "SET search_path = 'b'"),
             ("SET client_encoding = 'UTF8'", "SET client_encoding = 'LATIN1'"),
@@ -1034,6 +1043,13 @@ mod tests {
                 );
             }
         }
+        // A constant the grammar itself checks: the cache may serve a text the
+        // server rejects (nothing runs), never the other way round.
+        let _ = analyze_checked("SELECT 1::float(5)", SqlPhase::SimpleQuery, "");
+        let cached = analyze_checked("SELECT 1::float(0)", SqlPhase::SimpleQuery, "");
+        let fresh = analyze_checked_uncached("SELECT 1::float(0)", SqlPhase::SimpleQuery, "");
+        assert!(fresh.0.parse_error.is_some() && cached.0.parse_error.is_none());
+        assert_eq!(cached.0.statements[0].text, "SELECT 1::float(0)");
         // The common case is served without the real lexer.
         let key = literal_key(pairs[0].1).unwrap().0;
         assert!(LITERAL_SHAPES.lock().as_ref().is_some_and(|c| c.contains_key(&key)));
