@@ -206,24 +206,27 @@ impl SessionPlugins {
 
     /// Ask a masker which of `columns` it reads (one answer per column).
     pub fn wants_columns(&mut self, plugin: &Arc<LoadedPlugin>, columns: &[Column]) -> Result<Vec<bool>, CallError> {
-        self.call(plugin, |live| match &live.masker {
-            Some(m) => m.call_wants_columns(&mut live.store, columns).map(Ok),
-            None => Ok(Err("does not export masker".to_string())),
-        })
+        self.call_masker(plugin, |m, store| m.call_wants_columns(store, columns).map(Ok))
     }
 
     /// Ask a masker to mask a row batch.
     pub fn mask_rows(&mut self, plugin: &Arc<LoadedPlugin>, batch: &RowBatch) -> Result<MaskedBatch, CallError> {
-        self.call(plugin, |live| match &live.masker {
-            Some(m) => m.call_mask_rows(&mut live.store, batch),
-            None => Ok(Err("does not export masker".to_string())),
-        })
+        self.call_masker(plugin, |m, store| m.call_mask_rows(store, batch))
     }
 
     /// Ask a masker to mask free text.
     pub fn mask_text(&mut self, plugin: &Arc<LoadedPlugin>, text: &str) -> Result<String, CallError> {
+        self.call_masker(plugin, |m, store| m.call_mask_text(store, text))
+    }
+
+    /// One of the masker interface's functions, through [`Self::call`].
+    fn call_masker<R>(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        f: impl FnOnce(&masker::Guest, &mut Store<PluginState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, CallError> {
         self.call(plugin, |live| match &live.masker {
-            Some(m) => m.call_mask_text(&mut live.store, text),
+            Some(m) => f(m, &mut live.store),
             None => Ok(Err("does not export masker".to_string())),
         })
     }

@@ -57,9 +57,13 @@ pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (Sq
 /// (for tests and fuzzing).
 #[doc(hidden)]
 pub fn analyze_checked_uncached(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
-    let analysis = std::panic::catch_unwind(|| analyze_uncached(text).map(|(a, _, _)| a))
-        .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string()));
+    let analysis = parser_guarded(|| analyze_uncached(text).map(|(a, _, _)| a));
     request_from(&analysis, text, phase, statement_name)
+}
+
+/// Run the parser; a panic inside it is an error on this input, not a crash.
+fn parser_guarded(f: impl FnOnce() -> Result<Analyzed, String> + std::panic::UnwindSafe) -> Result<Analyzed, String> {
+    std::panic::catch_unwind(f).unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string()))
 }
 
 fn request_from(
@@ -108,10 +112,7 @@ fn analyze_cached(text: &str) -> Analysis {
     if let Some(hit) = CACHE.lock().as_ref().and_then(|c| c.get(text).cloned()) {
         return hit;
     }
-    let result: Analysis = Arc::new(
-        std::panic::catch_unwind(|| analyze_by_shape(text))
-            .unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string())),
-    );
+    let result: Analysis = Arc::new(parser_guarded(|| analyze_by_shape(text)));
     if text.len() <= 16 * 1024 {
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(HashMap::new);
