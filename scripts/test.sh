@@ -2,8 +2,8 @@
 # Every test, from nothing: install prerequisites, build the plugins for
 # wasm32-wasip2, run the plugins' native unit tests and the gateway's unit and
 # end-to-end tests (real PostgreSQL, psql, pgbench, tokio-postgres), a
-# third-party driver's own test suite through the gateway (psycopg2's, compared
-# with a direct run: scripts/drivers.sh), a short
+# third-party drivers' own test suites through the gateway (psycopg2's and
+# asyncpg's, each compared with a direct run: scripts/drivers.sh), a short
 # fuzzing run of every parser (scripts/fuzz.sh), then the style gates
 # (rustfmt, clippy -D warnings).
 set -euo pipefail

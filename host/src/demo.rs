@@ -196,26 +196,17 @@ tls_self_signed = true
 bind = "127.0.0.1:{admin_port}"
 admin_groups = ["wardgate-admins"]
 
-[connections.shop]
-host = "127.0.0.1"
-port = {pg_port}
-database = "shop"
-user = "wardgate_app"
-password_file = "upstream-password"
-plugins = ["sql-guard", "pii-mask"]
-
-[connections.shop.approvals]      # a review verdict waits for a human in group dba
-mode = "wait"
-timeout_secs = 30
-approver_groups = ["dba"]
-
-# Service accounts live in state/service-accounts.json (`wardgate service-accounts list`).
-[[grants]]
-connection = "shop"
-groups = ["agents"]
-{oidc_config}"#,
+# Group "agents" may use both connections. Service accounts live in
+# state/service-accounts.json (`wardgate service-accounts list`).
+{connections}{oidc_config}"#,
         cfg = dir.join("wardgate.toml").display(),
-        pg_port = pg.port,
+        connections = demo_connection("shop", "", pg.port)
+            + &demo_connection(
+                "postgres",
+                "# The cluster's maintenance database (empty), under the same policy: tools and\n\
+                 # driver test suites connect to \"postgres\" by default.\n",
+                pg.port
+            ),
     );
     let cfg_path = dir.join("wardgate.toml");
     std::fs::write(&cfg_path, config_text)?;
@@ -345,6 +336,31 @@ groups = ["agents"]
         println!("(working directory kept for inspection: {})", dir.display());
     }
     Ok(())
+}
+
+/// A demo connection to database `name` (the same name as the connection),
+/// with the demo's policy and grant.
+fn demo_connection(name: &str, comment: &str, pg_port: u16) -> String {
+    format!(
+        r#"{comment}[connections.{name}]
+host = "127.0.0.1"
+port = {pg_port}
+database = "{name}"
+user = "wardgate_app"
+password_file = "upstream-password"
+plugins = ["sql-guard", "pii-mask"]
+
+[connections.{name}.approvals]   # a review verdict waits for a human in group dba
+mode = "wait"
+timeout_secs = 30
+approver_groups = ["dba"]
+
+[[grants]]
+connection = "{name}"
+groups = ["agents"]
+
+"#
+    )
 }
 
 fn config_auth(cfg_path: &Path) -> anyhow::Result<crate::identity::Authenticator> {

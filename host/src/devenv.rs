@@ -268,8 +268,11 @@ pub fn run_when_process_exits(cmd: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seed the demo schema: customers with realistic PII, orders; a least-privilege
-/// role `wardgate_app` for the gateway. Returns that role's password.
+/// Seed the demo schema: customers with realistic PII, orders; a role
+/// `wardgate_app` for the gateway that may read and write the seeded tables
+/// (it owns none of them, so it cannot alter or drop them) and create its own
+/// objects in schema `public` of `db` and of `postgres`, as a developer's
+/// agent would. Returns that role's password.
 pub fn seed_demo(pg: &PgCluster, db: &str) -> anyhow::Result<String> {
     let app_password = crate::util::random_id();
     pg.psql("postgres", &format!("CREATE DATABASE {db}"))?;
@@ -295,8 +298,10 @@ INSERT INTO orders (customer_id, amount_cents, status)
   FROM generate_series(1, 200) g;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO wardgate_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO wardgate_app;
+GRANT CREATE ON SCHEMA public TO wardgate_app;
 "#
         ),
     )?;
+    pg.psql("postgres", "GRANT CREATE ON SCHEMA public TO wardgate_app")?;
     Ok(app_password)
 }

@@ -314,6 +314,17 @@ async fn copy_out_is_masked_in_text_and_csv_and_binary_is_refused() {
         assert_eq!(out.lines().count(), 5, "{opts}: {out}");
         assert_no_pii(&out, &format!("COPY with {opts}"));
     }
+    // Fields the maskers leave alone reach the client byte for byte as the
+    // server wrote them (its FORCE_QUOTE, NULL string and escapes); masked
+    // fields are written again in the COPY's format, still one row per line.
+    let sql = "COPY (SELECT id, name, CASE WHEN id = 1 THEN email END AS e FROM customers WHERE id <= 2 ORDER BY id) \
+               TO STDOUT WITH (FORMAT csv, DELIMITER '|', QUOTE '*', ESCAPE '!', NULL 'n-u-l-l', FORCE_QUOTE (name))";
+    let (ok, out, err) = g.psql(&["-c", sql]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("1|*Jane Doe*|*j") && !lines[0].contains("jane.doe@"), "{out}");
+    assert_eq!(lines[1], "2|*Omar Haddad*|n-u-l-l");
     let (ok, _, err) = g.psql(&["-c", "COPY customers TO STDOUT WITH (FORMAT binary)"]);
     assert!(!ok);
     assert!(err.contains("binary COPY output cannot be masked"), "{err}");
@@ -490,10 +501,20 @@ async fn the_lexer_cannot_be_switched_under_the_guard() {
         "SELECT set_config('standard_conforming_strings', 'off', false)",
         "SELECT set_config('standard_' || 'conforming_strings', 'off', false)",
         "SET client_encoding = 'SJIS'",
-        "RESET ALL",
     ] {
         let e = c.batch_execute(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
         assert_eq!(code(&e), "42501", "{sql}");
+    }
+    // Resets are allowed (pools send RESET ALL on every release): they land on
+    // the values the gateway's startup packet pinned, whatever the server's
+    // own defaults are (the test role's default is off: tests/common).
+    for sql in ["RESET ALL", "DISCARD ALL", "RESET standard_conforming_strings", "SET client_encoding TO DEFAULT"] {
+        c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let row = c
+            .query_one("SELECT current_setting('standard_conforming_strings'), current_setting('client_encoding')", &[])
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("on", "UTF8"), "after {sql}");
     }
     // Pipelined: the SET is refused before the next query is even read.
     let (a, b) = tokio::join!(
@@ -525,6 +546,32 @@ async fn notify_payloads_and_notices_are_masked() {
     // Clients match notifications to connections by the backend's pid.
     let pid = out.lines().last().unwrap_or_default().trim();
     assert!(all.contains(&format!("server process with PID {pid}.")), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_the_server_sends_at_login_reach_the_client_masked() {
+    use futures_util::StreamExt;
+    let g = gateway(Options::default()).await;
+    // 64+ bytes: the server truncates the name and says so while the session starts.
+    let name = format!("report-for-jane.doe@example.com-{}", "x".repeat(40));
+    let dsn = format!("{} application_name={name}", g.dsn());
+    let (client, mut conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+    let collected = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        let mut notices = vec![];
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                notices.push(n.message().to_string());
+            }
+        }
+        notices
+    });
+    client.batch_execute("SELECT 1").await.unwrap();
+    drop(client);
+    let notices = collected.await.unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("will be truncated"), "{notices:?}");
+    assert!(notices[0].contains("***@example.com") && !notices[0].contains("jane.doe@"), "{notices:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,4 +828,14 @@ async fn the_gateway_speaks_utf8_upstream_whatever_the_client_asks() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("client_encoding LATIN1 is not supported") && err.contains("PGCLIENTENCODING=UTF8"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_ends_with_a_fatal_error_is_heard_in_its_own_words() {
+    let g = gateway(Options { plugins: vec!["pii-mask"], required: vec!["pii-mask"], ..Default::default() }).await;
+    let (ok, _, err) = g.psql(&["-c", "SELECT pg_terminate_backend(pg_backend_pid())"]);
+    assert!(!ok);
+    assert!(err.contains("FATAL:  terminating connection due to administrator command"), "{err}");
+    // Its FATAL explains the close: no second error of the gateway's own.
+    assert!(!err.contains("Wardgate"), "{err}");
 }

@@ -432,15 +432,18 @@ fn sets_pinned_value(v: &protobuf::VariableSetStmt) -> bool {
     }
 }
 
-/// SET/RESET of a pinned setting, `RESET ALL`, or `set_config()` whose name is
-/// pinned or not a constant.
+/// SET of a pinned setting to another value, or `set_config()` whose name is
+/// pinned or not a constant. Resets are allowed: the gateway sends the pinned
+/// values in its startup packet, and PostgreSQL's reset value of a setting is
+/// the one the session started with (`RESET ALL`, `RESET client_encoding`,
+/// `SET … TO DEFAULT` and `DISCARD ALL` all land on the pinned value again;
+/// asyncpg's pool sends `RESET ALL` on every release).
 fn pinned_setting_change(node: &NodeEnum) -> Option<String> {
+    use protobuf::VariableSetKind::{VarReset, VarResetAll, VarSetDefault};
     if let NodeEnum::VariableSetStmt(v) = node {
-        if is_pinned(&v.name) && !sets_pinned_value(v) {
+        let resets = matches!(v.kind(), VarReset | VarResetAll | VarSetDefault);
+        if is_pinned(&v.name) && !resets && !sets_pinned_value(v) {
             return Some(format!("changing {} is not allowed through Wardgate", v.name));
-        }
-        if v.kind() == protobuf::VariableSetKind::VarResetAll {
-            return Some("RESET ALL is not allowed through Wardgate (it would reset pinned settings)".into());
         }
     }
     for (child, _, _, _) in node.nodes() {
@@ -1178,14 +1181,11 @@ mod tests {
         for bad in [
             "SET standard_conforming_strings = off",
             "set STANDARD_CONFORMING_STRINGS to off",
-            "RESET standard_conforming_strings",
             "SET LOCAL client_encoding = 'SJIS'",
             "SET NAMES 'LATIN1'",
-            "RESET ALL",
             "SELECT set_config('standard_conforming_strings', 'off', false)",
             "SELECT pg_catalog.set_config('standard_' || 'conforming_strings', 'off', false)",
             "SELECT 1; SELECT set_config(name, 'off', false) FROM pg_settings",
-            "SET client_encoding = DEFAULT",
             "SET client_encoding TO 'UTF8', 'LATIN1'",
             "SET standard_conforming_strings = 'off'",
             "SET client_encoding = 'UTF16'",
@@ -1203,6 +1203,12 @@ mod tests {
             "SET client_encoding TO utf8",
             "SET standard_conforming_strings = on",
             "SET standard_conforming_strings TO 'true'",
+            // Resets land on the values the gateway's startup packet pinned.
+            "RESET ALL",
+            "RESET standard_conforming_strings",
+            "RESET client_encoding",
+            "SET client_encoding = DEFAULT",
+            "DISCARD ALL",
         ] {
             assert_eq!(host_violation(ok), None, "{ok}");
         }

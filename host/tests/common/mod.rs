@@ -53,6 +53,10 @@ pub fn db() -> &'static Db {
         pg.stop_when_process_exits().expect("watchdog");
         let app_password = seed_demo(&pg, "shop").expect("seed");
         pg.psql("shop", "ALTER ROLE wardgate_app CREATEDB; GRANT CREATE ON SCHEMA public TO wardgate_app;").unwrap();
+        // A role whose own default would make the server read backslashes as
+        // escapes: every test through the gateway runs with the gateway's
+        // startup packet overriding it (and RESET ALL landing on the override).
+        pg.psql("shop", "ALTER ROLE wardgate_app SET standard_conforming_strings = off").unwrap();
         Db { pg, app_password, base }
     })
 }

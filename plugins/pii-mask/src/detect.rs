@@ -413,15 +413,22 @@ fn emails(b: &[u8], out: &mut Vec<Span>) {
         if s == at || e == at + 1 {
             continue;
         }
-        let domain = &b[at + 1..e];
-        let Some(dot) = domain.iter().rposition(|&c| c == b'.') else { continue };
-        let tld = &domain[dot + 1..];
-        if dot == 0 || tld.len() < 2 || !tld.iter().all(|c| c.is_ascii_alphabetic()) {
-            continue;
-        }
+        let Some(end) = domain_end(&b[at + 1..e]) else { continue };
+        let e = at + 1 + end;
         out.push(Span { start: s, end: e, entity: Entity::Email });
         from = e;
     }
+}
+
+/// Where an address's domain ends: after the letters (two or more) that
+/// follow its last usable dot. Text that runs on past the top-level label
+/// (`example.com-x`, `example.com1`, `example.com_x`) does not hide the
+/// address: what looks like one is masked, valid or not.
+fn domain_end(domain: &[u8]) -> Option<usize> {
+    domain.iter().enumerate().rev().filter(|&(d, &c)| c == b'.' && d > 0).find_map(|(d, _)| {
+        let letters = domain[d + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        (letters >= 2).then_some(d + 1 + letters)
+    })
 }
 
 fn iban_valid(chars: &[u8]) -> bool {
@@ -651,6 +658,16 @@ mod tests {
         );
         assert!(found("not@an address").is_empty());
         assert!(found("user@localhost").is_empty());
+        // Text glued to the top-level label does not hide the address.
+        for (text, email) in [
+            ("a jane.doe@example.com-xxxx b", "jane.doe@example.com"),
+            ("jane.doe@example.com1", "jane.doe@example.com"),
+            ("jane.doe@mail.example.co.uk-2", "jane.doe@mail.example.co.uk"),
+            ("jane.doe@example.com.x", "jane.doe@example.com"),
+        ] {
+            assert_eq!(found(text), vec![(Entity::Email, email.into())], "{text}");
+        }
+        assert!(found("build@1.2.3.4").is_empty());
     }
 
     #[test]

@@ -150,7 +150,10 @@ pub async fn run(
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
     };
     let c2u = client_to_upstream(&ctx, client_r, client_buf, up_w, review);
-    let u2c = upstream_to_client(&ctx, up_r, upstream.leftover, client_w);
+    // Login notices first, then whatever followed the upstream's ReadyForQuery.
+    let mut pending = upstream.notices;
+    pending.extend_from_slice(&upstream.leftover);
+    let u2c = upstream_to_client(&ctx, up_r, pending, client_w);
     // Whichever side ends first ends the session.
     tokio::select! {
         r = c2u => r,
@@ -209,7 +212,7 @@ async fn client_to_upstream(
             };
             if m.tag == b'X' {
                 codec::put_message(&mut out, b'X', &[]);
-                let _ = upstream.write_all(&out).await;
+                let _ = super::stream::send(&mut upstream, &out).await;
                 return Ok(());
             }
             match on_client_message(ctx, &mut st, m, &mut out) {
@@ -217,7 +220,7 @@ async fn client_to_upstream(
                 Ok(Some(held)) => {
                     // Everything before the held message goes out first, in order.
                     if !out.is_empty() {
-                        upstream.write_all(&out).await?;
+                        super::stream::send(&mut upstream, &out).await?;
                         out.clear();
                     }
                     let verdict =
@@ -246,7 +249,7 @@ async fn client_to_upstream(
             }
         }
         if !out.is_empty() {
-            upstream.write_all(&out).await?;
+            super::stream::send(&mut upstream, &out).await?;
             out.clear();
         }
         if buf.capacity() - buf.len() < 4096 {
@@ -644,6 +647,9 @@ struct Results {
     copy_out: Option<(CopyFormat, Arc<Shape>)>,
     /// Partial COPY line carried between CopyData messages.
     copy_pending: Vec<u8>,
+    /// The upstream's last error was FATAL or PANIC: it explains the close
+    /// that follows, so the client sees that error and not one of ours.
+    upstream_fatal: bool,
     /// Summary of the result being produced, for the recording.
     rows: u64,
     bytes: u64,
@@ -665,6 +671,7 @@ async fn upstream_to_client(
         current: None,
         copy_out: None,
         copy_pending: vec![],
+        upstream_fatal: false,
         rows: 0,
         bytes: 0,
         findings: vec![],
@@ -683,7 +690,7 @@ async fn upstream_to_client(
             // after this loses nothing the client was told). A failure was
             // logged where it happened, and new requests are refused meanwhile.
             let _ = ctx.recorder.commit();
-            let written = client.write_all(&out).await;
+            let written = super::stream::send(&mut client, &out).await;
             out.clear();
             if drained.is_ok() {
                 written?;
@@ -704,8 +711,10 @@ async fn upstream_to_client(
             n = upstream.read_buf(&mut buf) => {
                 if n? == 0 {
                     flush_synthetic(ctx, &mut out);
-                    out.extend_from_slice(&codec::fatal_bytes("57P01", "Wardgate: the upstream server closed the connection", None));
-                    let _ = client.write_all(&out).await;
+                    if !res.upstream_fatal {
+                        out.extend_from_slice(&codec::fatal_bytes("57P01", "Wardgate: the upstream server closed the connection", None));
+                    }
+                    let _ = super::stream::send(&mut client, &out).await;
                     return Ok(());
                 }
             }
@@ -1067,6 +1076,9 @@ fn on_upstream_message(
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
             record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));
+            // V: the severity never localized (9.6+); S: the one older servers send.
+            let severity = Some(get(b'V')).filter(|v| !v.is_empty()).unwrap_or_else(|| get(b'S'));
+            res.upstream_fatal = matches!(severity.as_str(), "FATAL" | "PANIC");
             s = ctx.shared.lock();
             // In extended protocol the server skips to Sync: so do we.
             let extended = !matches!(s.expect.front(), Some(Expect::Query { .. } | Expect::Function { .. }) | None);
@@ -1257,15 +1269,10 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
     let Some(last_nl) = res.copy_pending.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
     let complete: Vec<u8> = res.copy_pending.drain(..=last_nl).collect();
     let lines: Vec<&[u8]> = complete[..complete.len() - 1].split(|&b| b == b'\n').collect();
+    let whole = |l: &[u8]| vec![(Some(l.to_vec()), 0..l.len())];
     let whole_line = fmt.delimiter == 0;
-    let split = |l: &[u8]| -> Vec<Option<Vec<u8>>> {
-        if whole_line {
-            vec![Some(l.to_vec())]
-        } else {
-            fmt.split(l)
-        }
-    };
-    let parsed: Vec<Vec<Option<Vec<u8>>>> = lines.iter().map(|l| split(l)).collect();
+    let parsed: Vec<Vec<rows::CopyField>> =
+        lines.iter().map(|l| if whole_line { whole(l) } else { fmt.split(l) }).collect();
     let ncols = parsed.first().map(|r| r.len()).unwrap_or(0);
     let uniform = parsed.iter().all(|r| r.len() == ncols);
     // Rows that do not split evenly (a quoted newline in CSV) are masked as whole lines.
@@ -1274,13 +1281,13 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
         let shape = if shape.columns.len() == ncols { shape } else { rows::unknown_shape(ncols) };
         (parsed, shape)
     } else {
-        (lines.iter().map(|l| vec![Some(l.to_vec())]).collect(), rows::unknown_shape(1))
+        (lines.iter().map(|l| whole(l)).collect(), rows::unknown_shape(1))
     };
     let ncols = shape.columns.len();
     let mut packed =
         PackedCells { data: Vec::with_capacity(complete.len()), lengths: Vec::with_capacity(parsed.len() * ncols) };
     for r in &parsed {
-        for c in r {
+        for (c, _) in r {
             match c {
                 None => packed.lengths.push(-1),
                 Some(b) => {
@@ -1301,7 +1308,7 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
     merge_findings(&mut res.findings, &m.findings);
     sample(res, &m.cells, &shape, ctx.record_rows);
     let mut off = 0usize;
-    for row in m.cells.lengths.chunks(ncols.max(1)) {
+    for (i, row) in m.cells.lengths.chunks(ncols.max(1)).enumerate() {
         let mut cells: Vec<Option<&[u8]>> = Vec::with_capacity(ncols);
         for &l in row {
             if l < 0 {
@@ -1311,11 +1318,21 @@ fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Bytes
                 off += l as usize;
             }
         }
+        // A field the maskers left alone keeps its text byte for byte as the
+        // server wrote it (its quoting, FORCE_QUOTE, NULL string, escapes);
+        // a masked one is written again in the COPY's format.
         let mut line = Vec::new();
-        if raw_lines {
-            line.extend_from_slice(cells[0].unwrap_or(b""));
-        } else {
-            fmt.join(&cells, &mut line);
+        for (j, (cell, (before, raw))) in cells.iter().zip(&parsed[i]).enumerate() {
+            if j > 0 {
+                line.push(fmt.delimiter);
+            }
+            if before.as_deref() == *cell {
+                line.extend_from_slice(&lines[i][raw.clone()]);
+            } else if raw_lines {
+                line.extend_from_slice(cell.unwrap_or(b""));
+            } else {
+                fmt.join(&[*cell], &mut line);
+            }
         }
         line.push(b'\n');
         codec::put_message(out, b'd', &line);

@@ -18,6 +18,7 @@
 //! either format). JSON that a masker left unparseable is sent as a JSON string.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -327,18 +328,23 @@ pub struct CopyFormat {
     pub columns: Vec<String>,
 }
 
+/// One field of a COPY line: its value (None = NULL) and the byte range of
+/// its text in the line as the server wrote it.
+pub type CopyField = (Option<Vec<u8>>, Range<usize>);
+
 impl CopyFormat {
     /// Text format with `delimiter` (0: lines are not split into fields).
     pub fn text(delimiter: u8) -> Self {
         CopyFormat { csv: false, binary: false, delimiter, quote: b'"', escape: b'"', table: None, columns: vec![] }
     }
 
-    /// Split one line of COPY output into fields (None = NULL).
-    pub fn split(&self, line: &[u8]) -> Vec<Option<Vec<u8>>> {
+    /// Split one line of COPY output into fields (None = NULL), each with
+    /// the byte range of its text in `line` as the server wrote it.
+    pub fn split(&self, line: &[u8]) -> Vec<CopyField> {
         if self.csv {
-            split_csv(line, self.delimiter, self.quote, self.escape)
+            split_csv_spans(line, self.delimiter, self.quote, self.escape)
         } else {
-            split_copy_text(line, self.delimiter)
+            split_copy_text_spans(line, self.delimiter)
         }
     }
 
@@ -356,9 +362,15 @@ impl CopyFormat {
 /// A backslash escapes the next byte, the delimiter included, so fields are
 /// found while unescaping, never by splitting first.
 pub fn split_copy_text(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
+    split_copy_text_spans(line, delim).into_iter().map(|(v, _)| v).collect()
+}
+
+/// [`split_copy_text`], with each field's raw byte range.
+fn split_copy_text_spans(line: &[u8], delim: u8) -> Vec<CopyField> {
     let mut fields = vec![];
     let mut cur = Vec::new();
     let mut null = false;
+    let mut start = 0;
     let mut i = 0;
     while i < line.len() {
         let c = line[i];
@@ -381,14 +393,15 @@ pub fn split_copy_text(line: &[u8], delim: u8) -> Vec<Option<Vec<u8>>> {
             continue;
         }
         if c == delim {
-            fields.push(if null { None } else { Some(std::mem::take(&mut cur)) });
+            fields.push((if null { None } else { Some(std::mem::take(&mut cur)) }, start..i));
             null = false;
+            start = i + 1;
         } else {
             cur.push(c);
         }
         i += 1;
     }
-    fields.push(if null { None } else { Some(cur) });
+    fields.push((if null { None } else { Some(cur) }, start..line.len()));
     fields
 }
 
@@ -422,10 +435,16 @@ pub fn join_copy_text(fields: &[Option<&[u8]>], delim: u8, out: &mut Vec<u8>) {
 /// Split one CSV line into fields (unquoted empty = NULL, as COPY writes it),
 /// with the COPY's `QUOTE` and `ESCAPE` characters.
 pub fn split_csv(line: &[u8], delim: u8, quote: u8, escape: u8) -> Vec<Option<Vec<u8>>> {
+    split_csv_spans(line, delim, quote, escape).into_iter().map(|(v, _)| v).collect()
+}
+
+/// [`split_csv`], with each field's raw byte range.
+fn split_csv_spans(line: &[u8], delim: u8, quote: u8, escape: u8) -> Vec<CopyField> {
     let mut fields = vec![];
     let mut cur = Vec::new();
     let mut quoted_any = false;
     let mut in_quotes = false;
+    let mut start = 0;
     let mut i = 0;
     while i < line.len() {
         let c = line[i];
@@ -449,14 +468,15 @@ pub fn split_csv(line: &[u8], delim: u8, quote: u8, escape: u8) -> Vec<Option<Ve
             quoted_any = true;
         } else if c == delim {
             let f = std::mem::take(&mut cur);
-            fields.push(if f.is_empty() && !quoted_any { None } else { Some(f) });
+            fields.push((if f.is_empty() && !quoted_any { None } else { Some(f) }, start..i));
             quoted_any = false;
+            start = i + 1;
         } else {
             cur.push(c);
         }
         i += 1;
     }
-    fields.push(if cur.is_empty() && !quoted_any { None } else { Some(cur) });
+    fields.push((if cur.is_empty() && !quoted_any { None } else { Some(cur) }, start..line.len()));
     fields
 }
 
@@ -631,5 +651,20 @@ mod tests {
         let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
         join_csv(&refs, b',', b'"', b'"', &mut out);
         assert_eq!(out, b"1,\"a,\"\"b\",,x");
+    }
+
+    #[test]
+    fn each_copy_field_knows_its_text_as_the_server_wrote_it() {
+        let raw =
+            |line: &[u8], f: Vec<CopyField>| -> Vec<Vec<u8>> { f.into_iter().map(|(_, r)| line[r].to_vec()).collect() };
+        let line = b"*a|1*|b|n-u-l-l||*!**";
+        let f = split_csv_spans(line, b'|', b'*', b'!');
+        assert_eq!(raw(line, f.clone()), [&b"*a|1*"[..], b"b", b"n-u-l-l", b"", b"*!**"]);
+        assert_eq!(f[0].0.as_deref(), Some(&b"a|1"[..]));
+        assert_eq!(f[4].0.as_deref(), Some(&b"*"[..]));
+        let line = b"a\\tb\t\\N\tx\\\\";
+        let f = split_copy_text_spans(line, b'\t');
+        assert_eq!(raw(line, f.clone()), [&br"a\tb"[..], br"\N", br"x\\"]);
+        assert_eq!(f[1].0, None);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::cancel::UpstreamKey;
@@ -25,7 +25,7 @@ const CANCEL_REQUEST: i32 = 80_877_102;
 /// Startup parameters passed on to the upstream. Anything else (notably
 /// `options`, which can set `role` or `session_authorization`) is dropped.
 /// `client_encoding` is not among them: the gateway always speaks UTF8 upstream
-/// (its parser and maskers read UTF-8).
+/// (its parser and maskers read UTF-8) and pins `standard_conforming_strings`.
 const PASSTHROUGH: [&str; 5] = ["application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle"];
 
 /// Client encodings the gateway accepts: UTF-8, or SQL_ASCII (raw bytes, which
@@ -70,8 +70,7 @@ async fn read_startup(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Byte
 }
 
 async fn refuse(stream: &mut BoxStream, code: &str, message: &str, hint: Option<&str>) -> SessionError {
-    let _ = stream.write_all(&fatal_bytes(code, message, hint)).await;
-    let _ = stream.flush().await;
+    let _ = super::stream::send(stream, &fatal_bytes(code, message, hint)).await;
     SessionError::Refused(message.to_string())
 }
 
@@ -94,7 +93,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
                 }
                 match &ctx.tls {
                     Some(cfg) => {
-                        stream.write_all(b"S").await?;
+                        super::stream::send(&mut stream, b"S").await?;
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
                         let t = tokio::time::timeout(Duration::from_secs(15), acceptor.accept(stream))
                             .await
@@ -103,10 +102,10 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
                         stream = Box::new(t);
                         tls = true;
                     }
-                    None => stream.write_all(b"N").await?,
+                    None => super::stream::send(&mut stream, b"N").await?,
                 }
             }
-            GSSENC_REQUEST => stream.write_all(b"N").await?,
+            GSSENC_REQUEST => super::stream::send(&mut stream, b"N").await?,
             CANCEL_REQUEST => {
                 let (pid, secret) = (r.i32()?, r.i32()?);
                 forward_cancel(&ctx, pid, secret).await;
@@ -146,7 +145,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
             codec::put_cstr(&mut out, o);
         }
         codec::finish(&mut out, at);
-        stream.write_all(&out).await?;
+        super::stream::send(&mut stream, &out).await?;
     }
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user = get("user").unwrap_or_default();
@@ -172,7 +171,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     let at = codec::begin(&mut out, b'R');
     out.put_i32(3);
     codec::finish(&mut out, at);
-    stream.write_all(&out).await?;
+    super::stream::send(&mut stream, &out).await?;
     let credential = loop {
         if let Some(total) = codec::frame_len(&buf)? {
             if buf[0] != b'p' {
@@ -223,7 +222,11 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     }
     let mut pass: Vec<(String, String)> =
         params.iter().filter(|(k, _)| PASSTHROUGH.contains(&k.to_ascii_lowercase().as_str())).cloned().collect();
+    // The pinned settings travel in the startup packet: that makes them the
+    // session's reset values (RESET ALL, DISCARD ALL), over any role or
+    // database default.
     pass.push(("client_encoding".into(), "UTF8".into()));
+    pass.push(("standard_conforming_strings".into(), "on".into()));
     let mut up = match upstream::connect(&conn, &pass).await {
         Ok(u) => u,
         Err(e) => {
@@ -287,7 +290,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     out.put_i32(registration.client.1);
     codec::finish(&mut out, at);
     codec::put_message(&mut out, b'Z', &[up.tx_status]);
-    stream.write_all(&out).await?;
+    super::stream::send(&mut stream, &out).await?;
 
     let p = &session.identity.principal;
     recorder.emit(
@@ -364,7 +367,7 @@ async fn forward_cancel(ctx: &PgContext, pid: i32, secret: i32) {
     out.put_i32(CANCEL_REQUEST);
     out.put_i32(key.pid);
     out.put_i32(key.secret);
-    let _ = s.write_all(&out).await;
+    let _ = super::stream::send(&mut s, &out).await;
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
     tracing::info!("cancel request forwarded");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::codec::{self, error_fields, take_message, Message, Reader};
@@ -59,6 +59,10 @@ pub struct Upstream {
     pub tx_status: u8,
     /// Bytes read past ReadyForQuery (normally empty).
     pub leftover: BytesMut,
+    /// NoticeResponse frames the server sent during login (a truncated
+    /// application_name, a deprecated setting of the role): the relay hands
+    /// them to the client first thing, masked like any other notice.
+    pub notices: BytesMut,
 }
 
 async fn read_message(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Message, UpstreamError> {
@@ -91,7 +95,7 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
             None => Box::new(tcp),
             Some(cfg) => {
                 let mut tcp = tcp;
-                tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+                super::stream::send(&mut tcp, &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
                 let mut b = [0u8; 1];
                 tcp.read_exact(&mut b).await?;
                 if b[0] != b'S' {
@@ -122,12 +126,13 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
     out.put_u8(0);
     let len = out.len() as i32;
     out[0..4].copy_from_slice(&len.to_be_bytes());
-    stream.write_all(&out).await?;
+    super::stream::send(&mut stream, &out).await?;
 
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
     let mut server_params = vec![];
     let mut key = (0, 0);
+    let mut notices = BytesMut::new();
     loop {
         let m = read_message(&mut stream, &mut buf).await?;
         match m.tag {
@@ -198,7 +203,7 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
                     }
                     other => return Err(UpstreamError::Protocol(format!("unsupported authentication method {other}"))),
                 }
-                stream.write_all(&reply).await?;
+                super::stream::send(&mut stream, &reply).await?;
                 // A cleartext password (method 3) was in there: wipe it.
                 zeroize::Zeroize::zeroize(&mut reply[..]);
             }
@@ -219,10 +224,12 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
                     key,
                     tx_status: m.body.first().copied().unwrap_or(b'I'),
                     leftover: buf,
+                    notices,
                 });
             }
             b'E' => return Err(refused(&m)),
-            b'N' | b'v' => {}
+            b'N' => codec::put_message(&mut notices, b'N', &m.body),
+            b'v' => {}
             other => {
                 return Err(UpstreamError::Protocol(format!("unexpected message '{}' during login", other as char)))
             }
@@ -246,7 +253,7 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
     let at = codec::begin(&mut out, b'Q');
     codec::put_cstr(&mut out, sql);
     codec::finish(&mut out, at);
-    up.stream.write_all(&out).await?;
+    super::stream::send(&mut up.stream, &out).await?;
     let mut buf = std::mem::take(&mut up.leftover);
     let mut rows = vec![];
     let mut err = None;
