@@ -17,6 +17,7 @@ PSYCOPG2=2.9.13
 ASYNCPG=0.32.0
 
 # Deliberate differences, each with its reason.
+own_db="connects to a database the test itself creates: dbname names a configured Wardgate connection"
 declare -A EXPECTED=(
   [test_encoding_name]="client_encoding is pinned to UTF8 (README: Reading SQL exactly as PostgreSQL does)"
   [test_copy_bytes]="client_encoding is pinned to UTF8"
@@ -30,10 +31,10 @@ declare -A EXPECTED=(
   [test_flush_on_write]="its last step selects a 50 MiB value: more than pii-mask's 64 MiB can mask (the error's hint says which limit to raise)"
   [test_no_explicit_close_no_debug]="asyncio's TLS transport holds the dropped connection one event-loop tick longer than the test allows (the direct run is plaintext; through the gateway without TLS it passes)"
   [test_no_explicit_close_with_debug]="the same, with asyncio debug on"
-  [test_introspection_loads_basetypes_of_domains]="connects to a database the test itself creates: dbname names a configured Wardgate connection"
-  [test_introspection_on_large_db]="connects to a database the test itself creates: dbname names a configured Wardgate connection"
-  [test_type_cache_invalidation_in_pool]="connects to a database the test itself creates: dbname names a configured Wardgate connection"
-  [test_prepare_cache_invalidation_in_pool]="connects to a database the test itself creates: dbname names a configured Wardgate connection"
+  [test_introspection_loads_basetypes_of_domains]="$own_db"
+  [test_introspection_on_large_db]="$own_db"
+  [test_type_cache_invalidation_in_pool]="$own_db"
+  [test_prepare_cache_invalidation_in_pool]="$own_db"
 )
 
 wg_build drivers

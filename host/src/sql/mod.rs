@@ -91,6 +91,10 @@ fn request_from(
 /// refuses to change them, whatever the plugins say.
 pub const PINNED_SETTINGS: [&str; 3] = ["standard_conforming_strings", "client_encoding", "names"];
 
+/// The values the gateway pins them to, as sent in its startup packet
+/// upstream (which makes them the session's reset values).
+pub const PINNED_VALUES: [(&str, &str); 2] = [("client_encoding", "UTF8"), ("standard_conforming_strings", "on")];
+
 /// Why the host itself refuses `text`, independent of plugins: it would change
 /// a pinned setting. Uses the same cached parse as [`analyze`].
 pub fn host_violation(text: &str) -> Option<String> {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
@@ -696,12 +696,9 @@ async fn upstream_to_client(
                 written?;
             }
         }
-        if let Err(e) = drained {
-            let _ = client.flush().await;
-            return Err(e);
-        }
+        // (`send` flushed whatever was written.)
+        drained?;
         if ctx.shared.lock().closed {
-            let _ = client.flush().await;
             return Ok(());
         }
         if buf.capacity() - buf.len() < 4096 {

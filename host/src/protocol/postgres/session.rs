@@ -225,8 +225,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     // The pinned settings travel in the startup packet: that makes them the
     // session's reset values (RESET ALL, DISCARD ALL), over any role or
     // database default.
-    pass.push(("client_encoding".into(), "UTF8".into()));
-    pass.push(("standard_conforming_strings".into(), "on".into()));
+    pass.extend(crate::sql::PINNED_VALUES.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut up = match upstream::connect(&conn, &pass).await {
         Ok(u) => u,
         Err(e) => {
