@@ -284,7 +284,7 @@ async fn several_statements_in_one_simple_query_and_cursors_are_masked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_out_is_masked_in_text_and_csv_and_binary_is_refused() {
+async fn copy_out_is_masked_in_text_csv_and_binary() {
     let g = gateway(Options::default()).await;
     let (ok, out, err) = g.psql(&["-c", "COPY customers TO STDOUT"]);
     assert!(ok, "{err}");
@@ -325,9 +325,122 @@ async fn copy_out_is_masked_in_text_and_csv_and_binary_is_refused() {
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("1|*Jane Doe*|*j") && !lines[0].contains("jane.doe@"), "{out}");
     assert_eq!(lines[1], "2|*Omar Haddad*|n-u-l-l");
-    let (ok, _, err) = g.psql(&["-c", "COPY customers TO STDOUT WITH (FORMAT binary)"]);
-    assert!(!ok);
-    assert!(err.contains("binary COPY output cannot be masked"), "{err}");
+    // Binary too (psql's simple protocol; several COPYs in one query, each
+    // masked by its own columns).
+    let (ok, out, err) = g.psql(&[
+        "-c",
+        "COPY customers TO STDOUT WITH (FORMAT binary); COPY (SELECT 1 AS n, email FROM customers) TO STDOUT (FORMAT binary)",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("PGCOPY").count(), 2, "{out}");
+    assert_no_pii(&out, "binary COPY");
+    assert!(out.contains("***-**-6789"), "column rule applies to binary COPY: {out}");
+}
+
+/// A binary COPY stream parsed apart from the gateway's own parser: its rows' fields.
+fn binary_copy_rows(data: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+    assert!(data.starts_with(b"PGCOPY\n\xff\r\n\0"), "signature: {data:?}");
+    let i32_at = |at: usize| i32::from_be_bytes(data[at..at + 4].try_into().unwrap());
+    let mut at = 19 + i32_at(15) as usize;
+    let mut rows = Vec::new();
+    loop {
+        let n = i16::from_be_bytes([data[at], data[at + 1]]);
+        at += 2;
+        if n == -1 {
+            assert_eq!(at, data.len(), "nothing after the trailer");
+            return rows;
+        }
+        let mut row = Vec::new();
+        for _ in 0..n {
+            let len = i32_at(at);
+            at += 4;
+            if len < 0 {
+                row.push(None);
+            } else {
+                row.push(Some(data[at..at + len as usize].to_vec()));
+                at += len as usize;
+            }
+        }
+        rows.push(row);
+    }
+}
+
+async fn copy_out_bytes(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let chunks: Vec<bytes::Bytes> = c.copy_out(sql).await?.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_copy_out_is_masked_by_the_columns_the_upstream_describes() {
+    let g = gateway(Options::default()).await;
+    let c = g.client().await;
+    // tokio-postgres sends COPY in extended protocol. A table: column rules apply.
+    let data = copy_out_bytes(&c, "COPY customers (id, email, ssn) TO STDOUT BINARY").await.unwrap();
+    assert_no_pii(&String::from_utf8_lossy(&data), "binary COPY");
+    let rows = binary_copy_rows(&data);
+    assert_eq!(rows.len(), 5);
+    let jane = rows.iter().find(|r| r[0].as_deref() == Some(&1i32.to_be_bytes()[..])).expect("id 1, as int4");
+    assert_eq!(jane[1].as_deref(), Some(&b"j***@example.com"[..]));
+    assert_eq!(jane[2].as_deref(), Some(&b"***-**-6789"[..]));
+    // A temporary table (the session's catalog never saw it) and COPY (query).
+    c.batch_execute(
+        "CREATE TEMPORARY TABLE bin_tmp (id int, note text); \
+         INSERT INTO bin_tmp VALUES (1, 'mail jane.doe@example.com'), (2, NULL)",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "COPY bin_tmp TO STDOUT (FORMAT binary)",
+        "COPY (SELECT id, note FROM bin_tmp ORDER BY id) TO STDOUT (FORMAT binary)",
+    ] {
+        let data = copy_out_bytes(&c, sql).await.unwrap();
+        assert_no_pii(&String::from_utf8_lossy(&data), sql);
+        let rows = binary_copy_rows(&data);
+        assert_eq!(rows.len(), 2, "{sql}");
+        assert!(String::from_utf8_lossy(rows[0][1].as_deref().unwrap()).starts_with("mail "), "{sql}: {rows:?}");
+        assert_eq!(rows[1], vec![Some(2i32.to_be_bytes().to_vec()), None], "{sql}");
+    }
+    // In a transaction block: the lookups leave it usable, and a COPY that
+    // fails reports its own cause, not "current transaction is aborted".
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(binary_copy_rows(&copy_out_bytes(&c, "COPY bin_tmp TO STDOUT BINARY").await.unwrap()).len(), 2);
+    let e = copy_out_bytes(&c, "COPY (SELECT nosuch FROM bin_tmp) TO STDOUT BINARY").await.unwrap_err();
+    assert_eq!(code(&e), "42703", "{e:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(c.query_one("SELECT 3::int4", &[]).await.unwrap().get::<_, i32>(0), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_copy_inside_an_unsynced_pipeline_is_refused_not_leaked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway(Options::default()).await;
+    let mut raw = raw_session(&g).await;
+    let mut msgs = Vec::new();
+    let mut put = |tag: u8, body: &[u8]| {
+        msgs.push(tag);
+        msgs.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        msgs.extend_from_slice(body);
+    };
+    put(b'P', b"\0SELECT 1\0\0\0");
+    put(b'B', b"\0\0\0\0\0\0\0\0");
+    put(b'E', b"\0\0\0\0\0");
+    put(b'P', b"\0COPY customers TO STDOUT (FORMAT binary)\0\0\0");
+    put(b'B', b"\0\0\0\0\0\0\0\0");
+    put(b'E', b"\0\0\0\0\0");
+    put(b'S', b"");
+    raw.write_all(&msgs).await.unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !all.ends_with(b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+        all.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("binary COPY output cannot be masked here"), "{text}");
+    assert!(!text.contains("PGCOPY"), "{text}");
+    assert_no_pii(&text, "refused COPY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,6 +506,33 @@ async fn cancel_reaches_only_the_right_query() {
     assert!(other_slow.await.unwrap().is_ok(), "the other session's query was not cancelled");
 }
 
+/// A plaintext session logged in by hand, read up to its first ReadyForQuery.
+async fn raw_session(g: &common::TestGateway) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
+    let mut startup = vec![];
+    let body = b"user\0x\0database\0shop\0\0";
+    startup.extend_from_slice(&((8 + body.len()) as i32).to_be_bytes());
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = raw.read(&mut buf).await.unwrap();
+    assert!(n > 0 && buf[0] == b'R');
+    let mut pw = vec![b'p'];
+    let key = format!("{}\0", g.key);
+    pw.extend_from_slice(&((4 + key.len()) as i32).to_be_bytes());
+    pw.extend_from_slice(key.as_bytes());
+    raw.write_all(&pw).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("logged in").unwrap();
+        assert!(n > 0, "closed during login");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    raw
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protocol_bytes_close_that_connection_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -404,21 +544,7 @@ async fn malformed_protocol_bytes_close_that_connection_only() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed promptly");
     // A valid session that then sends a message with a bogus length.
     let c = g.client().await;
-    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
-    let mut startup = vec![];
-    let body = b"user\0x\0database\0shop\0\0";
-    startup.extend_from_slice(&((8 + body.len()) as i32).to_be_bytes());
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(body);
-    raw.write_all(&startup).await.unwrap();
-    let n = raw.read(&mut buf).await.unwrap();
-    assert!(n > 0 && buf[0] == b'R');
-    let mut pw = vec![b'p'];
-    let key = format!("{}\0", g.key);
-    pw.extend_from_slice(&((4 + key.len()) as i32).to_be_bytes());
-    pw.extend_from_slice(key.as_bytes());
-    raw.write_all(&pw).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut raw = raw_session(&g).await;
     raw.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
     let mut all = vec![];
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut all)).await.expect("connection closed");

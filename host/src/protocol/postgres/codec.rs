@@ -35,6 +35,9 @@ pub enum ProtocolError {
     /// A message type we do not expect here.
     #[error("unexpected message type '{0}'")]
     Unexpected(char),
+    /// Bytes inside a message that break its format (what, in words).
+    #[error("malformed {0}")]
+    Malformed(String),
 }
 
 /// One framed message: type byte and body (without the length).

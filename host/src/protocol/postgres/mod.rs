@@ -11,6 +11,7 @@
 pub mod arrays;
 pub mod cancel;
 pub mod codec;
+pub mod copyout;
 pub mod errors;
 pub mod fastpath;
 pub mod hold;

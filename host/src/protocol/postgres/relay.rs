@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
+use super::copyout::{self, BinaryRows, CopyOut};
 use super::fastpath;
 use super::hold::{self, ReviewAsk, ReviewCtx};
 use super::rows::{self, CopyFormat, Field, Shape};
@@ -52,14 +53,19 @@ const READ_CHUNK: usize = 64 * 1024;
 enum Expect {
     /// Simple Query: zero or more results, then ReadyForQuery.
     Query {
-        copy: Option<CopyFormat>,
+        /// Its `COPY ... TO STDOUT` statements, in order, not yet begun.
+        copies: VecDeque<CopyOut>,
         id: u64,
         /// When it was forwarded (for the response's duration).
         at: std::time::Instant,
     },
     Parse {
         name: String,
+        /// The statement is a `COPY ... TO STDOUT`.
+        copy: Option<CopyOut>,
     },
+    /// A COPY's column lookup (see [`copyout`]): answered by the gateway, not the client.
+    Lookup(Arc<OnceLock<copyout::Described>>),
     Bind {
         portal: String,
         stmt: String,
@@ -94,6 +100,8 @@ enum Expect {
 #[derive(Default)]
 struct Statement {
     fields: Option<Vec<Field>>,
+    /// The statement is a `COPY ... TO STDOUT`.
+    copy: Option<CopyOut>,
 }
 
 struct Portal {
@@ -166,6 +174,9 @@ pub async fn run(
 struct ClientState {
     /// After a denied Parse, discard messages until Sync (as PostgreSQL does after an error).
     skipping: bool,
+    /// Extended-protocol messages went upstream since the last Sync (or
+    /// simple Query): nothing of the gateway's own may be put between them.
+    unsynced: bool,
     next_id: u64,
     /// Prepared statements a guard routed to review: their executions are held.
     review_stmts: HashMap<String, Arc<ReviewAsk>>,
@@ -196,6 +207,7 @@ async fn client_to_upstream(
 ) -> Result<(), SessionError> {
     let mut st = ClientState {
         skipping: false,
+        unsynced: false,
         next_id: 0,
         review_stmts: HashMap::new(),
         review_portals: HashMap::new(),
@@ -288,6 +300,13 @@ fn on_client_message(
     m: Message,
     out: &mut BytesMut,
 ) -> Result<Option<Held>, ProtocolError> {
+    // A lookup may go before this message only at a Sync boundary.
+    let at_boundary = !st.unsynced;
+    st.unsynced = match m.tag {
+        b'S' | b'Q' | b'F' => false,
+        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => true,
+        _ => st.unsynced,
+    };
     if st.skipping {
         if m.tag == b'S' {
             st.skipping = false;
@@ -302,18 +321,25 @@ fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
-            let copy = copy_format(&request);
-            match decide(ctx, request, violation, id, copy.as_ref()) {
+            let copies = copy_outs(&request, &text);
+            let unmaskable = unmaskable_copy(ctx, &copies, at_boundary);
+            match decide(ctx, request, violation, id, unmaskable) {
                 Decided::Review(ask) => {
+                    let copies = look_up_columns(ctx, copies, out);
                     return Ok(Some(Held {
                         ask: Arc::new(ask),
                         params: vec![],
-                        then: Expect::Query { copy, id, at: std::time::Instant::now() },
+                        then: Expect::Query { copies, id, at: std::time::Instant::now() },
                         message: m,
                     }));
                 }
                 Decided::Run(rewritten) => {
-                    ctx.shared.lock().expect.push_back(Expect::Query { copy, id, at: std::time::Instant::now() });
+                    let copies = match &rewritten {
+                        Some(text) => copyout::copies(text),
+                        None => copies,
+                    };
+                    let copies = look_up_columns(ctx, copies, out);
+                    ctx.shared.lock().expect.push_back(Expect::Query { copies, id, at: std::time::Instant::now() });
                     match rewritten {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
@@ -337,9 +363,10 @@ fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
-            let copy = copy_format(&request);
+            let copies = copy_outs(&request, &text);
+            let unmaskable = unmaskable_copy(ctx, &copies, at_boundary);
             st.review_stmts.remove(&name);
-            let decided = match decide(ctx, request, violation, id, copy.as_ref()) {
+            let decided = match decide(ctx, request, violation, id, unmaskable) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
                 Decided::Review(ask) => {
                     st.review_stmts.insert(name.clone(), Arc::new(ask));
@@ -351,7 +378,12 @@ fn on_client_message(
                 Decided::Review(_) => unreachable!("handled above"),
                 Decided::Run(rewritten) => {
                     st.statement_ids.insert(name.clone(), id);
-                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone() });
+                    let copies = match &rewritten {
+                        Some(text) => copyout::copies(text),
+                        None => copies,
+                    };
+                    let copy = look_up_columns(ctx, copies, out).pop_front();
+                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy });
                     match rewritten {
                         None => codec::put_message(out, b'P', &m.body),
                         Some(text) => {
@@ -469,7 +501,7 @@ fn on_client_message(
                 at: std::time::Instant::now(),
                 result: (call.name, call.result_type, call.result_format),
             };
-            match decide(ctx, request, violation, id, None) {
+            match decide(ctx, request, violation, id, false) {
                 Decided::Review(ask) => {
                     return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m }));
                 }
@@ -488,47 +520,43 @@ fn on_client_message(
     Ok(None)
 }
 
-/// COPY ... TO STDOUT format of the request's statements, if any.
-fn copy_format(req: &SqlRequest) -> Option<CopyFormat> {
+/// The request's `COPY ... TO STDOUT` statements (none without parsing
+/// when the analysis found no COPY TO).
+fn copy_outs(req: &SqlRequest, text: &str) -> Vec<CopyOut> {
     use crate::pipeline::types::StatementKind;
-    let stmt = req.statements.iter().find(|s| s.kind == StatementKind::CopyTo)?;
-    // The host's analysis has no COPY options; read them from the parser.
-    let parsed = pg_query::parse(&stmt.text, 0).ok()?;
-    let raw = parsed.protobuf.stmts.first()?.stmt.as_ref()?.node.as_ref()?;
-    let pg_query::NodeEnum::CopyStmt(c) = raw else { return None };
-    let mut f = CopyFormat::text(b'\t');
-    let mut delim: Option<u8> = None;
-    let mut escape: Option<u8> = None;
-    for o in &c.options {
-        if let Some(pg_query::NodeEnum::DefElem(d)) = o.node.as_ref() {
-            let val = match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
-                Some(pg_query::NodeEnum::String(s)) => s.sval.clone(),
-                _ => String::new(),
-            };
-            match d.defname.as_str() {
-                "format" => {
-                    f.csv = val.eq_ignore_ascii_case("csv");
-                    f.binary = val.eq_ignore_ascii_case("binary");
-                }
-                "delimiter" => delim = val.bytes().next(),
-                "quote" => f.quote = val.bytes().next().unwrap_or(b'"'),
-                "escape" => escape = val.bytes().next(),
-                _ => {}
+    if req.statements.iter().any(|s| s.kind == StatementKind::CopyTo) {
+        copyout::copies(text)
+    } else {
+        Vec::new()
+    }
+}
+
+/// A binary COPY whose columns cannot be looked up before it runs (inside
+/// an unsynced extended-protocol sequence, where the lookup's Sync would
+/// change the client's transaction), while maskers apply.
+fn unmaskable_copy(ctx: &Ctx<'_>, copies: &[CopyOut], at_boundary: bool) -> bool {
+    copies.iter().any(|c| c.format.binary && (!at_boundary || c.select.is_none())) && ctx.pipeline.lock().masks()
+}
+
+/// Ask the upstream for the columns of each COPY (see [`copyout`]) when
+/// maskers apply: the lookups go out just before the COPY itself.
+fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut BytesMut) -> VecDeque<CopyOut> {
+    if copies.is_empty() || !ctx.pipeline.lock().masks() {
+        return copies.into();
+    }
+    let mut s = ctx.shared.lock();
+    copies
+        .into_iter()
+        .map(|mut c| {
+            if let Some(select) = &c.select {
+                let slot = Arc::new(OnceLock::new());
+                copyout::put_lookup(out, select);
+                s.expect.push_back(Expect::Lookup(slot.clone()));
+                c.described = Some(slot);
             }
-        }
-    }
-    f.delimiter = delim.unwrap_or(if f.csv { b',' } else { b'\t' });
-    f.escape = escape.unwrap_or(f.quote);
-    if let Some(r) = &c.relation {
-        f.table =
-            Some(if r.schemaname.is_empty() { r.relname.clone() } else { format!("{}.{}", r.schemaname, r.relname) });
-    }
-    for a in &c.attlist {
-        if let Some(pg_query::NodeEnum::String(s)) = a.node.as_ref() {
-            f.columns.push(s.sval.clone());
-        }
-    }
-    Some(f)
+            c
+        })
+        .collect()
 }
 
 /// What the guards decided about one request.
@@ -547,7 +575,7 @@ fn decide(
     request: SqlRequest,
     host_violation: Option<String>,
     id: u64,
-    copy: Option<&CopyFormat>,
+    unmaskable_copy: bool,
 ) -> Decided {
     let mut pipeline = ctx.pipeline.lock();
     let masks = pipeline.masks();
@@ -571,9 +599,12 @@ fn decide(
         });
         let Request::Sql(request) = wrapped else { unreachable!("wrapped as SQL above") };
         let result = match &outcome {
-            Outcome::Allow(_) if copy.is_some_and(|c| c.binary) && masks => {
-                Err(error_bytes("42501", "Wardgate: binary COPY output cannot be masked; use FORMAT text or csv", None))
-            }
+            Outcome::Allow(_) if unmaskable_copy => Err(error_bytes(
+                "42501",
+                "Wardgate: binary COPY output cannot be masked here: its columns can only be looked up at a Sync \
+                 boundary",
+                Some("send the COPY as a simple query or as the first statement after Sync, or use FORMAT text or csv"),
+            )),
             Outcome::Allow(Some(Request::Sql(rewritten))) if rewritten.text != request.text => {
                 Ok(Some(rewritten.text.clone()))
             }
@@ -640,13 +671,25 @@ fn decide(
 
 // -------------------------------------------------------------- upstream side
 
+/// A COPY TO STDOUT whose rows are being masked.
+struct ActiveCopy {
+    format: CopyFormat,
+    shape: Arc<Shape>,
+    /// Binary format: its tuples, whatever the CopyData boundaries.
+    binary: Option<BinaryRows>,
+}
+
 struct Results {
     /// Result of the current simple-protocol statement.
     current: Option<Arc<Shape>>,
-    /// COPY TO STDOUT in progress (format and the shape of its rows).
-    copy_out: Option<(CopyFormat, Arc<Shape>)>,
+    /// COPY TO STDOUT in progress, when its rows are masked.
+    copy_out: Option<ActiveCopy>,
     /// Partial COPY line carried between CopyData messages.
     copy_pending: Vec<u8>,
+    /// The ErrorResponse a COPY's column lookup got: in a transaction block
+    /// it aborted the transaction, so the COPY's own error would only say
+    /// so; the client is shown this one, the COPY's real cause, instead.
+    lookup_failed: Option<Bytes>,
     /// The upstream's last error was FATAL or PANIC: it explains the close
     /// that follows, so the client sees that error and not one of ours.
     upstream_fatal: bool,
@@ -671,6 +714,7 @@ async fn upstream_to_client(
         current: None,
         copy_out: None,
         copy_pending: vec![],
+        lookup_failed: None,
         upstream_fatal: false,
         rows: 0,
         bytes: 0,
@@ -731,15 +775,13 @@ fn drain(
 ) -> Result<(), SessionError> {
     let mut pending_rows: Vec<Bytes> = Vec::new();
     let mut pending_bytes = 0usize;
+    // Consecutive CopyData payloads of a masked COPY, masked together.
+    let mut pending_copy: Vec<u8> = Vec::new();
     loop {
         let total = match frame_len(buf) {
             Ok(Some(t)) => t,
             Ok(None) => break,
-            Err(e) => {
-                tracing::error!("upstream sent malformed bytes: {e}");
-                out.extend_from_slice(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None));
-                return Err(SessionError::Protocol(e));
-            }
+            Err(e) => return Err(upstream_malformed(e, out)),
         };
         if buf[0] == b'D' && masks {
             let mut frame = buf.split_to(total);
@@ -752,9 +794,19 @@ fn drain(
             }
             continue;
         }
+        if buf[0] == b'd' && masks && res.copy_out.is_some() {
+            pending_copy.extend_from_slice(&buf.split_to(total)[5..]);
+            if pending_copy.len() >= BATCH_BYTES {
+                mask_copy(ctx, res, &std::mem::take(&mut pending_copy), out)?;
+            }
+            continue;
+        }
         if !pending_rows.is_empty() {
             mask_rows(ctx, res, &std::mem::take(&mut pending_rows), out)?;
             pending_bytes = 0;
+        }
+        if !pending_copy.is_empty() {
+            mask_copy(ctx, res, &std::mem::take(&mut pending_copy), out)?;
         }
         let Some(m) = take_message(buf).map_err(SessionError::Protocol)? else { break };
         on_upstream_message(ctx, res, masks, m, out)?;
@@ -762,6 +814,9 @@ fn drain(
     }
     if !pending_rows.is_empty() {
         mask_rows(ctx, res, &pending_rows, out)?;
+    }
+    if !pending_copy.is_empty() {
+        mask_copy(ctx, res, &pending_copy, out)?;
     }
     Ok(())
 }
@@ -786,10 +841,21 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
         current_shape(&mut s, res, &ctx.catalog).unwrap_or_else(|| rows::unknown_shape(ncols))
     };
     let shape = if shape.conv.len() == ncols { shape } else { rows::unknown_shape(ncols) };
+    mask_shaped_rows(ctx, res, rows_in, &shape, out)
+}
+
+/// Mask rows of a known shape (DataRow bodies) into DataRow messages.
+fn mask_shaped_rows(
+    ctx: &Ctx<'_>,
+    res: &mut Results,
+    rows_in: &[Bytes],
+    shape: &Arc<Shape>,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
     if !ctx.pipeline.lock().masks_columns(&shape.columns) {
-        return pass_rows(ctx, res, rows_in, &shape, out);
+        return pass_rows(ctx, res, rows_in, shape, out);
     }
-    let packed = match rows::pack(rows_in, &shape) {
+    let packed = match rows::pack(rows_in, shape) {
         Ok(p) => p,
         Err(e) => return Err(SessionError::Protocol(e)),
     };
@@ -799,9 +865,9 @@ fn mask_rows(ctx: &Ctx<'_>, res: &mut Results, rows_in: &[Bytes], out: &mut Byte
             res.rows += rows_in.len() as u64;
             res.bytes += m.cells.data.len() as u64;
             merge_findings(&mut res.findings, &m.findings);
-            sample(res, &m.cells, &shape, ctx.record_rows);
+            sample(res, &m.cells, shape, ctx.record_rows);
             ctx.stats.rows_masked.fetch_add(rows_in.len() as u64, Ordering::Relaxed);
-            rows::unpack(&m.cells, &packed, rows_in, &shape, out);
+            rows::unpack(&m.cells, &packed, rows_in, shape, out);
             Ok(())
         }
         Err(e) => Err(withhold(ctx, &e, "result", packed.data.len(), out)),
@@ -1004,10 +1070,35 @@ fn on_upstream_message(
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
     let mut s = ctx.shared.lock();
+    if let Some(Expect::Lookup(slot)) = s.expect.front() {
+        // The gateway's own COPY column lookup: its answers stop here.
+        match m.tag {
+            b'1' | b't' | b'3' => return Ok(()),
+            b'T' | b'n' => {
+                let fields = match m.tag {
+                    b'T' => rows::parse_row_description(&m.body).map_err(SessionError::Protocol)?,
+                    _ => Vec::new(),
+                };
+                let _ = slot.set(Ok(fields));
+                return Ok(());
+            }
+            b'E' => {
+                let _ = slot.set(Err(m.body.clone()));
+                res.lookup_failed.get_or_insert(m.body);
+                return Ok(());
+            }
+            b'Z' => {
+                s.tx_status = m.body.first().copied().unwrap_or(b'I');
+                s.expect.pop_front();
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     match m.tag {
         b'1' => {
-            if let Some(Expect::Parse { name }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
-                s.statements.insert(name, Statement { fields: None });
+            if let Some(Expect::Parse { name, copy }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
+                s.statements.insert(name, Statement { fields: None, copy });
             }
         }
         b'2' => {
@@ -1063,6 +1154,15 @@ fn on_upstream_message(
         }
         b'E' => {
             let fields = error_fields(&m.body);
+            // A COPY's column lookup failed in a transaction block: its error
+            // is the COPY's cause (see `Results::lookup_failed`).
+            let (m, fields) = match res.lookup_failed.take() {
+                Some(body) if fields.iter().any(|(k, v)| *k == b'C' && v == "25P02") => {
+                    let fields = error_fields(&body);
+                    (Message { tag: b'E', body }, fields)
+                }
+                _ => (m, fields),
+            };
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
             if let Some(
                 Expect::Execute { id, at, .. } | Expect::Query { id, at, .. } | Expect::Function { id, at, .. },
@@ -1101,6 +1201,7 @@ fn on_upstream_message(
             }
             res.current = None;
             res.copy_out = None;
+            res.lookup_failed = None;
         }
         b'V' => {
             // A FunctionCall's result: masked as a one-column row.
@@ -1123,36 +1224,38 @@ fn on_upstream_message(
             return Ok(());
         }
         b'H' => {
-            // COPY TO STDOUT begins.
-            let copy = match s.expect.front() {
-                Some(Expect::Query { copy, id, at }) => {
-                    (res.request_id, res.started) = (*id, Some(*at));
-                    copy.clone()
-                }
-                _ => None,
-            };
-            if let Some(c) = copy {
-                let shape = copy_shape(&c, &ctx.catalog);
-                res.copy_out = Some((c, shape));
-            } else if masks {
-                // We cannot tell how these rows are laid out: mask each line as text.
-                let c = CopyFormat::text(0);
-                let shape = rows::unknown_shape(1);
-                res.copy_out = Some((c, shape));
-            }
+            // COPY TO STDOUT begins: which of the request's COPYs it is.
             res.copy_pending.clear();
-        }
-        b'd' if masks && res.copy_out.is_some() => {
-            drop(s);
-            return mask_copy_data(ctx, res, &m.body, out);
+            res.copy_out = None;
+            res.lookup_failed = None;
+            let copy = if let Some(Expect::Query { copies, id, at }) = s.expect.front_mut() {
+                (res.request_id, res.started) = (*id, Some(*at));
+                copies.pop_front()
+            } else if let Some(Expect::Execute { portal, id, at }) = s.expect.front() {
+                (res.request_id, res.started) = (*id, Some(*at));
+                let stmt = s.portals.get(portal).map(|p| p.stmt.clone());
+                stmt.and_then(|n| s.statements.get(&n)).and_then(|st| st.copy.clone())
+            } else {
+                None
+            };
+            if masks {
+                drop(s);
+                match start_copy(ctx, copy, &m.body) {
+                    Ok(active) => res.copy_out = Some(active),
+                    Err(reason) => {
+                        ctx.recorder.emit("request.refused", json!({"reason": reason}));
+                        out.extend_from_slice(&codec::fatal_bytes("42501", &format!("Wardgate: {reason}"), None));
+                        ctx.shared.lock().closed = true;
+                        return Err(SessionError::Refused(reason));
+                    }
+                }
+                s = ctx.shared.lock();
+            }
         }
         b'c' => {
-            if masks && !res.copy_pending.is_empty() {
+            if res.copy_out.is_some() {
                 drop(s);
-                let rest = std::mem::take(&mut res.copy_pending);
-                let mut line = rest;
-                line.push(b'\n');
-                mask_copy_data(ctx, res, &line, out)?;
+                finish_copy(ctx, res, out)?;
                 s = ctx.shared.lock();
             }
             res.copy_out = None;
@@ -1236,6 +1339,89 @@ fn mask_notice(ctx: &Ctx<'_>, masks: bool, m: &Message) -> Result<(Bytes, String
     Ok((body.freeze(), masked_message))
 }
 
+/// How the rows of the COPY that CopyOutResponse `body` begins are masked:
+/// by the columns the lookup described; for text without them, by the
+/// session's catalog (or line by line when even that is unknown). Binary
+/// rows cannot be read without their types: the reason they are withheld.
+fn start_copy(ctx: &Ctx<'_>, copy: Option<CopyOut>, body: &[u8]) -> Result<ActiveCopy, String> {
+    let mut r = Reader::new(body, b'H');
+    let binary = r.u8().map_err(|e| e.to_string())? == 1;
+    let ncols = r.i16().map_err(|e| e.to_string())?.max(0) as usize;
+    let format: i16 = if binary { 1 } else { 0 };
+    let described = copy.as_ref().and_then(CopyOut::fields).filter(|f| f.len() == ncols);
+    let shape = described.map(|f| rows::shape(f, Some(&[format]), &ctx.catalog));
+    match (copy, shape) {
+        (Some(c), Some(shape)) => {
+            Ok(ActiveCopy { shape, format: c.format, binary: binary.then(|| BinaryRows::new(ncols)) })
+        }
+        _ if binary => Err("binary COPY output withheld: the gateway could not learn the types of its columns, \
+                            so it cannot mask them; use FORMAT text or csv"
+            .into()),
+        (Some(c), None) => {
+            Ok(ActiveCopy { shape: copy_shape(&c.format, &ctx.catalog), format: c.format, binary: None })
+        }
+        // We cannot tell how these rows are laid out: mask each line as text.
+        (None, _) => Ok(ActiveCopy { format: CopyFormat::text(0), shape: rows::unknown_shape(1), binary: None }),
+    }
+}
+
+/// Mask CopyData payloads of the COPY in progress.
+fn mask_copy(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+    match res.copy_out.as_ref().map(|a| a.binary.is_some()) {
+        Some(true) => mask_copy_binary(ctx, res, data, out),
+        Some(false) => mask_copy_data(ctx, res, data, out),
+        None => {
+            codec::put_message(out, b'd', data);
+            Ok(())
+        }
+    }
+}
+
+/// CopyDone: a text COPY's last line may lack its newline; a binary one
+/// must have ended with its trailer.
+fn finish_copy(ctx: &Ctx<'_>, res: &mut Results, out: &mut BytesMut) -> Result<(), SessionError> {
+    if let Some(Err(e)) = res.copy_out.as_ref().and_then(|a| a.binary.as_ref()).map(BinaryRows::finish) {
+        return Err(upstream_malformed(e, out));
+    }
+    if !res.copy_pending.is_empty() {
+        let mut line = std::mem::take(&mut res.copy_pending);
+        line.push(b'\n');
+        mask_copy_data(ctx, res, &line, out)?;
+    }
+    Ok(())
+}
+
+/// Mask binary COPY data: tuples are DataRow bodies of the described shape.
+fn mask_copy_binary(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+    let Some(active) = res.copy_out.as_mut() else { return Ok(()) };
+    let shape = active.shape.clone();
+    let parts = match active.binary.as_mut().map(|b| b.feed(data)) {
+        Some(Ok(parts)) => parts,
+        Some(Err(e)) => return Err(upstream_malformed(e, out)),
+        None => return Ok(()),
+    };
+    if let Some(header) = &parts.header {
+        codec::put_message(out, b'd', header);
+    }
+    if !parts.rows.is_empty() {
+        let mut rows_out = BytesMut::new();
+        let done = mask_shaped_rows(ctx, res, &parts.rows, &shape, &mut rows_out);
+        copyout::rows_as_copy_data(rows_out, out);
+        done?;
+    }
+    if parts.trailer {
+        codec::put_message(out, b'd', &(-1i16).to_be_bytes());
+    }
+    Ok(())
+}
+
+/// The upstream broke the protocol: the client is told, the session ends.
+fn upstream_malformed(e: ProtocolError, out: &mut BytesMut) -> SessionError {
+    tracing::error!("upstream sent malformed bytes: {e}");
+    out.extend_from_slice(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None));
+    SessionError::Protocol(e)
+}
+
 fn copy_shape(c: &CopyFormat, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
     let table = c.table.as_ref().and_then(|t| {
         let qualified = if t.contains('.') { t.clone() } else { format!("public.{t}") };
@@ -1261,7 +1447,9 @@ fn copy_shape(c: &CopyFormat, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
 
 /// Mask one CopyData message of COPY TO STDOUT (text or CSV).
 fn mask_copy_data(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
-    let Some((fmt, shape)) = res.copy_out.clone() else { return Ok(()) };
+    let Some((fmt, shape)) = res.copy_out.as_ref().map(|a| (a.format.clone(), a.shape.clone())) else {
+        return Ok(());
+    };
     res.copy_pending.extend_from_slice(data);
     let Some(last_nl) = res.copy_pending.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
     let complete: Vec<u8> = res.copy_pending.drain(..=last_nl).collect();
