@@ -1,11 +1,13 @@
 //! Upstream bytes as the gateway reads them: RowDescription, DataRow packing
 //! for the maskers and unpacking of their answer, ErrorResponse fields (and
-//! the withholding of quoted data), COPY text/CSV lines split and re-joined.
+//! the withholding of quoted data), COPY text/CSV lines split and re-joined,
+//! binary COPY streams cut into tuples.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use wardgate::protocol::postgres::codec::{error_fields, take_message};
+use wardgate::protocol::postgres::copyout::{BinaryRows, Parts};
 use wardgate::protocol::postgres::rows::{self, CopyFormat};
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +28,22 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             b'd' => {
+                // Binary COPY: the same parts (or the same refusal) however the stream is cut.
+                let columns = m.body.len() % 4;
+                let whole = BinaryRows::new(columns).feed(&m.body);
+                let mut cut = BinaryRows::new(columns);
+                let half = m.body.len() / 2;
+                let split = cut.feed(&m.body[..half]).and_then(|mut a| {
+                    let b = cut.feed(&m.body[half..])?;
+                    a.header = a.header.or(b.header);
+                    a.rows.extend(b.rows);
+                    a.trailer |= b.trailer;
+                    Ok::<Parts, _>(a)
+                });
+                match (whole, split) {
+                    (Ok(w), Ok(s)) => assert_eq!(w, s),
+                    (w, s) => assert_eq!(w.is_ok(), s.is_ok()),
+                }
                 for f in [CopyFormat::text(b'\t'), CopyFormat { csv: true, ..CopyFormat::text(b',') }] {
                     let split = f.split(&m.body);
                     // Each field's raw text, joined by the delimiter, is the

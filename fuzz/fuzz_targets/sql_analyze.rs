@@ -9,6 +9,12 @@ use libfuzzer_sys::fuzz_target;
 use wardgate::pipeline::types::SqlPhase;
 
 fuzz_target!(|text: &str| {
+    // COPY TO STDOUT statements and the SELECTs their column lookups prepare.
+    for c in wardgate::protocol::postgres::copyout::copies(text) {
+        if let Some(select) = c.select {
+            assert!(!select.contains('\0'));
+        }
+    }
     let cached = wardgate::sql::analyze_checked(text, SqlPhase::SimpleQuery, "");
     let fresh = wardgate::sql::analyze_checked_uncached(text, SqlPhase::SimpleQuery, "");
     // The one allowed difference: a constant the grammar itself checks

@@ -373,6 +373,9 @@ async fn copy_out_bytes(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<u8>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_copy_out_is_masked_by_the_columns_the_upstream_describes() {
+    use futures_util::TryStreamExt;
+    use tokio_postgres::binary_copy::BinaryCopyOutStream;
+    use tokio_postgres::types::Type;
     let g = gateway(Options::default()).await;
     let c = g.client().await;
     // tokio-postgres sends COPY in extended protocol. A table: column rules apply.
@@ -400,7 +403,16 @@ async fn binary_copy_out_is_masked_by_the_columns_the_upstream_describes() {
         assert_eq!(rows.len(), 2, "{sql}");
         assert!(String::from_utf8_lossy(rows[0][1].as_deref().unwrap()).starts_with("mail "), "{sql}: {rows:?}");
         assert_eq!(rows[1], vec![Some(2i32.to_be_bytes().to_vec()), None], "{sql}");
+        // As the driver reads it: one CopyData a tuple, the header in front of the first.
+        let stream = c.copy_out(sql).await.unwrap();
+        let rows: Vec<_> = BinaryCopyOutStream::new(stream, &[Type::INT4, Type::TEXT]).try_collect().await.unwrap();
+        assert_eq!((rows[0].get::<i32>(0), rows[1].get::<Option<&str>>(1)), (1, None), "{sql}");
+        assert!(rows[0].get::<&str>(1).starts_with("mail ") && !rows[0].get::<&str>(1).contains("jane.doe"));
     }
+    // No rows: header and trailer in one message.
+    let stream = c.copy_out("COPY (SELECT id, note FROM bin_tmp WHERE false) TO STDOUT BINARY").await.unwrap();
+    let none: Vec<_> = BinaryCopyOutStream::new(stream, &[Type::INT4, Type::TEXT]).try_collect().await.unwrap();
+    assert!(none.is_empty());
     // In a transaction block: the lookups leave it usable, and a COPY that
     // fails reports its own cause, not "current transaction is aborted".
     c.batch_execute("BEGIN").await.unwrap();

@@ -299,11 +299,28 @@ fn tuple_len(b: &[u8], columns: usize) -> Result<Option<usize>, ProtocolError> {
 }
 
 /// The DataRow messages in `rows` written again as CopyData messages (a
-/// binary COPY tuple is a DataRow body); any other message (an error) as it is.
-pub fn rows_as_copy_data(mut rows: BytesMut, out: &mut BytesMut) {
+/// binary COPY tuple is a DataRow body), one tuple a message as the server
+/// sends them, the stream's `header` (until sent) in front of the first, as
+/// the server sends it too: clients such as tokio-postgres read a message as
+/// header and tuple. Any other message (an error) goes as it is.
+pub fn rows_as_copy_data(mut rows: BytesMut, header: &mut Option<Bytes>, out: &mut BytesMut) {
     while let Ok(Some(m)) = codec::take_message(&mut rows) {
-        codec::put_message(out, if m.tag == b'D' { b'd' } else { m.tag }, &m.body);
+        if m.tag == b'D' {
+            put_copy_data(out, header, &m.body);
+        } else {
+            codec::put_message(out, m.tag, &m.body);
+        }
     }
+}
+
+/// One CopyData message: the unsent `header`, if any, then `body`.
+pub fn put_copy_data(out: &mut BytesMut, header: &mut Option<Bytes>, body: &[u8]) {
+    let at = codec::begin(out, b'd');
+    if let Some(h) = header.take() {
+        out.extend_from_slice(&h);
+    }
+    out.extend_from_slice(body);
+    codec::finish(out, at);
 }
 
 #[cfg(test)]

@@ -677,6 +677,8 @@ struct ActiveCopy {
     shape: Arc<Shape>,
     /// Binary format: its tuples, whatever the CopyData boundaries.
     binary: Option<BinaryRows>,
+    /// The binary header, until it goes out in front of the first tuple.
+    header: Option<Bytes>,
 }
 
 struct Results {
@@ -1352,16 +1354,18 @@ fn start_copy(ctx: &Ctx<'_>, copy: Option<CopyOut>, body: &[u8]) -> Result<Activ
     let shape = described.map(|f| rows::shape(f, Some(&[format]), &ctx.catalog));
     match (copy, shape) {
         (Some(c), Some(shape)) => {
-            Ok(ActiveCopy { shape, format: c.format, binary: binary.then(|| BinaryRows::new(ncols)) })
+            Ok(ActiveCopy { shape, format: c.format, binary: binary.then(|| BinaryRows::new(ncols)), header: None })
         }
         _ if binary => Err("binary COPY output withheld: the gateway could not learn the types of its columns, \
                             so it cannot mask them; use FORMAT text or csv"
             .into()),
         (Some(c), None) => {
-            Ok(ActiveCopy { shape: copy_shape(&c.format, &ctx.catalog), format: c.format, binary: None })
+            Ok(ActiveCopy { shape: copy_shape(&c.format, &ctx.catalog), format: c.format, binary: None, header: None })
         }
         // We cannot tell how these rows are laid out: mask each line as text.
-        (None, _) => Ok(ActiveCopy { format: CopyFormat::text(0), shape: rows::unknown_shape(1), binary: None }),
+        (None, _) => {
+            Ok(ActiveCopy { format: CopyFormat::text(0), shape: rows::unknown_shape(1), binary: None, header: None })
+        }
     }
 }
 
@@ -1400,17 +1404,18 @@ fn mask_copy_binary(ctx: &Ctx<'_>, res: &mut Results, data: &[u8], out: &mut Byt
         Some(Err(e)) => return Err(upstream_malformed(e, out)),
         None => return Ok(()),
     };
-    if let Some(header) = &parts.header {
-        codec::put_message(out, b'd', header);
-    }
+    let mut header = active.header.take().or(parts.header);
     if !parts.rows.is_empty() {
         let mut rows_out = BytesMut::new();
         let done = mask_shaped_rows(ctx, res, &parts.rows, &shape, &mut rows_out);
-        copyout::rows_as_copy_data(rows_out, out);
+        copyout::rows_as_copy_data(rows_out, &mut header, out);
         done?;
     }
     if parts.trailer {
-        codec::put_message(out, b'd', &(-1i16).to_be_bytes());
+        copyout::put_copy_data(out, &mut header, &(-1i16).to_be_bytes());
+    }
+    if let Some(active) = res.copy_out.as_mut() {
+        active.header = header;
     }
     Ok(())
 }
