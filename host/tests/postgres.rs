@@ -518,8 +518,51 @@ async fn cancel_reaches_only_the_right_query() {
     assert!(other_slow.await.unwrap().is_ok(), "the other session's query was not cancelled");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_over_tls_is_answered_with_a_clean_close() {
+    // libpq 17 sends cancel requests through TLS and counts a close without
+    // close_notify as a failed cancel ("SSL error: unexpected eof").
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway(Options::default()).await;
+    let (mut raw, login) = raw_session_with_login(&g).await;
+    // BackendKeyData: 'K', length 12, process id, secret.
+    let k = login.windows(5).position(|w| w == b"K\0\0\0\x0c").expect("BackendKeyData");
+    let key = login[k + 5..k + 13].to_vec();
+    raw.write_all(b"Q\0\0\0\x18SELECT pg_sleep(20)\0").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'S');
+    // sslmode=require as the gateway speaks it to upstreams: the test gateway's certificate is self-signed.
+    let config = wardgate::tls::upstream_config(&wardgate::config::UpstreamTls::Require).unwrap().unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    cancel.extend_from_slice(&key);
+    tls.write_all(&cancel).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await.expect("closed");
+    assert!(read.is_ok(), "the gateway closed without close_notify: {read:?}");
+    // And the query was cancelled.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(6).any(|w| w == b"C57014") {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await.expect("cancelled").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A plaintext session logged in by hand, read up to its first ReadyForQuery.
 async fn raw_session(g: &common::TestGateway) -> tokio::net::TcpStream {
+    raw_session_with_login(g).await.0
+}
+
+/// [`raw_session`], with what the gateway sent after the password.
+async fn raw_session_with_login(g: &common::TestGateway) -> (tokio::net::TcpStream, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
     let mut startup = vec![];
@@ -542,7 +585,7 @@ async fn raw_session(g: &common::TestGateway) -> tokio::net::TcpStream {
         assert!(n > 0, "closed during login");
         seen.extend_from_slice(&buf[..n]);
     }
-    raw
+    (raw, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

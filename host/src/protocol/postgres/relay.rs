@@ -145,8 +145,8 @@ pub async fn run(
     stats: Arc<Stats>,
     review: ReviewCtx,
 ) -> Result<(), SessionError> {
-    let (client_r, client_w) = tokio::io::split(client);
-    let (up_r, up_w) = tokio::io::split(upstream.stream);
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
     let ctx = Ctx {
         shared: Arc::new(Mutex::new(Shared { tx_status: upstream.tx_status, ..Default::default() })),
         pipeline: Arc::new(Mutex::new(pipeline)),
@@ -157,16 +157,18 @@ pub async fn run(
         stats,
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
     };
-    let c2u = client_to_upstream(&ctx, client_r, client_buf, up_w, review);
+    let c2u = client_to_upstream(&ctx, &mut client_r, client_buf, &mut up_w, review);
     // Login notices first, then whatever followed the upstream's ReadyForQuery.
     let mut pending = upstream.notices;
     pending.extend_from_slice(&upstream.leftover);
-    let u2c = upstream_to_client(&ctx, up_r, pending, client_w);
+    let u2c = upstream_to_client(&ctx, &mut up_r, pending, &mut client_w);
     // Whichever side ends first ends the session.
-    tokio::select! {
+    let ended = tokio::select! {
         r = c2u => r,
         r = u2c => r,
-    }
+    };
+    super::stream::close(&mut client_w).await;
+    ended
 }
 
 // ---------------------------------------------------------------- client side
@@ -200,9 +202,9 @@ struct Held {
 
 async fn client_to_upstream(
     ctx: &Ctx<'_>,
-    mut client: ReadHalf<BoxStream>,
+    client: &mut ReadHalf<BoxStream>,
     mut buf: BytesMut,
-    mut upstream: WriteHalf<BoxStream>,
+    upstream: &mut WriteHalf<BoxStream>,
     mut review: ReviewCtx,
 ) -> Result<(), SessionError> {
     let mut st = ClientState {
@@ -224,7 +226,7 @@ async fn client_to_upstream(
             };
             if m.tag == b'X' {
                 codec::put_message(&mut out, b'X', &[]);
-                let _ = super::stream::send(&mut upstream, &out).await;
+                let _ = super::stream::send(upstream, &out).await;
                 return Ok(());
             }
             match on_client_message(ctx, &mut st, m, &mut out) {
@@ -232,12 +234,11 @@ async fn client_to_upstream(
                 Ok(Some(held)) => {
                     // Everything before the held message goes out first, in order.
                     if !out.is_empty() {
-                        super::stream::send(&mut upstream, &out).await?;
+                        super::stream::send(upstream, &out).await?;
                         out.clear();
                     }
                     let verdict =
-                        hold::resolve(&mut review, &held.ask, &held.params, ctx.recorder, &mut client, &mut buf)
-                            .await?;
+                        hold::resolve(&mut review, &held.ask, &held.params, ctx.recorder, client, &mut buf).await?;
                     let simple = matches!(held.then, Expect::Query { .. } | Expect::Function { .. });
                     match verdict {
                         Ok(()) => {
@@ -261,7 +262,7 @@ async fn client_to_upstream(
             }
         }
         if !out.is_empty() {
-            super::stream::send(&mut upstream, &out).await?;
+            super::stream::send(upstream, &out).await?;
             out.clear();
         }
         if buf.capacity() - buf.len() < 4096 {
@@ -707,9 +708,9 @@ struct Results {
 
 async fn upstream_to_client(
     ctx: &Ctx<'_>,
-    mut upstream: ReadHalf<BoxStream>,
+    upstream: &mut ReadHalf<BoxStream>,
     mut buf: BytesMut,
-    mut client: WriteHalf<BoxStream>,
+    client: &mut WriteHalf<BoxStream>,
 ) -> Result<(), SessionError> {
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     let mut res = Results {
@@ -736,7 +737,7 @@ async fn upstream_to_client(
             // after this loses nothing the client was told). A failure was
             // logged where it happened, and new requests are refused meanwhile.
             let _ = ctx.recorder.commit();
-            let written = super::stream::send(&mut client, &out).await;
+            let written = super::stream::send(client, &out).await;
             out.clear();
             if drained.is_ok() {
                 written?;
@@ -757,7 +758,7 @@ async fn upstream_to_client(
                     if !res.upstream_fatal {
                         out.extend_from_slice(&codec::fatal_bytes("57P01", "Wardgate: the upstream server closed the connection", None));
                     }
-                    let _ = super::stream::send(&mut client, &out).await;
+                    let _ = super::stream::send(client, &out).await;
                     return Ok(());
                 }
             }

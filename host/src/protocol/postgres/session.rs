@@ -71,6 +71,7 @@ async fn read_startup(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Byte
 
 async fn refuse(stream: &mut BoxStream, code: &str, message: &str, hint: Option<&str>) -> SessionError {
     let _ = super::stream::send(stream, &fatal_bytes(code, message, hint)).await;
+    super::stream::close(stream).await;
     SessionError::Refused(message.to_string())
 }
 
@@ -109,6 +110,8 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
             CANCEL_REQUEST => {
                 let (pid, secret) = (r.i32()?, r.i32()?);
                 forward_cancel(&ctx, pid, secret).await;
+                // libpq 17 sends cancels through TLS and waits for close_notify.
+                super::stream::close(&mut stream).await;
                 return Ok(());
             }
             v if v >> 16 == 3 => break (v, packet),

@@ -20,6 +20,15 @@ pub async fn send<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, bytes: &[u8]) -> st
     w.flush().await
 }
 
+/// End the stream as PostgreSQL does: over TLS with close_notify (libpq 17
+/// reads a bare TCP close as "SSL error: unexpected eof" and reports it after
+/// our last message, or counts a cancel request as failed). Bounded: a client
+/// that stopped reading cannot hold the session.
+pub async fn close<W: AsyncWrite + Unpin + ?Sized>(w: &mut W) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), w.shutdown()).await;
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
