@@ -5,7 +5,10 @@
 #     async/green connections, cancel, two-phase commit, every type adapter);
 #   asyncpg's (373 tests: extended protocol only, binary formats for every
 #     type, pipelined executemany, binary COPY FROM STDIN, cursors, pools that
-#     send RESET ALL on release, LISTEN, cancellation and timeouts).
+#     send RESET ALL on release, LISTEN, cancellation and timeouts);
+#   pg8000's (647 tests, pure Python: unnamed extended-protocol statements,
+#     its three APIs, COPY in and out with odd delimiters and quotes, every
+#     type conversion, NOTIFY, parameter statuses).
 # A test that fails only through the gateway fails this script, unless it is
 # listed below with the reason the gateway answers differently on purpose. A
 # failure is retried once on its own (some async tests are timing-sensitive).
@@ -15,9 +18,11 @@ set -euo pipefail
 . "$WARDGATE_ROOT/scripts/lib/stack.sh"
 PSYCOPG2=2.9.13
 ASYNCPG=0.32.0
+PG8000=1.31.6
 
 # Deliberate differences, each with its reason.
 own_db="connects to a database the test itself creates: dbname names a configured Wardgate connection"
+unknown_db="expects 3D000 for a database that does not exist; any connection a principal may not use is 28000, so connection names are not disclosed"
 declare -A EXPECTED=(
   [test_encoding_name]="client_encoding is pinned to UTF8 (README: Reading SQL exactly as PostgreSQL does)"
   [test_copy_bytes]="client_encoding is pinned to UTF8"
@@ -35,6 +40,23 @@ declare -A EXPECTED=(
   [test_introspection_on_large_db]="$own_db"
   [test_type_cache_invalidation_in_pool]="$own_db"
   [test_prepare_cache_invalidation_in_pool]="$own_db"
+  [test_copy_from_with_error]="the quoted value of a data exception is withheld on masked sessions (README: What gets masked)"
+  [test_Connection_plain_socket]="names no database: dbname names a Wardgate connection, and it defaults to the user name"
+  [test_md5]="$unknown_db"
+  [test_password]="$unknown_db"
+  [test_unicode_databaseName]="$unknown_db"
+  [test_bytes_databaseName]="$unknown_db"
+  [test_database_name_unicode]="$unknown_db"
+  [test_database_name_bytes]="$unknown_db"
+  [test_bytes_password]="$unknown_db"
+  [test_password_bytes]="$unknown_db"
+  [testDatabaseMissing]="$unknown_db"
+  [testMd5]="$unknown_db"
+  [testPassword]="$unknown_db"
+  [testUnicodeDatabaseName]="$unknown_db"
+  [testBytesDatabaseName]="$unknown_db"
+  [testBytesPassword]="$unknown_db"
+  [test_scram_sha_256]="logs in as a role the test creates: clients log in as Wardgate principals"
 )
 
 wg_build drivers
@@ -48,22 +70,37 @@ if [ ! -d "$src/tests" ]; then
   "$venv/bin/pip" download -q --no-deps --no-binary :all: -d "$WORK" "psycopg2==$PSYCOPG2"
   tar -xzf "$WORK/psycopg2-$PSYCOPG2.tar.gz" -C "$(dirname "$src")"
 fi
-# asyncpg: the wheel (compiled protocol) runs the tests of its sdist, fetched
-# by the URL and SHA-256 of PyPI's simple index, as pip reads them (building
+# sdist NAME VERSION: unpack NAME's sdist under ~/.cache/wardgate (once),
+# fetched by the URL and SHA-256 of PyPI's simple index, as pip reads them.
+sdist() {
+  local dir="$HOME/.cache/wardgate/$1-$2"
+  [ -d "$dir/tests" ] || [ -d "$dir/test" ] && return 0
+  link=$(curl -fsS "https://pypi.org/simple/$1/" | grep -oE "https://[^\"#]*/$1-$2\.tar\.gz#sha256=[0-9a-f]{64}" | head -1)
+  [ -n "$link" ] || { echo "$1 $2: no sdist in PyPI's simple index"; exit 1; }
+  curl -fsSL -o "$WORK/$1.tar.gz" "${link%%#*}"
+  echo "${link##*=}  $WORK/$1.tar.gz" | sha256sum -c --quiet
+  tar -xzf "$WORK/$1.tar.gz" -C "$(dirname "$dir")"
+}
+# asyncpg: the wheel (compiled protocol) runs the tests of its sdist (building
 # the sdist is not needed).
 asrc="$HOME/.cache/wardgate/asyncpg-$ASYNCPG"
 if ! "$venv/bin/python" -c "import asyncpg, distro; assert asyncpg.__version__ == '$ASYNCPG'" 2>/dev/null; then
   "$venv/bin/pip" install -q "asyncpg==$ASYNCPG" distro
 fi
 if [ ! -d "$asrc/tests" ]; then
-  link=$(curl -fsS https://pypi.org/simple/asyncpg/ | grep -oE "https://[^\"#]*/asyncpg-$ASYNCPG\.tar\.gz#sha256=[0-9a-f]{64}" | head -1)
-  [ -n "$link" ] || { echo "asyncpg $ASYNCPG: no sdist in PyPI's simple index"; exit 1; }
-  url=${link%%#*}; sha=${link##*=}
-  curl -fsSL -o "$WORK/asyncpg.tar.gz" "$url"
-  echo "$sha  $WORK/asyncpg.tar.gz" | sha256sum -c --quiet
-  tar -xzf "$WORK/asyncpg.tar.gz" -C "$(dirname "$asrc")"
+  sdist asyncpg "$ASYNCPG"
   rm -rf "$asrc/asyncpg" # the tests must import the installed package, not the unbuilt source
 fi
+# pg8000 (pure Python): its sdist's tests, with the package and pytest
+# installed. Its fixtures hard-code user "postgres" and no database: they
+# read PGUSER and PGDATABASE instead.
+psrc="$HOME/.cache/wardgate/pg8000-$PG8000"
+if ! "$venv/bin/python" -c "import pg8000, pytest, pytz; assert pg8000.__version__ == '$PG8000'" 2>/dev/null; then
+  "$venv/bin/pip" install -q "pg8000==$PG8000" pytest pytz
+fi
+sdist pg8000 "$PG8000"
+sed -i 's|db_connect = {"user": "postgres", "password": "pw"}|db_connect = {"user": environ.get("PGUSER", "postgres"), "password": "pw", "database": environ.get("PGDATABASE")}|' \
+  "$psrc"/test/{native,dbapi,legacy}/conftest.py
 
 wg_demo 1
 # psycopg2's suite gets a database of its own; asyncpg's names "postgres" in
@@ -149,8 +186,27 @@ asyncpg() {
   if [ $# -eq 0 ]; then set -- discover -v -s tests -t .; else set -- -v "$@"; fi
   (cd "$asrc" && env PGHOST=127.0.0.1 PGDATABASE=postgres "${env[@]}" timeout 900 "$venv/bin/python" -m unittest "$@" 2>&1) || true
 }
-# Test ids of failures (subtests and setUpClass included).
-failed() { sed -nE 's/^(FAIL|ERROR): ([A-Za-z_0-9]+) \(([A-Za-z_0-9.]+)\)( .*)?$/\3/p' "$1" | sort -u; }
+# pg8000 direct|gateway [TEST...]: pytest, libpq's variables read by the patched fixtures.
+pg8000() {
+  local where=$1; shift
+  if [ "$where" = direct ]; then
+    local env=(PGPORT="$up_port" PGUSER=postgres PGPASSWORD="$up_pw")
+  else
+    local env=(PGPORT="$GW_PORT" PGUSER=demo-agent PGPASSWORD="$AGENT_KEY")
+  fi
+  [ $# -gt 0 ] || set -- test/native test/dbapi test/legacy --ignore-glob='*auth*' --ignore-glob='*benchmark*'
+  (cd "$psrc" && env PGHOST=127.0.0.1 PGDATABASE=postgres "${env[@]}" timeout 900 \
+    "$venv/bin/python" -m pytest -q -rfE -p no:cacheprovider "$@" 2>&1) || true
+}
+# Test ids of failures (unittest: subtests and setUpClass included; pytest: path::name).
+failed() {
+  { sed -nE 's/^(FAIL|ERROR): ([A-Za-z_0-9]+) \(([A-Za-z_0-9.]+)\)( .*)?$/\3/p' "$1"
+    sed -nE 's/^(FAILED|ERROR) (.*::.*)$/\2/p' "$1" | sed -E 's/ - .*$//'; } | sort -u
+}
+# The run's summary line(s), empty when it did not complete.
+summary() { grep -E '^(Ran [0-9]+ tests|OK|FAILED( \(.*)?$)|^=* ?[0-9]+ (passed|failed)|[0-9]+ passed' "$1" | tr '\n' ' ' || true; }
+# Whether a run of one test passed.
+passed() { grep -qE '^OK|^=* ?1 passed'; }
 
 # compare NAME: run suite NAME both ways; fail on a test failing only through the gateway.
 compare() {
@@ -158,21 +214,22 @@ compare() {
   "$name" direct > "$WORK/$name-direct.log"
   "$name" gateway > "$WORK/$name-gateway.log"
   for f in direct gateway; do
-    summary=$(grep -E '^(Ran [0-9]+ tests|OK|FAILED)' "$WORK/$name-$f.log" | tr '\n' ' ' || true)
-    [ -n "$summary" ] || { echo "  the $f run did not complete:"; tail -30 "$WORK/$name-$f.log"; exit 1; }
-    echo "  $f: $summary"
+    sum=$(summary "$WORK/$name-$f.log")
+    [ -n "$sum" ] || { echo "  the $f run did not complete:"; tail -30 "$WORK/$name-$f.log"; exit 1; }
+    echo "  $f: $sum"
   done
   failed "$WORK/$name-direct.log" > "$WORK/$name-direct.failed"
   failed "$WORK/$name-gateway.log" > "$WORK/$name-gateway.failed"
   while read -r t; do
-    local test=${t##*.}
+    local test=${t%%\[*}; test=${test##*[.:]}
     if [ -n "${EXPECTED[$test]:-}" ]; then
       echo "  differs on purpose: $t — ${EXPECTED[$test]}"
-    elif "$name" gateway "$t" | grep -qE '^OK'; then
+    elif "$name" gateway "$t" | passed; then
       echo "  passed when retried alone: $t"
     else
       echo "  FAILED only through the gateway: $t"
-      awk -v t="($t)" '/^(FAIL|ERROR): /{p=index($0,t)>0} p' "$WORK/$name-gateway.log" | head -30 | sed 's/^/    /'
+      { awk -v t="($t)" '/^(FAIL|ERROR): /{p=index($0,t)>0} p' "$WORK/$name-gateway.log"; grep -F "$t" "$WORK/$name-gateway.log"; } \
+        | head -30 | sed 's/^/    /'
       bad=1
     fi
   done < <(comm -13 "$WORK/$name-direct.failed" "$WORK/$name-gateway.failed")
@@ -184,5 +241,7 @@ echo "== psycopg2 $PSYCOPG2 test suite: directly, then through Wardgate (pii-mas
 compare psycopg2 || status=1
 echo "== asyncpg $ASYNCPG test suite: directly, then through Wardgate (pii-mask active)"
 compare asyncpg || status=1
+echo "== pg8000 $PG8000 test suite: directly, then through Wardgate (pii-mask active)"
+compare pg8000 || status=1
 [ "$status" = 0 ] || { echo "== driver suites: regressions through the gateway"; exit 1; }
 echo "== driver suites: no difference but the deliberate ones"
