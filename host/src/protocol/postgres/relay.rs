@@ -248,6 +248,9 @@ async fn client_to_upstream(
                             {
                                 *at = std::time::Instant::now();
                             }
+                            if let Expect::Query { copies, .. } = &mut then {
+                                *copies = look_up_columns(ctx, std::mem::take(copies).into(), &mut out);
+                            }
                             ctx.shared.lock().expect.push_back(then);
                             codec::put_message(&mut out, held.message.tag, &held.message.body);
                         }
@@ -326,7 +329,8 @@ fn on_client_message(
             let unmaskable = unmaskable_copy(ctx, &copies, at_boundary);
             match decide(ctx, request, violation, id, unmaskable) {
                 Decided::Review(ask) => {
-                    let copies = look_up_columns(ctx, copies, out);
+                    // Its COPYs' columns are looked up when it is released.
+                    let copies = copies.into();
                     return Ok(Some(Held {
                         ask: Arc::new(ask),
                         params: vec![],
@@ -858,10 +862,7 @@ fn mask_shaped_rows(
     if !ctx.pipeline.lock().masks_columns(&shape.columns) {
         return pass_rows(ctx, res, rows_in, shape, out);
     }
-    let packed = match rows::pack(rows_in, shape) {
-        Ok(p) => p,
-        Err(e) => return Err(SessionError::Protocol(e)),
-    };
+    let packed = rows::pack(rows_in, shape).map_err(|e| upstream_malformed(e, out))?;
     let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed.clone());
     match masked {
         Ok(m) => {
@@ -892,10 +893,8 @@ fn pass_rows(
         let packed = rows::pack(&rows_in[..want], shape).map_err(SessionError::Protocol)?;
         sample(res, &packed, shape, ctx.record_rows);
     }
+    rows::check(rows_in, shape).map_err(|e| upstream_malformed(e, out))?;
     for row in rows_in {
-        if Reader::new(row, b'D').i16().map_err(SessionError::Protocol)? as usize != ncols {
-            return Err(SessionError::Protocol(ProtocolError::Truncated('D')));
-        }
         // Cell bytes: the row minus its column count and one length per cell.
         res.bytes += row.len().saturating_sub(2 + 4 * ncols) as u64;
         codec::put_message(out, b'D', row);

@@ -56,6 +56,8 @@ pub struct Shape {
     pub columns: Vec<Column>,
     /// Conversion per column.
     pub conv: Vec<Conv>,
+    /// Byte width of each binary-format cell whose type has a fixed one.
+    pub width: Vec<Option<usize>>,
 }
 
 /// A RowDescription field.
@@ -105,6 +107,22 @@ fn is_fixed_syntax(oid: u32) -> bool {
     )
 }
 
+/// The binary wire width of fixed-width types. A cell of another width is
+/// not of its described type (a binary COPY whose column was retyped between
+/// the gateway's lookup and the COPY): refused, never passed as it is.
+fn binary_width(oid: u32) -> Option<usize> {
+    Some(match oid {
+        16 | 18 => 1,                                                 // bool, char
+        21 => 2,                                                      // int2
+        23 | 26 | 28 | 29 | 700 | 1082 => 4,                          // int4, oid, xid, cid, float4, date
+        20 | 701 | 790 | 1083 | 1114 | 1184 | 3220 | 5069 | 774 => 8, // int8, float8, money, time, timestamp(tz), lsn, xid8, macaddr8
+        829 | 27 => 6,                                                // macaddr, tid
+        1266 => 12,                                                   // timetz
+        1186 | 2950 => 16,                                            // interval, uuid
+        _ => return None,
+    })
+}
+
 fn is_text_like(oid: u32) -> bool {
     // text, varchar, bpchar, name, json, xml, unknown, char, citext-like domains are text too but have other oids
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142 | 705 | 18)
@@ -115,6 +133,7 @@ fn is_text_like(oid: u32) -> bool {
 pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
     let mut columns = Vec::with_capacity(fields.len());
     let mut conv = Vec::with_capacity(fields.len());
+    let mut width = Vec::with_capacity(fields.len());
     for (i, f) in fields.iter().enumerate() {
         let format = match formats {
             None => f.format,
@@ -122,6 +141,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
             Some([one]) => *one,
             Some(all) => all.get(i).copied().unwrap_or(0),
         };
+        width.push(if format == 0 { None } else { binary_width(f.type_oid) });
         let c = if f.type_oid == 114 || (format == 0 && f.type_oid == 3802) {
             Conv::Json
         } else if format == 0 && is_fixed_syntax(f.type_oid) {
@@ -164,7 +184,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
         });
         conv.push(c);
     }
-    Arc::new(Shape { columns, conv })
+    Arc::new(Shape { columns, conv, width })
 }
 
 /// A shape for rows whose description we never saw (text, unnamed).
@@ -174,6 +194,7 @@ pub fn unknown_shape(n: usize) -> Arc<Shape> {
             .map(|_| Column { name: String::new(), type_oid: 0, table: None, format: CellFormat::Text })
             .collect(),
         conv: vec![Conv::Text; n],
+        width: vec![None; n],
     })
 }
 
@@ -184,6 +205,37 @@ fn int_text(bytes: &[u8], width: u8) -> Option<String> {
         (8, 8) => i64::from_be_bytes(bytes.try_into().ok()?).to_string(),
         _ => return None,
     })
+}
+
+fn check_width(len: usize, width: Option<usize>) -> Result<(), ProtocolError> {
+    match width {
+        Some(w) if w != len => Err(ProtocolError::Malformed(format!("binary value of {len} bytes, its type has {w}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Check that every row of `rows` (DataRow bodies) has `shape`'s column count
+/// and that its fixed-width binary cells have their types' widths (what
+/// [`pack`] checks, for rows that go out without packing).
+pub fn check(rows: &[Bytes], shape: &Shape) -> Result<(), ProtocolError> {
+    let fixed = shape.width.iter().any(Option::is_some);
+    for body in rows {
+        let mut r = Reader::new(body, b'D');
+        if r.i16()? as usize != shape.conv.len() {
+            return Err(ProtocolError::Truncated('D'));
+        }
+        if !fixed {
+            continue;
+        }
+        for width in &shape.width {
+            let len = r.i32()?;
+            if len >= 0 {
+                check_width(len as usize, *width)?;
+                r.bytes(len as usize)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Pack DataRow bodies into cells. Every row must have `shape`'s column count.
@@ -198,12 +250,13 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
         if n as usize != ncols {
             return Err(ProtocolError::Truncated('D'));
         }
-        for conv in &shape.conv {
+        for (conv, width) in shape.conv.iter().zip(&shape.width) {
             let len = r.i32()?;
             if len < 0 {
                 lengths.push(-1);
                 continue;
             }
+            check_width(len as usize, *width)?;
             let cell = r.bytes(len as usize)?;
             let cell: &[u8] = match conv {
                 Conv::BinaryJsonb if cell.first() == Some(&1) => &cell[1..],
@@ -526,6 +579,26 @@ mod tests {
 
     fn field(name: &str, type_oid: u32, format: i16) -> Field {
         Field { name: name.into(), table_oid: 0, attnum: 0, type_oid, format }
+    }
+
+    #[test]
+    fn a_binary_cell_that_is_not_its_types_width_is_refused_packed_or_not() {
+        // A column described as int4 and oid (no masker reads them) whose
+        // cells hold text: the retype race of a binary COPY. Never passed on.
+        let s = shape(&[field("n", 23, 1), field("o", 26, 1), field("t", 25, 1)], None, &HashMap::new());
+        let good = data_row(&[Some(&1i32.to_be_bytes()), None, Some(b"x")]);
+        check(std::slice::from_ref(&good), &s).unwrap();
+        pack(&[good], &s).unwrap();
+        for bad in [
+            data_row(&[Some(b"123456789"), None, Some(b"x")]),
+            data_row(&[Some(&1i32.to_be_bytes()), Some(b"jane@example.com"), Some(b"x")]),
+        ] {
+            assert!(matches!(check(std::slice::from_ref(&bad), &s), Err(ProtocolError::Malformed(_))));
+            assert!(matches!(pack(&[bad], &s), Err(ProtocolError::Malformed(_))));
+        }
+        // Text format: no widths.
+        let text = shape(&[field("n", 23, 0)], None, &HashMap::new());
+        check(&[data_row(&[Some(b"123456789")])], &text).unwrap();
     }
 
     #[test]
