@@ -453,6 +453,52 @@ async fn a_binary_copy_inside_an_unsynced_pipeline_is_refused_not_leaked() {
     assert!(text.contains("binary COPY output cannot be masked here"), "{text}");
     assert!(!text.contains("PGCOPY"), "{text}");
     assert_no_pii(&text, "refused COPY");
+    // A text COPY in the middle of a pipeline: masked, and no lookup (with
+    // its Sync) is slipped in: the statements before and after it share
+    // one implicit transaction.
+    let mut msgs = Vec::new();
+    let mut put = |tag: u8, body: &[u8]| {
+        msgs.push(tag);
+        msgs.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        msgs.extend_from_slice(body);
+    };
+    for sql in ["SELECT txid_current()::text", "COPY customers (email) TO STDOUT", "SELECT txid_current()::text"] {
+        put(b'P', format!("\0{sql}\0\0\0").as_bytes());
+        put(b'B', b"\0\0\0\0\0\0\0\0");
+        put(b'E', b"\0\0\0\0\0");
+    }
+    put(b'S', b"");
+    raw.write_all(&msgs).await.unwrap();
+    let mut all = Vec::new();
+    while !all.ends_with(b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+        all.extend_from_slice(&buf[..n]);
+    }
+    let mut b = bytes::BytesMut::from(&all[..]);
+    let (mut txids, mut copied) = (Vec::new(), String::new());
+    while let Some(m) = take(&mut b) {
+        match m.0 {
+            b'D' => txids.push(m.1[6..].to_vec()),
+            b'd' => copied.push_str(&String::from_utf8_lossy(&m.1)),
+            b'E' => panic!("error: {}", String::from_utf8_lossy(&m.1)),
+            _ => {}
+        }
+    }
+    assert_eq!(txids.len(), 2, "{}", String::from_utf8_lossy(&all));
+    assert_eq!(txids[0], txids[1], "one implicit transaction");
+    assert_eq!(copied.lines().count(), 5, "{copied}");
+    assert_no_pii(&copied, "pipelined COPY");
+}
+
+/// One backend message off `b`: (type, body).
+fn take(b: &mut bytes::BytesMut) -> Option<(u8, Vec<u8>)> {
+    if b.len() < 5 {
+        return None;
+    }
+    let len = i32::from_be_bytes(b[1..5].try_into().unwrap()) as usize;
+    let m = b.split_to(1 + len);
+    Some((m[0], m[5..].to_vec()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,8 +325,8 @@ fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
-            let copies = copy_outs(&request, &text);
-            let unmaskable = unmaskable_copy(ctx, &copies, at_boundary);
+            let copies = copy_outs(&request, &text, at_boundary);
+            let unmaskable = unmaskable_copy(ctx, &copies);
             match decide(ctx, request, violation, id, unmaskable) {
                 Decided::Review(ask) => {
                     // Its COPYs' columns are looked up when it is released.
@@ -340,7 +340,7 @@ fn on_client_message(
                 }
                 Decided::Run(rewritten) => {
                     let copies = match &rewritten {
-                        Some(text) => copyout::copies(text),
+                        Some(text) => lookable(copyout::copies(text), at_boundary),
                         None => copies,
                     };
                     let copies = look_up_columns(ctx, copies, out);
@@ -368,8 +368,8 @@ fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
-            let copies = copy_outs(&request, &text);
-            let unmaskable = unmaskable_copy(ctx, &copies, at_boundary);
+            let copies = copy_outs(&request, &text, at_boundary);
+            let unmaskable = unmaskable_copy(ctx, &copies);
             st.review_stmts.remove(&name);
             let decided = match decide(ctx, request, violation, id, unmaskable) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
@@ -384,7 +384,7 @@ fn on_client_message(
                 Decided::Run(rewritten) => {
                     st.statement_ids.insert(name.clone(), id);
                     let copies = match &rewritten {
-                        Some(text) => copyout::copies(text),
+                        Some(text) => lookable(copyout::copies(text), at_boundary),
                         None => copies,
                     };
                     let copy = look_up_columns(ctx, copies, out).pop_front();
@@ -526,21 +526,31 @@ fn on_client_message(
 }
 
 /// The request's `COPY ... TO STDOUT` statements (none without parsing
-/// when the analysis found no COPY TO).
-fn copy_outs(req: &SqlRequest, text: &str) -> Vec<CopyOut> {
+/// when the analysis found no COPY TO); see [`lookable`].
+fn copy_outs(req: &SqlRequest, text: &str, at_boundary: bool) -> Vec<CopyOut> {
     use crate::pipeline::types::StatementKind;
     if req.statements.iter().any(|s| s.kind == StatementKind::CopyTo) {
-        copyout::copies(text)
+        lookable(copyout::copies(text), at_boundary)
     } else {
         Vec::new()
     }
 }
 
-/// A binary COPY whose columns cannot be looked up before it runs (inside
-/// an unsynced extended-protocol sequence, where the lookup's Sync would
-/// change the client's transaction), while maskers apply.
-fn unmaskable_copy(ctx: &Ctx<'_>, copies: &[CopyOut], at_boundary: bool) -> bool {
-    copies.iter().any(|c| c.format.binary && (!at_boundary || c.select.is_none())) && ctx.pipeline.lock().masks()
+/// COPYs whose columns may be looked up: only at a Sync boundary. Inside an
+/// unsynced extended-protocol sequence the lookup's Sync would end the
+/// client's implicit transaction (or its skip-to-Sync after an error), so
+/// there the COPYs get no SELECT to look up.
+fn lookable(mut copies: Vec<CopyOut>, at_boundary: bool) -> Vec<CopyOut> {
+    if !at_boundary {
+        copies.iter_mut().for_each(|c| c.select = None);
+    }
+    copies
+}
+
+/// A binary COPY whose columns cannot be looked up before it runs, while
+/// maskers apply.
+fn unmaskable_copy(ctx: &Ctx<'_>, copies: &[CopyOut]) -> bool {
+    copies.iter().any(|c| c.format.binary && c.select.is_none()) && ctx.pipeline.lock().masks()
 }
 
 /// Ask the upstream for the columns of each COPY (see [`copyout`]) when
