@@ -339,11 +339,7 @@ fn on_client_message(
                     }));
                 }
                 Decided::Run(rewritten) => {
-                    let copies = match &rewritten {
-                        Some(text) => lookable(copyout::copies(text), at_boundary),
-                        None => copies,
-                    };
-                    let copies = look_up_columns(ctx, copies, out);
+                    let copies = look_up_columns(ctx, forwarded(copies, rewritten.as_deref(), at_boundary), out);
                     ctx.shared.lock().expect.push_back(Expect::Query { copies, id, at: std::time::Instant::now() });
                     match rewritten {
                         None => codec::put_message(out, b'Q', &m.body),
@@ -383,10 +379,7 @@ fn on_client_message(
                 Decided::Review(_) => unreachable!("handled above"),
                 Decided::Run(rewritten) => {
                     st.statement_ids.insert(name.clone(), id);
-                    let copies = match &rewritten {
-                        Some(text) => lookable(copyout::copies(text), at_boundary),
-                        None => copies,
-                    };
+                    let copies = forwarded(copies, rewritten.as_deref(), at_boundary);
                     let copy = look_up_columns(ctx, copies, out).pop_front();
                     ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy });
                     match rewritten {
@@ -545,6 +538,14 @@ fn lookable(mut copies: Vec<CopyOut>, at_boundary: bool) -> Vec<CopyOut> {
         copies.iter_mut().for_each(|c| c.select = None);
     }
     copies
+}
+
+/// The COPYs of the text that goes upstream: a guard's rewrite, if any.
+fn forwarded(copies: Vec<CopyOut>, rewritten: Option<&str>, at_boundary: bool) -> Vec<CopyOut> {
+    match rewritten {
+        Some(text) => lookable(copyout::copies(text), at_boundary),
+        None => copies,
+    }
 }
 
 /// A binary COPY whose columns cannot be looked up before it runs, while
@@ -966,9 +967,15 @@ fn withhold(
             e.plugin
         )
     });
-    out.extend_from_slice(&codec::fatal_bytes("XX000", &format!("Wardgate: {what} withheld: {e}"), hint.as_deref()));
-    ctx.shared.lock().closed = true;
+    end_session(ctx, "XX000", &format!("Wardgate: {what} withheld: {e}"), hint.as_deref(), out);
     SessionError::Refused(e.to_string())
+}
+
+/// Nothing more of this result may leave: a FATAL error for the client,
+/// and the session closes (the rest of a result cannot be skipped safely).
+fn end_session(ctx: &Ctx<'_>, code: &str, message: &str, hint: Option<&str>, out: &mut BytesMut) {
+    out.extend_from_slice(&codec::fatal_bytes(code, message, hint));
+    ctx.shared.lock().closed = true;
 }
 
 fn merge_findings(into: &mut Vec<Finding>, from: &[Finding]) {
@@ -1256,8 +1263,7 @@ fn on_upstream_message(
                     Ok(active) => res.copy_out = Some(active),
                     Err(reason) => {
                         ctx.recorder.emit("request.refused", json!({"reason": reason}));
-                        out.extend_from_slice(&codec::fatal_bytes("42501", &format!("Wardgate: {reason}"), None));
-                        ctx.shared.lock().closed = true;
+                        end_session(ctx, "42501", &format!("Wardgate: {reason}"), None, out);
                         return Err(SessionError::Refused(reason));
                     }
                 }
