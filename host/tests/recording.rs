@@ -47,7 +47,7 @@ async fn a_psql_session_reads_back_as_a_timeline_and_tampering_is_named() {
     let jsonl = stdout(&sessions(&dir, &["export", &id]));
     assert_eq!(
         jsonl,
-        std::fs::read_to_string(dir.join(format!("{id}.jsonl"))).unwrap(),
+        wardgate::record::read_content(&dir.join(format!("{id}.jsonl"))).unwrap(),
         "jsonl export is the file itself"
     );
     let replay = stdout(&sessions(&dir, &["replay", &id, "--speed", "0"]));
@@ -56,7 +56,7 @@ async fn a_psql_session_reads_back_as_a_timeline_and_tampering_is_named() {
 
     // Flip one byte inside event 3: verify names it and fails.
     let path = dir.join(format!("{id}.jsonl"));
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = wardgate::record::read_content(&path).unwrap();
     let third = text.lines().take(2).map(|l| l.len() + 1).sum::<usize>() + 40;
     let mut bytes = text.into_bytes();
     bytes[third] = if bytes[third] == b'a' { b'b' } else { b'a' };
@@ -102,7 +102,7 @@ async fn signed_recordings_verify_with_the_public_key_and_a_cut_off_end_is_named
     let ok = stdout(&sessions(&dir, &["verify", &id, "--public-key", &public]));
     assert!(ok.contains("signed checkpoints verified"), "{ok}");
     let path = dir.join(format!("{id}.jsonl"));
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = wardgate::record::read_content(&path).unwrap();
     let n = text.lines().count();
     let cut: String = text.lines().take(n - 2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&path, cut).unwrap();

@@ -232,7 +232,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             let r = at.open(&id)?;
             match format.as_str() {
                 // The stored lines, untouched, so the export still verifies.
-                "jsonl" => print!("{}", std::fs::read_to_string(&r.path)?),
+                "jsonl" => print!("{}", wardgate::record::read_content(&r.path)?),
                 "csv" => print!("{}", read::to_csv(&r)),
                 other => anyhow::bail!("--format {other}: use jsonl or csv"),
             }

@@ -85,7 +85,8 @@ impl Archive {
 
     /// Copy a closed recording into the archive.
     pub fn put(&self, id: &str, file: &Path) -> Result<(), ArchiveError> {
-        let bytes = std::fs::read(file)?;
+        let mut bytes = std::fs::read(file)?;
+        bytes.truncate(super::content(&bytes).len());
         self.block_on(self.store.put(&self.key(id), bytes.into()))?;
         Ok(())
     }

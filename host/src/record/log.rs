@@ -3,9 +3,9 @@
 //! operating system by [`LogState::commit`] — which the protocol calls before
 //! it forwards a request upstream and before it answers the client. So an
 //! event whose request or response the gateway acknowledged has reached the
-//! kernel: killing the process (even `kill -9`) cannot lose it.
+//! kernel's page cache (through [`Appender`]'s mapping): killing the process
+//! (even `kill -9`) cannot lose it.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::body::Body;
+use super::mapped::Appender;
 use super::sign::{self, Signer};
 use super::{chain_hash_bytes, genesis, SCHEMA};
 
@@ -77,7 +78,7 @@ impl Digest {
 pub struct LogState {
     id: String,
     path: PathBuf,
-    file: Option<File>,
+    file: Option<Appender>,
     /// Chained lines not yet handed to the kernel.
     buf: Vec<u8>,
     seq: u64,
@@ -117,7 +118,7 @@ impl LogState {
     /// Continue an existing file whose last complete event is `seq` with hash
     /// `prev`, `unsigned` events after its last checkpoint.
     pub fn resume(path: &Path, id: &str, seq: u64, prev: String, unsigned: u64) -> std::io::Result<LogState> {
-        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let file = Appender::new(std::fs::OpenOptions::new().read(true).write(true).open(path)?)?;
         let mut s = LogState::new(path.parent().unwrap_or(Path::new(".")), id);
         s.path = path.to_path_buf();
         s.file = Some(file);
@@ -228,25 +229,17 @@ impl LogState {
         }
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
                 .create(true)
-                .append(true)
+                .truncate(false)
                 .open(&self.path)
+                .and_then(Appender::new)
                 .map_err(|e| self.failed("open", e))?;
             self.file = Some(f);
         }
         let file = self.file.as_mut().expect("opened above");
-        let mut done = 0;
-        let result = loop {
-            if done == self.buf.len() {
-                break Ok(());
-            }
-            match file.write(&self.buf[done..]) {
-                Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
+        let (done, result) = file.append(&self.buf);
         self.buf.drain(..done);
         self.unsynced |= done > 0;
         match result {
@@ -255,6 +248,16 @@ impl LogState {
                 Ok(())
             }
             Err(e) => Err(self.failed("write", e)),
+        }
+    }
+
+    /// The session ended: cut the file to its content (the space reserved for
+    /// further events is given back).
+    pub fn finish(&mut self) {
+        if let Some(f) = &mut self.file {
+            if let Err(e) = f.finish() {
+                tracing::warn!(path = %self.path.display(), "cannot cut the recording to its content: {e}");
+            }
         }
     }
 
@@ -273,7 +276,7 @@ impl LogState {
         match (&self.file, self.unsynced) {
             (Some(f), true) => {
                 self.unsynced = false;
-                f.sync_data()
+                f.file().sync_data()
             }
             _ => Ok(()),
         }

@@ -4,8 +4,8 @@
 //!
 //! Durability: a session buffers its own events and hands them to the kernel
 //! ([`SessionRecorder::commit`]) before its request goes upstream and before
-//! its answer goes to the client — one `write(2)` per request, no thread
-//! hand-off. So whatever the gateway acknowledged survives a crash of the
+//! its answer goes to the client — a copy into the file's pages through a
+//! shared mapping ([`mapped`]), no system call and no thread hand-off. So whatever the gateway acknowledged survives a crash of the
 //! process (`kill -9`, OOM); a maintenance thread fsyncs every second and
 //! on session close, which bounds what an OS crash or power loss can take.
 //! After a crash, [`Recorder::open`] seals the sessions that were open
@@ -19,6 +19,7 @@ pub mod archive;
 pub mod body;
 pub mod index;
 pub mod log;
+pub mod mapped;
 pub mod read;
 pub mod recover;
 pub mod sign;
@@ -107,6 +108,7 @@ struct Inner {
 impl Inner {
     /// A session's log is complete on disk: tell the spool and the index.
     fn closed(&self, id: &str, st: &mut LogState) {
+        st.finish();
         let digest = std::mem::take(&mut st.digest);
         if let Some(spool) = &self.spool {
             spool.closed(id);
@@ -294,6 +296,20 @@ impl Drop for SessionRecorder {
             self.inner.orphans.lock().push((self.id.clone(), self.log.clone()));
         }
     }
+}
+
+/// A recording's content: its bytes up to the first NUL. A live session's
+/// file ends in space reserved for its next events, which reads as NULs (see
+/// [`mapped`]); JSON never holds a raw NUL, so nothing of the content is cut.
+pub fn content(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())]
+}
+
+/// A recording's content as text (see [`content`]).
+pub fn read_content(path: &Path) -> std::io::Result<String> {
+    let mut bytes = std::fs::read(path)?;
+    bytes.truncate(content(&bytes).len());
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The file of a session's recording.

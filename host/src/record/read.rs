@@ -36,7 +36,7 @@ pub struct Recording {
 
 /// Read one recording.
 pub fn read(path: &Path) -> std::io::Result<Recording> {
-    let text = std::fs::read_to_string(path)?;
+    let text = super::read_content(path)?;
     let mut events = Vec::new();
     let mut bad_lines = 0;
     for line in text.lines() {

@@ -37,6 +37,7 @@ pub struct Scan {
 
 /// Read the complete lines of a recording.
 pub fn scan(bytes: &[u8]) -> Scan {
+    let bytes = super::content(bytes);
     let mut s = Scan::default();
     let end = bytes.iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0);
     s.complete_len = end as u64;
@@ -54,7 +55,8 @@ pub fn scan(bytes: &[u8]) -> Scan {
 }
 
 /// Seal `path` (session `id`) after a crash: cut a torn last line (it was
-/// never acknowledged: commits write whole events), then append
+/// never acknowledged: commits write whole events) and the reserved space
+/// after it, then append
 /// `session.end` and, with a signer, a checkpoint over the whole chain. A
 /// recording that already ends with `session.end` (and its checkpoint) is
 /// left as is. `None` when there is no file.
@@ -65,8 +67,9 @@ pub fn seal(path: &Path, id: &str, signer: Option<&Signer>) -> std::io::Result<O
         Err(e) => return Err(e),
     };
     let s = scan(&bytes);
-    let discarded = bytes.len() as u64 - s.complete_len;
-    if discarded > 0 {
+    // Torn bytes of a last event; after them, space reserved for more (NULs).
+    let discarded = super::content(&bytes).len() as u64 - s.complete_len;
+    if bytes.len() as u64 > s.complete_len {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
         f.set_len(s.complete_len)?;
         f.sync_data()?;

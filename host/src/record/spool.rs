@@ -295,7 +295,13 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         let mut finished = vec![];
         for (id, p) in pending.iter_mut() {
             let path = super::session_path(&spool.rec_dir, id);
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            // A live session's file ends in reserved space: its content ends at the first NUL.
+            let len = std::fs::File::open(&path)
+                .and_then(|f| {
+                    let size = f.metadata()?.len();
+                    super::mapped::content_len(&f, size)
+                })
+                .unwrap_or(0);
             let sinks = all_sinks.iter().filter(|s| match &p.marker.connection {
                 Some(conn) => s.manifest.applies_to(conn, "postgres"),
                 None => s.manifest.applies_to_all_connections(),
@@ -396,9 +402,14 @@ fn deliver(
         Ok(buf)
     };
     while off < len {
-        let buf = read(off).map_err(|e| (off, format!("cannot read {}: {e}", path.display())))?;
+        let mut buf = read(off).map_err(|e| (off, format!("cannot read {}: {e}", path.display())))?;
+        // Bytes being copied in by the session read as NUL until they are
+        // there: lines stop before the first.
+        let copied = super::content(&buf).len();
+        let complete = copied == buf.len();
+        buf.truncate(copied);
         let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
-            if buf.len() as u64 >= READ_CAP {
+            if complete && buf.len() as u64 >= READ_CAP {
                 // One event larger than the read cap: skip it rather than wedge the sink.
                 tracing::error!(path = %path.display(), offset = off, "event too large for recorder plugins; skipped");
                 off += buf.len() as u64;

@@ -57,7 +57,7 @@ pub struct Report {
 /// signature — and that the recording ends with one (else it was cut off,
 /// or the session is still open).
 pub fn verify_file_with(path: &Path, public: Option<&[u8]>) -> Result<Report, VerifyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
+    let text = super::read_content(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
     let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     let mut prev = genesis(id);
     let mut n = 0;

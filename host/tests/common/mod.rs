@@ -252,7 +252,7 @@ impl TestGateway {
         self.gw.recorder.flush();
         let mut s = String::new();
         for f in wardgate::record::verify::recordings_in(&self.dir.join("state/recordings")).unwrap() {
-            s.push_str(&std::fs::read_to_string(f).unwrap());
+            s.push_str(&wardgate::record::read_content(&f).unwrap());
         }
         s
     }
