@@ -8,6 +8,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -79,6 +81,8 @@ pub struct LogState {
     id: String,
     path: PathBuf,
     file: Option<Appender>,
+    /// Bytes of the file that hold events, for readers of the live file.
+    written: Arc<AtomicU64>,
     /// Chained lines not yet handed to the kernel.
     buf: Vec<u8>,
     seq: u64,
@@ -103,6 +107,7 @@ impl LogState {
             id: id.to_string(),
             path: super::session_path(dir, id),
             file: None,
+            written: Arc::default(),
             buf: Vec::new(),
             seq: 0,
             prev: genesis(id),
@@ -121,6 +126,7 @@ impl LogState {
         let file = Appender::new(std::fs::OpenOptions::new().read(true).write(true).open(path)?)?;
         let mut s = LogState::new(path.parent().unwrap_or(Path::new(".")), id);
         s.path = path.to_path_buf();
+        s.written.store(file.len(), Ordering::Release);
         s.file = Some(file);
         s.seq = seq;
         s.prev = prev;
@@ -131,6 +137,11 @@ impl LogState {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many bytes of the file hold events, kept current by [`Self::commit`].
+    pub fn written(&self) -> Arc<AtomicU64> {
+        self.written.clone()
     }
 
     /// Whether the file exists yet.
@@ -240,6 +251,7 @@ impl LogState {
         }
         let file = self.file.as_mut().expect("opened above");
         let (done, result) = file.append(&self.buf);
+        self.written.store(file.len(), Ordering::Release);
         self.buf.drain(..done);
         self.unsynced |= done > 0;
         match result {

@@ -196,7 +196,7 @@ impl Recorder {
         let log = Arc::new(Mutex::new(LogState::new(&self.inner.dir, &id)));
         self.inner.live.lock().insert(id.clone(), Arc::downgrade(&log));
         if let Some(spool) = &self.inner.spool {
-            spool.begin(&id, connection);
+            spool.begin(&id, connection, log.lock().written());
         }
         SessionRecorder { id, log, inner: self.inner.clone() }
     }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,8 @@ struct Marker {
 }
 
 enum Note {
-    Open(String, Option<String>),
+    /// A session, its connection, and how many bytes of its file are written.
+    Open(String, Option<String>, Arc<AtomicU64>),
     Closed(String),
 }
 
@@ -185,12 +186,14 @@ impl Spool {
 
     /// A session on `connection` (`None`: a gateway-wide log) starts: its
     /// marker exists before its first event is written.
-    pub fn begin(&self, id: &str, connection: Option<&str>) {
+    /// `written` follows how much of its file holds events (the rest of a
+    /// live file is reserved space).
+    pub fn begin(&self, id: &str, connection: Option<&str>, written: Arc<AtomicU64>) {
         let marker = Marker { connection: connection.map(str::to_string), ..Default::default() };
         if let Err(e) = write_marker(&self.dir, id, &marker) {
             tracing::error!(session = %id, "cannot create spool marker: {e}");
         }
-        self.notes.lock().push(Note::Open(id.to_string(), marker.connection));
+        self.notes.lock().push(Note::Open(id.to_string(), marker.connection, written));
     }
 
     /// A session ended.
@@ -224,6 +227,8 @@ struct Pending {
     marker: Marker,
     dirty: bool,
     saved: Instant,
+    /// A live session's written length (`None`: adopted from the spool directory).
+    written: Option<Arc<AtomicU64>>,
 }
 
 /// One sink's retry state.
@@ -259,7 +264,7 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     if let Some(s) = spool.upgrade() {
         for (id, marker) in markers(&s.dir) {
-            pending.insert(id, Pending { marker, dirty: false, saved: Instant::now() });
+            pending.insert(id, Pending { marker, dirty: false, saved: Instant::now(), written: None });
         }
     }
     let mut round = 0u64;
@@ -269,16 +274,17 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         round += 1;
         if round.is_multiple_of(ADOPT_EVERY) {
             for (id, marker) in adoptable(&spool.dir, &pending) {
-                pending.insert(id, Pending { marker, dirty: false, saved: Instant::now() });
+                pending.insert(id, Pending { marker, dirty: false, saved: Instant::now(), written: None });
             }
         }
         for note in std::mem::take(&mut *spool.notes.lock()) {
             match note {
-                Note::Open(id, connection) => {
+                Note::Open(id, connection, written) => {
                     pending.entry(id).or_insert(Pending {
                         marker: Marker { connection, ..Default::default() },
                         dirty: false,
                         saved: Instant::now(),
+                        written: Some(written),
                     });
                 }
                 Note::Closed(id) => {
@@ -295,13 +301,12 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         let mut finished = vec![];
         for (id, p) in pending.iter_mut() {
             let path = super::session_path(&spool.rec_dir, id);
-            // A live session's file ends in reserved space: its content ends at the first NUL.
-            let len = std::fs::File::open(&path)
-                .and_then(|f| {
-                    let size = f.metadata()?.len();
-                    super::mapped::content_len(&f, size)
-                })
-                .unwrap_or(0);
+            // A live session says how much it wrote (its file ends in reserved
+            // space); a closed one's file was cut to its content.
+            let len = match (&p.written, p.marker.closed) {
+                (Some(w), false) => w.load(Ordering::Acquire),
+                _ => written_len(&path).unwrap_or(0),
+            };
             let sinks = all_sinks.iter().filter(|s| match &p.marker.connection {
                 Some(conn) => s.manifest.applies_to(conn, "postgres"),
                 None => s.manifest.applies_to_all_connections(),
@@ -382,6 +387,13 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         *progress = (progress.0 + 1, backlog > 0 || unarchived > 0);
         spool.round_done.notify_all();
     }
+}
+
+/// The content length of a recording file (see [`super::mapped::content_len`]).
+fn written_len(path: &Path) -> std::io::Result<u64> {
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    super::mapped::content_len(&f, size)
 }
 
 /// Deliver the complete lines of `path` between `off` and `len` to `sink`.
