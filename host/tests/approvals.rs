@@ -387,7 +387,7 @@ async fn two_replicas_share_a_postgres_state_store() {
 async fn pending_requests_survive_a_restart_and_expire_on_time() {
     let (extra, carol, _) = approvals_extra("wait", 6, "");
     let template = gateway(Options { extra, ..Default::default() }).await;
-    let (path, port, admin_port) = template.serve_config();
+    let (path, port, admin_port) = template.serve_config_isolated();
     let admin_url = format!("http://127.0.0.1:{admin_port}");
     let serve = common::Serve::start(&path, "warn", None);
     serve.wait_for_port(port);

@@ -354,7 +354,7 @@ async fn grants_choose_the_upstream_role_and_respect_principal_kinds() {
 async fn the_gateway_log_never_holds_a_token_or_a_key_even_at_debug() {
     let g = oidc_gateway(&[op().issuer()]).await;
     // The same config, served by the real binary with its log captured.
-    let (path, port, _) = g.serve_config();
+    let (path, port, _) = g.serve_config_isolated();
     let log = g.dir.join("serve.log");
     let serve = common::Serve::start(&path, "debug", Some(&log));
     serve.wait_for_port(port);

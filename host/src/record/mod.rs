@@ -103,6 +103,32 @@ struct Inner {
     /// Closed sessions whose last events could not be written yet (disk full):
     /// the maintenance thread retries them, then reports them closed.
     orphans: Mutex<Vec<(Arc<str>, SharedLog)>>,
+    /// The gateway's exclusive hold on the directory (see [`own`]).
+    _owner: Option<std::fs::File>,
+}
+
+/// Take the directory for this gateway alone: sealing another live gateway's
+/// sessions would cut files it is still writing through a mapping. A second
+/// gateway on the same state directory is refused at start; the hold goes
+/// with the process (also on `kill -9`). Other commands (the CLI's audit
+/// records) append their own sessions without it.
+fn own(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".gateway.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY: flock on a descriptor we own; released when it is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(std::io::Error::other(format!(
+                "another Wardgate gateway is running on {} (it holds {}); give each gateway its own state_dir",
+                dir.display(),
+                path.display()
+            )));
+        }
+        return Err(e);
+    }
+    Ok(f)
 }
 
 impl Inner {
@@ -152,6 +178,7 @@ impl Recorder {
     pub fn open(dir: &Path, opts: Options) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
         let stats = Arc::new(RecordStats::default());
+        let owner = opts.registry.is_some().then(|| own(dir)).transpose()?;
         let spool = match opts.registry {
             Some(registry) => {
                 spool::Spool::recover(dir, opts.signer.as_ref(), opts.index.as_ref())?;
@@ -167,6 +194,7 @@ impl Recorder {
             spool,
             index: opts.index,
             orphans: Mutex::new(Vec::new()),
+            _owner: owner,
         });
         let weak = Arc::downgrade(&inner);
         let retention = opts.retention;
@@ -425,6 +453,18 @@ fn apply_retention(inner: &Inner, r: &Retention) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_gateway_owns_a_recordings_directory_until_it_exits() {
+        let dir = std::env::temp_dir().join(format!("wardgate-own-{}", crate::util::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = own(&dir).unwrap();
+        let e = own(&dir).unwrap_err().to_string();
+        assert!(e.contains("another Wardgate gateway is running on") && e.contains("own state_dir"), "{e}");
+        drop(first);
+        own(&dir).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     fn aged(dir: &Path, id: &str, bytes: usize, age_days: u64) {
         let path = session_path(dir, id);

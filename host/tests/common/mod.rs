@@ -238,7 +238,8 @@ impl TestGateway {
     }
 
     /// Like [`Self::serve_config`], with a state directory of its own
-    /// (`serve-state`) that this in-process gateway does not touch.
+    /// (`serve-state`) that this in-process gateway does not touch (a gateway
+    /// holds its state directory alone: see `record::own`).
     pub fn serve_config_isolated(&self) -> (PathBuf, u16, u16) {
         let (path, port, admin) = self.serve_config();
         let cfg =
