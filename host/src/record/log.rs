@@ -126,7 +126,7 @@ impl LogState {
         let file = Appender::new(std::fs::OpenOptions::new().read(true).write(true).open(path)?)?;
         let mut s = LogState::new(path.parent().unwrap_or(Path::new(".")), id);
         s.path = path.to_path_buf();
-        s.written.store(file.len(), Ordering::Release);
+        s.written.store(file.written(), Ordering::Release);
         s.file = Some(file);
         s.seq = seq;
         s.prev = prev;
@@ -251,7 +251,7 @@ impl LogState {
         }
         let file = self.file.as_mut().expect("opened above");
         let (done, result) = file.append(&self.buf);
-        self.written.store(file.len(), Ordering::Release);
+        self.written.store(file.written(), Ordering::Release);
         self.buf.drain(..done);
         self.unsynced |= done > 0;
         match result {

@@ -69,14 +69,9 @@ impl Appender {
         Ok(Appender { file, len, reserved: len, window: None, plain: false, page })
     }
 
-    /// Bytes of content.
-    pub fn len(&self) -> u64 {
+    /// Bytes of content written.
+    pub fn written(&self) -> u64 {
         self.len
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The file.
@@ -180,17 +175,13 @@ impl Appender {
     fn fall_back(&mut self) {
         tracing::debug!("recording falls back to write(2): no fallocate/mmap here");
         self.plain = true;
-        let _ = self.cut();
+        let _ = self.finish();
         let _ = self.file.seek(SeekFrom::Start(self.len));
     }
 
     /// Cut the file to its content (end of session): unmaps, gives the
     /// reserved space back. Appending afterwards reserves again.
     pub fn finish(&mut self) -> std::io::Result<()> {
-        self.cut()
-    }
-
-    fn cut(&mut self) -> std::io::Result<()> {
         self.window = None;
         if self.reserved > self.len {
             self.file.set_len(self.len)?;
@@ -202,7 +193,7 @@ impl Appender {
 
 impl Drop for Appender {
     fn drop(&mut self) {
-        let _ = self.cut();
+        let _ = self.finish();
     }
 }
 
@@ -259,7 +250,7 @@ mod tests {
             assert_eq!(n, line.len());
             want.extend_from_slice(line.as_bytes());
         }
-        assert_eq!(a.len(), want.len() as u64);
+        assert_eq!(a.written(), want.len() as u64);
         // While live: the file is content plus NUL space; readers see the content.
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size >= want.len() as u64);

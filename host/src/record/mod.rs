@@ -5,9 +5,10 @@
 //! Durability: a session buffers its own events and hands them to the kernel
 //! ([`SessionRecorder::commit`]) before its request goes upstream and before
 //! its answer goes to the client — a copy into the file's pages through a
-//! shared mapping ([`mapped`]), no system call and no thread hand-off. So whatever the gateway acknowledged survives a crash of the
-//! process (`kill -9`, OOM); a maintenance thread fsyncs every second and
-//! on session close, which bounds what an OS crash or power loss can take.
+//! shared mapping ([`mapped`]), no system call and no thread hand-off. So
+//! whatever the gateway acknowledged survives a crash of the process
+//! (`kill -9`, OOM); a maintenance thread fsyncs every second and on session
+//! close, which bounds what an OS crash or power loss can take.
 //! After a crash, [`Recorder::open`] seals the sessions that were open
 //! (truncating a torn last line, appending `session.end` and a checkpoint).
 //!

@@ -33,12 +33,15 @@ pub struct Scan {
     pub tail: [Option<String>; 2],
     /// Byte length of the complete lines.
     pub complete_len: u64,
+    /// Byte length of the content (complete lines and a torn last one;
+    /// reserved space after it is not content).
+    pub content_len: u64,
 }
 
 /// Read the complete lines of a recording.
 pub fn scan(bytes: &[u8]) -> Scan {
     let bytes = super::content(bytes);
-    let mut s = Scan::default();
+    let mut s = Scan { content_len: bytes.len() as u64, ..Scan::default() };
     let end = bytes.iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0);
     s.complete_len = end as u64;
     for line in bytes[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -68,7 +71,7 @@ pub fn seal(path: &Path, id: &str, signer: Option<&Signer>) -> std::io::Result<O
     };
     let s = scan(&bytes);
     // Torn bytes of a last event; after them, space reserved for more (NULs).
-    let discarded = super::content(&bytes).len() as u64 - s.complete_len;
+    let discarded = s.content_len - s.complete_len;
     if bytes.len() as u64 > s.complete_len {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
         f.set_len(s.complete_len)?;

@@ -301,11 +301,11 @@ fn run(spool: Weak<Spool>, registry: Arc<Registry>, stats: Arc<RecordStats>, arc
         let mut finished = vec![];
         for (id, p) in pending.iter_mut() {
             let path = super::session_path(&spool.rec_dir, id);
-            // A live session says how much it wrote (its file ends in reserved
-            // space); a closed one's file was cut to its content.
-            let len = match (&p.written, p.marker.closed) {
-                (Some(w), false) => w.load(Ordering::Acquire),
-                _ => written_len(&path).unwrap_or(0),
+            // A session of this process says how much it wrote (a live file
+            // ends in reserved space); an adopted one is measured on disk.
+            let len = match &p.written {
+                Some(w) => w.load(Ordering::Acquire),
+                None => written_len(&path).unwrap_or(0),
             };
             let sinks = all_sinks.iter().filter(|s| match &p.marker.connection {
                 Some(conn) => s.manifest.applies_to(conn, "postgres"),
