@@ -9,18 +9,23 @@ pub mod types {
     pub use crate::plugins::bindings::wardgate::plugin::types::*;
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::plugins::instances::Role;
 use crate::plugins::{CallError, LoadedPlugin, Registry, SessionPlugins};
-use types::{Column, Finding, PackedCells, Request, Review, RowBatch, Session, Verdict};
+use types::{Column, Finding, PackedCells, Request, Review, RowBatch, Session, SqlRequest, SqlStatement, Verdict};
 
 /// What one guard said, for the recording. Fields in alphabetical order: the
 /// recording's canonical form (see [`crate::record::body`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerdictRecord {
+    /// The guard was not called: it had allowed a request of the same
+    /// structure in this session and declared that its verdicts depend on
+    /// nothing else (`[guard] verdicts = "structure"`). Absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     /// allow | deny | review | rewrite | error
     pub decision: &'static str,
     /// SHA-256 of the plugin's `.wasm`.
@@ -89,13 +94,53 @@ pub struct SessionPipeline {
     /// Per result shape: which maskers read any of its columns (in the
     /// order of `maskers`). Asked once per shape and plugin-set generation.
     wanted: HashMap<Vec<Column>, Arc<[bool]>>,
+    /// Request structures (see [`structure`]) each guard that declared
+    /// `[guard] verdicts = "structure"` allowed, by the guard's position in
+    /// `guards`. Only allows are kept: a deny or review is asked again.
+    allowed: HashSet<(usize, Request)>,
 }
 
 /// Result shapes whose masker answers a session remembers.
 const WANTED_CAP: usize = 512;
+/// Allowed request structures a session remembers.
+const ALLOWED_CAP: usize = 1024;
+
+/// What a guard that declared `[guard] verdicts = "structure"` may base its
+/// verdict on: a SQL request without its text (the statements' text and the
+/// values of their constants); everything the host parsed stays. Requests of
+/// other protocols are their content: they have no structure apart from it.
+fn structure(request: &Request) -> Option<Request> {
+    let Request::Sql(sql) = request else { return None };
+    let statements = sql
+        .statements
+        .iter()
+        .map(|s| SqlStatement {
+            kind: s.kind,
+            node: s.node.clone(),
+            text: String::new(),
+            tables_read: s.tables_read.clone(),
+            tables_written: s.tables_written.clone(),
+            functions: s.functions.clone(),
+            has_where: s.has_where,
+            alter_drops: s.alter_drops,
+            copy_program: s.copy_program,
+            copy_server_file: s.copy_server_file,
+            object_type: s.object_type.clone(),
+            columns: s.columns.clone(),
+        })
+        .collect();
+    Some(Request::Sql(SqlRequest {
+        text: String::new(),
+        statements,
+        parse_error: sql.parse_error.clone(),
+        phase: sql.phase,
+        statement_name: sql.statement_name.clone(),
+    }))
+}
 
 fn record(plugin: &LoadedPlugin, decision: &'static str, reason: Option<String>, started: Instant) -> VerdictRecord {
     VerdictRecord {
+        cached: false,
         plugin: plugin.manifest.name.clone(),
         version: plugin.manifest.version.clone(),
         hash: plugin.hash.clone(),
@@ -124,6 +169,7 @@ impl SessionPipeline {
             missing: None,
             generation: u64::MAX,
             wanted: HashMap::new(),
+            allowed: HashSet::new(),
         };
         p.refresh();
         p
@@ -138,6 +184,7 @@ impl SessionPipeline {
             self.maskers = self.plugins.with_role(Role::Masker);
             (self.required, self.missing) = self.plugins.resolve_required();
             self.wanted.clear();
+            self.allowed.clear();
         }
     }
 
@@ -175,10 +222,29 @@ impl SessionPipeline {
         }
         // The request as the guards so far left it (a rewrite replaces it).
         let mut rewritten: Option<Request> = None;
-        for g in self.guards.clone() {
+        for (at, g) in self.guards.clone().into_iter().enumerate() {
             let started = Instant::now();
-            match self.plugins.check(&g, rewritten.as_ref().unwrap_or(request)) {
-                Ok(Verdict::Allow) => verdicts.push(record(&g, "allow", None, started)),
+            let asked = rewritten.as_ref().unwrap_or(request);
+            // A quarantined guard is always called (and fails closed there).
+            let key = (g.manifest.verdicts_by_structure
+                && !g.health.quarantined.load(std::sync::atomic::Ordering::Relaxed))
+            .then(|| structure(asked))
+            .flatten()
+            .map(|s| (at, s));
+            if key.as_ref().is_some_and(|k| self.allowed.contains(k)) {
+                verdicts.push(VerdictRecord { cached: true, ..record(&g, "allow", None, started) });
+                continue;
+            }
+            match self.plugins.check(&g, asked) {
+                Ok(Verdict::Allow) => {
+                    verdicts.push(record(&g, "allow", None, started));
+                    if let Some(k) = key {
+                        if self.allowed.len() >= ALLOWED_CAP {
+                            self.allowed.clear();
+                        }
+                        self.allowed.insert(k);
+                    }
+                }
                 Ok(Verdict::Deny(reason)) => {
                     verdicts.push(record(&g, "deny", Some(reason.clone()), started));
                     return Decision { outcome: Outcome::Deny { plugin: g.manifest.name.clone(), reason }, verdicts };

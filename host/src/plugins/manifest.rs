@@ -55,6 +55,17 @@ pub enum OutputTarget {
     File(std::path::PathBuf),
 }
 
+/// What the author of a guard promises about its verdicts (`[guard]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardOptions {
+    /// `request` (the default): every request is asked about. `structure`: the
+    /// verdict is a function of the session, the plugin's config and the
+    /// request's parsed structure alone, never of its text or the values of its
+    /// constants, so the host may reuse an `allow` for requests of the same structure.
+    pub verdicts: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
@@ -76,6 +87,8 @@ struct RawManifest {
     limits: Limits,
     #[serde(default)]
     capabilities: Capabilities,
+    #[serde(default)]
+    guard: GuardOptions,
     #[serde(default)]
     config: toml::Table,
 }
@@ -120,6 +133,9 @@ pub struct Manifest {
     pub output: Option<OutputTarget>,
     /// URLs granted to `http-post` (exact, or a prefix ending in `*`).
     pub http: Vec<String>,
+    /// `[guard] verdicts = "structure"`: the guard's `allow` holds for every
+    /// request of the same parsed structure in a session (see [`GuardOptions`]).
+    pub verdicts_by_structure: bool,
     /// `[config]` as JSON.
     pub config_json: String,
     /// `[config]` values for `config-get` (strings raw, others JSON).
@@ -254,6 +270,21 @@ impl Manifest {
                 ));
             }
         }
+        let verdicts_by_structure = match &raw.guard.verdicts {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "request" => false,
+                "structure" => true,
+                other => {
+                    return Err(err(
+                        v.span(),
+                        "guard.verdicts",
+                        format!("\"{other}\" is not a verdict scope"),
+                        "use \"request\" (every request is asked about; the default) or \"structure\" (the verdict never depends on the request's text or constant values)",
+                    ))
+                }
+            },
+        };
         let config_json = serde_json::to_string(&raw.config).unwrap_or_else(|_| "{}".into());
         let config_values = raw
             .config
@@ -279,6 +310,7 @@ impl Manifest {
             call_timeout: std::time::Duration::from_millis(timeout as u64),
             output,
             http: raw.capabilities.http.into_iter().map(Spanned::into_inner).collect(),
+            verdicts_by_structure,
             config_json,
             config_values,
             digest: {
@@ -322,6 +354,15 @@ mod tests {
     fn limits_out_of_range_point_at_the_line() {
         let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[limits]\nmemory_mib = 0\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "limits.memory_mib"));
+    }
+
+    #[test]
+    fn guard_verdict_scope_is_checked() {
+        assert!(!parse_str("name = \"x\"\nversion = \"1.0.0\"\n").unwrap().verdicts_by_structure);
+        let m = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[guard]\nverdicts = \"structure\"\n").unwrap();
+        assert!(m.verdicts_by_structure);
+        let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[guard]\nverdicts = \"text\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "guard.verdicts"));
     }
 
     #[test]

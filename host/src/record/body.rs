@@ -164,6 +164,7 @@ mod tests {
         let parsed = crate::sql::analyze("update t set a = f(b) where c = 1", SqlPhase::SimpleQuery, "");
         let st = &parsed.statements[0];
         let verdicts = [VerdictRecord {
+            cached: false,
             plugin: "g".into(),
             version: "1".into(),
             hash: "ab".into(),

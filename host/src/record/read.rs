@@ -162,6 +162,9 @@ fn verdicts(body: &Value) -> String {
                     if let Some(r) = v["reason"].as_str() {
                         s.push_str(&format!(": {r}"));
                     }
+                    if v["cached"].as_bool() == Some(true) {
+                        s.push_str(" (same structure as an earlier request)");
+                    }
                     s
                 })
                 .collect::<Vec<_>>()
