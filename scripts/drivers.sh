@@ -8,20 +8,27 @@
 #     send RESET ALL on release, LISTEN, cancellation and timeouts);
 #   pg8000's (647 tests, pure Python: unnamed extended-protocol statements,
 #     its three APIs, COPY in and out with odd delimiters and quotes, every
-#     type conversion, NOTIFY, parameter statuses).
+#     type conversion, NOTIFY, parameter statuses);
+#   SQLAlchemy's PostgreSQL dialect tests (~9,800 per driver, run through
+#     psycopg2 and through asyncpg: reflection of tables, views, indexes,
+#     constraints, enums and domains from the catalogs, every PostgreSQL type
+#     round-tripped, arrays, JSON, ranges, ON CONFLICT, RETURNING, server-side
+#     cursors, isolation levels).
 # A test that fails only through the gateway fails this script, unless it is
 # listed below with the reason the gateway answers differently on purpose. A
 # failure is retried once on its own (some async tests are timing-sensitive).
-# Run by scripts/test.sh; alone: scripts/drivers.sh. Needs PyPI.
+# Run by scripts/test.sh; alone: scripts/drivers.sh (DRIVERS="pg8000 ..." for some). Needs PyPI.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 . "$WARDGATE_ROOT/scripts/lib/stack.sh"
 PSYCOPG2=2.9.13
 ASYNCPG=0.32.0
 PG8000=1.31.6
+SQLALCHEMY=2.0.58
 
 # Deliberate differences, each with its reason.
 own_db="connects to a database the test itself creates: dbname names a configured Wardgate connection"
+masked="reads back the e-mail addresses it stored, which pii-mask masks (README: What gets masked)"
 unknown_db="expects 3D000 for a database that does not exist; any connection a principal may not use is 28000, so connection names are not disclosed"
 declare -A EXPECTED=(
   [test_encoding_name]="client_encoding is pinned to UTF8 (README: Reading SQL exactly as PostgreSQL does)"
@@ -57,6 +64,19 @@ declare -A EXPECTED=(
   [testBytesDatabaseName]="$unknown_db"
   [testBytesPassword]="$unknown_db"
   [test_scram_sha_256]="logs in as a role the test creates: clients log in as Wardgate principals"
+  [test_multiple_host_real_connect]="fills a URL template by replacing the letters H, P, D and U, which also rewrites those letters inside a service-account key (the direct run's hex password has none)"
+  [test_backslash_escapes_detection]="standard_conforming_strings is pinned on"
+  [test_client_encoding]="client_encoding is pinned to UTF8"
+  [test_on_conflict_do_update_constraint_can_be_index]="$masked"
+  [test_on_conflict_do_update_exotic_targets_two]="$masked"
+  [test_on_conflict_do_update_exotic_targets_three]="$masked"
+  [test_on_conflict_do_update_exotic_targets_four]="$masked"
+  [test_on_conflict_do_update_exotic_targets_four_no_pk]="$masked"
+  [test_on_conflict_do_update_exotic_targets_five]="$masked"
+  [test_on_conflict_do_update_exotic_targets_six]="$masked"
+  [test_on_conflict_do_update_no_row_actually_affected]="$masked"
+  [test_domain_create_table]="$masked"
+  [test_create_table_schema_translate_map]="$masked (its get_domains cases)"
 )
 
 wg_build drivers
@@ -102,11 +122,22 @@ sdist pg8000 "$PG8000"
 sed -i 's|db_connect = {"user": "postgres", "password": "pw"}|db_connect = {"user": environ.get("PGUSER", "postgres"), "password": "pw", "database": environ.get("PGDATABASE")}|' \
   "$psrc"/test/{native,dbapi,legacy}/conftest.py
 
+# SQLAlchemy: its sdist's tests run from the source tree (PYTHONPATH=lib);
+# the asyncpg dialect needs greenlet.
+qsrc="$HOME/.cache/wardgate/sqlalchemy-$SQLALCHEMY"
+if ! "$venv/bin/python" -c "import greenlet, typing_extensions" 2>/dev/null; then
+  "$venv/bin/pip" install -q greenlet typing_extensions
+fi
+sdist sqlalchemy "$SQLALCHEMY"
+
 wg_demo 1
 # psycopg2's suite gets a database of its own; asyncpg's names "postgres" in
 # its code. Both are reached as the upstream superuser (the suites create
 # tables, types and large objects), granted to the demo's agents.
 psql -X -q "$UPSTREAM" -c "CREATE DATABASE psycopg2_test" >/dev/null
+# SQLAlchemy's suite expects two extra schemas and hstore in its database.
+psql -X -q "$UPSTREAM" -c "CREATE DATABASE sqla_test" >/dev/null
+psql -X -q "${UPSTREAM%/*}/sqla_test" -c "CREATE SCHEMA test_schema; CREATE SCHEMA test_schema_2; CREATE EXTENSION hstore" >/dev/null
 up_pw=$(sed -E 's|^postgresql://[^:]+:([^@]+)@.*|\1|' <<<"$UPSTREAM")
 up_port=$(sed -E 's|.*@127\.0\.0\.1:([0-9]+)/.*|\1|' <<<"$UPSTREAM")
 gw="$WORK/drivers"; mkdir -p "$gw/plugins" "$gw/state"
@@ -142,8 +173,20 @@ user = "postgres"
 password_file = "upstream-password"
 plugins = ["pii-mask"]
 
+[connections.sqla_test]
+host = "127.0.0.1"
+port = $up_port
+database = "sqla_test"
+user = "postgres"
+password_file = "upstream-password"
+plugins = ["pii-mask"]
+
 [[grants]]
 connection = "psycopg2_test"
+groups = ["agents"]
+
+[[grants]]
+connection = "sqla_test"
 groups = ["agents"]
 
 [[grants]]
@@ -198,6 +241,24 @@ pg8000() {
   (cd "$psrc" && env PGHOST=127.0.0.1 PGDATABASE=postgres "${env[@]}" timeout 900 \
     "$venv/bin/python" -m pytest -q -rfE -p no:cacheprovider "$@" 2>&1) || true
 }
+# sqlalchemy DRIVER direct|gateway [TEST...]: SQLAlchemy's PostgreSQL dialect
+# tests through DRIVER (psycopg2 or asyncpg), pytest with --dburi.
+sqlalchemy() {
+  local driver=$1 where=$2 url tls; shift 2
+  # (TLS through the gateway, plaintext direct; named in the URL, not PGSSLMODE.)
+  if [ "$driver" = asyncpg ]; then tls=ssl; else tls=sslmode; fi
+  if [ "$where" = direct ]; then
+    url="postgresql+$driver://postgres:$up_pw@127.0.0.1:$up_port/sqla_test?$tls=disable"
+  else
+    url="postgresql+$driver://demo-agent:$AGENT_KEY@127.0.0.1:$GW_PORT/sqla_test?$tls=require"
+  fi
+  [ $# -gt 0 ] || set -- test/dialect/postgresql
+  (cd "$qsrc" && env -u PGSSLMODE PYTHONPATH=lib timeout 900 "$venv/bin/python" -m pytest -q -rfE -p no:cacheprovider \
+    --dburi "$url" "$@" 2>&1) || true
+}
+sqlalchemy_psycopg2() { sqlalchemy psycopg2 "$@"; }
+sqlalchemy_asyncpg() { sqlalchemy asyncpg "$@"; }
+
 # Test ids of failures (unittest: subtests and setUpClass included; pytest: path::name).
 failed() {
   { sed -nE 's/^(FAIL|ERROR): ([A-Za-z_0-9]+) \(([A-Za-z_0-9.]+)\)( .*)?$/\3/p' "$1"
@@ -236,12 +297,19 @@ compare() {
   return $bad
 }
 
+# DRIVERS="asyncpg sqlalchemy_asyncpg" scripts/drivers.sh runs only those suites.
+declare -A TITLE=(
+  [psycopg2]="psycopg2 $PSYCOPG2 test suite"
+  [asyncpg]="asyncpg $ASYNCPG test suite"
+  [pg8000]="pg8000 $PG8000 test suite"
+  [sqlalchemy_psycopg2]="SQLAlchemy $SQLALCHEMY PostgreSQL dialect tests over psycopg2"
+  [sqlalchemy_asyncpg]="SQLAlchemy $SQLALCHEMY PostgreSQL dialect tests over asyncpg"
+)
 status=0
-echo "== psycopg2 $PSYCOPG2 test suite: directly, then through Wardgate (pii-mask active)"
-compare psycopg2 || status=1
-echo "== asyncpg $ASYNCPG test suite: directly, then through Wardgate (pii-mask active)"
-compare asyncpg || status=1
-echo "== pg8000 $PG8000 test suite: directly, then through Wardgate (pii-mask active)"
-compare pg8000 || status=1
+for suite in ${DRIVERS:-psycopg2 asyncpg pg8000 sqlalchemy_psycopg2 sqlalchemy_asyncpg}; do
+  [ -n "${TITLE[$suite]:-}" ] || { echo "unknown suite $suite (use: ${!TITLE[*]})"; exit 2; }
+  echo "== ${TITLE[$suite]}: directly, then through Wardgate (pii-mask active)"
+  compare "$suite" || status=1
+done
 [ "$status" = 0 ] || { echo "== driver suites: regressions through the gateway"; exit 1; }
 echo "== driver suites: no difference but the deliberate ones"
