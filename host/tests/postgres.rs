@@ -893,6 +893,18 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         assert_eq!(code(&e), "42501", "{sql}: {e:?}");
         assert!(e.as_db_error().unwrap().message().contains("is protected"), "{sql}: {e:?}");
     }
+    // Copies of the values that the catalog keeps, and SQL run from a string.
+    for (sql, says) in [
+        ("SELECT translate(histogram_bounds::text, '0123456789', 'abcdefghij') FROM pg_stats", "holds sampled values"),
+        ("SELECT attname, most_common_vals FROM pg_catalog.pg_stats", "holds sampled values"),
+        ("SELECT s FROM pg_stats s", "holds sampled values"),
+        ("SELECT reverse(query) FROM pg_stat_activity", "pg_stat_activity.query is protected"),
+        ("SELECT word FROM ts_stat('SELECT to_tsvector(''simple'', ssn) FROM customers')", "ts_stat"),
+    ] {
+        let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(e.as_db_error().unwrap().message().contains(says), "{sql}: {e:?}");
+    }
+    c.simple_query("SELECT attname, null_frac, n_distinct FROM pg_stats WHERE tablename = 'customers'").await.unwrap();
     // Returned as they are, they come back masked; filtering on them is allowed by default.
     let rows = simple_rows(
         &c.simple_query("SELECT email, ssn FROM customers WHERE email LIKE '%@%' ORDER BY id").await.unwrap(),

@@ -140,6 +140,15 @@ fn default_deny_functions() -> Vec<String> {
         "pg_ls_waldir",
         "pg_ls_tmpdir",
         "pg_ls_archive_statusdir",
+        // These run SQL given as a string too: ts_stat('SELECT ...') returns
+        // the words of a query's result, ts_rewrite(query, 'SELECT ...') its
+        // rows as a tsquery (its three-argument form is refused with it).
+        "ts_stat",
+        "ts_rewrite",
+        // Other backends' statement texts, as pg_stat_activity.query (see
+        // QUERY_TEXTS) but out of the protected-column rules' sight.
+        "pg_stat_get_activity",
+        "pg_stat_get_backend_activity",
     ]
     .map(String::from)
     .to_vec()
@@ -286,13 +295,51 @@ fn touches_protected_table(rules: &Compiled, stmt: &SqlStatement) -> bool {
         .any(|pt| stmt.tables_written.iter().any(|t| pt == "*" || t == pt || bare(t) == bare(pt)))
 }
 
+/// Statement texts of other sessions, which every gateway session can read
+/// (they share the upstream role): their literals are data too, so where
+/// columns are protected these are protected with them.
+const QUERY_TEXTS: &[&str] = &["pg_stat_activity.query", "pg_stat_statements.query"];
+
+/// PostgreSQL's planner statistics keep sampled values (most common values,
+/// histogram bounds) of every analyzed column, protected ones included, in
+/// rows no masker can attribute to the column they came from: the views'
+/// columns that hold them (`*` reads them too; an empty list: every column).
+const STATISTICS_SAMPLES: &[(&str, &[&str])] = &[
+    ("pg_stats", &["most_common_vals", "histogram_bounds", "most_common_elems", "range_bounds_histogram", "*"]),
+    ("pg_stats_ext", &["most_common_vals", "*"]),
+    (
+        "pg_stats_ext_exprs",
+        &["most_common_vals", "histogram_bounds", "most_common_elems", "range_bounds_histogram", "*"],
+    ),
+    ("pg_statistic", &[]),
+    ("pg_statistic_ext_data", &[]),
+];
+
+/// The first column of a statistics view holding sampled values that the
+/// statement reads, in any way (`pg_stats.histogram_bounds`).
+fn statistics_sample(rules: &Compiled, stmt: &SqlStatement) -> Option<String> {
+    if rules.set.protected_columns.is_empty() {
+        return None;
+    }
+    let samples = |rel: &str| STATISTICS_SAMPLES.iter().find(|(v, _)| *v == bare(rel)).map(|(v, cols)| (*v, *cols));
+    stmt.columns.iter().find_map(|c| {
+        let candidates: Vec<&str> = match &c.table {
+            Some(t) => vec![t.as_str()],
+            None => stmt.tables_read.iter().map(String::as_str).collect(),
+        };
+        candidates.into_iter().filter_map(samples).find_map(|(view, cols)| {
+            (cols.is_empty() || cols.contains(&c.column.as_str())).then(|| format!("{view}.{}", c.column))
+        })
+    })
+}
+
 /// The first protected column the statement uses other than as plain output.
 fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, ColumnUsage)> {
     if rules.set.protected_columns.is_empty() {
         return None;
     }
     for c in stmt.columns.iter().filter(|c| c.usage != ColumnUsage::Output) {
-        for p in &rules.set.protected_columns {
+        for p in rules.set.protected_columns.iter().map(String::as_str).chain(QUERY_TEXTS.iter().copied()) {
             let Some((ptable, pcol)) = p.rsplit_once('.') else { continue };
             if c.column != pcol && c.column != "*" {
                 continue;
@@ -311,7 +358,7 @@ fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, Colum
                 let name = match (&c.table, ptable) {
                     (Some(t), _) => format!("{}.{}", bare(t), if c.column == "*" { pcol } else { &c.column }),
                     (None, "*") => pcol.to_string(),
-                    (None, _) => p.clone(),
+                    (None, _) => p.to_string(),
                 };
                 return Some((name, c.usage));
             }
@@ -376,6 +423,17 @@ fn judge(rules: &Compiled, stmt: &SqlStatement) -> Verdict {
         };
         let reason = format!("{col} is protected: it may only be returned as it is (masked); this statement {what}");
         match action {
+            "deny" => return Verdict::Deny(reason),
+            "review" => return review(rules, reason),
+            _ => {}
+        }
+    }
+    if let Some(col) = statistics_sample(rules, stmt) {
+        let reason = format!(
+            "{col} holds sampled values of every analyzed column, protected ones included, that maskers cannot \
+             attribute to their column; read its other columns (attname, null_frac, n_distinct, correlation)"
+        );
+        match rules.set.protected_transform.as_str() {
             "deny" => return Verdict::Deny(reason),
             "review" => return review(rules, reason),
             _ => {}
@@ -539,6 +597,49 @@ mod tests {
         assert!(is_review(&check(rename)));
         assert!(Guard::from_json(r#"{"protected_columns":["email"]}"#).unwrap_err().contains("table.column"));
         assert!(Guard::from_json(r#"{"protected_filter":"maybe"}"#).unwrap_err().contains("protected_filter"));
+    }
+
+    #[test]
+    fn statistics_samples_and_query_texts_are_protected_with_the_columns() {
+        use wardgate_sdk::testkit::column;
+        let g = Guard::from_json(r#"{"protected_columns":["customers.ssn"]}"#).unwrap();
+        let stmt = |table: &str, cols: Vec<wardgate_sdk::types::ColumnRef>| {
+            let mut s = statement(StatementKind::Select, "SELECT ...");
+            s.tables_read = vec![table.into()];
+            s.columns = cols;
+            s
+        };
+        let check = |s| g.check(&session("prod"), &sql(vec![s]));
+        // Sampled values: refused however they are read, a plain read included
+        // (column rules cannot apply to them).
+        let v = check(stmt("pg_catalog.pg_stats", vec![column(None, "histogram_bounds", ColumnUsage::Transformed)]));
+        assert!(
+            matches!(&v, Verdict::Deny(r) if r.contains("pg_stats.histogram_bounds holds sampled values")),
+            "{v:?}"
+        );
+        assert!(is_deny(&check(stmt("pg_stats", vec![column(None, "most_common_vals", ColumnUsage::Output)]))));
+        assert!(is_deny(&check(stmt("pg_stats", vec![column(Some("pg_stats"), "*", ColumnUsage::Output)]))));
+        assert!(is_deny(&check(stmt("pg_statistic", vec![column(None, "starelid", ColumnUsage::Output)]))));
+        // Its other columns, and the same names elsewhere, are fine.
+        assert_eq!(check(stmt("pg_stats", vec![column(None, "n_distinct", ColumnUsage::Output)])), Verdict::Allow);
+        assert_eq!(
+            check(stmt("my_stats", vec![column(None, "histogram_bounds", ColumnUsage::Output)])),
+            Verdict::Allow
+        );
+        // Other sessions' statement texts may only be returned as they are.
+        assert_eq!(check(stmt("pg_stat_activity", vec![column(None, "query", ColumnUsage::Output)])), Verdict::Allow);
+        let v = check(stmt("pg_catalog.pg_stat_activity", vec![column(None, "query", ColumnUsage::Transformed)]));
+        assert!(matches!(&v, Verdict::Deny(r) if r.contains("pg_stat_activity.query is protected")), "{v:?}");
+        // Functions that run SQL given as text, or read other backends' texts.
+        for f in ["ts_stat", "pg_catalog.ts_rewrite", "pg_stat_get_backend_activity"] {
+            let mut s = stmt("customers", vec![]);
+            s.functions = vec![f.into()];
+            assert!(is_deny(&guard().check(&session("prod"), &sql(vec![s]))), "{f}");
+        }
+        // Without protected columns the views are not special.
+        let open = Guard::from_json("{}").unwrap();
+        let s = stmt("pg_stats", vec![column(None, "histogram_bounds", ColumnUsage::Transformed)]);
+        assert_eq!(open.check(&session("prod"), &sql(vec![s])), Verdict::Allow);
     }
 
     #[test]
