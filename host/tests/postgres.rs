@@ -888,6 +888,11 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         "COPY (SELECT lower(email) FROM customers) TO STDOUT",
         "SELECT * INTO TEMP copy_of_customers FROM customers",
         "CREATE TEMP VIEW v AS SELECT * FROM customers",
+        // Renamed by position, behind a join's alias, as one composite value.
+        "SELECT reverse(x) FROM customers AS cs(a, b, c, d, e, x)",
+        "SELECT reverse(j.x) FROM (customers CROSS JOIN orders) AS j(a, b, c, d, e, x)",
+        "SELECT reverse(j.ssn) FROM (customers NATURAL JOIN orders) AS j",
+        "SELECT c FROM customers c",
     ] {
         let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
         assert_eq!(code(&e), "42501", "{sql}: {e:?}");

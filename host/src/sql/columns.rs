@@ -8,7 +8,7 @@
 //! CREATE TABLE AS, UPDATE ... SET) it is `transformed`; in WHERE, JOIN ON,
 //! GROUP BY, HAVING, ORDER BY, DISTINCT ON and window clauses it is `filter`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pg_query::NodeEnum;
 use serde_json::{Map, Value};
@@ -29,7 +29,7 @@ const FILTER_KEYS: [&str; 8] = [
 /// Column references of one statement.
 pub fn column_refs(node: &NodeEnum) -> Vec<ColumnRef> {
     let Ok(v) = serde_json::to_value(node) else { return Vec::new() };
-    let mut relations = HashMap::new();
+    let mut relations = Scope::default();
     collect_relations(&v, &mut relations);
     let mut out = Vec::new();
     let Some((kind, body)) = v.as_object().and_then(|m| m.iter().next()) else { return out };
@@ -74,7 +74,7 @@ fn unwrap_node(v: &Value) -> Option<(&str, &Value)> {
 }
 
 /// Walk `v`, but inside the object `skip` leave out its `key`.
-fn walk_except(v: &Value, skip: *const Value, key: &str, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+fn walk_except(v: &Value, skip: *const Value, key: &str, rel: &Scope, out: &mut Vec<ColumnRef>) {
     match v {
         Value::Object(m) if std::ptr::eq(v, skip) => {
             for (k, child) in m {
@@ -93,7 +93,7 @@ fn walk_except(v: &Value, skip: *const Value, key: &str, rel: &HashMap<String, S
     }
 }
 
-fn walk(v: &Value, filter: bool, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
     match v {
         Value::Object(m) => {
             if let Some(c) = m.get("ColumnRef") {
@@ -109,17 +109,54 @@ fn walk(v: &Value, filter: bool, rel: &HashMap<String, String>, out: &mut Vec<Co
     }
 }
 
-/// Every RangeVar: alias -> table and table -> table (schema-qualified when written so).
-fn collect_relations(v: &Value, rel: &mut HashMap<String, String>) {
+/// The names a statement's FROM clauses give.
+#[derive(Default)]
+struct Scope {
+    /// Every RangeVar: alias -> table and table -> table (schema-qualified when written so).
+    tables: HashMap<String, String>,
+    /// Aliases of joined tables (`(a JOIN b) AS j`, `JOIN b USING (id) AS j`):
+    /// their columns may be any joined table's.
+    joins: HashSet<String>,
+    /// Names from column alias lists (`customers AS c(a, b, x)`, `(a JOIN b)
+    /// AS j(x, y)`): they rename a column by position, so which column one
+    /// stands for is unknown without the catalog. The table renamed (None: a join).
+    renamed: HashMap<String, Option<String>>,
+}
+
+fn names(alias: Option<&Value>) -> impl Iterator<Item = &str> {
+    alias
+        .and_then(|a| a.get("colnames"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.pointer("/node/String/sval").and_then(Value::as_str))
+}
+
+fn alias_name(alias: Option<&Value>) -> Option<&str> {
+    alias.and_then(|a| a.get("aliasname")).and_then(Value::as_str)
+}
+
+fn collect_relations(v: &Value, rel: &mut Scope) {
     match v {
         Value::Object(m) => {
             if let Some(r) = m.get("RangeVar").and_then(Value::as_object) {
                 let name = qualified(r);
-                if let Some(a) = r.get("alias").and_then(|a| a.get("aliasname")).and_then(Value::as_str) {
-                    rel.insert(a.to_string(), name.clone());
+                if let Some(a) = alias_name(r.get("alias")) {
+                    rel.tables.insert(a.to_string(), name.clone());
+                }
+                for c in names(r.get("alias")) {
+                    rel.renamed.insert(c.to_string(), Some(name.clone()));
                 }
                 if let Some(t) = r.get("relname").and_then(Value::as_str) {
-                    rel.insert(t.to_string(), name);
+                    rel.tables.insert(t.to_string(), name);
+                }
+            }
+            if let Some(j) = m.get("JoinExpr").and_then(Value::as_object) {
+                for alias in [j.get("alias"), j.get("join_using_alias")] {
+                    rel.joins.extend(alias_name(alias).map(str::to_string));
+                    for c in names(alias) {
+                        rel.renamed.insert(c.to_string(), None);
+                    }
                 }
             }
             m.values().for_each(|c| collect_relations(c, rel));
@@ -138,26 +175,42 @@ fn qualified(r: &Map<String, Value>) -> String {
     }
 }
 
-fn record(c: &Value, usage: ColumnUsage, rel: &HashMap<String, String>, out: &mut Vec<ColumnRef>) {
+fn record(c: &Value, usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) {
     let fields: Vec<Option<&str>> = c
         .get("fields")
         .and_then(Value::as_array)
         .map(|f| f.iter().map(|x| x.pointer("/node/String/sval").and_then(Value::as_str)).collect())
         .unwrap_or_default();
+    let whole_row = if usage == ColumnUsage::Output { ColumnUsage::Transformed } else { usage };
+    // A renamed column could be any of its table's: `*`, as a whole row is.
+    let column_named = |c: Option<&str>| match c {
+        Some(c) if !rel.renamed.contains_key(c) => c.to_string(),
+        _ => "*".to_string(),
+    };
     let (table, column) = match fields.as_slice() {
         [] => return,
-        // `t` alone naming a relation in this statement is a whole-row reference.
-        [Some(one)] if rel.contains_key(*one) => (rel.get(*one).cloned(), "*".to_string()),
+        // `t` alone naming a relation in this statement is a whole-row
+        // reference: one composite value, whose fields no column rule can
+        // follow, so never returned "as is".
+        [Some(one)] if rel.tables.contains_key(*one) => {
+            return out.push(ColumnRef { table: rel.tables.get(*one).cloned(), column: "*".into(), usage: whole_row });
+        }
+        [Some(one)] if rel.joins.contains(*one) => {
+            return out.push(ColumnRef { table: None, column: "*".into(), usage: whole_row });
+        }
+        [Some(one)] if rel.renamed.contains_key(*one) => (rel.renamed[*one].clone(), "*".to_string()),
         [one] => (None, one.unwrap_or("*").to_string()),
+        // A join's column: any joined table's.
+        [Some(t), col] if rel.joins.contains(*t) => (None, column_named(*col)),
         [.., t, col] => {
             let t = t.unwrap_or_default();
             let table = if fields.len() >= 3 {
                 let schema = fields[fields.len() - 3].unwrap_or_default();
                 format!("{schema}.{t}")
             } else {
-                rel.get(t).cloned().unwrap_or_else(|| t.to_string())
+                rel.tables.get(t).cloned().unwrap_or_else(|| t.to_string())
             };
-            (Some(table), col.unwrap_or("*").to_string())
+            (Some(table), column_named(*col))
         }
     };
     out.push(ColumnRef { table, column, usage });

@@ -1272,6 +1272,9 @@ mod tests {
         assert!(uses("SELECT x FROM (SELECT email AS x FROM customers) s").contains(&c(None, "x", Output)));
         assert!(uses("SELECT x FROM (SELECT email AS x FROM customers) s").contains(&c(None, "email", Transformed)));
         assert!(uses("SELECT row_to_json(c) FROM customers c").contains(&c(Some("customers"), "*", Transformed)));
+        // A whole row is one composite value: not its columns as they are.
+        assert_eq!(uses("SELECT c FROM customers c"), vec![c(Some("customers"), "*", Transformed)]);
+        assert_eq!(uses("SELECT c.* FROM customers c"), vec![c(Some("customers"), "*", Output)]);
         assert_eq!(uses("SELECT * FROM customers"), vec![c(None, "*", Output)]);
         assert_eq!(uses("COPY (SELECT email FROM customers) TO STDOUT"), vec![c(None, "email", Output)]);
         assert!(uses("INSERT INTO t SELECT email FROM customers").contains(&c(None, "email", Transformed)));
@@ -1284,6 +1287,15 @@ mod tests {
             uses("DELETE FROM customers WHERE id = 1 RETURNING email"),
             vec![c(None, "email", Output), c(None, "id", Filter)]
         );
+        // Column alias lists rename columns by position: a renamed one may be any of its table's.
+        let renamed = "SELECT reverse(x), cs.id FROM customers AS cs(a, b, c, d, e, x)";
+        assert_eq!(uses(renamed), vec![c(Some("customers"), "*", Transformed), c(Some("customers"), "id", Output)]);
+        assert_eq!(uses("SELECT reverse(cs.x) FROM customers cs(x)"), vec![c(Some("customers"), "*", Transformed)]);
+        // A join's alias hides which table a column is from; its name is a whole row.
+        let joined = "SELECT reverse(j.x), j, j.ssn FROM (customers CROSS JOIN orders) AS j(a, x)";
+        assert_eq!(uses(joined), vec![c(None, "*", Transformed), c(None, "*", Transformed), c(None, "ssn", Output)]);
+        assert_eq!(uses("SELECT reverse(x) FROM (a JOIN b USING (id)) AS j(x)"), vec![c(None, "*", Transformed)]);
+        assert_eq!(uses("SELECT u.id FROM a JOIN b USING (id) AS u"), vec![c(None, "id", Output)]);
     }
 
     #[test]

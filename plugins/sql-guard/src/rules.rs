@@ -360,6 +360,11 @@ fn protected_use(rules: &Compiled, stmt: &SqlStatement) -> Option<(String, Colum
                     (None, "*") => pcol.to_string(),
                     (None, _) => p.to_string(),
                 };
+                let name = if c.column == "*" {
+                    format!("{name} (read through *, a whole row or a renamed column)")
+                } else {
+                    name
+                };
                 return Some((name, c.usage));
             }
         }
