@@ -100,3 +100,33 @@ async fn plugins_are_replaced_under_traffic_without_failed_queries() {
     assert_eq!(g.gw.registry.reloads(), reads, "the plugin directory keeps being re-read with no change");
     assert!(ok.load(Ordering::Relaxed) > 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masker_added_while_a_session_is_open_masks_its_next_results() {
+    // No masker when the session starts: nothing is masked.
+    let g = gateway(Options { plugins: vec![], required: vec![], ..Default::default() }).await;
+    let c = g.client().await;
+    let sql = "SELECT email FROM customers WHERE id = 1";
+    let before: String = c.query_one(sql, &[]).await.unwrap().get(0);
+    assert!(before.contains('@') && !before.contains('*'), "{before}");
+
+    // pii-mask dropped into the plugin directory: the same session's next
+    // requests, in both protocols, come back masked.
+    for ext in ["wasm", "toml"] {
+        std::fs::copy(common::dist().join(format!("pii-mask.{ext}")), g.plugin_dir.join(format!("pii-mask.{ext}")))
+            .unwrap();
+    }
+    let started = Instant::now();
+    while !g.gw.registry.current().plugins.contains_key("pii-mask") {
+        assert!(started.elapsed() < Duration::from_secs(10), "pii-mask never went live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let extended: String = c.query_one(sql, &[]).await.unwrap().get(0);
+    assert_eq!(extended, "j***@example.com");
+    let simple = c.simple_query(sql).await.unwrap();
+    let row = simple.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(row.as_deref(), Some("j***@example.com"));
+}

@@ -9,7 +9,7 @@ pub mod types {
     pub use crate::plugins::bindings::wardgate::plugin::types::*;
 }
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -93,17 +93,28 @@ pub struct SessionPipeline {
     generation: u64,
     /// Per result shape: which maskers read any of its columns (in the
     /// order of `maskers`). Asked once per shape and plugin-set generation.
+    /// (This map and the next are looked up on every request and result:
+    /// foldhash, seeded per process, instead of SipHash.)
     wanted: HashMap<Vec<Column>, Arc<[bool]>>,
     /// Request structures (see [`structure`]) each guard that declared
     /// `[guard] verdicts = "structure"` allowed, by the guard's position in
     /// `guards`. Only allows are kept: a deny or review is asked again.
     allowed: HashSet<(usize, Request)>,
+    /// Texts the masker chain masked, when every masker in it declared
+    /// `[masker] text = "pure"`: an equal text is answered from here (a
+    /// driver's unnamed statement is parsed, so masked for the recording,
+    /// on every execution).
+    masked_texts: HashMap<String, String>,
 }
 
 /// Result shapes whose masker answers a session remembers.
 const WANTED_CAP: usize = 512;
 /// Allowed request structures a session remembers.
 const ALLOWED_CAP: usize = 1024;
+/// Masked texts a session remembers, and the longest text remembered: the
+/// texts are the client's, so the memo's memory is bounded (~256 KiB).
+const MASKED_TEXTS_CAP: usize = 64;
+const MASKED_TEXT_MAX: usize = 2048;
 
 /// What a guard that declared `[guard] verdicts = "structure"` may base its
 /// verdict on: a SQL request without its text (the statements' text and the
@@ -170,6 +181,7 @@ impl SessionPipeline {
             generation: u64::MAX,
             wanted: HashMap::new(),
             allowed: HashSet::new(),
+            masked_texts: HashMap::new(),
         };
         p.refresh();
         p
@@ -185,6 +197,7 @@ impl SessionPipeline {
             (self.required, self.missing) = self.plugins.resolve_required();
             self.wanted.clear();
             self.allowed.clear();
+            self.masked_texts.clear();
         }
     }
 
@@ -331,16 +344,35 @@ impl SessionPipeline {
         Ok(Masked { cells: batch.cells, findings })
     }
 
-    /// Run free text through every masker in order.
+    /// Run free text through every masker in order. When every masker
+    /// declared its text masking pure, an equal text masked earlier in this
+    /// session (and plugin-set generation) is answered without a call; a
+    /// quarantined masker is always called (and fails closed there).
     pub fn mask_text(&mut self, text: &str) -> Result<String, CallError> {
         if let Some(err) = self.blocked() {
             return Err(err);
         }
-        let mut text = text.to_string();
-        for m in self.maskers.clone() {
-            text = self.plugins.mask_text(&m, &text)?;
+        let reusable = text.len() <= MASKED_TEXT_MAX
+            && self
+                .maskers
+                .iter()
+                .all(|m| m.manifest.text_pure && !m.health.quarantined.load(std::sync::atomic::Ordering::Relaxed));
+        if reusable {
+            if let Some(masked) = self.masked_texts.get(text) {
+                return Ok(masked.clone());
+            }
         }
-        Ok(text)
+        let mut masked = text.to_string();
+        for m in self.maskers.clone() {
+            masked = self.plugins.mask_text(&m, &masked)?;
+        }
+        if reusable {
+            if self.masked_texts.len() >= MASKED_TEXTS_CAP {
+                self.masked_texts.clear();
+            }
+            self.masked_texts.insert(text.to_string(), masked.clone());
+        }
+        Ok(masked)
     }
 }
 

@@ -66,6 +66,17 @@ pub struct GuardOptions {
     pub verdicts: Option<Spanned<String>>,
 }
 
+/// What the author of a masker promises about its text masking (`[masker]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskerOptions {
+    /// `call` (the default): every text is masked by a call. `pure`:
+    /// `mask-text`'s result is a function of the session, the plugin's config
+    /// and the text alone (no clock, no randomness, no state kept between
+    /// calls), so the host may reuse it for an equal text in the session.
+    pub text: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
@@ -89,6 +100,8 @@ struct RawManifest {
     capabilities: Capabilities,
     #[serde(default)]
     guard: GuardOptions,
+    #[serde(default)]
+    masker: MaskerOptions,
     #[serde(default)]
     config: toml::Table,
 }
@@ -136,6 +149,9 @@ pub struct Manifest {
     /// `[guard] verdicts = "structure"`: the guard's `allow` holds for every
     /// request of the same parsed structure in a session (see [`GuardOptions`]).
     pub verdicts_by_structure: bool,
+    /// `[masker] text = "pure"`: the masker's `mask-text` result may be
+    /// reused for an equal text in a session (see [`MaskerOptions`]).
+    pub text_pure: bool,
     /// `[config]` as JSON.
     pub config_json: String,
     /// `[config]` values for `config-get` (strings raw, others JSON).
@@ -270,21 +286,28 @@ impl Manifest {
                 ));
             }
         }
-        let verdicts_by_structure = match &raw.guard.verdicts {
-            None => false,
-            Some(v) => match v.get_ref().as_str() {
-                "request" => false,
-                "structure" => true,
-                other => {
-                    return Err(err(
-                        v.span(),
-                        "guard.verdicts",
-                        format!("\"{other}\" is not a verdict scope"),
-                        "use \"request\" (every request is asked about; the default) or \"structure\" (the verdict never depends on the request's text or constant values)",
-                    ))
-                }
-            },
-        };
+        // An author's promise: the default word (false), the promising one (true), or an error.
+        let promise =
+            |value: &Option<Spanned<String>>, key: &str, [off, on]: [&str; 2], what: &str, fix: &str| match value {
+                None => Ok(false),
+                Some(v) if v.get_ref() == off => Ok(false),
+                Some(v) if v.get_ref() == on => Ok(true),
+                Some(v) => Err(err(v.span(), key, format!("\"{}\" is not {what}", v.get_ref()), fix)),
+            };
+        let verdicts_by_structure = promise(
+            &raw.guard.verdicts,
+            "guard.verdicts",
+            ["request", "structure"],
+            "a verdict scope",
+            "use \"request\" (every request is asked about; the default) or \"structure\" (the verdict never depends on the request's text or constant values)",
+        )?;
+        let text_pure = promise(
+            &raw.masker.text,
+            "masker.text",
+            ["call", "pure"],
+            "a text-masking promise",
+            "use \"call\" (every text is masked by a call; the default) or \"pure\" (the masked text depends only on the session, the config and the text)",
+        )?;
         let config_json = serde_json::to_string(&raw.config).unwrap_or_else(|_| "{}".into());
         let config_values = raw
             .config
@@ -311,6 +334,7 @@ impl Manifest {
             output,
             http: raw.capabilities.http.into_iter().map(Spanned::into_inner).collect(),
             verdicts_by_structure,
+            text_pure,
             config_json,
             config_values,
             digest: {
@@ -363,6 +387,10 @@ mod tests {
         assert!(m.verdicts_by_structure);
         let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n[guard]\nverdicts = \"text\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "guard.verdicts"));
+        assert!(!parse_str("name = \"x\"\nversion = \"1.0.0\"\n").unwrap().text_pure);
+        assert!(parse_str("name = \"x\"\nversion = \"1.0.0\"\n[masker]\ntext = \"pure\"\n").unwrap().text_pure);
+        let e = parse_str("name = \"x\"\nversion = \"1.0.0\"\n\n[masker]\ntext = \"cached\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (5, "masker.text"));
     }
 
     #[test]

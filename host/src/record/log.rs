@@ -6,7 +6,6 @@
 //! kernel's page cache (through [`Appender`]'s mapping): killing the process
 //! (even `kill -9`) cannot lose it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +91,9 @@ pub struct LogState {
     unsigned_since: Option<Instant>,
     /// Written since the last fsync.
     unsynced: bool,
+    /// The last event's time and its RFC 3339 form (events come several a
+    /// millisecond under load: formatted once).
+    at: (u64, String),
     /// Events this log appended (for the gateway's counters).
     pub appended: u64,
     /// The last write error, while writes fail.
@@ -114,6 +116,7 @@ impl LogState {
             unsigned: 0,
             unsigned_since: None,
             unsynced: false,
+            at: (u64::MAX, String::new()),
             appended: 0,
             error: None,
             digest: Digest::default(),
@@ -182,9 +185,17 @@ impl LogState {
     fn push_line<B: Body + ?Sized>(&mut self, kind: &str, at_ms: u64, body: &B) {
         self.seq += 1;
         let start = self.buf.len();
+        if self.at.0 != at_ms {
+            self.at = (at_ms, crate::util::format_rfc3339_ms(at_ms));
+        }
         let buf = &mut self.buf;
+        let mut digits = itoa::Buffer::new();
         // (RFC 3339 times, hex hashes, the schema and numbers need no escaping.)
-        let _ = write!(buf, "{{\"at\":\"{}\",\"at_ms\":{at_ms},\"body\":", crate::util::format_rfc3339_ms(at_ms));
+        buf.extend_from_slice(b"{\"at\":\"");
+        buf.extend_from_slice(self.at.1.as_bytes());
+        buf.extend_from_slice(b"\",\"at_ms\":");
+        buf.extend_from_slice(digits.format(at_ms).as_bytes());
+        buf.extend_from_slice(b",\"body\":");
         let body_at = buf.len();
         if serde_json::to_writer(&mut *buf, body).is_err() {
             buf.truncate(body_at);
@@ -192,7 +203,13 @@ impl LogState {
         }
         buf.extend_from_slice(b",\"kind\":");
         let _ = serde_json::to_writer(&mut *buf, kind);
-        let _ = write!(buf, ",\"prev\":\"{}\",\"schema\":\"{SCHEMA}\",\"seq\":{},\"session\":", self.prev, self.seq);
+        buf.extend_from_slice(b",\"prev\":\"");
+        buf.extend_from_slice(self.prev.as_bytes());
+        buf.extend_from_slice(b"\",\"schema\":\"");
+        buf.extend_from_slice(SCHEMA.as_bytes());
+        buf.extend_from_slice(b"\",\"seq\":");
+        buf.extend_from_slice(digits.format(self.seq).as_bytes());
+        buf.extend_from_slice(b",\"session\":");
         let _ = serde_json::to_writer(&mut *buf, &self.id);
         buf.push(b'}');
         let hash = chain_hash_bytes(&self.prev, &buf[start..]);

@@ -357,7 +357,9 @@ pub fn chain_hash_bytes(prev: &str, content: &[u8]) -> String {
     h.update(prev.as_bytes());
     h.update(b"\n");
     h.update(content);
-    hex::encode(h.finalize())
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut hex).expect("a SHA-256 digest is 32 bytes");
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 /// The hash a session's chain starts from.

@@ -50,7 +50,9 @@ pub fn analyze(text: &str, phase: SqlPhase, statement_name: &str) -> SqlRequest 
 /// [`analyze`], plus why the host itself refuses the text (see
 /// [`host_violation`]), from the same cached analysis.
 pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
-    request_from(&analyze_cached(text), text, phase, statement_name)
+    // An analysis nobody else holds (not cached) is moved, not copied.
+    let analysis = Arc::try_unwrap(analyze_cached(text)).unwrap_or_else(|shared| (*shared).clone());
+    request_from(analysis, text, phase, statement_name)
 }
 
 /// [`analyze_checked`] without any cache: what the caches must agree with
@@ -58,23 +60,23 @@ pub fn analyze_checked(text: &str, phase: SqlPhase, statement_name: &str) -> (Sq
 #[doc(hidden)]
 pub fn analyze_checked_uncached(text: &str, phase: SqlPhase, statement_name: &str) -> (SqlRequest, Option<String>) {
     let analysis = parser_guarded(|| analyze_uncached(text).map(|(a, _, _)| a));
-    request_from(&analysis, text, phase, statement_name)
+    request_from(analysis, text, phase, statement_name)
 }
 
 /// Run the parser; a panic inside it is an error on this input, not a crash.
-fn parser_guarded(f: impl FnOnce() -> Result<Analyzed, String> + std::panic::UnwindSafe) -> Result<Analyzed, String> {
+fn parser_guarded<T>(f: impl FnOnce() -> Result<T, String> + std::panic::UnwindSafe) -> Result<T, String> {
     std::panic::catch_unwind(f).unwrap_or_else(|_| Err("the SQL parser failed on this input".to_string()))
 }
 
 fn request_from(
-    analysis: &Result<Analyzed, String>,
+    analysis: Result<Analyzed, String>,
     text: &str,
     phase: SqlPhase,
     statement_name: &str,
 ) -> (SqlRequest, Option<String>) {
     let (statements, parse_error, violation) = match analysis {
-        Ok(a) => (a.statements.clone(), None, a.violation.clone()),
-        Err(e) => (Vec::new(), Some(e.clone()), None),
+        Ok(a) => (a.statements, None, a.violation),
+        Err(e) => (Vec::new(), Some(e), None),
     };
     let request = SqlRequest {
         text: text.to_string(),
@@ -104,6 +106,7 @@ pub fn host_violation(text: &str) -> Option<String> {
     }
 }
 
+#[derive(Clone)]
 struct Analyzed {
     statements: Vec<SqlStatement>,
     violation: Option<String>,
@@ -116,8 +119,13 @@ fn analyze_cached(text: &str) -> Analysis {
     if let Some(hit) = CACHE.lock().as_ref().and_then(|c| c.get(text).cloned()) {
         return hit;
     }
-    let result: Analysis = Arc::new(parser_guarded(|| analyze_by_shape(text)));
-    if text.len() <= 16 * 1024 {
+    let outcome = parser_guarded(|| analyze_by_shape(text));
+    // A text the literal-key template answered is answered as fast again
+    // without this cache: storing it (texts that differ only in constants
+    // are all different) would only evict the texts that needed the parser.
+    let from_template = matches!(outcome, Ok((_, Served::Template)));
+    let result: Analysis = Arc::new(outcome.map(|(a, _)| a));
+    if !from_template && text.len() <= 16 * 1024 {
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(HashMap::new);
         if cache.len() >= CACHE_CAP {
@@ -309,16 +317,24 @@ fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8
     cache.insert(key, t);
 }
 
-fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
+/// Which of [`analyze_by_shape`]'s ways gave an analysis.
+enum Served {
+    /// The template of the text's [`literal_key`]: no lexer, no parser.
+    Template,
+    /// The real lexer (and perhaps the parser).
+    Lexer,
+}
+
+fn analyze_by_shape(text: &str) -> Result<(Analyzed, Served), String> {
     static SHAPES: Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>> = Mutex::new(None);
     if text.as_bytes().contains(&0) {
-        return analyze_uncached(text).map(|(a, _, _)| a);
+        return analyze_uncached(text).map(|(a, _, _)| (a, Served::Lexer));
     }
     let literal = literal_key(text);
     if let Some((key, segments)) = &literal {
         let hit = LITERAL_SHAPES.lock().as_ref().and_then(|c| c.get(key).cloned());
         if let Some(a) = hit.and_then(|t| from_template(text, &t, segments)) {
-            return Ok(a);
+            return Ok((a, Served::Template));
         }
     }
     let shape = shape_key(text);
@@ -331,7 +347,7 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
                 if let Some((lkey, _)) = literal.filter(|(_, l)| l == segments) {
                     cache_put(&LITERAL_SHAPES, lkey, t);
                 }
-                return Ok(a);
+                return Ok((a, Served::Lexer));
             }
         }
     }
@@ -369,7 +385,7 @@ fn analyze_by_shape(text: &str) -> Result<Analyzed, String> {
             }
         }
     }
-    Ok(analyzed)
+    Ok((analyzed, Served::Lexer))
 }
 
 /// Parse with the full grammar. Also returns each top-level statement's text,

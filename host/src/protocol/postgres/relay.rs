@@ -594,6 +594,9 @@ fn decide(
     unmaskable_copy: bool,
 ) -> Decided {
     let mut pipeline = ctx.pipeline.lock();
+    // The plugin set is pinned here, at the start of the request: its text is
+    // masked, judged and its results masked by the same set.
+    pipeline.refresh();
     let masks = pipeline.masks();
     // Recordings hold masked data only: statement literals can carry PII too.
     let recorded_text: String = if masks {
@@ -741,8 +744,11 @@ async fn upstream_to_client(
         request_id: 0,
         started: None,
     };
-    let masks = ctx.pipeline.lock().masks();
     loop {
+        // Read every round, not once per session: a masker hot-added while
+        // the session is open applies from its next request on (the request
+        // side refreshes the plugin set first), as the README promises.
+        let masks = ctx.pipeline.lock().masks();
         flush_synthetic(ctx, &mut out);
         let drained = drain(ctx, &mut res, masks, &mut buf, &mut out);
         // Write what was produced even when draining failed: it ends with the
