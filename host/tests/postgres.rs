@@ -13,6 +13,13 @@ fn code(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("no db error: {e}"))
 }
 
+/// The message of the refusal (SQLSTATE 42501) `sql` gets as a simple query.
+async fn refusal(c: &tokio_postgres::Client, sql: &str) -> String {
+    let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
+    assert_eq!(code(&e), "42501", "{sql}: {e:?}");
+    e.as_db_error().unwrap().message().to_string()
+}
+
 fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
         .filter_map(|m| match m {
@@ -894,9 +901,8 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         "SELECT reverse(j.ssn) FROM (customers NATURAL JOIN orders) AS j",
         "SELECT c FROM customers c",
     ] {
-        let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
-        assert_eq!(code(&e), "42501", "{sql}: {e:?}");
-        assert!(e.as_db_error().unwrap().message().contains("is protected"), "{sql}: {e:?}");
+        let m = refusal(&c, sql).await;
+        assert!(m.contains("is protected"), "{sql}: {m}");
     }
     // Copies of the values that the catalog keeps, and SQL run from a string.
     for (sql, says) in [
@@ -906,8 +912,8 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         ("SELECT reverse(query) FROM pg_stat_activity", "pg_stat_activity.query is protected"),
         ("SELECT word FROM ts_stat('SELECT to_tsvector(''simple'', ssn) FROM customers')", "ts_stat"),
     ] {
-        let e = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
-        assert!(e.as_db_error().unwrap().message().contains(says), "{sql}: {e:?}");
+        let m = refusal(&c, sql).await;
+        assert!(m.contains(says), "{sql}: {m}");
     }
     c.simple_query("SELECT attname, null_frac, n_distinct FROM pg_stats WHERE tablename = 'customers'").await.unwrap();
     // Returned as they are, they come back masked; filtering on them is allowed by default.
@@ -916,6 +922,39 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
     );
     assert_eq!(rows.len(), 5);
     assert_no_pii(&format!("{rows:?}"), "protected columns returned as they are");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_or_grouping_by_a_protected_output_named_by_position_or_alias_is_a_filter() {
+    let g = gateway(Options {
+        guard_config: "protected_columns = [\"customers.email\", \"customers.ssn\"]\nprotected_filter = \"deny\"",
+        ..Default::default()
+    })
+    .await;
+    let c = g.client().await;
+    // Each sorts, groups or dedups rows by a protected value: the order of the
+    // (masked) rows is an oracle on it, as `ORDER BY ssn` is.
+    for sql in [
+        "SELECT id, ssn FROM customers ORDER BY 2 LIMIT 1",
+        "SELECT id, email AS e FROM customers ORDER BY e",
+        "SELECT email, count(*) FROM customers GROUP BY 1",
+        "SELECT email, count(*) FROM customers GROUP BY CUBE (1)",
+        "SELECT DISTINCT ON (2) id, email FROM customers",
+        "SELECT DISTINCT email FROM customers",
+        "SELECT * FROM customers ORDER BY 3",
+    ] {
+        let m = refusal(&c, sql).await;
+        assert!(m.contains("filters or orders rows by it"), "{sql}: {m}");
+        // The same through the extended protocol (a prepared statement).
+        let e = c.prepare(sql).await.err().unwrap_or_else(|| panic!("{sql} was prepared"));
+        assert_eq!(code(&e), "42501", "{sql}: {e:?}");
+    }
+    // Ordering by an unprotected output, by number or name, is fine.
+    for sql in ["SELECT id, ssn FROM customers ORDER BY 1", "SELECT id AS n, email FROM customers ORDER BY n DESC"] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        assert_eq!(rows.len(), 5, "{sql}");
+        assert_no_pii(&format!("{rows:?}"), sql);
+    }
 }
 
 /// The shared cluster's CA once TLS is on (non-TLS clients keep working).

@@ -6,7 +6,10 @@
 //! returns it as is; inside any expression, function, subquery, CTE, set
 //! operation, or a statement that copies data elsewhere (INSERT ... SELECT,
 //! CREATE TABLE AS, UPDATE ... SET) it is `transformed`; in WHERE, JOIN ON,
-//! GROUP BY, HAVING, ORDER BY, DISTINCT ON and window clauses it is `filter`.
+//! GROUP BY, HAVING, ORDER BY, DISTINCT ON and window clauses it is `filter`,
+//! and so is an output that ORDER BY, GROUP BY or DISTINCT ON name by position
+//! (`ORDER BY 2`) or by alias (`email AS e … ORDER BY e`), and every output of
+//! a plain `SELECT DISTINCT` (see [`output_references`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,6 +63,9 @@ pub fn column_refs(node: &NodeEnum) -> Vec<ColumnRef> {
                 None => walk(item, false, &relations, &mut out),
             }
         }
+        if key == "target_list" {
+            output_references(stmt, &relations, &mut out);
+        }
         // Everything else in the statement (and around it, for COPY/DECLARE/...).
         let skip = stmt as *const Value;
         walk_except(&v, skip, key, &relations, &mut out);
@@ -100,12 +106,101 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
                 record(c, if filter { ColumnUsage::Filter } else { ColumnUsage::Transformed }, rel, out);
                 return;
             }
+            if let Some(select) = m.get("SelectStmt") {
+                output_references(select, rel, out);
+            }
             for (k, child) in m {
                 walk(child, filter || FILTER_KEYS.contains(&k.as_str()), rel, out);
             }
         }
         Value::Array(a) => a.iter().for_each(|x| walk(x, filter, rel, out)),
         _ => {}
+    }
+}
+
+/// The items of a SELECT's ORDER BY, GROUP BY (also inside ROLLUP, CUBE and
+/// GROUPING SETS) and DISTINCT ON, unwrapped to their expressions; and whether
+/// it is a plain `SELECT DISTINCT`.
+fn ordering_items(select: &Value) -> (Vec<&Value>, bool) {
+    let mut plain_distinct = false;
+    let mut todo: Vec<&Value> = Vec::new();
+    for key in ["sort_clause", "group_clause", "distinct_clause"] {
+        for item in select.get(key).and_then(Value::as_array).into_iter().flatten() {
+            plain_distinct |= key == "distinct_clause" && item.get("node").is_some_and(Value::is_null);
+            todo.push(item);
+        }
+    }
+    let mut items = Vec::new();
+    while let Some(item) = todo.pop() {
+        let item = item.pointer("/node/SortBy/node").unwrap_or(item);
+        match item.pointer("/node/GroupingSet/content").and_then(Value::as_array) {
+            Some(content) => todo.extend(content),
+            None => items.push(item),
+        }
+    }
+    (items, plain_distinct)
+}
+
+/// An output position (`ORDER BY 2`): an integer constant standing alone.
+fn position(item: &Value) -> Option<i64> {
+    item.pointer("/node/AConst/val/Ival/ival").and_then(Value::as_i64)
+}
+
+/// Whether any SELECT in `node` names an output by position: its column
+/// usage then depends on a constant's value, so its analysis must not be
+/// shared with texts that differ from it only in constants.
+pub fn names_outputs_by_position(node: &NodeEnum) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => {
+                m.get("SelectStmt").is_some_and(|s| ordering_items(s).0.into_iter().any(|i| position(i).is_some()))
+                    || m.values().any(walk)
+            }
+            Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    // Unserializable (never seen): assume it does, so it is never shared.
+    serde_json::to_value(node).map(|v| walk(&v)).unwrap_or(true)
+}
+
+/// ORDER BY, GROUP BY and DISTINCT ON may name an output column by its
+/// position (`ORDER BY 2`) or its alias (`email AS e … ORDER BY e`):
+/// PostgreSQL then sorts, groups or dedups rows by that output's expression,
+/// so its columns are a filter too. A plain `SELECT DISTINCT` dedups by every
+/// output. A position at or after a `*` cannot be resolved without the
+/// catalog: the `*` and every output from it on count (fail closed:
+/// `SELECT * … ORDER BY 1` filters by any of the table's columns).
+fn output_references(select: &Value, rel: &Scope, out: &mut Vec<ColumnRef>) {
+    let targets: Vec<&Value> = select.get("target_list").and_then(Value::as_array).into_iter().flatten().collect();
+    let star = |t: &Value| {
+        t.pointer("/node/ResTarget/val/node/ColumnRef/fields")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|x| x.pointer("/node/AStar").is_some()))
+    };
+    let (items, plain_distinct) = ordering_items(select);
+    let mut named: Vec<&Value> = if plain_distinct { targets.clone() } else { Vec::new() };
+    for item in items {
+        if let Some(n) = position(item) {
+            let Some(at) = usize::try_from(n).ok().and_then(|n| n.checked_sub(1)) else { continue };
+            match targets.iter().position(|t| star(t)) {
+                Some(first_star) if at >= first_star => named.extend(targets[first_star..].iter().copied()),
+                _ => named.extend(targets.get(at).copied()),
+            }
+            continue;
+        }
+        let fields = item.pointer("/node/ColumnRef/fields").and_then(Value::as_array);
+        if let Some([name]) = fields.map(Vec::as_slice) {
+            let name = name.pointer("/node/String/sval").and_then(Value::as_str);
+            named.extend(
+                targets
+                    .iter()
+                    .filter(|t| name.is_some() && t.pointer("/node/ResTarget/name").and_then(Value::as_str) == name),
+            );
+        }
+    }
+    for t in named {
+        walk(t.pointer("/node/ResTarget/val").unwrap_or(&Value::Null), true, rel, out);
     }
 }
 

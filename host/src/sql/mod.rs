@@ -110,6 +110,9 @@ pub fn host_violation(text: &str) -> Option<String> {
 struct Analyzed {
     statements: Vec<SqlStatement>,
     violation: Option<String>,
+    /// A SELECT names an output by position (`ORDER BY 2`): which column it
+    /// filters by depends on the constant, so no template may serve it.
+    by_position: bool,
 }
 
 type Analysis = Arc<Result<Analyzed, String>>;
@@ -305,7 +308,7 @@ fn from_template(text: &str, t: &Template, segments: &[std::ops::Range<usize>]) 
         .iter()
         .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
         .collect();
-    Some(Analyzed { statements, violation: t.violation.clone() })
+    Some(Analyzed { statements, violation: t.violation.clone(), by_position: false })
 }
 
 fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8>, t: Arc<Template>) {
@@ -359,13 +362,14 @@ fn analyze_by_shape(text: &str) -> Result<(Analyzed, Served), String> {
         // the value a pinned setting is SET to).
         let split_agrees = segments.len() == tops.len()
             && tops.iter().enumerate().all(|(i, t)| text[segments[i].clone()].trim() == t.as_str());
-        let constant_matters = analyzed.statements.iter().any(|s| {
-            s.functions.iter().any(|f| f.ends_with("set_config"))
-                || (s.kind == StatementKind::SessionSetting && {
-                    let t = s.text.to_ascii_lowercase();
-                    PINNED_SETTINGS.iter().any(|p| t.contains(p))
-                })
-        });
+        let constant_matters = analyzed.by_position
+            || analyzed.statements.iter().any(|s| {
+                s.functions.iter().any(|f| f.ends_with("set_config"))
+                    || (s.kind == StatementKind::SessionSetting && {
+                        let t = s.text.to_ascii_lowercase();
+                        PINNED_SETTINGS.iter().any(|p| t.contains(p))
+                    })
+            });
         if split_agrees && !constant_matters && key.len() <= 64 * 1024 {
             // Each statement keeps the index of the top-level statement it
             // came from (two equal statements are still two).
@@ -402,6 +406,7 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
     let mut violation = None;
     let mut tops = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut owners = Vec::new();
+    let mut by_position = false;
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
@@ -413,8 +418,9 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
         if violation.is_none() {
             violation = pinned_setting_change(node);
         }
+        by_position |= columns::names_outputs_by_position(node);
     }
-    Ok((Analyzed { statements: out, violation }, tops, owners))
+    Ok((Analyzed { statements: out, violation, by_position }, tops, owners))
 }
 
 fn is_pinned(name: &str) -> bool {
@@ -1312,6 +1318,45 @@ mod tests {
         assert_eq!(uses(joined), vec![c(None, "*", Transformed), c(None, "*", Transformed), c(None, "ssn", Output)]);
         assert_eq!(uses("SELECT reverse(x) FROM (a JOIN b USING (id)) AS j(x)"), vec![c(None, "*", Transformed)]);
         assert_eq!(uses("SELECT u.id FROM a JOIN b USING (id) AS u"), vec![c(None, "id", Output)]);
+    }
+
+    #[test]
+    fn outputs_named_by_position_or_alias_in_order_group_or_distinct_are_filters() {
+        use ColumnUsage::*;
+        let c = |n: &str, u| (None, n.to_string(), u);
+        let filtered = |sql: &str, col: &str| {
+            assert!(uses(sql).contains(&c(col, Filter)), "{sql}: {:?}", uses(sql));
+        };
+        filtered("SELECT id, email FROM customers ORDER BY 2", "email");
+        filtered("SELECT id, email FROM customers ORDER BY 2 DESC NULLS LAST", "email");
+        filtered("SELECT id, email AS e FROM customers ORDER BY e", "email");
+        filtered("SELECT email, count(*) FROM customers GROUP BY 1", "email");
+        filtered("SELECT email AS e, count(*) FROM customers GROUP BY e", "email");
+        filtered("SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)", "email");
+        filtered("SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((1), ())", "email");
+        filtered("SELECT DISTINCT ON (2) id, email FROM customers", "email");
+        filtered("SELECT DISTINCT email FROM customers", "email");
+        filtered("SELECT x FROM (SELECT id, email FROM customers ORDER BY 2 LIMIT 1) s", "email");
+        filtered("DECLARE k CURSOR FOR SELECT id, ssn FROM customers ORDER BY 2", "ssn");
+        filtered("COPY (SELECT id, ssn FROM customers ORDER BY 2) TO STDOUT", "ssn");
+        // A position at or after a `*` cannot be resolved without the catalog.
+        filtered("SELECT * FROM customers ORDER BY 3", "*");
+        filtered("SELECT id, *, email FROM customers ORDER BY 2", "*");
+        filtered("SELECT id, *, email FROM customers ORDER BY 9", "email");
+        // A position before any `*` is exactly that output; a number past the
+        // outputs, an unrelated name or a constant elsewhere name none.
+        let by_id = vec![c("email", Output), c("id", Output), c("id", Filter)];
+        assert_eq!(uses("SELECT id, email FROM customers ORDER BY 1"), by_id);
+        assert_eq!(
+            uses("SELECT id, * FROM customers ORDER BY 1"),
+            vec![c("*", Output), c("id", Output), c("id", Filter)]
+        );
+        assert_eq!(uses("SELECT email FROM customers ORDER BY 5"), vec![c("email", Output)]);
+        assert_eq!(uses("SELECT email FROM customers LIMIT 2"), vec![c("email", Output)]);
+        assert_eq!(
+            uses("SELECT id, email AS e FROM customers ORDER BY id"),
+            vec![c("email", Output), c("id", Output), c("id", Filter)]
+        );
     }
 
     #[test]
