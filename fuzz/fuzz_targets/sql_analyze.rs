@@ -25,5 +25,7 @@ fuzz_target!(|text: &str| {
         return;
     }
     assert_eq!(cached, fresh, "{text:?}");
+    // Which NOT NULL columns would make a WHERE trivial: the same either way.
+    assert_eq!(wardgate::sql::null_reliance(text), wardgate::sql::null_reliance_uncached(text), "{text:?}");
     let _ = wardgate::sql::fingerprint::fingerprint(text, &[]);
 });

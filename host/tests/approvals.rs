@@ -120,9 +120,11 @@ fn psql_spawn(port: u16, key: &str, sql: &str) -> tokio::task::JoinHandle<Output
     })
 }
 
-fn held_rows() -> usize {
+/// Orders with `status`: each test that counts them inserts its own status
+/// (tests run in parallel against one database).
+fn held_rows(status: &str) -> usize {
     db().pg
-        .psql("shop", "SELECT count(*) FROM orders WHERE status = 'held-run'")
+        .psql("shop", &format!("SELECT count(*) FROM orders WHERE status = '{status}'"))
         .unwrap()
         .lines()
         .nth(2)
@@ -149,8 +151,10 @@ fn code(e: &tokio_postgres::Error) -> String {
 async fn a_held_statement_waits_runs_once_approved_and_a_second_run_needs_a_new_approval() {
     let s = setup("wait", 60, "").await;
     let a = admin(&s.g);
+    let insert = DO_INSERT.replace("held-run", "held-run-twice");
+    let held_rows = || held_rows("held-run-twice");
     let before = held_rows();
-    let psql = psql_spawn(s.g.port, &s.g.key, DO_INSERT);
+    let psql = psql_spawn(s.g.port, &s.g.key, &insert);
     let id = wait_pending(&a, &s.carol, &[]);
     let show = cli(&a, &s.carol, &["show", &id]);
     assert!(
@@ -170,7 +174,7 @@ async fn a_held_statement_waits_runs_once_approved_and_a_second_run_needs_a_new_
     assert_eq!(held_rows(), before + 1);
 
     // The same statement again is a new request; deny it.
-    let psql = psql_spawn(s.g.port, &s.g.key, DO_INSERT);
+    let psql = psql_spawn(s.g.port, &s.g.key, &insert);
     let second = wait_pending(&a, &s.carol, std::slice::from_ref(&id));
     assert_ne!(second, id);
     let no = cli(&a, &s.carol, &["deny", &second, "--reason", "once is enough"]);

@@ -20,6 +20,14 @@ async fn refusal(c: &tokio_postgres::Client, sql: &str) -> String {
     e.as_db_error().unwrap().message().to_string()
 }
 
+/// Each of `sqls` is refused (42501) with a message containing `saying`.
+async fn all_refused(c: &tokio_postgres::Client, sqls: &[&str], saying: &str) {
+    for sql in sqls {
+        let m = refusal(c, sql).await;
+        assert!(m.contains(saying), "{sql}: {m}");
+    }
+}
+
 fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
         .filter_map(|m| match m {
@@ -232,6 +240,34 @@ async fn each_dangerous_statement_class_is_denied_and_the_session_continues() {
     assert!(n > 0, "orders survived");
     let n: i64 = c.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
     assert_eq!(n, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_none() {
+    let g = gateway(Options::default()).await;
+    let c = g.client().await;
+    let before: i64 = c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    let sqls = [
+        // orders.id is the primary key and status is NOT NULL: the catalog says so.
+        "DELETE FROM orders WHERE id IS NOT NULL",
+        "DELETE FROM public.orders o WHERE NOT (o.id IS NULL)",
+        "UPDATE orders SET amount_cents = 0 WHERE status IS DISTINCT FROM NULL",
+        "DELETE FROM orders WHERE customer_id IS NOT NULL OR id IS NOT NULL",
+        "WITH d AS (DELETE FROM orders WHERE id IS NOT NULL RETURNING 1) SELECT count(*) FROM d",
+        // Logic alone.
+        "DELETE FROM orders WHERE (id = 1) IS NOT TRUE OR id = 1",
+        "DELETE FROM orders WHERE coalesce(customer_id, 0) = coalesce(customer_id, 0)",
+        "DELETE FROM orders WHERE customer_id = 3 OR NOT customer_id = 3 OR customer_id IS NULL",
+    ];
+    all_refused(&c, &sqls, "without a WHERE").await;
+    // The extended protocol is analysed alike.
+    let e = c.execute("DELETE FROM orders WHERE id IS NOT NULL", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    let n: i64 = c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert_eq!(n, before, "no order was deleted");
+    // A null test of a nullable column is a real filter.
+    c.batch_execute("UPDATE orders SET status = status WHERE customer_id IS NOT NULL").await.unwrap();
+    c.batch_execute("DELETE FROM orders WHERE placed_at IS NULL AND id = id").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,7 +916,7 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
     })
     .await;
     let c = g.client().await;
-    for sql in [
+    let refused = [
         "SELECT replace(email, '@', ' at ') FROM customers",
         "SELECT encode(convert_to(card_number, 'UTF8'), 'base64') FROM customers",
         "SELECT substr(card_number, 1, 8), substr(card_number, 9) FROM customers",
@@ -900,10 +936,8 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
         "SELECT reverse(j.x) FROM (customers CROSS JOIN orders) AS j(a, b, c, d, e, x)",
         "SELECT reverse(j.ssn) FROM (customers NATURAL JOIN orders) AS j",
         "SELECT c FROM customers c",
-    ] {
-        let m = refusal(&c, sql).await;
-        assert!(m.contains("is protected"), "{sql}: {m}");
-    }
+    ];
+    all_refused(&c, &refused, "is protected").await;
     // Copies of the values that the catalog keeps, and SQL run from a string.
     for (sql, says) in [
         ("SELECT translate(histogram_bounds::text, '0123456789', 'abcdefghij') FROM pg_stats", "holds sampled values"),

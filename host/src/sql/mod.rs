@@ -7,13 +7,14 @@
 //! statements nested inside others (a DELETE in a CTE, EXPLAIN ANALYZE UPDATE,
 //! PREPARE ... AS DELETE) are surfaced as statements of their own so a guard
 //! cannot be walked around. A WHERE that is trivially true (`WHERE true`,
-//! `WHERE 1=1`) counts as no WHERE.
+//! `WHERE 1=1`, `WHERE p OR NOT p`; see [`truth`]) counts as no WHERE.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub mod columns;
 pub mod fingerprint;
+pub mod truth;
 
 use parking_lot::Mutex;
 use pg_query::protobuf::{self, AlterTableType, ObjectType};
@@ -106,10 +107,57 @@ pub fn host_violation(text: &str) -> Option<String> {
     }
 }
 
+/// A DELETE or UPDATE whose WHERE only null-tests columns such that it
+/// keeps every row once some of them are declared NOT NULL (`WHERE id IS
+/// NOT NULL`): the schema decides, which the protocol layer knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NullReliance {
+    /// Index of the statement in the request's `statements`.
+    pub statement: usize,
+    /// The target table as written (`t` or `schema.t`).
+    pub table: String,
+    /// Its WHERE, to be decided against the table's NOT NULL columns.
+    pub tests: truth::NullTests,
+}
+
+/// The WHERE presence of the request's statements under the schema
+/// `not_null(table, column)` describes: each statement a [`NullReliance`]
+/// names is given `has_where = false` when its WHERE keeps every row once
+/// those columns are NOT NULL. Uses the same cached parse as [`analyze`];
+/// costs nothing unless a DELETE or UPDATE has a WHERE.
+pub fn apply_not_null(request: &mut SqlRequest, not_null: impl Fn(&str, &str) -> bool) {
+    use StatementKind as K;
+    if !request.statements.iter().any(|s| s.has_where && matches!(s.kind, K::Delete | K::Update)) {
+        return;
+    }
+    for r in &null_reliance(&request.text) {
+        if r.tests.trivial_given(|column| not_null(&r.table, column)) {
+            if let Some(s) = request.statements.get_mut(r.statement) {
+                s.has_where = false;
+            }
+        }
+    }
+}
+
+/// The [`NullReliance`]s of `text`'s statements, from the cached analysis.
+pub fn null_reliance(text: &str) -> Vec<NullReliance> {
+    match &*analyze_cached(text) {
+        Ok(a) => a.reliance.clone(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`null_reliance`] without any cache (for fuzzing).
+#[doc(hidden)]
+pub fn null_reliance_uncached(text: &str) -> Vec<NullReliance> {
+    parser_guarded(|| analyze_uncached(text).map(|(a, _, _)| a.reliance)).unwrap_or_default()
+}
+
 #[derive(Clone)]
 struct Analyzed {
     statements: Vec<SqlStatement>,
     violation: Option<String>,
+    reliance: Vec<NullReliance>,
     /// A SELECT names an output by position (`ORDER BY 2`): which column it
     /// filters by depends on the constant, so no template may serve it.
     by_position: bool,
@@ -146,6 +194,7 @@ struct Template {
     entries: Vec<(usize, SqlStatement)>,
     tops: usize,
     violation: Option<String>,
+    reliance: Vec<NullReliance>,
 }
 
 /// A cache key from PostgreSQL's own lexer: every token's text, except
@@ -308,7 +357,7 @@ fn from_template(text: &str, t: &Template, segments: &[std::ops::Range<usize>]) 
         .iter()
         .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
         .collect();
-    Some(Analyzed { statements, violation: t.violation.clone(), by_position: false })
+    Some(Analyzed { statements, violation: t.violation.clone(), reliance: t.reliance.clone(), by_position: false })
 }
 
 fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8>, t: Arc<Template>) {
@@ -381,7 +430,12 @@ fn analyze_by_shape(text: &str) -> Result<(Analyzed, Served), String> {
                 .collect();
             let consistent = entries.iter().zip(&analyzed.statements).all(|((t, _), st)| tops[*t] == st.text);
             if consistent {
-                let t = Arc::new(Template { entries, tops: tops.len(), violation: analyzed.violation.clone() });
+                let t = Arc::new(Template {
+                    entries,
+                    tops: tops.len(),
+                    violation: analyzed.violation.clone(),
+                    reliance: analyzed.reliance.clone(),
+                });
                 if let Some((lkey, _)) = literal.filter(|(_, l)| *l == segments) {
                     cache_put(&LITERAL_SHAPES, lkey, t.clone());
                 }
@@ -407,12 +461,13 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
     let mut tops = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut owners = Vec::new();
     let mut by_position = false;
+    let mut reliance = Vec::new();
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
         let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
         let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
-        describe_tree(node, &stmt_text, &mut out);
+        describe_tree(node, &stmt_text, &mut out, &mut reliance);
         owners.resize(out.len(), tops.len());
         tops.push(stmt_text);
         if violation.is_none() {
@@ -420,7 +475,7 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
         }
         by_position |= columns::names_outputs_by_position(node);
     }
-    Ok((Analyzed { statements: out, violation, by_position }, tops, owners))
+    Ok((Analyzed { statements: out, violation, reliance, by_position }, tops, owners))
 }
 
 fn is_pinned(name: &str) -> bool {
@@ -508,8 +563,9 @@ fn set_config_name(f: &protobuf::FuncCall) -> Option<Option<String>> {
 const IDENTITY_SETTINGS: [&str; 2] = ["role", "session_authorization"];
 
 /// Describe `node` and any data-changing statements nested in it.
-fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
+fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, reliance: &mut Vec<NullReliance>) {
     out.push(describe(node, text));
+    rely(node, out, reliance);
     for (child, _, _, _) in node.nodes() {
         let NodeRef::FuncCall(f) = child else { continue };
         if let Some(Some(name)) = set_config_name(f) {
@@ -532,7 +588,7 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
         _ => Vec::new(),
     };
     for n in nested {
-        describe_tree(n, text, out);
+        describe_tree(n, text, out, reliance);
     }
     for (child, depth, _, _) in node.nodes() {
         if depth <= 1 {
@@ -546,6 +602,7 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>) {
             _ => continue,
         };
         out.push(describe(&inner, text));
+        rely(&inner, out, reliance);
     }
 }
 
@@ -584,41 +641,30 @@ fn kebab(name: &str) -> String {
     s
 }
 
-/// A WHERE that selects every row anyway: a constant, a comparison of
-/// constants or of a column with itself (`id = id`), `NOT <constant>`, an OR
-/// with such a branch, an AND of only such terms — or any condition that
-/// refers to no column at all (`WHERE coalesce(NULL, true)`, `WHERE now() >
-/// '2000-01-01'`, `WHERE EXISTS (SELECT 1 FROM t)`): it does not depend on the
-/// row, so it keeps all rows or none. (Truth in general is undecidable:
-/// `WHERE id > 0` passes; this catches the usual tricks.)
-fn trivially_true(n: Option<&Node>) -> bool {
-    let Some(node) = n.and_then(|n| n.node.as_ref()) else { return true };
-    if !mentions_a_column(node) {
-        return true;
-    }
+/// The target table and WHERE of a DELETE or UPDATE.
+fn target_and_where(node: &NodeEnum) -> Option<(Option<&protobuf::RangeVar>, Option<&Node>)> {
     match node {
-        n if is_constant(n) => true,
-        NodeEnum::BoolExpr(b) => match b.boolop() {
-            protobuf::BoolExprType::OrExpr => b.args.iter().any(|a| trivially_true(Some(a))),
-            protobuf::BoolExprType::AndExpr => b.args.iter().all(|a| trivially_true(Some(a))),
-            protobuf::BoolExprType::NotExpr => b.args.iter().all(|a| a.node.as_ref().is_some_and(is_constant)),
-            _ => false,
-        },
-        NodeEnum::AExpr(e) => {
-            let l = e.lexpr.as_deref().and_then(|l| l.node.as_ref());
-            let r = e.rexpr.as_deref().and_then(|r| r.node.as_ref());
-            match (l, r) {
-                (Some(l), Some(r)) if is_constant(l) && is_constant(r) => true,
-                (Some(NodeEnum::ColumnRef(a)), Some(NodeEnum::ColumnRef(b))) => a.fields == b.fields,
-                _ => false,
-            }
-        }
-        _ => false,
+        NodeEnum::UpdateStmt(u) => Some((u.relation.as_ref(), u.where_clause.as_deref())),
+        NodeEnum::DeleteStmt(d) => Some((d.relation.as_ref(), d.where_clause.as_deref())),
+        _ => None,
+    }
+}
+
+/// If the statement just described (the last in `out`) is a DELETE or
+/// UPDATE whose WHERE is trivial once some null-tested columns are NOT NULL,
+/// note which (see [`NullReliance`]).
+fn rely(node: &NodeEnum, out: &[SqlStatement], reliance: &mut Vec<NullReliance>) {
+    let Some((Some(target), clause)) = target_and_where(node) else { return };
+    if !out.last().is_some_and(|s| s.has_where) {
+        return;
+    }
+    if let Some(tests) = truth::where_truth(clause).null_tests {
+        reliance.push(NullReliance { statement: out.len() - 1, table: relname(target), tests });
     }
 }
 
 /// Does any column reference (or whole-row reference) occur anywhere in `n`?
-fn mentions_a_column(n: &NodeEnum) -> bool {
+pub(crate) fn mentions_a_column(n: &NodeEnum) -> bool {
     fn walk(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Object(m) => m.iter().any(|(k, v)| k == "ColumnRef" || walk(v)),
@@ -628,14 +674,6 @@ fn mentions_a_column(n: &NodeEnum) -> bool {
     }
     // Unserializable (never seen): assume it does, so only the rules above decide.
     serde_json::to_value(n).map(|v| walk(&v)).unwrap_or(true)
-}
-
-fn is_constant(n: &NodeEnum) -> bool {
-    match n {
-        NodeEnum::AConst(_) => true,
-        NodeEnum::TypeCast(c) => c.arg.as_deref().and_then(|a| a.node.as_ref()).is_some_and(is_constant),
-        _ => false,
-    }
 }
 
 fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
@@ -662,13 +700,14 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             K::Select
         }
         NodeEnum::InsertStmt(_) => K::Insert,
-        NodeEnum::UpdateStmt(u) => {
-            s.has_where = !trivially_true(u.where_clause.as_deref());
-            K::Update
-        }
-        NodeEnum::DeleteStmt(d) => {
-            s.has_where = !trivially_true(d.where_clause.as_deref());
-            K::Delete
+        NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => {
+            let (_, clause) = target_and_where(node).unwrap_or_default();
+            s.has_where = !truth::where_truth(clause).trivial;
+            if matches!(node, NodeEnum::UpdateStmt(_)) {
+                K::Update
+            } else {
+                K::Delete
+            }
         }
         NodeEnum::MergeStmt(_) => K::Merge,
         NodeEnum::CopyStmt(c) => {

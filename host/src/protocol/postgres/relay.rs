@@ -588,11 +588,16 @@ enum Decided {
 /// Guards decide; the decision is recorded.
 fn decide(
     ctx: &Ctx<'_>,
-    request: SqlRequest,
+    mut request: SqlRequest,
     host_violation: Option<String>,
     id: u64,
     unmaskable_copy: bool,
 ) -> Decided {
+    // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
+    // Any table of that name (in any schema, for an unqualified one) counts.
+    crate::sql::apply_not_null(&mut request, |table, column| {
+        ctx.catalog.values().any(|t| t.named(table) && t.is_not_null(column))
+    });
     let mut pipeline = ctx.pipeline.lock();
     // The plugin set is pinned here, at the start of the request: its text is
     // masked, judged and its results masked by the same set.

@@ -680,7 +680,14 @@ mod tests {
     #[test]
     fn aliases_do_not_hide_the_source_column() {
         let mut cat = HashMap::new();
-        cat.insert(42, TableInfo { name: "public.customers".into(), columns: vec!["id".into(), "ssn".into()] });
+        cat.insert(
+            42,
+            TableInfo {
+                name: "public.customers".into(),
+                columns: vec!["id".into(), "ssn".into()],
+                not_null: vec![true, false],
+            },
+        );
         let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };
         let s = shape(&[f], None, &cat);
         assert_eq!(s.columns[0].name, "ssn");

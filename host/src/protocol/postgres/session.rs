@@ -263,16 +263,14 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         started_at_ms: crate::util::now_ms(),
     };
     let pipeline = SessionPipeline::new(ctx.registry.clone(), session.clone(), conn.plugins.clone());
-    let catalog = if pipeline.masks() {
-        match upstream::load_catalog(&mut up).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("catalog not loaded, column rules cannot apply to this session: {e}");
-                Default::default()
-            }
+    // Loaded whatever the plugins are now: a masker added while the session
+    // is open needs it as much as one present at its start.
+    let catalog = match upstream::load_catalog(&mut up).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("catalog not loaded, column rules and NOT NULL knowledge cannot apply to this session: {e}");
+            Default::default()
         }
-    } else {
-        Default::default()
     };
 
     let registration =

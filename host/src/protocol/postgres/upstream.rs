@@ -244,6 +244,24 @@ pub struct TableInfo {
     pub name: String,
     /// Column names in attnum order (dropped columns as empty strings).
     pub columns: Vec<String>,
+    /// Which of those columns are declared NOT NULL (same order).
+    pub not_null: Vec<bool>,
+}
+
+impl TableInfo {
+    /// Is `table` (as a statement names it: `t` or `schema.t`) this table?
+    pub fn named(&self, table: &str) -> bool {
+        match self.name.strip_suffix(table) {
+            Some("") => true,
+            Some(schema) => !table.contains('.') && schema.ends_with('.'),
+            None => false,
+        }
+    }
+
+    /// Is `column` declared NOT NULL here?
+    pub fn is_not_null(&self, column: &str) -> bool {
+        self.columns.iter().zip(&self.not_null).any(|(name, nn)| *nn && name == column)
+    }
 }
 
 /// Run one simple query on a fresh upstream connection (before the relay starts)
@@ -289,13 +307,16 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
     }
 }
 
-/// Load user tables (oid -> name and columns), for column-aware masking.
+/// Load user tables (oid -> name, columns and their NOT NULL flags), for
+/// column-aware masking and for WHEREs that only null-test NOT NULL columns.
 pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
     let rows = simple_query(
         up,
         "SELECT c.oid::text, n.nspname || '.' || c.relname, \
          coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' ELSE a.attname END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
+                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
+         coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
+                   ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
          AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000",
@@ -306,7 +327,9 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
         if let (Some(Some(oid)), Some(Some(name)), Some(cols)) = (r.first(), r.get(1), r.get(2)) {
             if let Ok(oid) = oid.parse::<u32>() {
                 let columns = cols.as_deref().unwrap_or("").split(',').map(str::to_string).collect();
-                map.insert(oid, TableInfo { name: name.clone(), columns });
+                let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
+                let not_null = flags.bytes().map(|b| b == b't').collect();
+                map.insert(oid, TableInfo { name: name.clone(), columns, not_null });
             }
         }
     }

@@ -1,0 +1,465 @@
+//! Does a DELETE's or UPDATE's WHERE select every row anyway?
+//!
+//! The condition is read as a boolean formula over its atoms: comparisons,
+//! function calls, subqueries — anything that is not AND, OR, NOT, `IS [NOT]
+//! TRUE/FALSE/UNKNOWN` or `IS [NOT] NULL`. Equal atoms (same expression, any
+//! constants) are one variable; an atom that mentions no column is the same for
+//! every row (its value is unknown here, so an attacker may pick it); a
+//! comparison of an expression with itself (`coalesce(id, 0) =
+//! coalesce(id, 0)`) is decided. The WHERE selects every row when some choice
+//! of the row-independent atoms makes the formula true for every choice of
+//! the others: `p OR NOT p`, `(id = 1) IS NOT TRUE OR id = 1`, `x IS NULL OR x
+//! IS NOT NULL`, `id = 1 OR now() IS NOT NULL`.
+//!
+//! `id IS NOT NULL` depends on the schema: it keeps every row when `id` is
+//! declared NOT NULL. The analysis reports which sets of null-tested columns
+//! would make the WHERE trivial; the protocol layer decides with the upstream's
+//! catalog.
+//!
+//! Constants' values never matter here (so texts that differ only in
+//! constants are analysed alike, which the analysis caches rely on). Truth is
+//! undecidable in general: `WHERE id > 0` and `WHERE id IN (SELECT id FROM t)`
+//! pass.
+
+use pg_query::protobuf::{AExprKind, BoolExprType, BoolTestType, NullTestType};
+use pg_query::{Node, NodeEnum};
+
+/// Work bound of one decision (truth-table assignments x formula size, over
+/// all its tables): about a millisecond. Beyond it the WHERE counts as
+/// trivial (refused).
+const MAX_EVALS: u64 = 1 << 20;
+/// Operators that are the negation of another (two-valued): `a <> b` is NOT
+/// `a = b`, `a >= b` is NOT `a < b`, `a <= b` is NOT `a > b`, and the negated
+/// pattern matches.
+const NEGATIONS: [(&str, &str); 8] =
+    [("<>", "="), ("!=", "="), (">=", "<"), ("<=", ">"), ("!~~", "~~"), ("!~~*", "~~*"), ("!~", "~"), ("!~*", "~*")];
+
+/// What a WHERE clause does to the rows of its table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WhereTruth {
+    /// It selects every row (or none) whatever the data: no real filter.
+    pub trivial: bool,
+    /// Not trivial as written, but it null-tests plain columns: whether it
+    /// is once some of them are declared NOT NULL, the schema decides.
+    pub null_tests: Option<NullTests>,
+}
+
+/// A WHERE that null-tests plain columns, kept to be decided against the
+/// schema (see [`NullTests::trivial_given`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NullTests {
+    formula: Formula,
+    atoms: Vec<Atom>,
+}
+
+impl NullTests {
+    /// The null-tested column names (as written, last part).
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.atoms.iter().filter_map(|a| a.null_column.as_deref())
+    }
+
+    /// Does the WHERE select every row once every column `not_null` names is
+    /// NOT NULL (its IS NULL tests are false)?
+    pub fn trivial_given(&self, not_null: impl Fn(&str) -> bool) -> bool {
+        let assumed: Vec<bool> = self.atoms.iter().map(|a| a.null_column.as_deref().is_some_and(&not_null)).collect();
+        let mut budget = MAX_EVALS;
+        assumed.iter().any(|&a| a) && tautology(&self.formula, &self.atoms, &assumed, &mut budget)
+    }
+}
+
+/// Analyse a WHERE clause (`None`: no WHERE at all, which is trivial).
+pub fn where_truth(clause: Option<&Node>) -> WhereTruth {
+    let Some(node) = clause.and_then(|n| n.node.as_ref()) else {
+        return WhereTruth { trivial: true, null_tests: None };
+    };
+    let mut atoms = Atoms::default();
+    let formula = atoms.formula(node);
+    let none = vec![false; atoms.list.len()];
+    let mut budget = MAX_EVALS;
+    if tautology(&formula, &atoms.list, &none, &mut budget) {
+        return WhereTruth { trivial: true, null_tests: None };
+    }
+    let null_tests =
+        atoms.list.iter().any(|a| a.null_column.is_some()).then_some(NullTests { formula, atoms: atoms.list });
+    WhereTruth { trivial: false, null_tests }
+}
+
+/// A boolean formula over atom indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Formula {
+    Atom(usize),
+    Const(bool),
+    Not(Box<Formula>),
+    And(Vec<Formula>),
+    Or(Vec<Formula>),
+}
+
+/// A variable of the formula; equal expressions (see [`key`]) share one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Atom {
+    /// Mentions no column: the same for every row.
+    row_independent: bool,
+    /// `column IS NULL` of a plain column reference: that column's name.
+    null_column: Option<String>,
+}
+
+#[derive(Default)]
+struct Atoms {
+    list: Vec<Atom>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Atoms {
+    fn formula(&mut self, node: &NodeEnum) -> Formula {
+        if !super::mentions_a_column(node) {
+            return self.atom(node, None, true);
+        }
+        match node {
+            NodeEnum::BoolExpr(b) => {
+                let args = b.args.iter().filter_map(|a| a.node.as_ref());
+                match b.boolop() {
+                    BoolExprType::AndExpr => Formula::And(args.map(|a| self.formula(a)).collect()),
+                    BoolExprType::OrExpr => Formula::Or(args.map(|a| self.formula(a)).collect()),
+                    BoolExprType::NotExpr => {
+                        Formula::Not(Box::new(Formula::And(args.map(|a| self.formula(a)).collect())))
+                    }
+                    _ => self.atom(node, None, false),
+                }
+            }
+            // Two-valued reading: a row whose condition is NULL is neither
+            // kept by `p` nor by `NOT p`; counting it as kept only ever makes
+            // the WHERE look more trivial (a refusal), never less.
+            NodeEnum::BooleanTest(t) => {
+                let Some(arg) = t.arg.as_deref().and_then(|a| a.node.as_ref()) else {
+                    return self.atom(node, None, false);
+                };
+                match t.booltesttype() {
+                    BoolTestType::IsTrue | BoolTestType::IsNotFalse => self.formula(arg),
+                    BoolTestType::IsNotTrue | BoolTestType::IsFalse => Formula::Not(Box::new(self.formula(arg))),
+                    BoolTestType::IsNotUnknown => Formula::Const(true),
+                    BoolTestType::IsUnknown => Formula::Const(false),
+                    BoolTestType::Undefined => self.atom(node, None, false),
+                }
+            }
+            NodeEnum::NullTest(t) => match t.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                Some(arg) => self.null_test(arg, t.nulltesttype() == NullTestType::IsNotNull),
+                None => self.atom(node, None, false),
+            },
+            NodeEnum::AExpr(e) => self.comparison(node, e),
+            _ => self.atom(node, None, false),
+        }
+    }
+
+    /// `arg IS NULL` (negated for IS NOT NULL), one atom per argument.
+    fn null_test(&mut self, arg: &NodeEnum, negated: bool) -> Formula {
+        let column = match arg {
+            NodeEnum::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
+                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let is_null = self.keyed(format!("null:{}", key(arg)), column, false);
+        if negated {
+            Formula::Not(Box::new(is_null))
+        } else {
+            is_null
+        }
+    }
+
+    fn comparison(&mut self, node: &NodeEnum, e: &pg_query::protobuf::AExpr) -> Formula {
+        let l = e.lexpr.as_deref().and_then(|l| l.node.as_ref());
+        let r = e.rexpr.as_deref().and_then(|r| r.node.as_ref());
+        let (Some(l), Some(r)) = (l, r) else { return self.atom(node, None, false) };
+        let null = |n: &NodeEnum| matches!(n, NodeEnum::AConst(c) if c.isnull);
+        let kind = e.kind();
+        // x IS [NOT] DISTINCT FROM NULL is x IS [NOT] NULL.
+        if matches!(kind, AExprKind::AexprDistinct | AExprKind::AexprNotDistinct) && (null(l) || null(r)) {
+            let arg = if null(l) { r } else { l };
+            return self.null_test(arg, kind == AExprKind::AexprDistinct);
+        }
+        let op = e.name.last().and_then(|n| match n.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        });
+        let (kl, kr) = (key(l), key(r));
+        if kl == kr {
+            // An expression compared with itself.
+            return match (kind, op) {
+                (AExprKind::AexprDistinct, _) | (AExprKind::AexprOp, Some("<>" | "!=" | "<" | ">")) => {
+                    Formula::Const(false)
+                }
+                // `=`, `>=`, `<=`, NOT DISTINCT, and any other operator (a
+                // comparison of a thing with itself is no filter).
+                _ => Formula::Const(true),
+            };
+        }
+        // One atom for a comparison and its negation (`<>` is NOT `=`, `>=` is
+        // NOT `<`, NOT LIKE is NOT LIKE's negation, ...), sides ordered, so
+        // `id = 5 OR id <> 5` and `5 = id OR NOT id = 5` are `p OR NOT p`.
+        let (kind, op, negated) = match (kind, op) {
+            // The operator name of these spells the kind out ("NOT BETWEEN").
+            (AExprKind::AexprBetween | AExprKind::AexprBetweenSym | AExprKind::AexprDistinct, _) => (kind, "", false),
+            (AExprKind::AexprNotBetween, _) => (AExprKind::AexprBetween, "", true),
+            (AExprKind::AexprNotBetweenSym, _) => (AExprKind::AexprBetweenSym, "", true),
+            (AExprKind::AexprNotDistinct, _) => (AExprKind::AexprDistinct, "", true),
+            (AExprKind::AexprOp | AExprKind::AexprIn | AExprKind::AexprLike | AExprKind::AexprIlike, Some(o)) => {
+                match NEGATIONS.iter().find(|(n, _)| *n == o) {
+                    Some((_, base)) => (kind, *base, true),
+                    None => (kind, o, false),
+                }
+            }
+            (k, o) => (k, o.unwrap_or(""), false),
+        };
+        let (op, kl, kr) = match (kind, op) {
+            (AExprKind::AexprOp, ">") => ("<", kr, kl),
+            (AExprKind::AexprOp | AExprKind::AexprDistinct, "=" | "") if kr < kl => (op, kr, kl),
+            _ => (op, kl, kr),
+        };
+        let atom = self.keyed(format!("cmp:{}:{op}:{kl}:{kr}", kind as i32), None, false);
+        if negated {
+            Formula::Not(Box::new(atom))
+        } else {
+            atom
+        }
+    }
+
+    fn atom(&mut self, node: &NodeEnum, null_column: Option<String>, row_independent: bool) -> Formula {
+        self.keyed(key(node), null_column, row_independent)
+    }
+
+    fn keyed(&mut self, key: String, null_column: Option<String>, row_independent: bool) -> Formula {
+        if let Some(&i) = self.index.get(&key) {
+            return Formula::Atom(i);
+        }
+        self.index.insert(key, self.list.len());
+        self.list.push(Atom { row_independent, null_column });
+        Formula::Atom(self.list.len() - 1)
+    }
+}
+
+/// Is there a choice of the row-independent atoms under which `f` is true
+/// for every choice of the others? `assumed_not_null[i]`: atom `i` (an IS
+/// NULL test) is false.
+fn tautology(f: &Formula, atoms: &[Atom], assumed_not_null: &[bool], budget: &mut u64) -> bool {
+    match f {
+        Formula::Const(b) => *b,
+        // Exact for the row atoms; for row-independent ones it may answer
+        // "trivial" where no single choice serves every conjunct: a refusal.
+        Formula::And(xs) => !xs.is_empty() && xs.iter().all(|x| tautology(x, atoms, assumed_not_null, budget)),
+        _ => truth_table(f, atoms, assumed_not_null, budget),
+    }
+}
+
+/// Only atoms that occur both plain and negated need trying both ways: for
+/// one that occurs only plain, "false" is the worst case for the row atoms
+/// and "true" the best for the row-independent ones (the other way round when
+/// it occurs only negated). A formula too large to decide within
+/// the remaining `budget` counts as trivial: refused, never waved through.
+fn truth_table(f: &Formula, atoms: &[Atom], assumed_not_null: &[bool], budget: &mut u64) -> bool {
+    let n = atoms.len();
+    let size = size(f);
+    // The walk below is work too.
+    let walk = (n + size) as u64;
+    if walk > *budget {
+        return true;
+    }
+    *budget -= walk;
+    let (mut pos, mut neg) = (vec![false; n], vec![false; n]);
+    polarity(f, true, &mut pos, &mut neg);
+    let mut values = vec![false; n];
+    let (mut fixed, mut free) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let independent = atoms[i].row_independent;
+        if assumed_not_null.get(i).copied().unwrap_or(false) {
+            values[i] = false;
+        } else if pos[i] && neg[i] {
+            if independent {
+                fixed.push(i)
+            } else {
+                free.push(i)
+            }
+        } else {
+            // Only plain: row atoms false, independent true; only negated: the reverse.
+            values[i] = pos[i] == independent;
+        }
+    }
+    let vars = fixed.len() + free.len();
+    let cost = if vars >= 32 { u64::MAX } else { (1u64 << vars).saturating_mul(size as u64) };
+    if cost > *budget {
+        return true;
+    }
+    *budget -= cost;
+    (0..1u32 << fixed.len()).any(|c| {
+        for (bit, &i) in fixed.iter().enumerate() {
+            values[i] = c & (1 << bit) != 0;
+        }
+        (0..1u32 << free.len()).all(|r| {
+            for (bit, &i) in free.iter().enumerate() {
+                values[i] = r & (1 << bit) != 0;
+            }
+            eval(f, &values)
+        })
+    })
+}
+
+fn polarity(f: &Formula, plain: bool, pos: &mut [bool], neg: &mut [bool]) {
+    match f {
+        Formula::Atom(i) if plain => pos[*i] = true,
+        Formula::Atom(i) => neg[*i] = true,
+        Formula::Const(_) => {}
+        Formula::Not(x) => polarity(x, !plain, pos, neg),
+        Formula::And(xs) | Formula::Or(xs) => xs.iter().for_each(|x| polarity(x, plain, pos, neg)),
+    }
+}
+
+fn size(f: &Formula) -> usize {
+    match f {
+        Formula::Atom(_) | Formula::Const(_) => 1,
+        Formula::Not(x) => 1 + size(x),
+        Formula::And(xs) | Formula::Or(xs) => 1 + xs.iter().map(size).sum::<usize>(),
+    }
+}
+
+fn eval(f: &Formula, values: &[bool]) -> bool {
+    match f {
+        Formula::Atom(i) => values[*i],
+        Formula::Const(b) => *b,
+        Formula::Not(x) => !eval(x, values),
+        Formula::And(xs) => xs.iter().all(|x| eval(x, values)),
+        Formula::Or(xs) => xs.iter().any(|x| eval(x, values)),
+    }
+}
+
+/// The expression's identity: its parse tree without source locations and
+/// with every constant's value removed (only `NULL` stays distinct).
+fn key(n: &NodeEnum) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("location");
+                if let Some(serde_json::Value::Object(c)) = m.get_mut("AConst") {
+                    let isnull = c.get("isnull").cloned().unwrap_or(serde_json::Value::Bool(false));
+                    c.clear();
+                    c.insert("isnull".into(), isnull);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    match serde_json::to_value(n) {
+        Ok(mut v) => {
+            strip(&mut v);
+            v.to_string()
+        }
+        // Never seen: a unique key, so it equals nothing else.
+        Err(_) => format!("unserializable:{:p}", n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn truth(where_clause: &str) -> WhereTruth {
+        let parsed = pg_query::parse(&format!("DELETE FROM t WHERE {where_clause}"), 0).expect("parses");
+        let stmt = parsed.protobuf.stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()).expect("a statement");
+        let NodeEnum::DeleteStmt(d) = stmt else { panic!("not a DELETE") };
+        where_truth(d.where_clause.as_deref())
+    }
+
+    #[test]
+    fn logical_tautologies_are_trivial() {
+        for w in [
+            "id = 1 OR NOT id = 1",
+            "(id = 1) IS NOT TRUE OR id = 1",
+            "id IS NULL OR id IS NOT NULL",
+            "NOT (id = 1 AND NOT id = 1)",
+            "(a = 1 OR b = 2) OR NOT (a = 1 OR b = 2)",
+            "coalesce(id, 0) = coalesce(id, 0)",
+            "lower(name) >= lower(name)",
+            "id + 0 = id + 1",
+            "id IS NOT DISTINCT FROM id",
+            "(id = 1) IS NOT UNKNOWN",
+            "id = 1 OR now() IS NOT NULL",
+            "id = id AND name = name",
+            "id = 5 OR id <> 5",
+            "5 = id OR NOT id = 5",
+            "id < 3 OR id >= 3",
+            "id > 3 OR 3 >= id",
+            "name LIKE 'a%' OR name NOT LIKE 'a%'",
+            "id IN (1, 2) OR id NOT IN (1, 2)",
+            "id BETWEEN 1 AND 5 OR id NOT BETWEEN 1 AND 5",
+            "a IS DISTINCT FROM b OR a IS NOT DISTINCT FROM b",
+        ] {
+            assert!(truth(w).trivial, "{w}");
+        }
+    }
+
+    #[test]
+    fn real_filters_are_not() {
+        for w in [
+            "id = 1",
+            "id = 1 AND true",
+            "id = 1 OR id = 2",
+            "id <> id",
+            "id = 1 AND NOT id = 1",
+            "deleted_at IS NOT NULL",
+            "id > 0",
+            "id IN (SELECT id FROM t)",
+            "a = 1 AND (b = 2 OR NOT b = 2)",
+            "id = 5 OR id > 5",
+            "id < 3 OR id > 3",
+            "a = b OR a <> c",
+        ] {
+            assert!(!truth(w).trivial, "{w}");
+        }
+    }
+
+    /// Trivial once exactly the columns in `not_null` are NOT NULL?
+    fn trivial_given(where_clause: &str, not_null: &[&str]) -> bool {
+        let t = truth(where_clause);
+        assert!(!t.trivial, "{where_clause} is trivial without the schema");
+        t.null_tests.is_some_and(|n| n.trivial_given(|c| not_null.contains(&c)))
+    }
+
+    #[test]
+    fn null_tests_of_not_null_columns_are_decided_by_the_schema() {
+        assert!(trivial_given("id IS NOT NULL", &["id"]));
+        assert!(!trivial_given("id IS NOT NULL", &["other"]));
+        assert!(trivial_given("NOT (t.id IS NULL)", &["id"]));
+        assert!(trivial_given("id IS DISTINCT FROM NULL", &["id"]));
+        assert!(trivial_given("a IS NOT NULL AND b IS NOT NULL", &["a", "b"]));
+        assert!(!trivial_given("a IS NOT NULL AND b IS NOT NULL", &["a"]));
+        assert!(trivial_given("a IS NOT NULL OR b IS NOT NULL", &["b"]));
+        // However many columns are tested.
+        let many = "c1 IS NOT NULL OR c2 IS NOT NULL OR c3 IS NOT NULL OR c4 IS NOT NULL OR c5 IS NOT NULL \
+                    OR c6 IS NOT NULL OR c7 IS NOT NULL";
+        assert!(trivial_given(many, &["c7"]));
+        assert!(!trivial_given(many, &[]));
+        assert!(!trivial_given("id IS NOT NULL AND id = 3", &["id"]));
+        assert!(!trivial_given("id IS NULL", &["id"]));
+        assert!(truth("id = 3").null_tests.is_none());
+        let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
+        assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn constants_values_never_matter() {
+        // Texts that differ only in constants share cached analyses.
+        assert_eq!(truth("coalesce(id, 0) = coalesce(id, 1)"), truth("coalesce(id, 0) = coalesce(id, 0)"));
+        assert_eq!(truth("id = 1 OR NOT id = 2"), truth("id = 1 OR NOT id = 1"));
+    }
+
+    #[test]
+    fn large_conjunctions_are_split_not_refused() {
+        let w: Vec<String> = (0..40).map(|i| format!("c{i} = {i}")).collect();
+        assert!(!truth(&w.join(" AND ")).trivial);
+        let mut t: Vec<String> = (0..40).map(|i| format!("(c{i} = 1 OR NOT c{i} = 1)")).collect();
+        assert!(truth(&t.join(" AND ")).trivial);
+        t.push("c99 = 1".into());
+        assert!(!truth(&t.join(" AND ")).trivial);
+    }
+}
