@@ -565,7 +565,7 @@ const IDENTITY_SETTINGS: [&str; 2] = ["role", "session_authorization"];
 /// Describe `node` and any data-changing statements nested in it.
 fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, reliance: &mut Vec<NullReliance>) {
     out.push(describe(node, text));
-    rely(node, out, reliance);
+    judge_where(node, out, reliance);
     for (child, _, _, _) in node.nodes() {
         let NodeRef::FuncCall(f) = child else { continue };
         if let Some(Some(name)) = set_config_name(f) {
@@ -602,7 +602,7 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, relia
             _ => continue,
         };
         out.push(describe(&inner, text));
-        rely(&inner, out, reliance);
+        judge_where(&inner, out, reliance);
     }
 }
 
@@ -651,15 +651,15 @@ fn target_and_where(node: &NodeEnum) -> Option<(Option<&protobuf::RangeVar>, Opt
 }
 
 /// If the statement just described (the last in `out`) is a DELETE or
-/// UPDATE whose WHERE is trivial once some null-tested columns are NOT NULL,
-/// note which (see [`NullReliance`]).
-fn rely(node: &NodeEnum, out: &[SqlStatement], reliance: &mut Vec<NullReliance>) {
-    let Some((Some(target), clause)) = target_and_where(node) else { return };
-    if !out.last().is_some_and(|s| s.has_where) {
-        return;
-    }
-    if let Some(tests) = truth::where_truth(clause).null_tests {
-        reliance.push(NullReliance { statement: out.len() - 1, table: relname(target), tests });
+/// UPDATE, judge its WHERE once: set its `has_where`, and if the schema may
+/// still make it trivial (null tests), note that (see [`NullReliance`]).
+fn judge_where(node: &NodeEnum, out: &mut [SqlStatement], reliance: &mut Vec<NullReliance>) {
+    let Some((target, clause)) = target_and_where(node) else { return };
+    let Some(last) = out.len().checked_sub(1) else { return };
+    let truth = truth::where_truth(clause);
+    out[last].has_where = !truth.trivial;
+    if let (Some(target), Some(tests)) = (target, truth.null_tests) {
+        reliance.push(NullReliance { statement: last, table: relname(target), tests });
     }
 }
 
@@ -700,15 +700,9 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             K::Select
         }
         NodeEnum::InsertStmt(_) => K::Insert,
-        NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => {
-            let (_, clause) = target_and_where(node).unwrap_or_default();
-            s.has_where = !truth::where_truth(clause).trivial;
-            if matches!(node, NodeEnum::UpdateStmt(_)) {
-                K::Update
-            } else {
-                K::Delete
-            }
-        }
+        // Their `has_where` is judged by `judge_where`, once.
+        NodeEnum::UpdateStmt(_) => K::Update,
+        NodeEnum::DeleteStmt(_) => K::Delete,
         NodeEnum::MergeStmt(_) => K::Merge,
         NodeEnum::CopyStmt(c) => {
             s.copy_program = c.is_program;
