@@ -519,11 +519,21 @@ fn luhn(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Cards, SSNs and phone numbers are all runs of digits with separators;
-/// one scanner finds the runs and classifies each.
+/// Cards, SSNs and phone numbers are all runs of digits with single
+/// separators; one scanner finds the runs and classifies their stretches.
+///
+/// A run is split into its digit groups, and every stretch of consecutive
+/// groups holding at most 19 digits is a candidate, the longest first from the
+/// leftmost group: so `123-45-6789 234-56-7890` (two SSNs joined by a space,
+/// as `string_agg(ssn, ' ')` writes them) is two SSNs, and a card followed by
+/// its expiry (`4111 1111 1111 1111 12/28`) is still a card. A stretch may not
+/// begin after or end before a dot inside the run (`0.4111111111111111` is a
+/// number, not a card). Each group is tried at most 19 times as a start, so
+/// the scan stays linear in the text.
 fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
     let n = b.len();
     let mut i = 0;
+    let mut groups: Vec<(usize, usize)> = Vec::new();
     let mut digits: Vec<u8> = Vec::with_capacity(24);
     while i < n {
         let c = b[i];
@@ -535,65 +545,105 @@ fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
             i += 1;
             continue;
         }
-        // Walk the run: digits with single separators (space, dash, dot, parens, slash).
+        // Walk the run: digit groups with single separators (space, dash, dot, parens, slash).
         let start = i;
-        let mut j = i;
-        digits.clear();
-        let mut seps = 0usize;
-        let mut sep_kinds = 0u8;
-        if plus {
-            j += 1;
-        }
+        let mut j = if plus { i + 1 } else { i };
+        groups.clear();
         while j < n {
             let x = b[j];
             if x.is_ascii_digit() {
-                digits.push(x);
-                j += 1;
+                let g = j;
+                while j < n && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                groups.push((g, j));
             } else if matches!(x, b' ' | b'-' | b'.' | b'(' | b')' | b'/')
                 && j + 1 < n
                 && (b[j + 1].is_ascii_digit()
                     || (x == b')' && b[j + 1] == b' ' && j + 2 < n && b[j + 2].is_ascii_digit())
                     || (x == b'('))
-                && digits.len() < 19
             {
-                seps += 1;
-                sep_kinds |= match x {
-                    b' ' => 1,
-                    b'-' => 2,
-                    b'.' => 4,
-                    _ => 8,
-                };
                 j += 1;
             } else {
                 break;
             }
         }
-        // trim a trailing separator
-        let mut end = j;
-        while end > start && !b[end - 1].is_ascii_digit() {
-            end -= 1;
-        }
-        let boundary = end == n || !(b[end].is_ascii_alphanumeric());
-        let nd = digits.len();
-        let mut matched = None;
-        // A decimal number (one dot) is not a card: 3583503.876544 passes Luhn.
-        let decimal = sep_kinds == 4 && seps == 1;
-        if boundary && (13..=19).contains(&nd) && !plus && !decimal && d.on(Entity::Card) && luhn(&digits) {
-            matched = Some(Entity::Card);
-        } else if boundary
-            && nd == 9
-            && d.on(Entity::Ssn)
-            && ssn_shape(&b[start..end], d.ssn_plain_digits)
-            && ssn_valid(&digits)
-        {
-            matched = Some(Entity::Ssn);
-        } else if boundary && d.on(Entity::Phone) && phone_shape(plus, nd, seps, sep_kinds, &b[start..end]) {
-            matched = Some(Entity::Phone);
-        }
-        if let Some(entity) = matched {
-            out.push(Span { start, end, entity });
+        // The run ends at its last digit; what follows must not glue it to a word.
+        let run_end = groups.last().map_or(start, |g| g.1);
+        let end_ok = run_end == n || !b[run_end].is_ascii_alphanumeric();
+        let mut s = 0;
+        while s < groups.len() {
+            // A stretch starts at the run's start, or after a separator other than a dot.
+            let from = if s == 0 { start } else { groups[s].0 };
+            let mut next = s + 1;
+            if s == 0 || b[from - 1] != b'.' {
+                let from = if s > 0 && b[from - 1] == b'(' { from - 1 } else { from };
+                // The stretches from group `s`, longest first (at most 19 digits).
+                let mut last = s;
+                let mut nd = groups[s].1 - groups[s].0;
+                while last + 1 < groups.len() && nd + (groups[last + 1].1 - groups[last + 1].0) <= 19 {
+                    last += 1;
+                    nd += groups[last].1 - groups[last].0;
+                }
+                for e in (s..=last).rev() {
+                    let to = groups[e].1;
+                    let bounded = if e + 1 == groups.len() { end_ok } else { b[to] != b'.' };
+                    if !bounded {
+                        continue;
+                    }
+                    let whole = s == 0 && e + 1 == groups.len();
+                    if let Some(entity) = classify(&b[from..to], plus && s == 0, whole, d, &mut digits) {
+                        out.push(Span { start: from, end: to, entity });
+                        next = e + 1;
+                        break;
+                    }
+                }
+            }
+            s = next;
         }
         i = j.max(i + 1);
+    }
+}
+
+/// What one stretch of a digit run is, if anything: `s` runs from its first
+/// digit (or the `+` or `(` in front of it) to its last digit. A card found
+/// inside a longer run must be written in groups of four digits or more
+/// (`1 1 1 1 1 1 1 1 1 1 1 1 4111` in a list of numbers is not one).
+fn classify(s: &[u8], plus: bool, whole: bool, d: &Detectors, digits: &mut Vec<u8>) -> Option<Entity> {
+    digits.clear();
+    let mut seps = 0usize;
+    let mut kinds = 0u8;
+    let mut group = 0usize;
+    let mut short_group = false;
+    for &x in if plus { &s[1..] } else { s } {
+        if x.is_ascii_digit() {
+            digits.push(x);
+            group += 1;
+        } else {
+            short_group |= group > 0 && group < 4;
+            group = 0;
+            seps += 1;
+            kinds |= match x {
+                b' ' => 1,
+                b'-' => 2,
+                b'.' => 4,
+                _ => 8,
+            };
+        }
+    }
+    short_group |= group < 4;
+    let nd = digits.len();
+    // A decimal number (one dot) is not a card: 3583503.876544 passes Luhn.
+    let decimal = kinds == 4 && seps == 1;
+    let card_shape = whole || !short_group;
+    if (13..=19).contains(&nd) && !plus && !decimal && card_shape && d.on(Entity::Card) && luhn(digits) {
+        Some(Entity::Card)
+    } else if nd == 9 && !plus && d.on(Entity::Ssn) && ssn_shape(s, d.ssn_plain_digits) && ssn_valid(digits) {
+        Some(Entity::Ssn)
+    } else if d.on(Entity::Phone) && phone_shape(plus, nd, seps, kinds, s) {
+        Some(Entity::Phone)
+    } else {
+        None
     }
 }
 
@@ -724,6 +774,29 @@ mod tests {
         assert_eq!(found(&format!("t {jwt} x")), vec![(Entity::Jwt, jwt.into())]);
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----";
         assert_eq!(found(pem), vec![(Entity::PrivateKey, pem.into())]);
+    }
+
+    #[test]
+    fn entities_inside_longer_digit_runs() {
+        let ssn = |t: &str| (Entity::Ssn, t.to_string());
+        // Joined by a space, as string_agg(ssn, ' ') writes them.
+        assert_eq!(found("123-45-6789 234-56-7890"), vec![ssn("123-45-6789"), ssn("234-56-7890")]);
+        assert_eq!(found("123-45-6789 5"), vec![ssn("123-45-6789")]);
+        assert_eq!(found("7 123-45-6789"), vec![ssn("123-45-6789")]);
+        let card = |t: &str| (Entity::Card, t.to_string());
+        assert_eq!(found("card 4111 1111 1111 1111 12/28"), vec![card("4111 1111 1111 1111")]);
+        assert_eq!(found("4111 1111 1111 1111 2024"), vec![card("4111 1111 1111 1111")]);
+        // However long the run, a card in it is found.
+        let long = format!("{}4111 1111 1111 1111", "1 ".repeat(40));
+        assert_eq!(found(&long), vec![card("4111 1111 1111 1111")]);
+        assert_eq!(
+            found("555-123-4567 555-765-4321"),
+            vec![(Entity::Phone, "555-123-4567".into()), (Entity::Phone, "555-765-4321".into())]
+        );
+        // Nor begin after, or end before, a dot: these are numbers.
+        for s in ["0.4111111111111111", "4111111111111111.5", "12.123-45-6789", "1.5 2.5 3.5 4.5"] {
+            assert!(found(s).is_empty(), "{s}");
+        }
     }
 
     #[test]
