@@ -254,6 +254,9 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
         "UPDATE orders SET amount_cents = 0 WHERE status IS DISTINCT FROM NULL",
         "DELETE FROM orders WHERE customer_id IS NOT NULL OR id IS NOT NULL",
         "WITH d AS (DELETE FROM orders WHERE id IS NOT NULL RETURNING 1) SELECT count(*) FROM d",
+        // System columns are never NULL, whatever the catalog lists.
+        "UPDATE orders SET status = 'x' WHERE ctid IS NOT NULL",
+        "DELETE FROM orders o WHERE NOT (o.xmin IS NULL)",
         // Logic alone.
         "DELETE FROM orders WHERE (id = 1) IS NOT TRUE OR id = 1",
         "DELETE FROM orders WHERE coalesce(customer_id, 0) = coalesce(customer_id, 0)",

@@ -120,18 +120,23 @@ pub struct NullReliance {
     pub tests: truth::NullTests,
 }
 
+/// PostgreSQL's system columns: every table has them, they are never NULL,
+/// and no user column may take their names.
+const SYSTEM_COLUMNS: [&str; 6] = ["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
+
 /// The WHERE presence of the request's statements under the schema
 /// `not_null(table, column)` describes: each statement a [`NullReliance`]
 /// names is given `has_where = false` when its WHERE keeps every row once
-/// those columns are NOT NULL. Uses the same cached parse as [`analyze`];
-/// costs nothing unless a DELETE or UPDATE has a WHERE.
+/// those columns (and the system columns, `ctid IS NOT NULL`) are NOT NULL.
+/// Uses the same cached parse as [`analyze`]; costs nothing unless a DELETE
+/// or UPDATE has a WHERE.
 pub fn apply_not_null(request: &mut SqlRequest, not_null: impl Fn(&str, &str) -> bool) {
     use StatementKind as K;
     if !request.statements.iter().any(|s| s.has_where && matches!(s.kind, K::Delete | K::Update)) {
         return;
     }
     for r in &null_reliance(&request.text) {
-        if r.tests.trivial_given(|column| not_null(&r.table, column)) {
+        if r.tests.trivial_given(|column| SYSTEM_COLUMNS.contains(&column) || not_null(&r.table, column)) {
             if let Some(s) = request.statements.get_mut(r.statement) {
                 s.has_where = false;
             }
