@@ -573,58 +573,79 @@ fn digit_runs(b: &[u8], d: &Detectors, out: &mut Vec<Span>) {
         let end_ok = run_end == n || !b[run_end].is_ascii_alphanumeric();
         let mut s = 0;
         while s < groups.len() {
-            // A stretch starts at the run's start, or after a separator other than a dot.
-            let from = if s == 0 { start } else { groups[s].0 };
-            let mut next = s + 1;
-            if s == 0 || b[from - 1] != b'.' {
-                let from = if s > 0 && b[from - 1] == b'(' { from - 1 } else { from };
-                // The stretches from group `s`, longest first (at most 19 digits).
-                let mut last = s;
-                let mut nd = groups[s].1 - groups[s].0;
-                while last + 1 < groups.len() && nd + (groups[last + 1].1 - groups[last + 1].0) <= 19 {
-                    last += 1;
-                    nd += groups[last].1 - groups[last].0;
+            s = match longest_stretch(b, Run { groups: &groups, start, plus, end_ok }, s, d, &mut digits) {
+                Some((span, after)) => {
+                    out.push(span);
+                    after
                 }
-                for e in (s..=last).rev() {
-                    let to = groups[e].1;
-                    let whole = s == 0 && e + 1 == groups.len();
-                    // Inside a longer run only SSNs (3 groups), phones (4 at
-                    // most) and cards in groups of 4+ digits (4 at most) count.
-                    let few = e - s < 4 || whole || (plus && s == 0);
-                    let bounded = if e + 1 == groups.len() { end_ok } else { b[to] != b'.' };
-                    if !few || !bounded {
-                        continue;
-                    }
-                    if let Some(entity) = classify(&b[from..to], plus && s == 0, whole, d, &mut digits) {
-                        out.push(Span { start: from, end: to, entity });
-                        next = e + 1;
-                        break;
-                    }
-                }
-            }
-            s = next;
+                None => s + 1,
+            };
         }
         i = j.max(i + 1);
     }
 }
 
+/// One run of digit groups, as [`digit_runs`] walked it.
+struct Run<'a> {
+    /// Each group's byte range.
+    groups: &'a [(usize, usize)],
+    /// Where the run begins (its first digit, `+` or `(`).
+    start: usize,
+    /// It begins with `+`.
+    plus: bool,
+    /// Its last digit is not glued to a word.
+    end_ok: bool,
+}
+
+/// The longest entity among the stretches of `run` that begin at group `s`,
+/// and the group after it.
+fn longest_stretch(b: &[u8], run: Run<'_>, s: usize, d: &Detectors, digits: &mut Vec<u8>) -> Option<(Span, usize)> {
+    let Run { groups, start, plus, end_ok } = run;
+    let len = |g: usize| groups[g].1 - groups[g].0;
+    // A stretch starts at the run's start, or after a separator other than a dot.
+    let from = match s {
+        0 => start,
+        _ if b[groups[s].0 - 1] == b'.' => return None,
+        _ if b[groups[s].0 - 1] == b'(' => groups[s].0 - 1,
+        _ => groups[s].0,
+    };
+    let plus = plus && s == 0;
+    // The stretches from group `s` hold at most 19 digits.
+    let mut last = s;
+    let mut nd = len(s);
+    while last + 1 < groups.len() && nd + len(last + 1) <= 19 {
+        last += 1;
+        nd += len(last);
+    }
+    for e in (s..=last).rev() {
+        let whole = s == 0 && e + 1 == groups.len();
+        // Inside a longer run only SSNs (3 groups), phones (4 at most) and
+        // cards in groups of 4+ digits (4 at most) count.
+        if e - s >= 4 && !whole && !plus {
+            continue;
+        }
+        let to = groups[e].1;
+        let bounded = if e + 1 == groups.len() { end_ok } else { b[to] != b'.' };
+        // A card inside a longer run is written in groups of four digits or
+        // more (`1 1 1 1 1 1 1 1 1 1 1 1 4111` in a list of numbers is not one).
+        let card_shape = whole || (s..=e).all(|g| len(g) >= 4);
+        if let Some(entity) = bounded.then(|| classify(&b[from..to], plus, card_shape, d, digits)).flatten() {
+            return Some((Span { start: from, end: to, entity }, e + 1));
+        }
+    }
+    None
+}
+
 /// What one stretch of a digit run is, if anything: `s` runs from its first
-/// digit (or the `+` or `(` in front of it) to its last digit. A card found
-/// inside a longer run must be written in groups of four digits or more
-/// (`1 1 1 1 1 1 1 1 1 1 1 1 4111` in a list of numbers is not one).
-fn classify(s: &[u8], plus: bool, whole: bool, d: &Detectors, digits: &mut Vec<u8>) -> Option<Entity> {
+/// digit (or the `+` or `(` in front of it) to its last digit.
+fn classify(s: &[u8], plus: bool, card_shape: bool, d: &Detectors, digits: &mut Vec<u8>) -> Option<Entity> {
     digits.clear();
     let mut seps = 0usize;
     let mut kinds = 0u8;
-    let mut group = 0usize;
-    let mut short_group = false;
     for &x in if plus { &s[1..] } else { s } {
         if x.is_ascii_digit() {
             digits.push(x);
-            group += 1;
         } else {
-            short_group |= group > 0 && group < 4;
-            group = 0;
             seps += 1;
             kinds |= match x {
                 b' ' => 1,
@@ -634,11 +655,9 @@ fn classify(s: &[u8], plus: bool, whole: bool, d: &Detectors, digits: &mut Vec<u
             };
         }
     }
-    short_group |= group < 4;
     let nd = digits.len();
     // A decimal number (one dot) is not a card: 3583503.876544 passes Luhn.
     let decimal = kinds == 4 && seps == 1;
-    let card_shape = whole || !short_group;
     if (13..=19).contains(&nd) && !plus && !decimal && card_shape && d.on(Entity::Card) && luhn(digits) {
         Some(Entity::Card)
     } else if nd == 9 && !plus && d.on(Entity::Ssn) && ssn_shape(s, d.ssn_plain_digits) && ssn_valid(digits) {
