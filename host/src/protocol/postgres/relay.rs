@@ -47,6 +47,8 @@ const BATCH_ROWS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
+/// A client read this large means more is probably waiting (see `client_to_upstream`).
+const BULK_READ: usize = 16 * 1024;
 
 /// What a forwarded client message will produce.
 #[derive(Debug)]
@@ -271,8 +273,16 @@ async fn client_to_upstream(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(READ_CHUNK);
         }
-        if client.read_buf(&mut buf).await? == 0 {
+        let n = client.read_buf(&mut buf).await?;
+        if n == 0 {
             return Ok(());
+        }
+        // A client streaming bulk data (COPY FROM, large binds) keeps this
+        // side ready for a whole cooperative budget (~4 MiB): let the other
+        // side forward the upstream's answer first, so an error the upstream
+        // raised early reaches the client while it is still writing.
+        if n >= BULK_READ {
+            tokio::task::yield_now().await;
         }
     }
 }
