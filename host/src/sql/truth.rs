@@ -6,9 +6,12 @@
 //! constants) are one variable; an atom that mentions no column is the same for
 //! every row (its value is unknown here, so an attacker may pick it); a
 //! comparison of an expression with itself (`coalesce(id, 0) =
-//! coalesce(id, 0)`) is decided. The WHERE selects every row when some choice
-//! of the row-independent atoms makes the formula true for every choice of
-//! the others: `p OR NOT p`, `(id = 1) IS NOT TRUE OR id = 1`, `x IS NULL OR x
+//! coalesce(id, 0)`, also `id + 0 = id` and `id::bigint = id`: arithmetic
+//! with constants, casts and constant `coalesce` defaults are looked
+//! through) is decided, and so is an expression among its own candidates
+//! (`id IN (1, id)`, `id = ANY (ARRAY[id])`, `id BETWEEN id AND id`). The
+//! WHERE selects every row when some choice of the row-independent atoms
+//! makes the formula true for every choice of the others: `p OR NOT p`, `(id = 1) IS NOT TRUE OR id = 1`, `x IS NULL OR x
 //! IS NOT NULL`, `id = 1 OR now() IS NOT NULL`.
 //!
 //! `id IS NOT NULL` depends on the schema: it keeps every row when `id` is
@@ -19,7 +22,8 @@
 //! Constants' values never matter here (so texts that differ only in
 //! constants are analysed alike, which the analysis caches rely on). Truth is
 //! undecidable in general: `WHERE id > 0` and `WHERE id IN (SELECT id FROM t)`
-//! pass.
+//! pass, and so does `WHERE name LIKE '%'` (the pattern's value would
+//! matter).
 
 use pg_query::protobuf::{AExprKind, BoolExprType, BoolTestType, NullTestType};
 use pg_query::{Node, NodeEnum};
@@ -152,6 +156,13 @@ impl Atoms {
 
     /// `arg IS NULL` (negated for IS NOT NULL), one atom per argument.
     fn null_test(&mut self, arg: &NodeEnum, negated: bool) -> Formula {
+        // `ROW(a, b) IS NULL`: every field is NULL; `IS NOT NULL`: none is.
+        if let NodeEnum::RowExpr(row) = arg {
+            let fields: Vec<&NodeEnum> = row.args.iter().filter_map(|a| a.node.as_ref()).collect();
+            if !fields.is_empty() {
+                return Formula::And(fields.into_iter().map(|f| self.null_test(f, negated)).collect());
+            }
+        }
         let column = match arg {
             NodeEnum::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
                 Some(NodeEnum::String(s)) => Some(s.sval.clone()),
@@ -182,8 +193,12 @@ impl Atoms {
             Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
             _ => None,
         });
+        let (sl, sr) = (key(same_rows(l)), key(same_rows(r)));
+        if let Some(decided) = self_membership(kind, op, &sl, r) {
+            return Formula::Const(decided);
+        }
         let (kl, kr) = (key(l), key(r));
-        if kl == kr {
+        if sl == sr {
             // An expression compared with itself.
             return match (kind, op) {
                 (AExprKind::AexprDistinct, _) | (AExprKind::AexprOp, Some("<>" | "!=" | "<" | ">")) => {
@@ -331,6 +346,72 @@ fn eval(f: &Formula, values: &[bool]) -> bool {
     }
 }
 
+/// What `e` compares like, for deciding a comparison of an expression with
+/// itself: arithmetic with a constant (`id + 0`, `id * 1`), a cast and a
+/// `coalesce` whose other arguments are constants are read as their column
+/// expression (constants' values never matter here, so `id + 0 = id` is
+/// `id = id` — a refusal where the constant would not make it one, never a
+/// pass where it would).
+fn same_rows(mut e: &NodeEnum) -> &NodeEnum {
+    let constant = |n: &Node| !n.node.as_ref().is_some_and(super::mentions_a_column);
+    loop {
+        let next = match e {
+            NodeEnum::TypeCast(c) => c.arg.as_deref(),
+            NodeEnum::AExpr(a) if a.kind() == AExprKind::AexprOp => {
+                let arithmetic = a.name.last().and_then(|n| n.node.as_ref()).is_some_and(
+                    |n| matches!(n, NodeEnum::String(s) if matches!(s.sval.as_str(), "+" | "-" | "*" | "/" | "%" | "^" | "||")),
+                );
+                match (a.lexpr.as_deref(), a.rexpr.as_deref()) {
+                    (Some(l), Some(r)) if arithmetic && constant(r) => Some(l),
+                    (Some(l), Some(r)) if arithmetic && constant(l) => Some(r),
+                    (None, Some(r)) if arithmetic => Some(r),
+                    _ => None,
+                }
+            }
+            NodeEnum::FuncCall(f)
+                if f.funcname
+                    .last()
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(|n| matches!(n, NodeEnum::String(s) if s.sval.eq_ignore_ascii_case("coalesce")))
+                    && f.args.len() > 1
+                    && f.args[1..].iter().all(constant) =>
+            {
+                f.args.first()
+            }
+            NodeEnum::CoalesceExpr(c) if c.args.len() > 1 && c.args[1..].iter().all(constant) => c.args.first(),
+            _ => None,
+        };
+        match next.and_then(|n| n.node.as_ref()) {
+            Some(n) => e = n,
+            None => return e,
+        }
+    }
+}
+
+/// `x IN (…, x, …)`, `x = ANY (ARRAY[…, x, …])`, `x BETWEEN x AND x` and
+/// their negations: decided when the left side (key `kl`) is among the
+/// candidates on the right.
+fn self_membership(kind: AExprKind, op: Option<&str>, kl: &str, r: &NodeEnum) -> Option<bool> {
+    let items: Vec<String> = match r {
+        NodeEnum::List(l) => l.items.iter().filter_map(|i| i.node.as_ref()).map(|i| key(same_rows(i))).collect(),
+        NodeEnum::AArrayExpr(a) => {
+            a.elements.iter().filter_map(|i| i.node.as_ref()).map(|i| key(same_rows(i))).collect()
+        }
+        _ => return None,
+    };
+    let any = items.iter().any(|i| i == kl);
+    let all = !items.is_empty() && items.iter().all(|i| i == kl);
+    match (kind, op) {
+        (AExprKind::AexprIn | AExprKind::AexprOpAny, Some("=")) if any => Some(true),
+        (AExprKind::AexprIn | AExprKind::AexprOpAll, Some("<>" | "!=")) if any => Some(false),
+        (AExprKind::AexprOpAll, Some("=" | ">=" | "<=")) if all => Some(true),
+        (AExprKind::AexprOpAny, Some("<>" | "!=" | "<" | ">")) if all => Some(false),
+        (AExprKind::AexprBetween | AExprKind::AexprBetweenSym, _) if all => Some(true),
+        (AExprKind::AexprNotBetween | AExprKind::AexprNotBetweenSym, _) if all => Some(false),
+        _ => None,
+    }
+}
+
 /// The expression's identity: its parse tree without source locations and
 /// with every constant's value removed (only `NULL` stays distinct).
 fn key(n: &NodeEnum) -> String {
@@ -393,6 +474,29 @@ mod tests {
             "id IN (1, 2) OR id NOT IN (1, 2)",
             "id BETWEEN 1 AND 5 OR id NOT BETWEEN 1 AND 5",
             "a IS DISTINCT FROM b OR a IS NOT DISTINCT FROM b",
+            // The left side is among the candidates.
+            "id IN (id)",
+            "id IN (1, id, 3)",
+            "id = ANY (ARRAY[id])",
+            "id = ANY (ARRAY[2, id])",
+            "id = ALL (ARRAY[id, id])",
+            "id BETWEEN id AND id",
+            "id BETWEEN SYMMETRIC id AND id",
+            "NOT id NOT IN (id)",
+            "NOT id NOT BETWEEN id AND id",
+            "NOT id <> ALL (ARRAY[id])",
+            // Arithmetic with constants, casts, coalesce with constants.
+            "id + 0 = id",
+            "0 + id = id",
+            "id * 1 >= id",
+            "-id = -id",
+            "id::bigint = id",
+            "id::text = id::text",
+            "coalesce(id, 0) = id",
+            "name || '' = name",
+            // Row null tests are tests of their fields.
+            "ROW(id) IS NULL OR ROW(id) IS NOT NULL",
+            "(a, b) IS NULL OR a IS NOT NULL OR b IS NOT NULL",
         ] {
             assert!(truth(w).trivial, "{w}");
         }
@@ -413,6 +517,15 @@ mod tests {
             "id = 5 OR id > 5",
             "id < 3 OR id > 3",
             "a = b OR a <> c",
+            "id IN (1, 2)",
+            "id = ANY (ARRAY[1, 2])",
+            "id = ANY (ARRAY[other])",
+            "id = ALL (ARRAY[id, 2])",
+            "id BETWEEN id AND 5",
+            "id NOT IN (id)",
+            "id + 1 > id",
+            "id + other = id",
+            "ROW(a, b) IS NOT NULL",
         ] {
             assert!(!truth(w).trivial, "{w}");
         }
@@ -441,6 +554,9 @@ mod tests {
         assert!(!trivial_given(many, &[]));
         assert!(!trivial_given("id IS NOT NULL AND id = 3", &["id"]));
         assert!(!trivial_given("id IS NULL", &["id"]));
+        assert!(trivial_given("ROW(id) IS NOT NULL", &["id"]));
+        assert!(trivial_given("(a, b) IS NOT NULL", &["a", "b"]));
+        assert!(!trivial_given("(a, b) IS NOT NULL", &["a"]));
         assert!(truth("id = 3").null_tests.is_none());
         let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);

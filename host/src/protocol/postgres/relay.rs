@@ -47,7 +47,7 @@ const BATCH_ROWS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
-/// A client read this large means more is probably waiting (see `client_to_upstream`).
+/// Client bytes read between two turns of the upstream side (see `client_to_upstream`).
 const BULK_READ: usize = 16 * 1024;
 
 /// What a forwarded client message will produce.
@@ -219,6 +219,8 @@ async fn client_to_upstream(
         portal_ids: HashMap::new(),
     };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
+    // Bytes read from the client since this task last let the other side run.
+    let mut unyielded = 0usize;
     loop {
         loop {
             let m = match take_message(&mut buf) {
@@ -278,10 +280,14 @@ async fn client_to_upstream(
             return Ok(());
         }
         // A client streaming bulk data (COPY FROM, large binds) keeps this
-        // side ready for a whole cooperative budget (~4 MiB): let the other
-        // side forward the upstream's answer first, so an error the upstream
-        // raised early reaches the client while it is still writing.
-        if n >= BULK_READ {
+        // side ready for a whole cooperative budget (~4 MiB of reads): every
+        // 16 KiB read, however it arrived (TLS hands over one record at a
+        // time), let the other side run, so an error the upstream raised
+        // early reaches the client while it is still writing. A query-sized
+        // read (every pgbench query) rarely reaches it.
+        unyielded += n;
+        if unyielded >= BULK_READ {
+            unyielded = 0;
             tokio::task::yield_now().await;
         }
     }
