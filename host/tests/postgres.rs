@@ -270,6 +270,18 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
         "DELETE FROM orders WHERE ROW(id) IS NOT NULL",
     ];
     all_refused(&c, &sqls, "without a WHERE").await;
+    // A pattern that matches every string, on a NOT NULL column: read after
+    // the same statement with a real pattern ran (no template serves it).
+    c.batch_execute("DELETE FROM orders WHERE status LIKE 'zz%'").await.unwrap();
+    c.batch_execute("UPDATE orders SET status = status WHERE id::text ~ '^9'").await.unwrap();
+    let patterns = [
+        "DELETE FROM orders WHERE status LIKE '%'",
+        "UPDATE orders SET status = status WHERE id::text ~ ''",
+        "DELETE FROM orders WHERE status SIMILAR TO '%'",
+    ];
+    all_refused(&c, &patterns, "without a WHERE").await;
+    let e = c.execute("DELETE FROM orders WHERE status ILIKE '%%'", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
     // The extended protocol is analysed alike.
     let e = c.execute("DELETE FROM orders WHERE id IS NOT NULL", &[]).await.unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");

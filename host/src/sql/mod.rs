@@ -163,9 +163,17 @@ struct Analyzed {
     statements: Vec<SqlStatement>,
     violation: Option<String>,
     reliance: Vec<NullReliance>,
-    /// A SELECT names an output by position (`ORDER BY 2`): which column it
-    /// filters by depends on the constant, so no template may serve it.
-    by_position: bool,
+    /// A constant decides the outcome, so no template may serve the text: a
+    /// SELECT names an output by position (`ORDER BY 2`: which column it
+    /// filters by), or a WHERE's pattern was read (`name LIKE '%'`).
+    constant_matters: bool,
+}
+
+/// What the WHERE clauses of a text's statements told.
+#[derive(Default)]
+struct WhereFacts {
+    reliance: Vec<NullReliance>,
+    pattern_read: bool,
 }
 
 type Analysis = Arc<Result<Analyzed, String>>;
@@ -362,7 +370,7 @@ fn from_template(text: &str, t: &Template, segments: &[std::ops::Range<usize>]) 
         .iter()
         .map(|(top, st)| SqlStatement { text: text[segments[*top].clone()].trim().to_string(), ..st.clone() })
         .collect();
-    Some(Analyzed { statements, violation: t.violation.clone(), reliance: t.reliance.clone(), by_position: false })
+    Some(Analyzed { statements, violation: t.violation.clone(), reliance: t.reliance.clone(), constant_matters: false })
 }
 
 fn cache_put(cache: &Mutex<Option<HashMap<Vec<u8>, Arc<Template>>>>, key: Vec<u8>, t: Arc<Template>) {
@@ -416,7 +424,7 @@ fn analyze_by_shape(text: &str) -> Result<(Analyzed, Served), String> {
         // the value a pinned setting is SET to).
         let split_agrees = segments.len() == tops.len()
             && tops.iter().enumerate().all(|(i, t)| text[segments[i].clone()].trim() == t.as_str());
-        let constant_matters = analyzed.by_position
+        let constant_matters = analyzed.constant_matters
             || analyzed.statements.iter().any(|s| {
                 s.functions.iter().any(|f| f.ends_with("set_config"))
                     || (s.kind == StatementKind::SessionSetting && {
@@ -466,13 +474,13 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
     let mut tops = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut owners = Vec::new();
     let mut by_position = false;
-    let mut reliance = Vec::new();
+    let mut facts = WhereFacts::default();
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = (raw.stmt_location.max(0) as usize).min(text.len());
         let end = if raw.stmt_len <= 0 { text.len() } else { (start + raw.stmt_len as usize).min(text.len()) };
         let stmt_text = text.get(start..end).unwrap_or(text).trim().to_string();
-        describe_tree(node, &stmt_text, &mut out, &mut reliance);
+        describe_tree(node, &stmt_text, &mut out, &mut facts);
         owners.resize(out.len(), tops.len());
         tops.push(stmt_text);
         if violation.is_none() {
@@ -480,7 +488,8 @@ fn analyze_uncached(text: &str) -> Result<(Analyzed, Vec<String>, Vec<usize>), S
         }
         by_position |= columns::names_outputs_by_position(node);
     }
-    Ok((Analyzed { statements: out, violation, reliance, by_position }, tops, owners))
+    let constant_matters = by_position || facts.pattern_read;
+    Ok((Analyzed { statements: out, violation, reliance: facts.reliance, constant_matters }, tops, owners))
 }
 
 fn is_pinned(name: &str) -> bool {
@@ -568,9 +577,9 @@ fn set_config_name(f: &protobuf::FuncCall) -> Option<Option<String>> {
 const IDENTITY_SETTINGS: [&str; 2] = ["role", "session_authorization"];
 
 /// Describe `node` and any data-changing statements nested in it.
-fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, reliance: &mut Vec<NullReliance>) {
+fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, facts: &mut WhereFacts) {
     out.push(describe(node, text));
-    judge_where(node, out, reliance);
+    judge_where(node, out, facts);
     for (child, _, _, _) in node.nodes() {
         let NodeRef::FuncCall(f) = child else { continue };
         if let Some(Some(name)) = set_config_name(f) {
@@ -593,7 +602,7 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, relia
         _ => Vec::new(),
     };
     for n in nested {
-        describe_tree(n, text, out, reliance);
+        describe_tree(n, text, out, facts);
     }
     for (child, depth, _, _) in node.nodes() {
         if depth <= 1 {
@@ -607,7 +616,7 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, relia
             _ => continue,
         };
         out.push(describe(&inner, text));
-        judge_where(&inner, out, reliance);
+        judge_where(&inner, out, facts);
     }
 }
 
@@ -658,13 +667,14 @@ fn target_and_where(node: &NodeEnum) -> Option<(Option<&protobuf::RangeVar>, Opt
 /// If the statement just described (the last in `out`) is a DELETE or
 /// UPDATE, judge its WHERE once: set its `has_where`, and if the schema may
 /// still make it trivial (null tests), note that (see [`NullReliance`]).
-fn judge_where(node: &NodeEnum, out: &mut [SqlStatement], reliance: &mut Vec<NullReliance>) {
+fn judge_where(node: &NodeEnum, out: &mut [SqlStatement], facts: &mut WhereFacts) {
     let Some((target, clause)) = target_and_where(node) else { return };
     let Some(last) = out.len().checked_sub(1) else { return };
     let truth = truth::where_truth(clause);
     out[last].has_where = !truth.trivial;
+    facts.pattern_read |= truth.pattern_read;
     if let (Some(target), Some(tests)) = (target, truth.null_tests) {
-        reliance.push(NullReliance { statement: last, table: relname(target), tests });
+        facts.reliance.push(NullReliance { statement: last, table: relname(target), tests });
     }
 }
 

@@ -22,8 +22,11 @@
 //! Constants' values never matter here (so texts that differ only in
 //! constants are analysed alike, which the analysis caches rely on). Truth is
 //! undecidable in general: `WHERE id > 0` and `WHERE id IN (SELECT id FROM t)`
-//! pass, and so does `WHERE name LIKE '%'` (the pattern's value would
-//! matter).
+//! pass.
+//!
+//! One exception: a pattern that matches every string (`name LIKE '%'`, `name
+//! ~ ''`) is read as `name IS NOT NULL`, and an analysis that read a pattern
+//! says so ([`WhereTruth::pattern_read`]): no template may serve another text.
 
 use pg_query::protobuf::{AExprKind, BoolExprType, BoolTestType, NullTestType};
 use pg_query::{Node, NodeEnum};
@@ -46,6 +49,9 @@ pub struct WhereTruth {
     /// Not trivial as written, but it null-tests plain columns: whether it
     /// is once some of them are declared NOT NULL, the schema decides.
     pub null_tests: Option<NullTests>,
+    /// The answer read a pattern's value (`name LIKE '%'` matches every
+    /// non-NULL name): texts that differ only in constants may differ here.
+    pub pattern_read: bool,
 }
 
 /// A WHERE that null-tests plain columns, kept to be decided against the
@@ -74,18 +80,19 @@ impl NullTests {
 /// Analyse a WHERE clause (`None`: no WHERE at all, which is trivial).
 pub fn where_truth(clause: Option<&Node>) -> WhereTruth {
     let Some(node) = clause.and_then(|n| n.node.as_ref()) else {
-        return WhereTruth { trivial: true, null_tests: None };
+        return WhereTruth { trivial: true, null_tests: None, pattern_read: false };
     };
     let mut atoms = Atoms::default();
     let formula = atoms.formula(node);
     let none = vec![false; atoms.list.len()];
     let mut budget = MAX_EVALS;
+    let pattern_read = atoms.pattern_read;
     if tautology(&formula, &atoms.list, &none, &mut budget) {
-        return WhereTruth { trivial: true, null_tests: None };
+        return WhereTruth { trivial: true, null_tests: None, pattern_read };
     }
     let null_tests =
         atoms.list.iter().any(|a| a.null_column.is_some()).then_some(NullTests { formula, atoms: atoms.list });
-    WhereTruth { trivial: false, null_tests }
+    WhereTruth { trivial: false, null_tests, pattern_read }
 }
 
 /// A boolean formula over atom indices.
@@ -111,6 +118,8 @@ struct Atom {
 struct Atoms {
     list: Vec<Atom>,
     index: std::collections::HashMap<String, usize>,
+    /// A constant pattern was read (see [`WhereTruth::pattern_read`]).
+    pattern_read: bool,
 }
 
 impl Atoms {
@@ -155,7 +164,14 @@ impl Atoms {
     }
 
     /// `arg IS NULL` (negated for IS NOT NULL), one atom per argument.
-    fn null_test(&mut self, arg: &NodeEnum, negated: bool) -> Formula {
+    fn null_test(&mut self, mut arg: &NodeEnum, negated: bool) -> Formula {
+        // A cast is NULL exactly when its argument is.
+        while let NodeEnum::TypeCast(c) = arg {
+            match c.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                Some(inner) => arg = inner,
+                None => break,
+            }
+        }
         // `ROW(a, b) IS NULL`: every field is NULL; `IS NOT NULL`: none is.
         if let NodeEnum::RowExpr(row) = arg {
             let fields: Vec<&NodeEnum> = row.args.iter().filter_map(|a| a.node.as_ref()).collect();
@@ -226,6 +242,14 @@ impl Atoms {
             }
             (k, o) => (k, o.unwrap_or(""), false),
         };
+        // `x LIKE '%'`, `x ~ ''`, `x SIMILAR TO '%'`: true for every non-NULL x.
+        if let Some(pattern) = constant_pattern(kind, op, r) {
+            self.pattern_read = true;
+            if matches_everything(kind, op, pattern) {
+                let not_null = self.null_test(l, true);
+                return if negated { Formula::Not(Box::new(not_null)) } else { not_null };
+            }
+        }
         let (op, kl, kr) = match (kind, op) {
             (AExprKind::AexprOp, ">") => ("<", kr, kl),
             (AExprKind::AexprOp | AExprKind::AexprDistinct, "=" | "") if kr < kl => (op, kr, kl),
@@ -412,6 +436,45 @@ fn self_membership(kind: AExprKind, op: Option<&str>, kl: &str, r: &NodeEnum) ->
     }
 }
 
+/// The constant pattern of a pattern match (`LIKE`, `ILIKE`, `SIMILAR TO`,
+/// `~`, `~*`; `op` already stripped of its negation).
+fn constant_pattern<'a>(kind: AExprKind, op: &str, r: &'a NodeEnum) -> Option<&'a str> {
+    let pattern_op = match kind {
+        AExprKind::AexprLike | AExprKind::AexprIlike | AExprKind::AexprSimilar => true,
+        AExprKind::AexprOp => matches!(op, "~~" | "~~*" | "~" | "~*"),
+        _ => false,
+    };
+    if !pattern_op {
+        return None;
+    }
+    let mut r = r;
+    loop {
+        r = match r {
+            NodeEnum::TypeCast(c) => c.arg.as_deref()?.node.as_ref()?,
+            // SIMILAR TO's pattern is wrapped: similar_to_escape('%').
+            NodeEnum::FuncCall(f) if f.args.len() == 1 => f.args[0].node.as_ref()?,
+            NodeEnum::AConst(c) => {
+                return match &c.val {
+                    Some(pg_query::protobuf::a_const::Val::Sval(s)) => Some(s.sval.as_str()),
+                    _ => None,
+                }
+            }
+            _ => return None,
+        };
+    }
+}
+
+/// Does the pattern match every string?
+fn matches_everything(kind: AExprKind, op: &str, pattern: &str) -> bool {
+    let regex = kind == AExprKind::AexprOp && matches!(op, "~" | "~*");
+    if regex {
+        // (`.` matches newlines too in PostgreSQL's default regex mode.)
+        matches!(pattern, "" | "^" | "$" | ".*" | "^.*" | ".*$" | "^.*$" | "(.*)" | "^(.*)$")
+    } else {
+        !pattern.is_empty() && pattern.bytes().all(|b| b == b'%')
+    }
+}
+
 /// The expression's identity: its parse tree without source locations and
 /// with every constant's value removed (only `NULL` stays distinct).
 fn key(n: &NodeEnum) -> String {
@@ -497,6 +560,14 @@ mod tests {
             // Row null tests are tests of their fields.
             "ROW(id) IS NULL OR ROW(id) IS NOT NULL",
             "(a, b) IS NULL OR a IS NOT NULL OR b IS NOT NULL",
+            // Patterns that match every string, on a column that is never NULL here.
+            "name LIKE '%' OR name IS NULL",
+            "name::text ILIKE '%%' OR name IS NULL",
+            "name ~ '' OR name IS NULL",
+            "name ~* '^.*$' OR name IS NULL",
+            "name SIMILAR TO '%' OR name IS NULL",
+            "name ~~ '%' OR name IS NULL",
+            "NOT name NOT LIKE '%' OR name IS NULL",
         ] {
             assert!(truth(w).trivial, "{w}");
         }
@@ -526,6 +597,12 @@ mod tests {
             "id + 1 > id",
             "id + other = id",
             "ROW(a, b) IS NOT NULL",
+            "name LIKE '%'",
+            "name LIKE 'a%' OR name IS NULL",
+            "name LIKE '' OR name IS NULL",
+            "name ~ '^$' OR name IS NULL",
+            "name ~ '.' OR name IS NULL",
+            "name NOT LIKE '%' OR name IS NULL",
         ] {
             assert!(!truth(w).trivial, "{w}");
         }
@@ -557,6 +634,9 @@ mod tests {
         assert!(trivial_given("ROW(id) IS NOT NULL", &["id"]));
         assert!(trivial_given("(a, b) IS NOT NULL", &["a", "b"]));
         assert!(!trivial_given("(a, b) IS NOT NULL", &["a"]));
+        assert!(trivial_given("name LIKE '%'", &["name"]));
+        assert!(trivial_given("id::text LIKE '%%'", &["id"]));
+        assert!(!trivial_given("name LIKE 'a%'", &["name"]));
         assert!(truth("id = 3").null_tests.is_none());
         let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);
@@ -567,6 +647,10 @@ mod tests {
         // Texts that differ only in constants share cached analyses.
         assert_eq!(truth("coalesce(id, 0) = coalesce(id, 1)"), truth("coalesce(id, 0) = coalesce(id, 0)"));
         assert_eq!(truth("id = 1 OR NOT id = 2"), truth("id = 1 OR NOT id = 1"));
+        // Except a pattern's, which says so (no template may serve it).
+        assert!(truth("name LIKE 'a%'").pattern_read);
+        assert!(truth("name ~ 'a'").pattern_read);
+        assert!(!truth("name = 'a'").pattern_read);
     }
 
     #[test]
