@@ -268,6 +268,9 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
         "DELETE FROM orders WHERE id + 0 = id",
         "DELETE FROM orders WHERE id::bigint = id",
         "DELETE FROM orders WHERE ROW(id) IS NOT NULL",
+        // A truth value compared with a constant.
+        "DELETE FROM orders WHERE (id = id) = true",
+        "DELETE FROM orders WHERE (id = 1) <> (id = 1) IS NOT TRUE",
     ];
     all_refused(&c, &sqls, "without a WHERE").await;
     // A pattern that matches every string, on a NOT NULL column: read after

@@ -11,8 +11,9 @@
 //! through) is decided, and so is an expression among its own candidates
 //! (`id IN (1, id)`, `id = ANY (ARRAY[id])`, `id BETWEEN id AND id`). The
 //! WHERE selects every row when some choice of the row-independent atoms
-//! makes the formula true for every choice of the others: `p OR NOT p`, `(id = 1) IS NOT TRUE OR id = 1`, `x IS NULL OR x
-//! IS NOT NULL`, `id = 1 OR now() IS NOT NULL`.
+//! makes the formula true for every choice of the others: `p OR NOT p`,
+//! `(id = 1) IS NOT TRUE OR id = 1`, `x IS NULL OR x IS NOT NULL`, `id = 1
+//! OR now() IS NOT NULL`, `(id = id) = true`.
 //!
 //! `id IS NOT NULL` depends on the schema: it keeps every row when `id` is
 //! declared NOT NULL. The analysis reports which sets of null-tested columns
@@ -164,14 +165,9 @@ impl Atoms {
     }
 
     /// `arg IS NULL` (negated for IS NOT NULL), one atom per argument.
-    fn null_test(&mut self, mut arg: &NodeEnum, negated: bool) -> Formula {
+    fn null_test(&mut self, arg: &NodeEnum, negated: bool) -> Formula {
         // A cast is NULL exactly when its argument is.
-        while let NodeEnum::TypeCast(c) = arg {
-            match c.arg.as_deref().and_then(|a| a.node.as_ref()) {
-                Some(inner) => arg = inner,
-                None => break,
-            }
-        }
+        let arg = uncast(arg);
         // `ROW(a, b) IS NULL`: every field is NULL; `IS NOT NULL`: none is.
         if let NodeEnum::RowExpr(row) = arg {
             let fields: Vec<&NodeEnum> = row.args.iter().filter_map(|a| a.node.as_ref()).collect();
@@ -209,11 +205,36 @@ impl Atoms {
             Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
             _ => None,
         });
-        let (sl, sr) = (key(same_rows(l)), key(same_rows(r)));
+        // A truth value compared with another (`(id = id) = true`): equal
+        // when both hold or neither does; the constant is the attacker's pick.
+        let equality = match (kind, op) {
+            (AExprKind::AexprOp, Some("=")) | (AExprKind::AexprNotDistinct, _) => Some(true),
+            (AExprKind::AexprOp, Some("<>" | "!=")) | (AExprKind::AexprDistinct, _) => Some(false),
+            _ => None,
+        };
+        let side = |n: &NodeEnum| truth_valued(n) || !super::mentions_a_column(n);
+        if let Some(equal) = equality.filter(|_| side(l) && side(r) && (truth_valued(l) || truth_valued(r))) {
+            let (fl, fr) = (self.formula(l), self.formula(r));
+            let not = |f: Formula| Formula::Not(Box::new(f));
+            let same =
+                Formula::Or(vec![Formula::And(vec![fl.clone(), fr.clone()]), Formula::And(vec![not(fl), not(fr)])]);
+            return if equal { same } else { not(same) };
+        }
+        let (kl, kr) = (key(l), key(r));
+        // The key of what a side compares like, computed again only when it
+        // differs from the side.
+        let like = |n: &NodeEnum, k: &String| {
+            let s = same_rows(n);
+            if std::ptr::eq(s, n) {
+                k.clone()
+            } else {
+                key(s)
+            }
+        };
+        let (sl, sr) = (like(l, &kl), like(r, &kr));
         if let Some(decided) = self_membership(kind, op, &sl, r) {
             return Formula::Const(decided);
         }
-        let (kl, kr) = (key(l), key(r));
         if sl == sr {
             // An expression compared with itself.
             return match (kind, op) {
@@ -379,8 +400,8 @@ fn eval(f: &Formula, values: &[bool]) -> bool {
 fn same_rows(mut e: &NodeEnum) -> &NodeEnum {
     let constant = |n: &Node| !n.node.as_ref().is_some_and(super::mentions_a_column);
     loop {
+        e = uncast(e);
         let next = match e {
-            NodeEnum::TypeCast(c) => c.arg.as_deref(),
             NodeEnum::AExpr(a) if a.kind() == AExprKind::AexprOp => {
                 let arithmetic = a.name.last().and_then(|n| n.node.as_ref()).is_some_and(
                     |n| matches!(n, NodeEnum::String(s) if matches!(s.sval.as_str(), "+" | "-" | "*" | "/" | "%" | "^" | "||")),
@@ -412,6 +433,17 @@ fn same_rows(mut e: &NodeEnum) -> &NodeEnum {
     }
 }
 
+/// `e` without the casts around it.
+fn uncast(mut e: &NodeEnum) -> &NodeEnum {
+    while let NodeEnum::TypeCast(c) = e {
+        match c.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(inner) => e = inner,
+            None => break,
+        }
+    }
+    e
+}
+
 /// `x IN (…, x, …)`, `x = ANY (ARRAY[…, x, …])`, `x BETWEEN x AND x` and
 /// their negations: decided when the left side (key `kl`) is among the
 /// candidates on the right.
@@ -436,6 +468,33 @@ fn self_membership(kind: AExprKind, op: Option<&str>, kl: &str, r: &NodeEnum) ->
     }
 }
 
+/// Is `n` a condition (its value a truth value the formula can reason about)?
+fn truth_valued(n: &NodeEnum) -> bool {
+    match n {
+        NodeEnum::BoolExpr(_) | NodeEnum::NullTest(_) | NodeEnum::BooleanTest(_) => true,
+        NodeEnum::AExpr(e) => match e.kind() {
+            AExprKind::AexprOp => e.name.last().and_then(|n| n.node.as_ref()).is_some_and(|n| {
+                matches!(n, NodeEnum::String(s) if matches!(s.sval.as_str(),
+                    "=" | "<>" | "!=" | "<" | ">" | "<=" | ">=" | "~~" | "!~~" | "~~*" | "!~~*" | "~" | "!~" | "~*" | "!~*"))
+            }),
+            AExprKind::AexprOpAny
+            | AExprKind::AexprOpAll
+            | AExprKind::AexprDistinct
+            | AExprKind::AexprNotDistinct
+            | AExprKind::AexprIn
+            | AExprKind::AexprLike
+            | AExprKind::AexprIlike
+            | AExprKind::AexprSimilar
+            | AExprKind::AexprBetween
+            | AExprKind::AexprNotBetween
+            | AExprKind::AexprBetweenSym
+            | AExprKind::AexprNotBetweenSym => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// The constant pattern of a pattern match (`LIKE`, `ILIKE`, `SIMILAR TO`,
 /// `~`, `~*`; `op` already stripped of its negation).
 fn constant_pattern<'a>(kind: AExprKind, op: &str, r: &'a NodeEnum) -> Option<&'a str> {
@@ -449,8 +508,7 @@ fn constant_pattern<'a>(kind: AExprKind, op: &str, r: &'a NodeEnum) -> Option<&'
     }
     let mut r = r;
     loop {
-        r = match r {
-            NodeEnum::TypeCast(c) => c.arg.as_deref()?.node.as_ref()?,
+        r = match uncast(r) {
             // SIMILAR TO's pattern is wrapped: similar_to_escape('%').
             NodeEnum::FuncCall(f) if f.args.len() == 1 => f.args[0].node.as_ref()?,
             NodeEnum::AConst(c) => {
@@ -568,6 +626,11 @@ mod tests {
             "name SIMILAR TO '%' OR name IS NULL",
             "name ~~ '%' OR name IS NULL",
             "NOT name NOT LIKE '%' OR name IS NULL",
+            // Truth values compared.
+            "(id = id) = true",
+            "(id = 1) <> (id = 1) IS NOT TRUE",
+            "(a = 1 OR NOT a = 1) IS NOT DISTINCT FROM true",
+            "true = (id = id)",
         ] {
             assert!(truth(w).trivial, "{w}");
         }
@@ -603,6 +666,9 @@ mod tests {
             "name ~ '^$' OR name IS NULL",
             "name ~ '.' OR name IS NULL",
             "name NOT LIKE '%' OR name IS NULL",
+            "(a = 1) = true",
+            "(a = 1) = (b = 2)",
+            "(a = 1) <> (a = 2)",
         ] {
             assert!(!truth(w).trivial, "{w}");
         }
@@ -637,6 +703,7 @@ mod tests {
         assert!(trivial_given("name LIKE '%'", &["name"]));
         assert!(trivial_given("id::text LIKE '%%'", &["id"]));
         assert!(!trivial_given("name LIKE 'a%'", &["name"]));
+        assert!(trivial_given("(id IS NULL) = false", &["id"]));
         assert!(truth("id = 3").null_tests.is_none());
         let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);

@@ -48,7 +48,7 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
 /// Client bytes read between two turns of the upstream side (see `client_to_upstream`).
-const BULK_READ: usize = 16 * 1024;
+const YIELD_EVERY: usize = 16 * 1024;
 
 /// What a forwarded client message will produce.
 #[derive(Debug)]
@@ -286,7 +286,7 @@ async fn client_to_upstream(
         // early reaches the client while it is still writing. A query-sized
         // read (every pgbench query) rarely reaches it.
         unyielded += n;
-        if unyielded >= BULK_READ {
+        if unyielded >= YIELD_EVERY {
             unyielded = 0;
             tokio::task::yield_now().await;
         }
