@@ -5,7 +5,8 @@
 //! * masking throughput on 1000 x 5 batches: pii-mask in the sandbox vs the
 //!   same code compiled natively (ratio; target >= 0.5);
 //! * instantiate-per-session cost (pooled);
-//! * SQL analysis cost (libpg_query) for comparison.
+//! * SQL analysis cost (libpg_query) for comparison;
+//! * one short request through the session pipeline vs the calls it makes.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -206,6 +207,33 @@ fn main() {
         Duration::from_millis(500),
     );
 
+    // One pgbench -S request through the session pipeline, as the Postgres
+    // relay runs it: analysis (other constants each time), the statement
+    // masked for the recording, every guard asked (sql-guard answers from
+    // its structure cache). Against: the same analysis plus one raw
+    // mask-text call, so the difference is the pipeline's own bookkeeping.
+    let mut pipe = wardgate::pipeline::SessionPipeline::new(registry.clone(), session(), vec![]);
+    let pg: Vec<String> =
+        (0..100_000).map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};")).collect();
+    let mut next_pg = pg.iter().cycle();
+    let t_request = per_iter(
+        || {
+            let t = next_pg.next().unwrap();
+            let r = Request::Sql(wardgate::sql::analyze(t, SqlPhase::SimpleQuery, ""));
+            black_box(pipe.mask_text(t).unwrap());
+            black_box(pipe.check(&r, |r| r));
+        },
+        Duration::from_secs(1),
+    );
+    let t_request_raw = per_iter(
+        || {
+            let t = next_pg.next().unwrap();
+            black_box(wardgate::sql::analyze(t, SqlPhase::SimpleQuery, ""));
+            black_box(sp.mask_text(&masker, t).unwrap());
+        },
+        Duration::from_secs(1),
+    );
+
     // Near-boundary cost: a masker that returns its input (the hostile test
     // fixture, which also copies the batch to a string and scans it for its
     // trigger words, so this is an upper bound on lift/lower).
@@ -269,6 +297,11 @@ fn main() {
         "  mask 1x1 int4 row, sandbox              {:>8.2} µs/call   native {:.2} µs",
         us(t_one),
         us(t_one_native)
+    );
+    println!(
+        "  pgbench -S request through the pipeline {:>7.2} µs        analysis + one mask-text call {:.2} µs",
+        us(t_request),
+        us(t_request_raw)
     );
     if let Some(b) = t_boundary {
         println!(

@@ -9,7 +9,8 @@ pub mod types {
     pub use crate::plugins::bindings::wardgate::plugin::types::*;
 }
 
-use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use foldhash::{HashMap, HashMapExt as _};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,10 +97,12 @@ pub struct SessionPipeline {
     /// (This map and the next are looked up on every request and result:
     /// foldhash, seeded per process, instead of SipHash.)
     wanted: HashMap<Vec<Column>, Arc<[bool]>>,
-    /// Request structures (see [`structure`]) each guard that declared
-    /// `[guard] verdicts = "structure"` allowed, by the guard's position in
-    /// `guards`. Only allows are kept: a deny or review is asked again.
-    allowed: HashSet<(usize, Request)>,
+    /// Request structures (see [`Structure`]) each guard that declared
+    /// `[guard] verdicts = "structure"` allowed, by the hash of the guard's
+    /// position in `guards` and the structure; equal hashes are told apart
+    /// by comparing. Only allows are kept: a deny or review is asked again.
+    allowed: HashMap<u64, Vec<(usize, SqlRequest)>>,
+    allowed_len: usize,
     /// Texts the masker chain masked, when every masker in it declared
     /// `[masker] text = "pure"`: an equal text is answered from here (a
     /// driver's unnamed statement is parsed, so masked for the recording,
@@ -118,35 +121,92 @@ const MASKED_TEXT_MAX: usize = 2048;
 
 /// What a guard that declared `[guard] verdicts = "structure"` may base its
 /// verdict on: a SQL request without its text (the statements' text and the
-/// values of their constants); everything the host parsed stays. Requests of
+/// values of their constants); everything the host parsed counts. Requests of
 /// other protocols are their content: they have no structure apart from it.
-fn structure(request: &Request) -> Option<Request> {
-    let Request::Sql(sql) = request else { return None };
-    let statements = sql
-        .statements
-        .iter()
-        .map(|s| SqlStatement {
-            kind: s.kind,
-            node: s.node.clone(),
-            text: String::new(),
-            tables_read: s.tables_read.clone(),
-            tables_written: s.tables_written.clone(),
-            functions: s.functions.clone(),
-            has_where: s.has_where,
-            alter_drops: s.alter_drops,
-            copy_program: s.copy_program,
-            copy_server_file: s.copy_server_file,
-            object_type: s.object_type.clone(),
-            columns: s.columns.clone(),
-        })
-        .collect();
-    Some(Request::Sql(SqlRequest {
+///
+/// Hashed and compared in place (no copy of the request per lookup). Every
+/// field is named in [`statement_parts`] and [`Structure::parts`], so a field
+/// added to the contract fails to compile here until it is decided whether
+/// it is structure.
+struct Structure<'a>(&'a SqlRequest);
+
+impl Structure<'_> {
+    fn parts(&self) -> (&Option<String>, &types::SqlPhase, &String, usize) {
+        let SqlRequest { text: _, statements, parse_error, phase, statement_name } = self.0;
+        (parse_error, phase, statement_name, statements.len())
+    }
+}
+
+/// A statement's structure: all of it but its text.
+#[allow(clippy::type_complexity)]
+fn statement_parts(
+    s: &SqlStatement,
+) -> (
+    &types::StatementKind,
+    &String,
+    &Vec<String>,
+    &Vec<String>,
+    &Vec<String>,
+    bool,
+    bool,
+    bool,
+    bool,
+    &String,
+    &Vec<types::ColumnRef>,
+) {
+    let SqlStatement {
+        kind,
+        node,
+        text: _,
+        tables_read,
+        tables_written,
+        functions,
+        has_where,
+        alter_drops,
+        copy_program,
+        copy_server_file,
+        object_type,
+        columns,
+    } = s;
+    (
+        kind,
+        node,
+        tables_read,
+        tables_written,
+        functions,
+        *has_where,
+        *alter_drops,
+        *copy_program,
+        *copy_server_file,
+        object_type,
+        columns,
+    )
+}
+
+impl std::hash::Hash for Structure<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h);
+        self.0.statements.iter().for_each(|s| statement_parts(s).hash(h));
+    }
+}
+
+impl PartialEq for Structure<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+            && self.0.statements.iter().map(statement_parts).eq(other.0.statements.iter().map(statement_parts))
+    }
+}
+
+/// `request` as kept in the cache of allowed structures: its texts dropped
+/// (they are not structure, and a client's text may be large).
+fn without_text(request: &SqlRequest) -> SqlRequest {
+    SqlRequest {
         text: String::new(),
-        statements,
-        parse_error: sql.parse_error.clone(),
-        phase: sql.phase,
-        statement_name: sql.statement_name.clone(),
-    }))
+        statements: request.statements.iter().map(|s| SqlStatement { text: String::new(), ..s.clone() }).collect(),
+        parse_error: request.parse_error.clone(),
+        phase: request.phase,
+        statement_name: request.statement_name.clone(),
+    }
 }
 
 fn record(plugin: &LoadedPlugin, decision: &'static str, reason: Option<String>, started: Instant) -> VerdictRecord {
@@ -180,7 +240,8 @@ impl SessionPipeline {
             missing: None,
             generation: u64::MAX,
             wanted: HashMap::new(),
-            allowed: HashSet::new(),
+            allowed: HashMap::new(),
+            allowed_len: 0,
             masked_texts: HashMap::new(),
         };
         p.refresh();
@@ -197,6 +258,7 @@ impl SessionPipeline {
             (self.required, self.missing) = self.plugins.resolve_required();
             self.wanted.clear();
             self.allowed.clear();
+            self.allowed_len = 0;
             self.masked_texts.clear();
         }
     }
@@ -235,27 +297,36 @@ impl SessionPipeline {
         }
         // The request as the guards so far left it (a rewrite replaces it).
         let mut rewritten: Option<Request> = None;
-        for (at, g) in self.guards.clone().into_iter().enumerate() {
+        for at in 0..self.guards.len() {
+            let g = self.guards[at].clone();
             let started = Instant::now();
             let asked = rewritten.as_ref().unwrap_or(request);
             // A quarantined guard is always called (and fails closed there).
-            let key = (g.manifest.verdicts_by_structure
-                && !g.health.quarantined.load(std::sync::atomic::Ordering::Relaxed))
-            .then(|| structure(asked))
-            .flatten()
-            .map(|s| (at, s));
-            if key.as_ref().is_some_and(|k| self.allowed.contains(k)) {
+            let by_structure =
+                g.manifest.verdicts_by_structure && !g.health.quarantined.load(std::sync::atomic::Ordering::Relaxed);
+            let key = match asked {
+                Request::Sql(sql) if by_structure => Some((sql, self.allowed.hasher().hash_one((at, Structure(sql))))),
+                _ => None,
+            };
+            let cached = key.is_some_and(|(sql, hash)| {
+                self.allowed
+                    .get(&hash)
+                    .is_some_and(|v| v.iter().any(|(i, s)| *i == at && Structure(s) == Structure(sql)))
+            });
+            if cached {
                 verdicts.push(VerdictRecord { cached: true, ..record(&g, "allow", None, started) });
                 continue;
             }
             match self.plugins.check(&g, asked) {
                 Ok(Verdict::Allow) => {
                     verdicts.push(record(&g, "allow", None, started));
-                    if let Some(k) = key {
-                        if self.allowed.len() >= ALLOWED_CAP {
+                    if let Some((sql, hash)) = key {
+                        if self.allowed_len >= ALLOWED_CAP {
                             self.allowed.clear();
+                            self.allowed_len = 0;
                         }
-                        self.allowed.insert(k);
+                        self.allowed.entry(hash).or_default().push((at, without_text(sql)));
+                        self.allowed_len += 1;
                     }
                 }
                 Ok(Verdict::Deny(reason)) => {
@@ -363,8 +434,8 @@ impl SessionPipeline {
             }
         }
         let mut masked = text.to_string();
-        for m in self.maskers.clone() {
-            masked = self.plugins.mask_text(&m, &masked)?;
+        for m in &self.maskers {
+            masked = self.plugins.mask_text(m, &masked)?;
         }
         if reusable {
             if self.masked_texts.len() >= MASKED_TEXTS_CAP {
@@ -386,4 +457,45 @@ fn lengths_fit(cells: &PackedCells) -> bool {
         total += l.max(0) as usize;
     }
     total == cells.data.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(r: &SqlRequest) -> u64 {
+        foldhash::fast::FixedState::with_seed(7).hash_one((0usize, Structure(r)))
+    }
+
+    fn analyzed(text: &str) -> SqlRequest {
+        crate::sql::analyze(text, types::SqlPhase::SimpleQuery, "")
+    }
+
+    #[test]
+    fn structures_differ_only_where_more_than_text_differs() {
+        let a = analyzed("SELECT id FROM orders WHERE id = 1");
+        let b = analyzed("select id from orders where id = 987654");
+        assert!(Structure(&a) == Structure(&b));
+        assert_eq!(hash(&a), hash(&b));
+        // What the cache keeps compares equal to what it was made from.
+        assert!(Structure(&without_text(&a)) == Structure(&b));
+        assert!(without_text(&a).text.is_empty() && without_text(&a).statements[0].text.is_empty());
+        for other in [
+            "SELECT id FROM customers WHERE id = 1",
+            "SELECT id FROM orders WHERE id = 1; SELECT 1",
+            "DELETE FROM orders WHERE id = 1",
+            "SELECT lower(status) FROM orders WHERE id = 1",
+        ] {
+            assert!(Structure(&a) != Structure(&analyzed(other)), "{other}");
+        }
+        let mut named = a.clone();
+        named.statement_name = "s1".into();
+        assert!(Structure(&a) != Structure(&named));
+        let mut parse = a.clone();
+        parse.phase = types::SqlPhase::Parse;
+        assert!(Structure(&a) != Structure(&parse));
+        let mut broken = a.clone();
+        broken.parse_error = Some("x".into());
+        assert!(Structure(&a) != Structure(&broken));
+    }
 }

@@ -262,28 +262,31 @@ impl SessionPlugins {
         plugin: &Arc<LoadedPlugin>,
         f: impl FnOnce(&mut Live) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, CallError> {
-        let name = plugin.manifest.name.clone();
+        let name = plugin.manifest.name.as_str();
         if plugin.health.quarantined.load(Ordering::Relaxed) {
-            return Err(CallError { plugin: name, kind: FailureKind::Quarantined, detail: String::new() });
+            return Err(CallError { plugin: name.to_string(), kind: FailureKind::Quarantined, detail: String::new() });
         }
         plugin.health.calls.fetch_add(1, Ordering::Relaxed);
-        let stale = self.live.get(&name).is_some_and(|l| !Arc::ptr_eq(&l.plugin, plugin));
-        if stale {
-            self.live.remove(&name);
-        }
-        if !self.live.contains_key(&name) {
+        // An instance of another version of the plugin (hot-swapped) is stale.
+        let current = self.live.get(name).is_some_and(|l| Arc::ptr_eq(&l.plugin, plugin));
+        if !current {
+            self.live.remove(name);
             match self.instantiate(plugin) {
                 Ok(l) => {
-                    self.live.insert(name.clone(), l);
+                    self.live.insert(name.to_string(), l);
                 }
                 Err(e) => {
-                    let err = CallError { plugin: name, kind: FailureKind::Instantiate, detail: format!("{e:#}") };
+                    let err = CallError {
+                        plugin: name.to_string(),
+                        kind: FailureKind::Instantiate,
+                        detail: format!("{e:#}"),
+                    };
                     self.failed(plugin, &err);
                     return Err(err);
                 }
             }
         }
-        let live = self.live.get_mut(&name).expect("inserted above");
+        let live = self.live.get_mut(name).expect("inserted above");
         live.store.set_epoch_deadline(deadline_ticks(plugin.manifest.call_timeout));
         live.store.data_mut().memory_refused = false;
         let started = Instant::now();
@@ -308,15 +311,18 @@ impl SessionPlugins {
                 Ok(r)
             }
             Ok(Err(msg)) => {
-                let err =
-                    CallError { plugin: name, kind: FailureKind::Refused, detail: msg.chars().take(500).collect() };
+                let err = CallError {
+                    plugin: name.to_string(),
+                    kind: FailureKind::Refused,
+                    detail: msg.chars().take(500).collect(),
+                };
                 self.failed(plugin, &err);
                 Err(err)
             }
             Err(e) => {
                 let memory_refused = live.store.data().memory_refused;
                 // The instance may be poisoned: drop it; the next call re-instantiates.
-                self.live.remove(&name);
+                self.live.remove(name);
                 let kind = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     FailureKind::Deadline
                 } else if memory_refused {
@@ -337,7 +343,7 @@ impl SessionPlugins {
                     // the outer error is wasmtime's "error while executing at" frame.
                     _ => first_line(&format!("{}", e.root_cause())),
                 };
-                let err = CallError { plugin: name, kind, detail };
+                let err = CallError { plugin: name.to_string(), kind, detail };
                 self.failed(plugin, &err);
                 Err(err)
             }
