@@ -88,7 +88,7 @@ pub fn where_truth(clause: Option<&Node>) -> WhereTruth {
     let none = vec![false; atoms.list.len()];
     let mut budget = MAX_EVALS;
     let pattern_read = atoms.pattern_read;
-    if tautology(&formula, &atoms.list, &none, &mut budget) {
+    if atoms.too_large || tautology(&formula, &atoms.list, &none, &mut budget) {
         return WhereTruth { trivial: true, null_tests: None, pattern_read };
     }
     let null_tests =
@@ -121,7 +121,14 @@ struct Atoms {
     index: std::collections::HashMap<String, usize>,
     /// A constant pattern was read (see [`WhereTruth::pattern_read`]).
     pattern_read: bool,
+    /// A truth-value comparison would have copied more than
+    /// [`MAX_COPIED`] formula nodes: the WHERE counts as trivial (refused).
+    too_large: bool,
 }
+
+/// Formula nodes one truth-value comparison may copy (`(p) = (q)` holds `p`
+/// and `q` twice, so nesting doubles the formula at every level).
+const MAX_COPIED: usize = 4096;
 
 impl Atoms {
     fn formula(&mut self, node: &NodeEnum) -> Formula {
@@ -215,6 +222,10 @@ impl Atoms {
         let side = |n: &NodeEnum| truth_valued(n) || !super::mentions_a_column(n);
         if let Some(equal) = equality.filter(|_| side(l) && side(r) && (truth_valued(l) || truth_valued(r))) {
             let (fl, fr) = (self.formula(l), self.formula(r));
+            if self.too_large || size(&fl) + size(&fr) > MAX_COPIED {
+                self.too_large = true;
+                return Formula::Const(true);
+            }
             let not = |f: Formula| Formula::Not(Box::new(f));
             let same =
                 Formula::Or(vec![Formula::And(vec![fl.clone(), fr.clone()]), Formula::And(vec![not(fl), not(fr)])]);
@@ -634,6 +645,12 @@ mod tests {
         ] {
             assert!(truth(w).trivial, "{w}");
         }
+        // Truth values compared 40 deep would copy 2^40 formula nodes: refused, at once.
+        let deep = format!("{}(a = 1){}", "(".repeat(40), " = true)".repeat(40));
+        let started = std::time::Instant::now();
+        assert!(truth(&deep).trivial);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(!truth(&format!("{}(a = 1){}", "(".repeat(4), " = true)".repeat(4))).trivial);
     }
 
     #[test]
