@@ -271,6 +271,14 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
         // A truth value compared with a constant.
         "DELETE FROM orders WHERE (id = id) = true",
         "DELETE FROM orders WHERE (id = 1) <> (id = 1) IS NOT TRUE",
+        // Each constant is a pick of its own; a comparison is NULL only when a side is.
+        "DELETE FROM orders WHERE (id = 1) = true OR (id = 1) = false",
+        "DELETE FROM orders WHERE (id = 1) IS NOT NULL",
+        "UPDATE orders SET status = 'x' WHERE (id = 1) IS DISTINCT FROM NULL",
+        // CASE and coalesce read as the conditions they are.
+        "DELETE FROM orders WHERE CASE WHEN id = 1 THEN true ELSE true END",
+        "DELETE FROM orders WHERE CASE id WHEN 1 THEN true ELSE NOT id = 1 END",
+        "DELETE FROM orders WHERE coalesce(id = 1 OR id <> 1, false)",
     ];
     all_refused(&c, &sqls, "without a WHERE").await;
     // A pattern that matches every string, on a NOT NULL column: read after

@@ -2,9 +2,13 @@
 //!
 //! The condition is read as a boolean formula over its atoms: comparisons,
 //! function calls, subqueries — anything that is not AND, OR, NOT, `IS [NOT]
-//! TRUE/FALSE/UNKNOWN` or `IS [NOT] NULL`. Equal atoms (same expression, any
-//! constants) are one variable; an atom that mentions no column is the same for
-//! every row (its value is unknown here, so an attacker may pick it); a
+//! TRUE/FALSE/UNKNOWN`, `IS [NOT] NULL`, a CASE or a coalesce (read as the
+//! conditions they spell out). Equal atoms (same expression, any constants)
+//! are one variable; an atom that mentions no column is the same for every
+//! row, and each such occurrence is a variable of its own (its value is
+//! unknown here, so an attacker may pick it) unless it is written `true`,
+//! `false` or `NULL`. A comparison is NULL exactly when one of its sides is
+//! (`(id = 1) IS NOT NULL` is `id IS NOT NULL`); a
 //! comparison of an expression with itself (`coalesce(id, 0) =
 //! coalesce(id, 0)`, also `id + 0 = id` and `id::bigint = id`: arithmetic
 //! with constants, casts and constant `coalesce` defaults are looked
@@ -133,7 +137,7 @@ const MAX_COPIED: usize = 4096;
 impl Atoms {
     fn formula(&mut self, node: &NodeEnum) -> Formula {
         if !super::mentions_a_column(node) {
-            return self.atom(node, None, true);
+            return constant_truth(node).unwrap_or_else(|| self.independent());
         }
         match node {
             NodeEnum::BoolExpr(b) => {
@@ -144,7 +148,7 @@ impl Atoms {
                     BoolExprType::NotExpr => {
                         Formula::Not(Box::new(Formula::And(args.map(|a| self.formula(a)).collect())))
                     }
-                    _ => self.atom(node, None, false),
+                    _ => self.atom(node),
                 }
             }
             // Two-valued reading: a row whose condition is NULL is neither
@@ -152,23 +156,150 @@ impl Atoms {
             // the WHERE look more trivial (a refusal), never less.
             NodeEnum::BooleanTest(t) => {
                 let Some(arg) = t.arg.as_deref().and_then(|a| a.node.as_ref()) else {
-                    return self.atom(node, None, false);
+                    return self.atom(node);
                 };
                 match t.booltesttype() {
                     BoolTestType::IsTrue | BoolTestType::IsNotFalse => self.formula(arg),
                     BoolTestType::IsNotTrue | BoolTestType::IsFalse => Formula::Not(Box::new(self.formula(arg))),
-                    BoolTestType::IsNotUnknown => Formula::Const(true),
-                    BoolTestType::IsUnknown => Formula::Const(false),
-                    BoolTestType::Undefined => self.atom(node, None, false),
+                    BoolTestType::IsNotUnknown => Formula::Not(Box::new(self.nullness(arg))),
+                    BoolTestType::IsUnknown => self.nullness(arg),
+                    BoolTestType::Undefined => self.atom(node),
                 }
             }
             NodeEnum::NullTest(t) => match t.arg.as_deref().and_then(|a| a.node.as_ref()) {
                 Some(arg) => self.null_test(arg, t.nulltesttype() == NullTestType::IsNotNull),
-                None => self.atom(node, None, false),
+                None => self.atom(node),
             },
             NodeEnum::AExpr(e) => self.comparison(node, e),
-            _ => self.atom(node, None, false),
+            // A condition cast to boolean is the same condition.
+            NodeEnum::TypeCast(_) if !std::ptr::eq(uncast(node), node) => self.formula(uncast(node)),
+            NodeEnum::CaseExpr(c) => self.case(c),
+            NodeEnum::CoalesceExpr(c) => {
+                let args: Vec<&NodeEnum> = c.args.iter().filter_map(|a| a.node.as_ref()).collect();
+                self.coalesce(&args)
+            }
+            _ => self.atom(node),
         }
+    }
+
+    /// A row-independent atom of its own: every constant, parameter or
+    /// row-independent call is the attacker's separate pick (`(id = 1) =
+    /// 't' OR (id = 1) = 'f'`), even where two look alike.
+    fn independent(&mut self) -> Formula {
+        self.list.push(Atom { row_independent: true, null_column: None });
+        Formula::Atom(self.list.len() - 1)
+    }
+
+    /// `CASE WHEN c1 THEN r1 … ELSE d END` as a condition: `(c1 AND r1) OR
+    /// (NOT c1 AND c2 AND r2) OR … OR (NOT c1 AND … AND d)`, no ELSE being
+    /// NULL (the row is not kept); `CASE x WHEN v …` compares `x = v`.
+    fn case(&mut self, c: &pg_query::protobuf::CaseExpr) -> Formula {
+        let mut branches = Vec::new();
+        let mut earlier: Vec<Formula> = Vec::new();
+        let mut copied = 0usize;
+        for w in c.args.iter().filter_map(|a| match a.node.as_ref() {
+            Some(NodeEnum::CaseWhen(w)) => Some(w),
+            _ => None,
+        }) {
+            let condition = match (c.arg.as_deref(), w.expr.as_deref()) {
+                (Some(arg), Some(value)) => self.formula(&equals(arg, value)),
+                (None, Some(expr)) => self.operand(Some(expr)),
+                (_, None) => self.independent(),
+            };
+            let result = self.operand(w.result.as_deref());
+            let mut all = earlier.clone();
+            copied += earlier.iter().map(size).sum::<usize>() + size(&condition) + size(&result);
+            all.push(condition.clone());
+            all.push(result);
+            branches.push(Formula::And(all));
+            earlier.push(Formula::Not(Box::new(condition)));
+            if self.too_large || copied > MAX_COPIED {
+                self.too_large = true;
+                return Formula::Const(true);
+            }
+        }
+        let default = match c.defresult.as_deref() {
+            Some(d) => self.operand(Some(d)),
+            None => Formula::Const(false),
+        };
+        earlier.push(default);
+        branches.push(Formula::And(earlier));
+        Formula::Or(branches)
+    }
+
+    /// `coalesce(a, rest…)` as a condition: `a` where it is not NULL, else `rest`.
+    fn coalesce(&mut self, args: &[&NodeEnum]) -> Formula {
+        let Some((first, rest)) = args.split_first() else { return Formula::Const(false) };
+        if rest.is_empty() {
+            return self.formula(first);
+        }
+        let (value, null, otherwise) = (self.formula(first), self.nullness(first), self.coalesce(rest));
+        if self.too_large || size(&value) + size(&null) + size(&otherwise) > MAX_COPIED {
+            self.too_large = true;
+            return Formula::Const(true);
+        }
+        Formula::Or(vec![
+            Formula::And(vec![Formula::Not(Box::new(null.clone())), value]),
+            Formula::And(vec![null, otherwise]),
+        ])
+    }
+
+    /// The formula of an optional operand (missing: NULL, not kept).
+    fn operand(&mut self, n: Option<&Node>) -> Formula {
+        match n.and_then(|n| n.node.as_ref()) {
+            Some(n) => self.formula(n),
+            None => Formula::Const(false),
+        }
+    }
+
+    /// When `e` is NULL. Exact for columns (an atom the schema may decide)
+    /// and for strict operators (NULL when an operand is); constants are
+    /// NULL only when written so, tests never are. For AND/OR it may say
+    /// NULL where the value is not (`NULL AND false`): that only ever makes a
+    /// WHERE look less trivial there, as an opaque atom did before.
+    fn nullness(&mut self, e: &NodeEnum) -> Formula {
+        let e = uncast(e);
+        let operands = |a: &pg_query::protobuf::AExpr| -> Vec<Node> {
+            let mut v: Vec<Node> = a.lexpr.as_deref().cloned().into_iter().collect();
+            match a.rexpr.as_deref() {
+                Some(Node { node: Some(NodeEnum::List(l)) }) => v.extend(l.items.iter().cloned()),
+                Some(r) => v.push(r.clone()),
+                None => {}
+            }
+            v
+        };
+        let args: Vec<Node> = match e {
+            NodeEnum::AConst(c) => return Formula::Const(c.isnull),
+            NodeEnum::NullTest(_) | NodeEnum::BooleanTest(_) => return Formula::Const(false),
+            NodeEnum::AExpr(a) => match a.kind() {
+                AExprKind::AexprDistinct | AExprKind::AexprNotDistinct => return Formula::Const(false),
+                AExprKind::AexprOp
+                | AExprKind::AexprLike
+                | AExprKind::AexprIlike
+                | AExprKind::AexprIn
+                | AExprKind::AexprBetween
+                | AExprKind::AexprNotBetween
+                | AExprKind::AexprBetweenSym
+                | AExprKind::AexprNotBetweenSym => operands(a),
+                _ => Vec::new(),
+            },
+            NodeEnum::BoolExpr(b) => b.args.clone(),
+            _ => Vec::new(),
+        };
+        if !args.is_empty() {
+            return Formula::Or(args.iter().filter_map(|a| a.node.as_ref()).map(|a| self.nullness(a)).collect());
+        }
+        if !super::mentions_a_column(e) {
+            return self.independent();
+        }
+        let column = match e {
+            NodeEnum::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
+                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        self.keyed(format!("null:{}", key(e)), column)
     }
 
     /// `arg IS NULL` (negated for IS NOT NULL), one atom per argument.
@@ -182,14 +313,7 @@ impl Atoms {
                 return Formula::And(fields.into_iter().map(|f| self.null_test(f, negated)).collect());
             }
         }
-        let column = match arg {
-            NodeEnum::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
-                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let is_null = self.keyed(format!("null:{}", key(arg)), column, false);
+        let is_null = self.nullness(arg);
         if negated {
             Formula::Not(Box::new(is_null))
         } else {
@@ -200,7 +324,7 @@ impl Atoms {
     fn comparison(&mut self, node: &NodeEnum, e: &pg_query::protobuf::AExpr) -> Formula {
         let l = e.lexpr.as_deref().and_then(|l| l.node.as_ref());
         let r = e.rexpr.as_deref().and_then(|r| r.node.as_ref());
-        let (Some(l), Some(r)) = (l, r) else { return self.atom(node, None, false) };
+        let (Some(l), Some(r)) = (l, r) else { return self.atom(node) };
         let null = |n: &NodeEnum| matches!(n, NodeEnum::AConst(c) if c.isnull);
         let kind = e.kind();
         // x IS [NOT] DISTINCT FROM NULL is x IS [NOT] NULL.
@@ -287,7 +411,7 @@ impl Atoms {
             (AExprKind::AexprOp | AExprKind::AexprDistinct, "=" | "") if kr < kl => (op, kr, kl),
             _ => (op, kl, kr),
         };
-        let atom = self.keyed(format!("cmp:{}:{op}:{kl}:{kr}", kind as i32), None, false);
+        let atom = self.keyed(format!("cmp:{}:{op}:{kl}:{kr}", kind as i32), None);
         if negated {
             Formula::Not(Box::new(atom))
         } else {
@@ -295,16 +419,17 @@ impl Atoms {
         }
     }
 
-    fn atom(&mut self, node: &NodeEnum, null_column: Option<String>, row_independent: bool) -> Formula {
-        self.keyed(key(node), null_column, row_independent)
+    /// The row-dependent atom of `node`: equal expressions share one.
+    fn atom(&mut self, node: &NodeEnum) -> Formula {
+        self.keyed(key(node), None)
     }
 
-    fn keyed(&mut self, key: String, null_column: Option<String>, row_independent: bool) -> Formula {
+    fn keyed(&mut self, key: String, null_column: Option<String>) -> Formula {
         if let Some(&i) = self.index.get(&key) {
             return Formula::Atom(i);
         }
         self.index.insert(key, self.list.len());
-        self.list.push(Atom { row_independent, null_column });
+        self.list.push(Atom { row_independent: false, null_column });
         Formula::Atom(self.list.len() - 1)
     }
 }
@@ -479,9 +604,43 @@ fn self_membership(kind: AExprKind, op: Option<&str>, kl: &str, r: &NodeEnum) ->
     }
 }
 
+/// The truth a row-independent condition is written with: `true`,
+/// `false` (keywords to the lexer, so the analysis caches keep them apart)
+/// and NULL (no row kept); any other constant is the attacker's pick.
+fn constant_truth(n: &NodeEnum) -> Option<Formula> {
+    match uncast(n) {
+        NodeEnum::AConst(c) if c.isnull => Some(Formula::Const(false)),
+        NodeEnum::AConst(c) => match &c.val {
+            Some(pg_query::protobuf::a_const::Val::Boolval(b)) => Some(Formula::Const(b.boolval)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The comparison `l = r` (a simple CASE's test of its operand).
+fn equals(l: &Node, r: &Node) -> NodeEnum {
+    NodeEnum::AExpr(Box::new(pg_query::protobuf::AExpr {
+        kind: AExprKind::AexprOp as i32,
+        name: vec![Node { node: Some(NodeEnum::String(pg_query::protobuf::String { sval: "=".into() })) }],
+        lexpr: Some(Box::new(l.clone())),
+        rexpr: Some(Box::new(r.clone())),
+        ..Default::default()
+    }))
+}
+
 /// Is `n` a condition (its value a truth value the formula can reason about)?
 fn truth_valued(n: &NodeEnum) -> bool {
+    // A result of a CASE or coalesce: a condition or a written truth value.
+    let condition = |n: &Node| n.node.as_ref().is_some_and(|n| truth_valued(n) || constant_truth(n).is_some());
     match n {
+        NodeEnum::CaseExpr(c) => {
+            c.args.iter().all(|w| match w.node.as_ref() {
+                Some(NodeEnum::CaseWhen(w)) => w.result.as_deref().is_some_and(condition),
+                _ => false,
+            }) && c.defresult.as_deref().is_none_or(condition)
+        }
+        NodeEnum::CoalesceExpr(c) => !c.args.is_empty() && c.args.iter().all(condition),
         NodeEnum::BoolExpr(_) | NodeEnum::NullTest(_) | NodeEnum::BooleanTest(_) => true,
         NodeEnum::AExpr(e) => match e.kind() {
             AExprKind::AexprOp => e.name.last().and_then(|n| n.node.as_ref()).is_some_and(|n| {
@@ -595,7 +754,6 @@ mod tests {
             "lower(name) >= lower(name)",
             "id + 0 = id + 1",
             "id IS NOT DISTINCT FROM id",
-            "(id = 1) IS NOT UNKNOWN",
             "id = 1 OR now() IS NOT NULL",
             "id = id AND name = name",
             "id = 5 OR id <> 5",
@@ -642,6 +800,18 @@ mod tests {
             "(id = 1) <> (id = 1) IS NOT TRUE",
             "(a = 1 OR NOT a = 1) IS NOT DISTINCT FROM true",
             "true = (id = id)",
+            // Every constant is a pick of its own, however alike they look.
+            "(id = 1) = true OR (id = 1) = false",
+            "(id = 1) = 't' OR (id = 1) = 'f'",
+            "(id = 1) = $1 OR (id = 1) = $2",
+            // CASE and coalesce as conditions.
+            "CASE WHEN id = 1 THEN true ELSE true END",
+            "CASE id WHEN 1 THEN true ELSE true END",
+            "CASE WHEN id = 1 THEN true ELSE NOT id = 1 END",
+            "CASE WHEN id = 1 THEN true WHEN id <> 1 THEN true END",
+            "(CASE WHEN id = 1 THEN true ELSE true END) = true",
+            "CASE WHEN id = 1 THEN 't' ELSE 't' END::boolean",
+            "coalesce(id = 1, true) OR id <> 1",
         ] {
             assert!(truth(w).trivial, "{w}");
         }
@@ -651,6 +821,18 @@ mod tests {
         assert!(truth(&deep).trivial);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         assert!(!truth(&format!("{}(a = 1){}", "(".repeat(4), " = true)".repeat(4))).trivial);
+        // So would CASEs nested in their conditions (each holds its
+        // condition twice). Coalesces nested in their first argument grow
+        // only linearly, but 40 of them are 40 variables to try both ways:
+        // beyond the work bound, refused at once as well.
+        let deep = format!("{}a = 1{}", "CASE WHEN ".repeat(20), " THEN b = 1 ELSE c = 1 END".repeat(20));
+        let started = std::time::Instant::now();
+        assert!(truth(&deep).trivial);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let deep = format!("{}a = 1{}", "coalesce(".repeat(40), ", b = 1)".repeat(40));
+        let started = std::time::Instant::now();
+        assert!(truth(&deep).trivial);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -686,6 +868,15 @@ mod tests {
             "(a = 1) = true",
             "(a = 1) = (b = 2)",
             "(a = 1) <> (a = 2)",
+            "(a = 1) = true OR (a = 1) = true",
+            "CASE WHEN id = 1 THEN true ELSE false END",
+            "CASE id WHEN 1 THEN true END",
+            "CASE WHEN id = 1 THEN false ELSE id = 2 END",
+            "CASE WHEN a = 1 THEN 1 ELSE 2 END = 1",
+            "coalesce(id = 1, false)",
+            "coalesce(flag, false)",
+            "(id = 1) IS NOT NULL",
+            "(id = 1) IS NOT UNKNOWN",
         ] {
             assert!(!truth(w).trivial, "{w}");
         }
@@ -721,6 +912,15 @@ mod tests {
         assert!(trivial_given("id::text LIKE '%%'", &["id"]));
         assert!(!trivial_given("name LIKE 'a%'", &["name"]));
         assert!(trivial_given("(id IS NULL) = false", &["id"]));
+        // A comparison is NULL exactly when a side is.
+        assert!(trivial_given("(id = 1) IS NOT NULL", &["id"]));
+        assert!(trivial_given("(id = 1) IS DISTINCT FROM NULL", &["id"]));
+        assert!(trivial_given("(id = 1) IS NOT UNKNOWN", &["id"]));
+        assert!(trivial_given("(id + 1 > 5)::boolean IS NOT NULL", &["id"]));
+        assert!(!trivial_given("(id = other) IS NOT NULL", &["id"]));
+        assert!(trivial_given("(id = other) IS NOT NULL", &["id", "other"]));
+        assert!(trivial_given("coalesce(id = 1 OR id <> 1, false)", &["id"]));
+        assert!(!trivial_given("coalesce(id = 1, true)", &["id"]));
         assert!(truth("id = 3").null_tests.is_none());
         let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);
