@@ -279,6 +279,9 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
         "DELETE FROM orders WHERE CASE WHEN id = 1 THEN true ELSE true END",
         "DELETE FROM orders WHERE CASE id WHEN 1 THEN true ELSE NOT id = 1 END",
         "DELETE FROM orders WHERE coalesce(id = 1 OR id <> 1, false)",
+        // A subquery that returns the column from every row of the same table.
+        "DELETE FROM orders WHERE id IN (SELECT id FROM orders)",
+        "UPDATE orders SET status = 'x' WHERE orders.id = ANY (SELECT o.id FROM public.orders o WHERE true)",
     ];
     all_refused(&c, &sqls, "without a WHERE").await;
     // A pattern that matches every string, on a NOT NULL column: read after
@@ -301,6 +304,8 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
     // A null test of a nullable column is a real filter.
     c.batch_execute("UPDATE orders SET status = status WHERE customer_id IS NOT NULL").await.unwrap();
     c.batch_execute("DELETE FROM orders WHERE placed_at IS NULL AND id = id").await.unwrap();
+    // So is a subquery that filters.
+    c.batch_execute("DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE status = 'zz')").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

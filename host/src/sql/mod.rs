@@ -670,7 +670,7 @@ fn target_and_where(node: &NodeEnum) -> Option<(Option<&protobuf::RangeVar>, Opt
 fn judge_where(node: &NodeEnum, out: &mut [SqlStatement], facts: &mut WhereFacts) {
     let Some((target, clause)) = target_and_where(node) else { return };
     let Some(last) = out.len().checked_sub(1) else { return };
-    let truth = truth::where_truth(clause);
+    let truth = truth::where_truth(clause, target);
     out[last].has_where = !truth.trivial;
     facts.pattern_read |= truth.pattern_read;
     if let (Some(target), Some(tests)) = (target, truth.null_tests) {

@@ -26,14 +26,15 @@
 //!
 //! Constants' values never matter here (so texts that differ only in
 //! constants are analysed alike, which the analysis caches rely on). Truth is
-//! undecidable in general: `WHERE id > 0` and `WHERE id IN (SELECT id FROM t)`
-//! pass.
+//! undecidable in general: `WHERE id > 0` and `WHERE id IN (SELECT id FROM
+//! other)` pass; `id IN (SELECT id FROM t)` over the table `t` the statement
+//! writes, with no filter in the subquery, is `id IS NOT NULL`.
 //!
 //! One exception: a pattern that matches every string (`name LIKE '%'`, `name
 //! ~ ''`) is read as `name IS NOT NULL`, and an analysis that read a pattern
 //! says so ([`WhereTruth::pattern_read`]): no template may serve another text.
 
-use pg_query::protobuf::{AExprKind, BoolExprType, BoolTestType, NullTestType};
+use pg_query::protobuf::{AExprKind, BoolExprType, BoolTestType, NullTestType, RangeVar};
 use pg_query::{Node, NodeEnum};
 
 /// Work bound of one decision (truth-table assignments x formula size, over
@@ -82,12 +83,13 @@ impl NullTests {
     }
 }
 
-/// Analyse a WHERE clause (`None`: no WHERE at all, which is trivial).
-pub fn where_truth(clause: Option<&Node>) -> WhereTruth {
+/// Analyse the WHERE clause of a DELETE or UPDATE of `target` (`None`: no
+/// WHERE at all, which is trivial).
+pub fn where_truth(clause: Option<&Node>, target: Option<&RangeVar>) -> WhereTruth {
     let Some(node) = clause.and_then(|n| n.node.as_ref()) else {
         return WhereTruth { trivial: true, null_tests: None, pattern_read: false };
     };
-    let mut atoms = Atoms::default();
+    let mut atoms = Atoms { target, ..Atoms::default() };
     let formula = atoms.formula(node);
     let none = vec![false; atoms.list.len()];
     let mut budget = MAX_EVALS;
@@ -120,7 +122,9 @@ struct Atom {
 }
 
 #[derive(Default)]
-struct Atoms {
+struct Atoms<'t> {
+    /// The table the WHERE filters.
+    target: Option<&'t RangeVar>,
     list: Vec<Atom>,
     index: std::collections::HashMap<String, usize>,
     /// A constant pattern was read (see [`WhereTruth::pattern_read`]).
@@ -134,7 +138,7 @@ struct Atoms {
 /// and `q` twice, so nesting doubles the formula at every level).
 const MAX_COPIED: usize = 4096;
 
-impl Atoms {
+impl Atoms<'_> {
     fn formula(&mut self, node: &NodeEnum) -> Formula {
         if !super::mentions_a_column(node) {
             return constant_truth(node).unwrap_or_else(|| self.independent());
@@ -173,6 +177,11 @@ impl Atoms {
             NodeEnum::AExpr(e) => self.comparison(node, e),
             // A condition cast to boolean is the same condition.
             NodeEnum::TypeCast(_) if !std::ptr::eq(uncast(node), node) => self.formula(uncast(node)),
+            NodeEnum::SubLink(l) => match self.own_column_subquery(l) {
+                // `id IN (SELECT id FROM t)` on t: every row whose id is not NULL.
+                Some(column) => Formula::Not(Box::new(self.nullness(column))),
+                None => self.atom(node),
+            },
             NodeEnum::CaseExpr(c) => self.case(c),
             NodeEnum::CoalesceExpr(c) => {
                 let args: Vec<&NodeEnum> = c.args.iter().filter_map(|a| a.node.as_ref()).collect();
@@ -244,6 +253,54 @@ impl Atoms {
         ])
     }
 
+    /// `c IN (SELECT c FROM t)` or `c = ANY (SELECT …)` where `t` is the
+    /// table the WHERE filters, and the subquery keeps every row of it (no
+    /// WHERE, or a trivial one; no LIMIT, grouping or set operation): the
+    /// column `c`.
+    fn own_column_subquery<'n>(&self, l: &'n pg_query::protobuf::SubLink) -> Option<&'n NodeEnum> {
+        use pg_query::protobuf::{SetOperation, SubLinkType};
+        let target = self.target?;
+        let equality = match l.oper_name.last().and_then(|n| n.node.as_ref()) {
+            None => true,
+            Some(NodeEnum::String(s)) => s.sval == "=",
+            Some(_) => false,
+        };
+        if l.sub_link_type() != SubLinkType::AnySublink || !equality {
+            return None;
+        }
+        let tested = uncast(l.testexpr.as_deref()?.node.as_ref()?);
+        let NodeEnum::ColumnRef(outer) = tested else { return None };
+        let names = column_names(outer)?;
+        let column = *names.last()?;
+        // Unqualified, or qualified by the target's name or alias.
+        let target_names = [Some(target.relname.as_str()), target.alias.as_ref().map(|a| a.aliasname.as_str())];
+        if names.len() > 2 || (names.len() == 2 && !target_names.contains(&Some(names[0]))) {
+            return None;
+        }
+        let Some(NodeEnum::SelectStmt(q)) = l.subselect.as_deref()?.node.as_ref() else { return None };
+        let whole = q.op() == SetOperation::SetopNone
+            && q.group_clause.is_empty()
+            && q.having_clause.is_none()
+            && q.limit_count.is_none()
+            && q.limit_offset.is_none()
+            && q.with_clause.is_none()
+            && q.target_list.len() == 1
+            && q.from_clause.len() == 1;
+        if !whole {
+            return None;
+        }
+        let Some(NodeEnum::RangeVar(from)) = q.from_clause[0].node.as_ref() else { return None };
+        let same_table = from.relname == target.relname
+            && (from.schemaname.is_empty() || target.schemaname.is_empty() || from.schemaname == target.schemaname);
+        let Some(NodeEnum::ResTarget(out)) = q.target_list[0].node.as_ref() else { return None };
+        let selected = match out.val.as_deref().and_then(|v| v.node.as_ref()).map(uncast) {
+            Some(NodeEnum::ColumnRef(c)) => column_names(c).and_then(|n| n.last().copied()),
+            _ => None,
+        };
+        let every_row = q.where_clause.is_none() || where_truth(q.where_clause.as_deref(), Some(from)).trivial;
+        (same_table && selected == Some(column) && every_row).then_some(tested)
+    }
+
     /// The formula of an optional operand (missing: NULL, not kept).
     fn operand(&mut self, n: Option<&Node>) -> Formula {
         match n.and_then(|n| n.node.as_ref()) {
@@ -293,10 +350,7 @@ impl Atoms {
             return self.independent();
         }
         let column = match e {
-            NodeEnum::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
-                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-                _ => None,
-            },
+            NodeEnum::ColumnRef(c) => column_names(c).and_then(|n| n.last().map(|s| s.to_string())),
             _ => None,
         };
         self.keyed(format!("null:{}", key(e)), column)
@@ -569,6 +623,17 @@ fn same_rows(mut e: &NodeEnum) -> &NodeEnum {
     }
 }
 
+/// The names of a column reference (`t.c`: `["t", "c"]`); `None` for `t.*`.
+fn column_names(c: &pg_query::protobuf::ColumnRef) -> Option<Vec<&str>> {
+    c.fields
+        .iter()
+        .map(|f| match f.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `e` without the casts around it.
 fn uncast(mut e: &NodeEnum) -> &NodeEnum {
     while let NodeEnum::TypeCast(c) = e {
@@ -739,7 +804,7 @@ mod tests {
         let parsed = pg_query::parse(&format!("DELETE FROM t WHERE {where_clause}"), 0).expect("parses");
         let stmt = parsed.protobuf.stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()).expect("a statement");
         let NodeEnum::DeleteStmt(d) = stmt else { panic!("not a DELETE") };
-        where_truth(d.where_clause.as_deref())
+        where_truth(d.where_clause.as_deref(), d.relation.as_ref())
     }
 
     #[test]
@@ -921,6 +986,31 @@ mod tests {
         assert!(trivial_given("(id = other) IS NOT NULL", &["id", "other"]));
         assert!(trivial_given("coalesce(id = 1 OR id <> 1, false)", &["id"]));
         assert!(!trivial_given("coalesce(id = 1, true)", &["id"]));
+        // A subquery that returns the column from every row of the same table.
+        for w in [
+            "id IN (SELECT id FROM t)",
+            "t.id IN (SELECT x.id FROM t x)",
+            "id = ANY (SELECT id FROM public.t)",
+            "id IN (SELECT DISTINCT id FROM t ORDER BY 1)",
+            "id IN (SELECT id FROM t WHERE true)",
+            "id IN (SELECT id FROM t WHERE id = id)",
+            "id::text IN (SELECT id FROM t)",
+            "NOT id NOT IN (SELECT id FROM t)",
+        ] {
+            assert!(trivial_given(w, &["id"]), "{w}");
+        }
+        for w in [
+            "id IN (SELECT id FROM t WHERE a = 1)",
+            "id IN (SELECT id FROM other)",
+            "id IN (SELECT other_id FROM t)",
+            "id IN (SELECT id FROM t LIMIT 5)",
+            "id IN (SELECT id FROM t UNION SELECT 1)",
+            "id IN (SELECT id FROM t GROUP BY id HAVING count(*) > 1)",
+            "id <> ALL (SELECT id FROM t)",
+            "u.id IN (SELECT id FROM t)",
+        ] {
+            assert!(!trivial_given(w, &["id"]), "{w}");
+        }
         assert!(truth("id = 3").null_tests.is_none());
         let t = truth("a IS NULL OR b = 1").null_tests.unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["a"]);
