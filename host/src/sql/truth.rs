@@ -191,6 +191,13 @@ impl Atoms<'_> {
         }
     }
 
+    /// Would a formula that copies `copied` nodes pass [`MAX_COPIED`]? Then
+    /// the whole WHERE counts as trivial (refused) from here on.
+    fn over_copy_bound(&mut self, copied: usize) -> bool {
+        self.too_large |= copied > MAX_COPIED;
+        self.too_large
+    }
+
     /// A row-independent atom of its own: every constant, parameter or
     /// row-independent call is the attacker's separate pick (`(id = 1) =
     /// 't' OR (id = 1) = 'f'`), even where two look alike.
@@ -205,7 +212,8 @@ impl Atoms<'_> {
     fn case(&mut self, c: &pg_query::protobuf::CaseExpr) -> Formula {
         let mut branches = Vec::new();
         let mut earlier: Vec<Formula> = Vec::new();
-        let mut copied = 0usize;
+        // Nodes of `earlier`, and of every branch so far.
+        let (mut earlier_size, mut copied) = (0usize, 0usize);
         for w in c.args.iter().filter_map(|a| match a.node.as_ref() {
             Some(NodeEnum::CaseWhen(w)) => Some(w),
             _ => None,
@@ -216,16 +224,16 @@ impl Atoms<'_> {
                 (_, None) => self.independent(),
             };
             let result = self.operand(w.result.as_deref());
+            copied += earlier_size + size(&condition) + size(&result);
+            if self.over_copy_bound(copied) {
+                return Formula::Const(true);
+            }
             let mut all = earlier.clone();
-            copied += earlier.iter().map(size).sum::<usize>() + size(&condition) + size(&result);
             all.push(condition.clone());
             all.push(result);
             branches.push(Formula::And(all));
+            earlier_size += 1 + size(&condition);
             earlier.push(Formula::Not(Box::new(condition)));
-            if self.too_large || copied > MAX_COPIED {
-                self.too_large = true;
-                return Formula::Const(true);
-            }
         }
         let default = match c.defresult.as_deref() {
             Some(d) => self.operand(Some(d)),
@@ -243,8 +251,7 @@ impl Atoms<'_> {
             return self.formula(first);
         }
         let (value, null, otherwise) = (self.formula(first), self.nullness(first), self.coalesce(rest));
-        if self.too_large || size(&value) + size(&null) + size(&otherwise) > MAX_COPIED {
-            self.too_large = true;
+        if self.over_copy_bound(size(&value) + size(&null) + size(&otherwise)) {
             return Formula::Const(true);
         }
         Formula::Or(vec![
@@ -316,16 +323,7 @@ impl Atoms<'_> {
     /// WHERE look less trivial there, as an opaque atom did before.
     fn nullness(&mut self, e: &NodeEnum) -> Formula {
         let e = uncast(e);
-        let operands = |a: &pg_query::protobuf::AExpr| -> Vec<Node> {
-            let mut v: Vec<Node> = a.lexpr.as_deref().cloned().into_iter().collect();
-            match a.rexpr.as_deref() {
-                Some(Node { node: Some(NodeEnum::List(l)) }) => v.extend(l.items.iter().cloned()),
-                Some(r) => v.push(r.clone()),
-                None => {}
-            }
-            v
-        };
-        let args: Vec<Node> = match e {
+        let args: Vec<&Node> = match e {
             NodeEnum::AConst(c) => return Formula::Const(c.isnull),
             NodeEnum::NullTest(_) | NodeEnum::BooleanTest(_) => return Formula::Const(false),
             NodeEnum::AExpr(a) => match a.kind() {
@@ -340,7 +338,7 @@ impl Atoms<'_> {
                 | AExprKind::AexprNotBetweenSym => operands(a),
                 _ => Vec::new(),
             },
-            NodeEnum::BoolExpr(b) => b.args.clone(),
+            NodeEnum::BoolExpr(b) => b.args.iter().collect(),
             _ => Vec::new(),
         };
         if !args.is_empty() {
@@ -400,8 +398,7 @@ impl Atoms<'_> {
         let side = |n: &NodeEnum| truth_valued(n) || !super::mentions_a_column(n);
         if let Some(equal) = equality.filter(|_| side(l) && side(r) && (truth_valued(l) || truth_valued(r))) {
             let (fl, fr) = (self.formula(l), self.formula(r));
-            if self.too_large || size(&fl) + size(&fr) > MAX_COPIED {
-                self.too_large = true;
+            if self.over_copy_bound(size(&fl) + size(&fr)) {
                 return Formula::Const(true);
             }
             let not = |f: Formula| Formula::Not(Box::new(f));
@@ -621,6 +618,18 @@ fn same_rows(mut e: &NodeEnum) -> &NodeEnum {
             None => return e,
         }
     }
+}
+
+/// An operator's operands: its sides, a list on the right (`IN (…)`,
+/// `BETWEEN … AND …`) item by item.
+fn operands(a: &pg_query::protobuf::AExpr) -> Vec<&Node> {
+    let mut v: Vec<&Node> = a.lexpr.as_deref().into_iter().collect();
+    match a.rexpr.as_deref() {
+        Some(Node { node: Some(NodeEnum::List(l)) }) => v.extend(&l.items),
+        Some(r) => v.push(r),
+        None => {}
+    }
+    v
 }
 
 /// The names of a column reference (`t.c`: `["t", "c"]`); `None` for `t.*`.
