@@ -61,6 +61,10 @@ const SCRIPT: &[(&str, &str)] = &[
     ),
     ("DELETE without WHERE is refused", "DELETE FROM orders;"),
     ("...and so is WHERE true", "DELETE FROM orders WHERE true;"),
+    (
+        "...and so is a WHERE that, as the data stands, matches them all: the row cap (max_rows_written) counts first",
+        "DELETE FROM orders WHERE id > 0;",
+    ),
     ("A targeted DELETE is allowed", "DELETE FROM orders WHERE id = 1;"),
     (
         "A DO block waits for a human: the on-call DBA approves it from another terminal (here: the demo, as oncall-dba), then it runs",
@@ -200,11 +204,12 @@ admin_groups = ["wardgate-admins"]
 # state/service-accounts.json (`wardgate service-accounts list`).
 {connections}{oidc_config}"#,
         cfg = dir.join("wardgate.toml").display(),
-        connections = demo_connection("shop", "", pg.port)
+        connections = demo_connection("shop", "", ROW_CAP, pg.port)
             + &demo_connection(
                 "postgres",
-                "# The cluster's maintenance database (empty), under the same policy: tools and\n\
-                 # driver test suites connect to \"postgres\" by default.\n",
+                "# The cluster's maintenance database (empty), under the same policy but without\n\
+                 # the row cap: tools and driver test suites connect to \"postgres\" by default.\n",
+                "",
                 pg.port
             ),
     );
@@ -338,9 +343,13 @@ admin_groups = ["wardgate-admins"]
     Ok(())
 }
 
+/// The shop connection's row cap (see `crate::sql::rowcap`).
+const ROW_CAP: &str =
+    "max_rows_written = 20   # an UPDATE or DELETE that would change more rows, or every row of a table, is refused\n";
+
 /// A demo connection to database `name` (the same name as the connection),
 /// with the demo's policy and grant.
-fn demo_connection(name: &str, comment: &str, pg_port: u16) -> String {
+fn demo_connection(name: &str, comment: &str, extra: &str, pg_port: u16) -> String {
     format!(
         r#"{comment}[connections.{name}]
 host = "127.0.0.1"
@@ -349,7 +358,7 @@ database = "{name}"
 user = "wardgate_app"
 password_file = "upstream-password"
 plugins = ["sql-guard", "pii-mask"]
-
+{extra}
 [connections.{name}.approvals]   # a review verdict waits for a human in group dba
 mode = "wait"
 timeout_secs = 30

@@ -309,6 +309,71 @@ async fn a_where_that_keeps_every_row_by_logic_or_by_not_null_columns_counts_as_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_cap_refuses_writes_that_change_too_many_rows_or_every_row_whatever_the_protocol() {
+    let g = gateway(Options { connection_extra: "max_rows_written = 3".into(), ..Options::default() }).await;
+    let c = g.client().await;
+    // Set up and counted directly, as the superuser (DROP is refused through the gateway).
+    let pg = &db().pg;
+    pg.psql(
+        "shop",
+        "DROP TABLE IF EXISTS rowcap_ten, rowcap_two; \
+         CREATE TABLE rowcap_ten AS SELECT g AS id, 'v' AS v FROM generate_series(1, 10) g; \
+         CREATE TABLE rowcap_two AS SELECT g AS id FROM generate_series(1, 2) g; \
+         GRANT ALL ON rowcap_ten, rowcap_two TO wardgate_app",
+    )
+    .unwrap();
+    let count = |t: &str| {
+        pg.psql("shop", &format!("SELECT count(*) FROM {t}")).unwrap().split_whitespace().nth(2).unwrap().to_string()
+    };
+    // Data-dependent WHEREs no static reading can decide: simple protocol.
+    all_refused(
+        &c,
+        &[
+            "DELETE FROM rowcap_ten WHERE id > 0",
+            "UPDATE rowcap_ten SET v = 'x' WHERE id <> 5 RETURNING id",
+            "/* c */ DELETE FROM public.rowcap_ten t WHERE t.id < 1e9 -- c",
+            "EXPLAIN (ANALYZE) DELETE FROM rowcap_ten WHERE abs(id) >= 0",
+            "SELECT 1; DELETE FROM rowcap_ten WHERE id >= (SELECT min(id) FROM rowcap_ten)",
+        ],
+        "more than 3 rows",
+    )
+    .await;
+    all_refused(&c, &["DELETE FROM rowcap_two WHERE id > 0"], "every row of its table (2 rows)").await;
+    all_refused(
+        &c,
+        &["WITH d AS (DELETE FROM rowcap_ten WHERE id = 1 RETURNING id) SELECT count(*) FROM d"],
+        "cannot be held to this connection's max_rows_written",
+    )
+    .await;
+    let upsert = "INSERT INTO rowcap_ten SELECT * FROM rowcap_ten ON CONFLICT (id) DO UPDATE SET v = 'x'";
+    all_refused(&c, &[upsert], "may update any number of rows").await;
+    // Extended protocol, parameters, prepared statements, a pipeline.
+    let e = c.execute("DELETE FROM rowcap_ten WHERE id > $1", &[&0i32]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
+    let over = c.prepare("UPDATE rowcap_ten SET v = $1 WHERE id >= $2").await.unwrap();
+    let (a, b) = tokio::join!(c.execute(&over, &[&"x", &1i32]), c.execute(&over, &[&"y", &9i32]));
+    assert_eq!(code(&a.unwrap_err()), "42501");
+    assert_eq!(b.unwrap(), 2);
+    assert_eq!(count("rowcap_ten"), "10");
+    assert_eq!(count("rowcap_two"), "2");
+    // Within the cap: runs as written, RETURNING included; the session goes on.
+    let rows = c.query("DELETE FROM rowcap_ten WHERE id > $1 RETURNING id", &[&7i32]).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(c.execute("DELETE FROM rowcap_two WHERE id = 1", &[]).await.unwrap(), 1);
+    assert_eq!(count("rowcap_ten"), "7");
+    // In a transaction block the refusal aborts the transaction, as any error does.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(code(&c.batch_execute("DELETE FROM rowcap_ten WHERE id > 0").await.unwrap_err()), "42501");
+    assert_eq!(code(&c.batch_execute("SELECT 1").await.unwrap_err()), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // An error in the condition points where the client wrote it.
+    let e = c.simple_query("DELETE FROM rowcap_ten WHERE nosuch > 0").await.unwrap_err();
+    let pos = e.as_db_error().and_then(|d| d.position().cloned());
+    assert!(matches!(pos, Some(tokio_postgres::error::ErrorPosition::Original(30))), "{pos:?}");
+    assert_eq!(count("rowcap_ten"), "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_writes_and_transactions_work() {
     let g = gateway(Options::default()).await;
     let c = g.client().await;

@@ -109,6 +109,7 @@ struct RawConnection {
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
     approvals: Option<approvals::RawConnApprovals>,
+    max_rows_written: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +256,9 @@ pub struct Connection {
     pub roles: BTreeMap<String, Role>,
     /// What a review verdict does on this connection.
     pub approvals: ApprovalSettings,
+    /// The most rows one UPDATE or DELETE may change (and none may change
+    /// every row of a table with more than one); see [`crate::sql::rowcap`].
+    pub max_rows_written: Option<u64>,
 }
 
 /// An upstream login a grant can select.
@@ -476,6 +480,18 @@ impl Config {
                     ))
                 }
             };
+            let max_rows_written = match c.max_rows_written {
+                Some(m) if *m.get_ref() < 1 => {
+                    return Err(err(
+                        m.span(),
+                        &key("max_rows_written"),
+                        format!("max_rows_written must be at least 1, not {}", m.get_ref()),
+                        "set the most rows one UPDATE or DELETE may change, or leave the key out for no cap",
+                    ))
+                }
+                Some(m) => Some(*m.get_ref() as u64),
+                None => None,
+            };
             connections.insert(
                 name.clone(),
                 Connection {
@@ -489,6 +505,7 @@ impl Config {
                     plugins: c.plugins,
                     roles,
                     approvals,
+                    max_rows_written,
                 },
             );
         }
@@ -764,6 +781,16 @@ groups = ["agents"]
         let src = OK.replace("0000000000000000000000000000000000000000000000000000000000000000", "wg_secret");
         let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
         assert_eq!(e.key, "service_accounts[0].key_sha256");
+    }
+
+    #[test]
+    fn a_row_cap_must_be_positive() {
+        let src = OK.replace("plugins = [\"sql-guard\"]", "plugins = [\"sql-guard\"]\nmax_rows_written = 0");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("connections.app.max_rows_written", 16), "{e}");
+        let src = OK.replace("plugins = [\"sql-guard\"]", "plugins = [\"sql-guard\"]\nmax_rows_written = 50");
+        assert_eq!(Config::parse(Path::new("w.toml"), &src).unwrap().connections["app"].max_rows_written, Some(50));
+        assert_eq!(Config::parse(Path::new("w.toml"), OK).unwrap().connections["app"].max_rows_written, None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 pub mod columns;
 pub mod fingerprint;
+pub mod rowcap;
 pub mod truth;
 
 use parking_lot::Mutex;

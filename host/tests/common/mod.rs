@@ -82,6 +82,8 @@ pub struct Options {
     pub guard_config: &'static str,
     /// Lines for the `[gateway]` table.
     pub gateway_extra: String,
+    /// Lines for the `[connections.shop]` table.
+    pub connection_extra: String,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             extra: String::new(),
             guard_config: "",
             gateway_extra: String::new(),
+            connection_extra: String::new(),
         }
     }
 }
@@ -143,6 +146,7 @@ database = "shop"
 user = "wardgate_app"
 password_file = "pw"
 plugins = [{required}]
+{connection_extra}
 
 [[service_accounts]]
 name = "test-agent"
@@ -171,6 +175,7 @@ groups = ["agents"]
         required = required.join(", "),
         extra = opts.extra,
         gateway_extra = opts.gateway_extra,
+        connection_extra = opts.connection_extra,
     );
     let path = dir.join("wardgate.toml");
     std::fs::write(&path, cfg).unwrap();

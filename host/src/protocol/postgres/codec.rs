@@ -209,6 +209,11 @@ pub fn error_bytes(code: &str, message: &str, hint: Option<&str>) -> Bytes {
     out.freeze()
 }
 
+/// An ErrorResponse's body (no tag, no length), as [`error_bytes`] frames it.
+pub fn error_body(code: &str, message: &str, hint: Option<&str>) -> Bytes {
+    error_bytes(code, message, hint).slice(5..)
+}
+
 /// A FATAL ErrorResponse as bytes.
 pub fn fatal_bytes(code: &str, message: &str, hint: Option<&str>) -> Bytes {
     let mut out = BytesMut::new();

@@ -132,6 +132,8 @@ struct Ctx<'a> {
     stats: Arc<Stats>,
     /// Approvals off: review verdicts are refused where they are made.
     approvals_off: Option<String>,
+    /// The connection's `max_rows_written` (see [`crate::sql::rowcap`]).
+    max_rows_written: Option<u64>,
 }
 
 /// Relay until either side closes.
@@ -146,6 +148,7 @@ pub async fn run(
     record_rows: usize,
     stats: Arc<Stats>,
     review: ReviewCtx,
+    max_rows_written: Option<u64>,
 ) -> Result<(), SessionError> {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
@@ -158,6 +161,7 @@ pub async fn run(
         record_rows,
         stats,
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
+        max_rows_written,
     };
     let c2u = client_to_upstream(&ctx, &mut client_r, client_buf, &mut up_w, review);
     // Login notices first, then whatever followed the upstream's ReadyForQuery.
@@ -661,6 +665,13 @@ fn decide(
                 None => Ok(None),
             },
         };
+        // The connection's row cap goes into what is allowed to run.
+        let result = match (result, ctx.max_rows_written) {
+            (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
+                cap_rows(rewritten.as_deref().unwrap_or(&request.text), max).map(|capped| capped.or(rewritten))
+            }
+            (result, _) => result,
+        };
         let decision = match &outcome {
             Outcome::Review { .. } => "review",
             _ if result.is_err() => "deny",
@@ -706,6 +717,20 @@ fn decide(
             Decided::Review(ReviewAsk { plugin, review, text: request.text, masked: recorded_text, request_id: id })
         }
         Ok((rewritten, None)) => Decided::Run(rewritten),
+    }
+}
+
+/// The text to run under a row cap: `Ok(None)` when it runs as it is.
+fn cap_rows(text: &str, max: u64) -> Result<Option<String>, Bytes> {
+    use crate::sql::rowcap::{cap_writes, Capped};
+    match cap_writes(text, max) {
+        Capped::Unchanged => Ok(None),
+        Capped::Rewritten(capped) => Ok(Some(capped)),
+        Capped::Refused(why) => Err(error_bytes(
+            "42501",
+            &format!("Wardgate: {why}"),
+            Some("run the UPDATE or DELETE as a statement of its own"),
+        )),
     }
 }
 
@@ -1209,6 +1234,13 @@ fn on_upstream_message(
                 }
                 _ => (m, fields),
             };
+            let (m, fields) = match row_cap_refusal(ctx, &fields) {
+                Some(body) => {
+                    let fields = error_fields(&body);
+                    (Message { tag: b'E', body }, fields)
+                }
+                None => (m, fields),
+            };
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
             if let Some(
                 Expect::Execute { id, at, .. } | Expect::Query { id, at, .. } | Expect::Function { id, at, .. },
@@ -1353,6 +1385,19 @@ fn pop_if(s: &mut Shared, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
     } else {
         None
     }
+}
+
+/// The gateway's own ErrorResponse body for an upstream error that a row
+/// cap's check raised (see [`crate::sql::rowcap`]).
+fn row_cap_refusal(ctx: &Ctx<'_>, fields: &[(u8, String)]) -> Option<Bytes> {
+    let max = ctx.max_rows_written?;
+    if !fields.iter().any(|(k, v)| *k == b'C' && v == "22P02") {
+        return None;
+    }
+    let message = fields.iter().find(|(k, _)| *k == b'M')?;
+    let refusal = crate::sql::rowcap::refusal(&message.1, max)?;
+    let hint = "narrow the WHERE, or change the rows in smaller batches";
+    Some(codec::error_body("42501", &refusal, Some(hint)))
 }
 
 /// Mask the text fields of an ErrorResponse/NoticeResponse (messages and

@@ -325,6 +325,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
             session_id: id.clone(),
             cancelled: registration.cancelled.clone(),
         },
+        conn.max_rows_written,
     )
     .await;
     recorder.emit(

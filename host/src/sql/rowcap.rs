@@ -1,0 +1,447 @@
+//! A connection's cap on the rows one UPDATE or DELETE may change.
+//!
+//! A static reading of a WHERE cannot tell `WHERE id > 0` (every row, as the
+//! data stands) from `WHERE id > 90` (a few): only the data can. So, when a
+//! connection sets `max_rows_written`, every UPDATE and DELETE that would run
+//! goes upstream with a check in its WHERE that PostgreSQL evaluates in the
+//! statement's own snapshot, before the statement changes anything it keeps:
+//!
+//! ```sql
+//! DELETE FROM orders WHERE(id > 0) AND (SELECT CASE
+//!     WHEN c.n > 20 THEN ('wardgate-row-cap:' || c.n)::int4
+//!     WHEN c.n > 1 AND NOT EXISTS (SELECT 1 FROM orders WHERE (id > 0) IS NOT TRUE)
+//!         THEN ('wardgate-every-row:' || c.n)::int4
+//!     ELSE 1 END
+//!   FROM (SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE id > 0 LIMIT 21) m) c) = 1
+//! ```
+//!
+//! Over the cap, or matching every row of a table that has more than one, the
+//! cast fails, the statement fails as a whole (nothing is changed; in a
+//! transaction block the transaction is aborted, as by any error) and the
+//! relay turns that error into the gateway's own refusal ([`refusal`]). The
+//! counting stops at the cap (`LIMIT`), and the every-row test at the first
+//! row the WHERE keeps out, so a statement that touches a few rows pays two
+//! small lookups. The statement's other text is kept byte for byte: only the
+//! WHERE is wrapped (or added, for the no-WHERE writes a guard allowed).
+//!
+//! An UPDATE or DELETE that cannot be capped this way — inside a WITH, a rule
+//! or another statement — is refused while the cap applies: fail closed.
+//! `WHERE CURRENT OF` changes one row and is left as it is; `EXPLAIN` without
+//! `ANALYZE` runs nothing and is left too.
+
+use pg_query::protobuf::{self, Token};
+use pg_query::{NodeEnum, NodeRef};
+
+/// What [`cap_writes`] made of a text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Capped {
+    /// No UPDATE or DELETE runs: send the text as it is.
+    Unchanged,
+    /// Send this text instead.
+    Rewritten(String),
+    /// Refuse the request, for this reason.
+    Refused(String),
+}
+
+const OVER_CAP: &str = "wardgate-row-cap:";
+const EVERY_ROW: &str = "wardgate-every-row:";
+
+/// Wrap the WHERE of every UPDATE and DELETE in `text` so that PostgreSQL
+/// refuses one that would change more than `max` rows, or every row of a
+/// table with more than one.
+pub fn cap_writes(text: &str, max: u64) -> Capped {
+    let Ok(parsed) = super::parser_guarded(|| pg_query::parse(text, 0).map_err(|e| e.to_string())) else {
+        // Not PostgreSQL's grammar as this parser knows it: the guards saw the
+        // parse error (sql-guard routes unparsable SQL to review).
+        return Capped::Unchanged;
+    };
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else { continue };
+        let start = raw.stmt_location.max(0) as usize;
+        let end = if raw.stmt_len > 0 { start + raw.stmt_len as usize } else { text.len() };
+        let Some(segment) = text.get(start..end) else { return Capped::Unchanged };
+        let (write, explain_only) = top_write(node);
+        let writes = count_writes(node);
+        if explain_only {
+            continue;
+        }
+        if writes > usize::from(write.is_some()) {
+            return Capped::Refused(
+                "an UPDATE or DELETE inside another statement (a WITH query, a rule) cannot be held to this \
+                 connection's max_rows_written"
+                    .into(),
+            );
+        }
+        if let Some(why) = unbounded_upsert(node, max) {
+            return Capped::Refused(why);
+        }
+        let Some(write) = write else { continue };
+        match wrap(segment, &write, max) {
+            Ok(Some((range, replacement))) => edits.push(((start + range.start)..(start + range.end), replacement)),
+            Ok(None) => {}
+            Err(why) => return Capped::Refused(why),
+        }
+    }
+    if edits.is_empty() {
+        return Capped::Unchanged;
+    }
+    let mut out = text.to_string();
+    for (range, replacement) in edits.into_iter().rev() {
+        out.replace_range(range, &replacement);
+    }
+    Capped::Rewritten(out)
+}
+
+/// What the relay tells the client when a capped statement failed because of
+/// its cap: `None` for any other error. `message` is the upstream's.
+pub fn refusal(message: &str, max: u64) -> Option<String> {
+    let quoted = message.strip_prefix("invalid input syntax for type integer: \"")?.strip_suffix('"')?;
+    if let Some(n) = quoted.strip_prefix(OVER_CAP) {
+        n.parse::<u64>().ok()?;
+        return Some(format!(
+            "Wardgate: this statement would change more than {max} rows (max_rows_written): refused, nothing was \
+             changed"
+        ));
+    }
+    let n: u64 = quoted.strip_prefix(EVERY_ROW)?.parse().ok()?;
+    Some(format!(
+        "Wardgate: this statement would change every row of its table ({n} rows): a WHERE that keeps every row is \
+         refused like no WHERE; nothing was changed"
+    ))
+}
+
+/// Why an `INSERT … ON CONFLICT DO UPDATE` in `node` may change more than
+/// `max` rows: a `VALUES` list longer than that, or rows from a query (any
+/// number of them, each of which may update an existing row).
+fn unbounded_upsert(node: &NodeEnum, max: u64) -> Option<String> {
+    node.nodes().into_iter().find_map(|(n, _, _, _)| {
+        let NodeRef::InsertStmt(i) = n else { return None };
+        let updates = i
+            .on_conflict_clause
+            .as_ref()
+            .is_some_and(|c| c.action == protobuf::OnConflictAction::OnconflictUpdate as i32);
+        if !updates {
+            return None;
+        }
+        match i.select_stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            None => None,
+            Some(NodeEnum::SelectStmt(s)) if !s.values_lists.is_empty() => {
+                (s.values_lists.len() as u64 > max).then(|| {
+                    format!(
+                        "this INSERT … ON CONFLICT DO UPDATE lists {} rows, each of which may update one: more than \
+                     this connection's max_rows_written ({max})",
+                        s.values_lists.len()
+                    )
+                })
+            }
+            Some(_) => Some(
+                "an INSERT … SELECT … ON CONFLICT DO UPDATE may update any number of rows: it cannot be held to this \
+                 connection's max_rows_written (list the rows with VALUES, or use UPDATE)"
+                    .into(),
+            ),
+        }
+    })
+}
+
+/// The UPDATE or DELETE a top-level statement runs, if any, and whether the
+/// statement only explains one (`EXPLAIN` without `ANALYZE`).
+fn top_write(node: &NodeEnum) -> (Option<Write>, bool) {
+    match node {
+        NodeEnum::DeleteStmt(d) => (Some(Write::delete(d)), false),
+        NodeEnum::UpdateStmt(u) => (Some(Write::update(u)), false),
+        NodeEnum::PrepareStmt(p) => (p.query.as_ref().and_then(|q| q.node.as_ref()).and_then(Write::of), false),
+        NodeEnum::ExplainStmt(e) => {
+            let inner = e.query.as_ref().and_then(|q| q.node.as_ref()).and_then(Write::of);
+            if explain_analyzes(e) {
+                (inner, false)
+            } else {
+                (None, inner.is_some())
+            }
+        }
+        _ => (None, false),
+    }
+}
+
+/// `EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE) …`, `EXPLAIN (ANALYZE true) …`.
+fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
+    e.options.iter().any(|o| match &o.node {
+        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+            match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                None => true,
+                Some(NodeEnum::Boolean(b)) => b.boolval,
+                Some(NodeEnum::String(s)) => {
+                    !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0" | "no")
+                }
+                Some(NodeEnum::Integer(i)) => i.ival != 0,
+                Some(_) => true,
+            }
+        }
+        _ => false,
+    })
+}
+
+/// UPDATE and DELETE statements anywhere in `node`, itself included (as
+/// `nodes()` lists it).
+fn count_writes(node: &NodeEnum) -> usize {
+    // (`nodes()` does not descend into a rule's actions.)
+    let actions = match node {
+        NodeEnum::RuleStmt(r) => r.actions.iter().filter_map(|a| a.node.as_ref()).map(count_writes).sum(),
+        _ => 0,
+    };
+    actions
+        + node
+            .nodes()
+            .iter()
+            .filter(|(n, _, _, _)| matches!(n, NodeRef::DeleteStmt(_) | NodeRef::UpdateStmt(_)))
+            .count()
+}
+
+/// What the rewrite needs to know of one UPDATE or DELETE.
+struct Write {
+    update: bool,
+    /// `UPDATE … FROM` / `DELETE … USING` items.
+    joins: bool,
+    /// Its WHERE, if any.
+    has_where: bool,
+    /// `WHERE CURRENT OF cursor`.
+    current_of: bool,
+}
+
+impl Write {
+    fn of(node: &NodeEnum) -> Option<Write> {
+        match node {
+            NodeEnum::DeleteStmt(d) => Some(Write::delete(d)),
+            NodeEnum::UpdateStmt(u) => Some(Write::update(u)),
+            _ => None,
+        }
+    }
+
+    fn delete(d: &protobuf::DeleteStmt) -> Write {
+        Write::new(false, !d.using_clause.is_empty(), d.where_clause.as_deref())
+    }
+
+    fn update(u: &protobuf::UpdateStmt) -> Write {
+        Write::new(true, !u.from_clause.is_empty(), u.where_clause.as_deref())
+    }
+
+    fn new(update: bool, joins: bool, where_clause: Option<&pg_query::Node>) -> Write {
+        let current_of = matches!(where_clause.and_then(|w| w.node.as_ref()), Some(NodeEnum::CurrentOfExpr(_)));
+        Write { update, joins, has_where: where_clause.is_some(), current_of }
+    }
+}
+
+/// One token of a statement's text, with its parenthesis depth.
+struct Tok {
+    kind: Option<Token>,
+    start: usize,
+    end: usize,
+    depth: usize,
+}
+
+/// The edit that caps `write` inside `segment` (one statement's text): the
+/// range to replace and its replacement. `None`: nothing to cap.
+fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Range<usize>, String)>, String> {
+    if write.current_of {
+        return Ok(None);
+    }
+    let unreadable =
+        || "this UPDATE or DELETE could not be held to max_rows_written (its text did not scan)".to_string();
+    let scanned = pg_query::scan(segment).map_err(|_| unreadable())?;
+    let mut toks = Vec::with_capacity(scanned.tokens.len());
+    let mut depth = 0usize;
+    for t in &scanned.tokens {
+        let kind = Token::try_from(t.token).ok();
+        let (start, end) = (t.start.max(0) as usize, (t.end.max(0) as usize).min(segment.len()));
+        if matches!(kind, Some(Token::SqlComment | Token::CComment)) {
+            continue;
+        }
+        if matches!(kind, Some(Token::Ascii41 | Token::Ascii93)) {
+            depth = depth.saturating_sub(1);
+        }
+        toks.push(Tok { kind, start, end, depth });
+        if matches!(kind, Some(Token::Ascii40 | Token::Ascii91)) {
+            depth += 1;
+        }
+    }
+    let top = |from: usize, k: Token| {
+        toks.iter().enumerate().skip(from).find(|(_, t)| t.depth == 0 && t.kind == Some(k)).map(|(i, _)| i)
+    };
+    let verb = top(0, if write.update { Token::Update } else { Token::DeleteP }).ok_or_else(unreadable)?;
+    // The target: `UPDATE <target> SET`, `DELETE FROM <target> [USING|WHERE|RETURNING]`.
+    let (target_from, target_end) = if write.update {
+        (verb + 1, top(verb + 1, Token::Set).ok_or_else(unreadable)?)
+    } else {
+        let from = top(verb + 1, Token::From).ok_or_else(unreadable)?;
+        let end = toks
+            .iter()
+            .enumerate()
+            .skip(from + 1)
+            .find(|(_, t)| t.depth == 0 && matches!(t.kind, Some(Token::Using | Token::Where | Token::Returning)))
+            .map_or(toks.len(), |(i, _)| i);
+        (from + 1, end)
+    };
+    let returning = top(target_end, Token::Returning);
+    let clause_end = returning.unwrap_or(toks.len());
+    let where_at = if write.has_where { Some(top(target_end, Token::Where).ok_or_else(unreadable)?) } else { None };
+    // The joined items: `UPDATE … SET … FROM <items>` (not the FROM of an
+    // `IS DISTINCT FROM` in a SET), `DELETE … USING <items>`.
+    let joins = if write.joins {
+        let opener = if write.update {
+            (target_end + 1..where_at.unwrap_or(clause_end)).find(|&i| {
+                toks[i].depth == 0 && toks[i].kind == Some(Token::From) && toks[i - 1].kind != Some(Token::Distinct)
+            })
+        } else {
+            top(target_end, Token::Using)
+        };
+        let opener = opener.ok_or_else(unreadable)?;
+        Some(span(segment, &toks, opener + 1, where_at.unwrap_or(clause_end)).ok_or_else(unreadable)?)
+    } else {
+        None
+    };
+    let target = span(segment, &toks, target_from, target_end).ok_or_else(unreadable)?;
+    let (range, cond) = match where_at {
+        Some(w) => {
+            let cond_range = range_of(&toks, w + 1, clause_end).ok_or_else(unreadable)?;
+            let cond = segment[cond_range.clone()].to_string();
+            // `WHERE id > 0` becomes `WHERE(id > 0) AND …`: the opening
+            // parenthesis takes the place of the blank, so an error in the
+            // condition points where the client's text has it.
+            let blank =
+                cond_range.start > toks[w].end && segment.as_bytes()[cond_range.start - 1].is_ascii_whitespace();
+            (if blank { cond_range.start - 1..cond_range.end } else { cond_range }, cond)
+        }
+        // No WHERE (a guard allowed it): one goes in before RETURNING, or at the end.
+        None => {
+            let at = toks[..clause_end].last().map_or(segment.len(), |t| t.end);
+            (at..at, "true".to_string())
+        }
+    };
+    let from = match &joins {
+        Some(items) => format!("{target}, {items}"),
+        None => target.to_string(),
+    };
+    // The every-row test reads the target alone: with joined items the WHERE
+    // may name them, and the count of the join is what the cap holds.
+    let every_row = if joins.is_none() {
+        format!(
+            " WHEN wardgate_c.n > 1 AND NOT EXISTS (SELECT 1 FROM {target} WHERE ({cond}) IS NOT TRUE) THEN \
+             ('{EVERY_ROW}' || wardgate_c.n)::int4"
+        )
+    } else {
+        String::new()
+    };
+    let check = format!(
+        "(SELECT CASE WHEN wardgate_c.n > {max} THEN ('{OVER_CAP}' || wardgate_c.n)::int4{every_row} ELSE 1 END \
+         FROM (SELECT count(*) AS n FROM (SELECT 1 FROM {from} WHERE {cond} LIMIT {limit}) AS wardgate_m) AS \
+         wardgate_c) = 1",
+        limit = max.saturating_add(1),
+    );
+    let replacement = if where_at.is_some() { format!("({cond}) AND {check}") } else { format!(" WHERE {check}") };
+    Ok(Some((range, replacement)))
+}
+
+/// The byte range from token `from` to the end of token `to - 1`.
+fn range_of(toks: &[Tok], from: usize, to: usize) -> Option<std::ops::Range<usize>> {
+    (from < to && to <= toks.len()).then(|| toks[from].start..toks[to - 1].end)
+}
+
+/// The text of tokens `from..to` (comments between them included).
+fn span<'a>(segment: &'a str, toks: &[Tok], from: usize, to: usize) -> Option<&'a str> {
+    segment.get(range_of(toks, from, to)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(text: &str) -> String {
+        match cap_writes(text, 20) {
+            Capped::Rewritten(t) => t,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wraps_the_where_of_updates_and_deletes() {
+        let t = rewritten("DELETE FROM orders WHERE id > 0");
+        assert!(t.starts_with("DELETE FROM orders WHERE(id > 0) AND (SELECT CASE WHEN wardgate_c.n > 20"), "{t}");
+        assert!(t.contains("NOT EXISTS (SELECT 1 FROM orders WHERE (id > 0) IS NOT TRUE)"), "{t}");
+        assert!(t.contains("(SELECT 1 FROM orders WHERE id > 0 LIMIT 21)"), "{t}");
+        assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
+        let t =
+            rewritten("update public.orders AS o set status = 'x' where o.status is distinct from 'y' returning o.id");
+        assert!(
+            t.starts_with(
+                "update public.orders AS o set status = 'x' where(o.status is distinct from 'y') AND (SELECT"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("FROM public.orders AS o WHERE (o.status is distinct from 'y') IS NOT TRUE"), "{t}");
+        assert!(t.ends_with(") = 1 returning o.id"), "{t}");
+        assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
+    }
+
+    #[test]
+    fn joins_are_counted_with_their_items() {
+        let t = rewritten(
+            "UPDATE orders SET total = total IS DISTINCT FROM NULL FROM customers c WHERE c.id = customer_id",
+        );
+        assert!(t.contains("FROM orders, customers c WHERE c.id = customer_id LIMIT 21"), "{t}");
+        assert!(!t.contains("NOT EXISTS"), "{t}");
+        let t =
+            rewritten("DELETE FROM orders o USING customers c WHERE c.id = o.customer_id AND c.name = $1 RETURNING *");
+        assert!(t.contains("FROM orders o, customers c WHERE c.id = o.customer_id AND c.name = $1 LIMIT 21"), "{t}");
+        assert!(t.ends_with(" RETURNING *"), "{t}");
+        assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
+    }
+
+    #[test]
+    fn several_statements_comments_and_no_where() {
+        let t = rewritten("select 1; /* a */ delete from t where a = 1 -- trailing\n; UPDATE t SET a = 2 RETURNING a");
+        assert!(t.starts_with("select 1; /* a */ delete from t where(a = 1) AND (SELECT"), "{t}");
+        // Without a blank the condition moves by the parenthesis.
+        assert!(rewritten("DELETE FROM t WHERE(a = 1)").starts_with("DELETE FROM t WHERE((a = 1)) AND (SELECT"));
+        assert!(t.contains(") = 1 -- trailing\n; UPDATE t SET a = 2 WHERE (SELECT CASE"), "{t}");
+        assert!(t.contains("FROM (SELECT 1 FROM t WHERE true LIMIT 21)"), "{t}");
+        assert!(t.ends_with(") = 1 RETURNING a"), "{t}");
+        assert_eq!(pg_query::parse(&t, 0).map(|p| p.protobuf.stmts.len()).ok(), Some(3), "{t}");
+    }
+
+    #[test]
+    fn explain_prepare_and_what_cannot_be_capped() {
+        assert!(rewritten("EXPLAIN (ANALYZE, COSTS off) DELETE FROM t WHERE a > 0").contains("AND (SELECT CASE"));
+        assert!(rewritten("PREPARE p (int) AS UPDATE t SET a = $1 WHERE b > $1").contains("WHERE b > $1 LIMIT 21"));
+        assert_eq!(cap_writes("EXPLAIN DELETE FROM t WHERE a > 0", 20), Capped::Unchanged);
+        assert_eq!(cap_writes("SELECT * FROM t; INSERT INTO t VALUES (1)", 20), Capped::Unchanged);
+        assert_eq!(cap_writes("DELETE FROM t WHERE CURRENT OF c", 20), Capped::Unchanged);
+        for nested in [
+            "WITH d AS (DELETE FROM t WHERE a > 0 RETURNING *) SELECT * FROM d",
+            "WITH u AS (UPDATE t SET a = 1 WHERE a > 0 RETURNING a) DELETE FROM s WHERE b = 1",
+            "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM s",
+        ] {
+            assert!(matches!(cap_writes(nested, 20), Capped::Refused(_)), "{nested}");
+        }
+        // Upserts: a VALUES list within the cap runs as it is; longer, or from a query, is refused.
+        let upsert = |rows: usize| {
+            let values = vec!["(1, 'a')"; rows].join(", ");
+            cap_writes(&format!("INSERT INTO t VALUES {values} ON CONFLICT (id) DO UPDATE SET v = excluded.v"), 20)
+        };
+        assert_eq!(upsert(20), Capped::Unchanged);
+        assert!(matches!(upsert(21), Capped::Refused(r) if r.contains("lists 21 rows")));
+        let from_query = "INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET v = 'x'";
+        assert!(matches!(cap_writes(from_query, 20), Capped::Refused(r) if r.contains("any number of rows")));
+        let nothing = "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING";
+        assert_eq!(cap_writes(nothing, 20), Capped::Unchanged);
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_cast_error_only() {
+        let over = refusal("invalid input syntax for type integer: \"wardgate-row-cap:21\"", 20).unwrap();
+        assert!(over.contains("more than 20 rows"), "{over}");
+        let every = refusal("invalid input syntax for type integer: \"wardgate-every-row:199\"", 20).unwrap();
+        assert!(every.contains("every row of its table (199 rows)"), "{every}");
+        assert_eq!(refusal("invalid input syntax for type integer: \"abc\"", 20), None);
+        assert_eq!(refusal("invalid input syntax for type integer: \"wardgate-row-cap:x\"", 20), None);
+    }
+}
