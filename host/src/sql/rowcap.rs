@@ -32,6 +32,8 @@
 use pg_query::protobuf::{self, Token};
 use pg_query::{NodeEnum, NodeRef};
 
+use crate::pipeline::types::{SqlStatement, StatementKind};
+
 /// What [`cap_writes`] made of a text.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Capped {
@@ -91,6 +93,25 @@ pub fn cap_writes(text: &str, max: u64) -> Capped {
         out.replace_range(range, &replacement);
     }
     Capped::Rewritten(out)
+}
+
+/// Whether statements analysed as these (nested ones are listed too, see
+/// [`super::analyze`]) may hold anything [`cap_writes`] changes or refuses:
+/// an UPDATE, DELETE, upsert, MERGE, or a CREATE (a rule's actions are not
+/// listed) or unclassified statement.
+pub fn may_write(statements: &[SqlStatement]) -> bool {
+    statements.is_empty()
+        || statements.iter().any(|s| {
+            matches!(
+                s.kind,
+                StatementKind::Insert
+                    | StatementKind::Update
+                    | StatementKind::Delete
+                    | StatementKind::Merge
+                    | StatementKind::Create
+                    | StatementKind::Other
+            )
+        })
 }
 
 /// What the relay tells the client when a capped statement failed because of
@@ -433,6 +454,26 @@ mod tests {
         assert!(matches!(cap_writes(from_query, 20), Capped::Refused(r) if r.contains("any number of rows")));
         let nothing = "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING";
         assert_eq!(cap_writes(nothing, 20), Capped::Unchanged);
+    }
+
+    #[test]
+    fn only_texts_that_may_write_are_parsed_again() {
+        let kinds =
+            |text: &str| super::super::analyze(text, crate::pipeline::types::SqlPhase::SimpleQuery, "").statements;
+        for reads in ["SELECT * FROM t WHERE a > 0", "BEGIN; SHOW search_path; COMMIT", "EXPLAIN SELECT 1"] {
+            assert!(!may_write(&kinds(reads)), "{reads}");
+        }
+        for writes in [
+            "WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d",
+            "EXPLAIN ANALYZE UPDATE t SET a = 1",
+            "PREPARE p AS DELETE FROM t WHERE a = $1",
+            "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+            "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM s",
+            "INSERT INTO t SELECT * FROM s ON CONFLICT (id) DO UPDATE SET v = 1",
+            "SELEC 1",
+        ] {
+            assert!(may_write(&kinds(writes)), "{writes}");
+        }
     }
 
     #[test]

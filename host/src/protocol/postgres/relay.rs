@@ -665,8 +665,11 @@ fn decide(
                 None => Ok(None),
             },
         };
-        // The connection's row cap goes into what is allowed to run.
+        // The connection's row cap goes into what is allowed to run (a text
+        // whose analysis, nested statements included, shows no write needs
+        // no second parse).
         let result = match (result, ctx.max_rows_written) {
+            (Ok(None), Some(_)) if !crate::sql::rowcap::may_write(&request.statements) => Ok(None),
             (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
                 cap_rows(rewritten.as_deref().unwrap_or(&request.text), max).map(|capped| capped.or(rewritten))
             }
