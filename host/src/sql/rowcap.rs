@@ -15,6 +15,10 @@
 //!   FROM (SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE id > 0 LIMIT 21) m) c) = 1
 //! ```
 //!
+//! (a sketch: in the text sent, every function, operator and type of the
+//! check is written `pg_catalog.`-qualified, so nothing on the search path can
+//! stand in for them).
+//!
 //! Over the cap, or matching every row of a table that has more than one, the
 //! cast fails, the statement fails as a whole (nothing is changed; in a
 //! transaction block the transaction is aborted, as by any error) and the
@@ -117,15 +121,20 @@ pub fn may_write(statements: &[SqlStatement]) -> bool {
 /// What the relay tells the client when a capped statement failed because of
 /// its cap: `None` for any other error. `message` is the upstream's.
 pub fn refusal(message: &str, max: u64) -> Option<String> {
-    let quoted = message.strip_prefix("invalid input syntax for type integer: \"")?.strip_suffix('"')?;
-    if let Some(n) = quoted.strip_prefix(OVER_CAP) {
-        n.parse::<u64>().ok()?;
+    // The message quotes the text the cast failed on, in any server language.
+    let marked = |marker: &str| -> Option<u64> {
+        let at = message.find(marker)? + marker.len();
+        let digits = &message[at..];
+        let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+        digits[..end].parse().ok()
+    };
+    if marked(OVER_CAP).is_some() {
         return Some(format!(
             "Wardgate: this statement would change more than {max} rows (max_rows_written): refused, nothing was \
              changed"
         ));
     }
-    let n: u64 = quoted.strip_prefix(EVERY_ROW)?.parse().ok()?;
+    let n = marked(EVERY_ROW)?;
     Some(format!(
         "Wardgate: this statement would change every row of its table ({n} rows): a WHERE that keeps every row is \
          refused like no WHERE; nothing was changed"
@@ -344,18 +353,22 @@ fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Rang
     };
     // The every-row test reads the target alone: with joined items the WHERE
     // may name them, and the count of the join is what the cap holds.
+    // Every name the check adds is pg_catalog's, written out: a function or
+    // operator of the same name earlier on the search_path cannot stand in.
+    let gt = "OPERATOR(pg_catalog.>)";
+    let cat = "OPERATOR(pg_catalog.||)";
     let every_row = if joins.is_none() {
         format!(
-            " WHEN wardgate_c.n > 1 AND NOT EXISTS (SELECT 1 FROM {target} WHERE ({cond}) IS NOT TRUE) THEN \
-             ('{EVERY_ROW}' || wardgate_c.n)::int4"
+            " WHEN wardgate_c.n {gt} 1::pg_catalog.int8 AND NOT EXISTS (SELECT 1 FROM {target} WHERE ({cond}) IS NOT \
+             TRUE) THEN ('{EVERY_ROW}'::pg_catalog.text {cat} wardgate_c.n)::pg_catalog.int4"
         )
     } else {
         String::new()
     };
     let check = format!(
-        "(SELECT CASE WHEN wardgate_c.n > {max} THEN ('{OVER_CAP}' || wardgate_c.n)::int4{every_row} ELSE 1 END \
-         FROM (SELECT count(*) AS n FROM (SELECT 1 FROM {from} WHERE {cond} LIMIT {limit}) AS wardgate_m) AS \
-         wardgate_c) = 1",
+        "(SELECT CASE WHEN wardgate_c.n {gt} {max}::pg_catalog.int8 THEN ('{OVER_CAP}'::pg_catalog.text {cat} \
+         wardgate_c.n)::pg_catalog.int4{every_row} ELSE 1 END FROM (SELECT pg_catalog.count(*) AS n FROM (SELECT 1 \
+         FROM {from} WHERE {cond} LIMIT {limit}) AS wardgate_m) AS wardgate_c) OPERATOR(pg_catalog.=) 1",
         limit = max.saturating_add(1),
     );
     let replacement = if where_at.is_some() { format!("({cond}) AND {check}") } else { format!(" WHERE {check}") };
@@ -386,7 +399,8 @@ mod tests {
     #[test]
     fn wraps_the_where_of_updates_and_deletes() {
         let t = rewritten("DELETE FROM orders WHERE id > 0");
-        assert!(t.starts_with("DELETE FROM orders WHERE(id > 0) AND (SELECT CASE WHEN wardgate_c.n > 20"), "{t}");
+        assert!(t.starts_with("DELETE FROM orders WHERE(id > 0) AND (SELECT CASE WHEN wardgate_c.n OPERATOR"), "{t}");
+        assert!(!t.contains(" > 20") && !t.contains(" count(") && !t.contains(" || "), "{t}");
         assert!(t.contains("NOT EXISTS (SELECT 1 FROM orders WHERE (id > 0) IS NOT TRUE)"), "{t}");
         assert!(t.contains("(SELECT 1 FROM orders WHERE id > 0 LIMIT 21)"), "{t}");
         assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
@@ -399,7 +413,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("FROM public.orders AS o WHERE (o.status is distinct from 'y') IS NOT TRUE"), "{t}");
-        assert!(t.ends_with(") = 1 returning o.id"), "{t}");
+        assert!(t.ends_with(") OPERATOR(pg_catalog.=) 1 returning o.id"), "{t}");
         assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
     }
 
@@ -423,9 +437,9 @@ mod tests {
         assert!(t.starts_with("select 1; /* a */ delete from t where(a = 1) AND (SELECT"), "{t}");
         // Without a blank the condition moves by the parenthesis.
         assert!(rewritten("DELETE FROM t WHERE(a = 1)").starts_with("DELETE FROM t WHERE((a = 1)) AND (SELECT"));
-        assert!(t.contains(") = 1 -- trailing\n; UPDATE t SET a = 2 WHERE (SELECT CASE"), "{t}");
+        assert!(t.contains(") OPERATOR(pg_catalog.=) 1 -- trailing\n; UPDATE t SET a = 2 WHERE (SELECT CASE"), "{t}");
         assert!(t.contains("FROM (SELECT 1 FROM t WHERE true LIMIT 21)"), "{t}");
-        assert!(t.ends_with(") = 1 RETURNING a"), "{t}");
+        assert!(t.ends_with(") OPERATOR(pg_catalog.=) 1 RETURNING a"), "{t}");
         assert_eq!(pg_query::parse(&t, 0).map(|p| p.protobuf.stmts.len()).ok(), Some(3), "{t}");
     }
 
@@ -483,6 +497,8 @@ mod tests {
         let every = refusal("invalid input syntax for type integer: \"wardgate-every-row:199\"", 20).unwrap();
         assert!(every.contains("every row of its table (199 rows)"), "{every}");
         assert_eq!(refusal("invalid input syntax for type integer: \"abc\"", 20), None);
+        let german = "ungültige Eingabesyntax für Typ integer: »wardgate-every-row:7«";
+        assert!(refusal(german, 20).unwrap().contains("(7 rows)"));
         assert_eq!(refusal("invalid input syntax for type integer: \"wardgate-row-cap:x\"", 20), None);
     }
 }
