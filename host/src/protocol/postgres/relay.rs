@@ -358,10 +358,10 @@ fn on_client_message(
                         message: m,
                     }));
                 }
-                Decided::Run(rewritten) => {
-                    let copies = look_up_columns(ctx, forwarded(copies, rewritten.as_deref(), at_boundary), out);
+                Decided::Run(forward) => {
+                    let copies = look_up_columns(ctx, forwarded(copies, &forward, at_boundary), out);
                     ctx.shared.lock().expect.push_back(Expect::Query { copies, id, at: std::time::Instant::now() });
-                    match rewritten {
+                    match forward.text {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
                             let at = codec::begin(out, b'Q');
@@ -391,18 +391,18 @@ fn on_client_message(
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
                 Decided::Review(ask) => {
                     st.review_stmts.insert(name.clone(), Arc::new(ask));
-                    Decided::Run(None)
+                    Decided::Run(Forward::default())
                 }
                 other => other,
             };
             match decided {
                 Decided::Review(_) => unreachable!("handled above"),
-                Decided::Run(rewritten) => {
+                Decided::Run(forward) => {
                     st.statement_ids.insert(name.clone(), id);
-                    let copies = forwarded(copies, rewritten.as_deref(), at_boundary);
+                    let copies = forwarded(copies, &forward, at_boundary);
                     let copy = look_up_columns(ctx, copies, out).pop_front();
                     ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy });
-                    match rewritten {
+                    match forward.text {
                         None => codec::put_message(out, b'P', &m.body),
                         Some(text) => {
                             let at = codec::begin(out, b'P');
@@ -523,11 +523,11 @@ fn on_client_message(
                 Decided::Review(ask) => {
                     return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m }));
                 }
-                Decided::Run(None) => {
+                Decided::Run(Forward { text: None, .. }) => {
                     ctx.shared.lock().expect.push_back(then);
                     codec::put_message(out, b'F', &m.body);
                 }
-                Decided::Run(Some(_)) => {
+                Decided::Run(Forward { text: Some(_), .. }) => {
                     refused("a guard rewrote a function call; the function-call protocol cannot carry a rewrite")
                 }
                 Decided::Refuse(bytes) => refuse(bytes),
@@ -560,11 +560,12 @@ fn lookable(mut copies: Vec<CopyOut>, at_boundary: bool) -> Vec<CopyOut> {
     copies
 }
 
-/// The COPYs of the text that goes upstream: a guard's rewrite, if any.
-fn forwarded(copies: Vec<CopyOut>, rewritten: Option<&str>, at_boundary: bool) -> Vec<CopyOut> {
-    match rewritten {
-        Some(text) => lookable(copyout::copies(text), at_boundary),
-        None => copies,
+/// The COPYs of the text that goes upstream: read again from a guard's
+/// rewrite; a row cap's changes no COPY.
+fn forwarded(copies: Vec<CopyOut>, forward: &Forward, at_boundary: bool) -> Vec<CopyOut> {
+    match &forward.text {
+        Some(text) if forward.by_guard => lookable(copyout::copies(text), at_boundary),
+        _ => copies,
     }
 }
 
@@ -595,10 +596,20 @@ fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut BytesMut) -> V
         .collect()
 }
 
+/// What goes upstream for a request that runs.
+#[derive(Default)]
+struct Forward {
+    /// The text to send instead of the client's: a guard's rewrite, a row
+    /// cap's check, or both.
+    text: Option<String>,
+    /// A guard rewrote the text.
+    by_guard: bool,
+}
+
 /// What the guards decided about one request.
 enum Decided {
-    /// Run it (with a guard's rewritten text, if any).
-    Run(Option<String>),
+    /// Run it.
+    Run(Forward),
     /// Send this ErrorResponse instead.
     Refuse(Bytes),
     /// Hold it for a human.
@@ -668,6 +679,7 @@ fn decide(
         // The connection's row cap goes into what is allowed to run (a text
         // whose analysis, nested statements included, shows no write needs
         // no second parse).
+        let by_guard = matches!(result, Ok(Some(_)));
         let result = match (result, ctx.max_rows_written) {
             (Ok(None), Some(_)) if !crate::sql::rowcap::may_write(&request.statements) => Ok(None),
             (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
@@ -684,7 +696,7 @@ fn decide(
             Outcome::Review { plugin, review } if result.is_ok() => Some((plugin, review)),
             _ => None,
         };
-        (result.map(|r| (r, review)), decision, verdicts, request)
+        (result.map(|text| (Forward { text, by_guard }, review)), decision, verdicts, request)
     };
     drop(pipeline);
     if result.is_err() {
@@ -719,7 +731,7 @@ fn decide(
         Ok((_, Some((plugin, review)))) => {
             Decided::Review(ReviewAsk { plugin, review, text: request.text, masked: recorded_text, request_id: id })
         }
-        Ok((rewritten, None)) => Decided::Run(rewritten),
+        Ok((forward, None)) => Decided::Run(forward),
     }
 }
 
