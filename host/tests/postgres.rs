@@ -371,6 +371,14 @@ async fn a_row_cap_refuses_writes_that_change_too_many_rows_or_every_row_whateve
     let pos = e.as_db_error().and_then(|d| d.position().cloned());
     assert!(matches!(pos, Some(tokio_postgres::error::ErrorPosition::Original(30))), "{pos:?}");
     assert_eq!(count("rowcap_ten"), "7");
+    // A write pinned to one row by a unique key (orders.id, the primary key)
+    // goes as the client wrote it: even an error after its WHERE points there.
+    let sql = "UPDATE orders SET status = status WHERE id = $1 RETURNING nosuch";
+    let e = c.query(sql, &[&1i32]).await.unwrap_err();
+    let pos = e.as_db_error().and_then(|d| d.position().cloned());
+    let at = sql.find("nosuch").unwrap() as u32 + 1;
+    assert_eq!(pos, Some(tokio_postgres::error::ErrorPosition::Original(at)), "{e:?}");
+    assert_eq!(c.execute("UPDATE orders SET status = status WHERE id = $1", &[&1i32]).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

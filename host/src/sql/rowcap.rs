@@ -54,8 +54,11 @@ const EVERY_ROW: &str = "wardgate-every-row:";
 
 /// Wrap the WHERE of every UPDATE and DELETE in `text` so that PostgreSQL
 /// refuses one that would change more than `max` rows, or every row of a
-/// table with more than one.
-pub fn cap_writes(text: &str, max: u64) -> Capped {
+/// table with more than one. A write whose WHERE is `col = constant` (or
+/// `$n`) AND anything, where `unique_key(table, col)` says `col` alone is a
+/// unique key of the table as the statement names it, changes one row at
+/// most and goes as it is.
+pub fn cap_writes(text: &str, max: u64, unique_key: &dyn Fn(&str, &str) -> bool) -> Capped {
     let Ok(parsed) = super::parser_guarded(|| pg_query::parse(text, 0).map_err(|e| e.to_string())) else {
         // Not PostgreSQL's grammar as this parser knows it: the guards saw the
         // parse error (sql-guard routes unparsable SQL to review).
@@ -67,7 +70,7 @@ pub fn cap_writes(text: &str, max: u64) -> Capped {
         let start = raw.stmt_location.max(0) as usize;
         let end = if raw.stmt_len > 0 { start + raw.stmt_len as usize } else { text.len() };
         let Some(segment) = text.get(start..end) else { return Capped::Unchanged };
-        let (write, explain_only) = top_write(node);
+        let (write, explain_only) = top_write(node, unique_key);
         let writes = count_writes(node);
         if explain_only {
             continue;
@@ -82,7 +85,7 @@ pub fn cap_writes(text: &str, max: u64) -> Capped {
         if let Some(why) = unbounded_upsert(node, max) {
             return Capped::Refused(why);
         }
-        let Some(write) = write else { continue };
+        let Some(write) = write.filter(|w| !w.pinned) else { continue };
         match wrap(segment, &write, max) {
             Ok(Some((range, replacement))) => edits.push(((start + range.start)..(start + range.end), replacement)),
             Ok(None) => {}
@@ -176,13 +179,13 @@ fn unbounded_upsert(node: &NodeEnum, max: u64) -> Option<String> {
 
 /// The UPDATE or DELETE a top-level statement runs, if any, and whether the
 /// statement only explains one (`EXPLAIN` without `ANALYZE`).
-fn top_write(node: &NodeEnum) -> (Option<Write>, bool) {
+fn top_write(node: &NodeEnum, unique_key: &dyn Fn(&str, &str) -> bool) -> (Option<Write>, bool) {
+    let of = |n: &NodeEnum| Write::of(n, unique_key);
     match node {
-        NodeEnum::DeleteStmt(d) => (Some(Write::delete(d)), false),
-        NodeEnum::UpdateStmt(u) => (Some(Write::update(u)), false),
-        NodeEnum::PrepareStmt(p) => (p.query.as_ref().and_then(|q| q.node.as_ref()).and_then(Write::of), false),
+        NodeEnum::DeleteStmt(_) | NodeEnum::UpdateStmt(_) => (of(node), false),
+        NodeEnum::PrepareStmt(p) => (p.query.as_ref().and_then(|q| q.node.as_ref()).and_then(of), false),
         NodeEnum::ExplainStmt(e) => {
-            let inner = e.query.as_ref().and_then(|q| q.node.as_ref()).and_then(Write::of);
+            let inner = e.query.as_ref().and_then(|q| q.node.as_ref()).and_then(of);
             if explain_analyzes(e) {
                 (inner, false)
             } else {
@@ -236,29 +239,94 @@ struct Write {
     has_where: bool,
     /// `WHERE CURRENT OF cursor`.
     current_of: bool,
+    /// Its WHERE pins a unique key to one value: one row at most.
+    pinned: bool,
 }
 
 impl Write {
-    fn of(node: &NodeEnum) -> Option<Write> {
-        match node {
-            NodeEnum::DeleteStmt(d) => Some(Write::delete(d)),
-            NodeEnum::UpdateStmt(u) => Some(Write::update(u)),
+    fn of(node: &NodeEnum, unique_key: &dyn Fn(&str, &str) -> bool) -> Option<Write> {
+        let (update, joins, relation, where_clause) = match node {
+            NodeEnum::DeleteStmt(d) => {
+                (false, !d.using_clause.is_empty(), d.relation.as_ref(), d.where_clause.as_deref())
+            }
+            NodeEnum::UpdateStmt(u) => {
+                (true, !u.from_clause.is_empty(), u.relation.as_ref(), u.where_clause.as_deref())
+            }
+            _ => return None,
+        };
+        let where_node = where_clause.and_then(|w| w.node.as_ref());
+        Some(Write {
+            update,
+            joins,
+            has_where: where_clause.is_some(),
+            current_of: matches!(where_node, Some(NodeEnum::CurrentOfExpr(_))),
+            pinned: relation.zip(where_node).is_some_and(|(r, w)| pins_a_unique_key(r, w, unique_key)),
+        })
+    }
+}
+
+/// `WHERE key = constant [AND …]` (either side, `$n` or a cast constant
+/// too), `key` a column of the written table that `unique_key` says is a
+/// unique key of it on its own, named bare or by the table's alias or name.
+/// Only the plain `=` (an operator of that name elsewhere on the search path
+/// would need CREATE OPERATOR, which sql-guard sends to review).
+fn pins_a_unique_key(
+    relation: &protobuf::RangeVar,
+    where_clause: &NodeEnum,
+    unique_key: &dyn Fn(&str, &str) -> bool,
+) -> bool {
+    let table = if relation.schemaname.is_empty() {
+        relation.relname.clone()
+    } else {
+        format!("{}.{}", relation.schemaname, relation.relname)
+    };
+    let called = relation.alias.as_ref().map_or(relation.relname.as_str(), |a| a.aliasname.as_str());
+    let column = |n: &NodeEnum| -> Option<String> {
+        let NodeEnum::ColumnRef(c) = n else { return None };
+        let names: Vec<&str> = c
+            .fields
+            .iter()
+            .map(|f| match &f.node {
+                Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        match names.as_slice() {
+            [col] => Some(col.to_string()),
+            [qualifier, col] if *qualifier == called => Some(col.to_string()),
             _ => None,
         }
+    };
+    fn constant(n: &NodeEnum) -> bool {
+        match n {
+            NodeEnum::AConst(c) => !c.isnull,
+            NodeEnum::ParamRef(_) => true,
+            NodeEnum::TypeCast(t) => t.arg.as_ref().and_then(|a| a.node.as_ref()).is_some_and(constant),
+            _ => false,
+        }
     }
-
-    fn delete(d: &protobuf::DeleteStmt) -> Write {
-        Write::new(false, !d.using_clause.is_empty(), d.where_clause.as_deref())
-    }
-
-    fn update(u: &protobuf::UpdateStmt) -> Write {
-        Write::new(true, !u.from_clause.is_empty(), u.where_clause.as_deref())
-    }
-
-    fn new(update: bool, joins: bool, where_clause: Option<&pg_query::Node>) -> Write {
-        let current_of = matches!(where_clause.and_then(|w| w.node.as_ref()), Some(NodeEnum::CurrentOfExpr(_)));
-        Write { update, joins, has_where: where_clause.is_some(), current_of }
-    }
+    let conjuncts: Vec<&NodeEnum> = match where_clause {
+        NodeEnum::BoolExpr(b) if b.boolop == protobuf::BoolExprType::AndExpr as i32 => {
+            b.args.iter().filter_map(|a| a.node.as_ref()).collect()
+        }
+        other => vec![other],
+    };
+    conjuncts.into_iter().any(|c| {
+        let NodeEnum::AExpr(e) = c else { return false };
+        let plain_equals =
+            matches!(e.name.as_slice(), [op] if matches!(&op.node, Some(NodeEnum::String(s)) if s.sval == "="));
+        if e.kind != protobuf::AExprKind::AexprOp as i32 || !plain_equals {
+            return false;
+        }
+        let (Some(l), Some(r)) =
+            (e.lexpr.as_ref().and_then(|n| n.node.as_ref()), e.rexpr.as_ref().and_then(|n| n.node.as_ref()))
+        else {
+            return false;
+        };
+        let pinned =
+            |col: &NodeEnum, value: &NodeEnum| constant(value) && column(col).is_some_and(|c| unique_key(&table, &c));
+        pinned(l, r) || pinned(r, l)
+    })
 }
 
 /// One token of a statement's text, with its parenthesis depth.
@@ -389,8 +457,12 @@ fn span<'a>(segment: &'a str, toks: &[Tok], from: usize, to: usize) -> Option<&'
 mod tests {
     use super::*;
 
+    fn no_keys(_: &str, _: &str) -> bool {
+        false
+    }
+
     fn rewritten(text: &str) -> String {
-        match cap_writes(text, 20) {
+        match cap_writes(text, 20, &no_keys) {
             Capped::Rewritten(t) => t,
             other => panic!("{text}: {other:?}"),
         }
@@ -447,27 +519,31 @@ mod tests {
     fn explain_prepare_and_what_cannot_be_capped() {
         assert!(rewritten("EXPLAIN (ANALYZE, COSTS off) DELETE FROM t WHERE a > 0").contains("AND (SELECT CASE"));
         assert!(rewritten("PREPARE p (int) AS UPDATE t SET a = $1 WHERE b > $1").contains("WHERE b > $1 LIMIT 21"));
-        assert_eq!(cap_writes("EXPLAIN DELETE FROM t WHERE a > 0", 20), Capped::Unchanged);
-        assert_eq!(cap_writes("SELECT * FROM t; INSERT INTO t VALUES (1)", 20), Capped::Unchanged);
-        assert_eq!(cap_writes("DELETE FROM t WHERE CURRENT OF c", 20), Capped::Unchanged);
+        assert_eq!(cap_writes("EXPLAIN DELETE FROM t WHERE a > 0", 20, &no_keys), Capped::Unchanged);
+        assert_eq!(cap_writes("SELECT * FROM t; INSERT INTO t VALUES (1)", 20, &no_keys), Capped::Unchanged);
+        assert_eq!(cap_writes("DELETE FROM t WHERE CURRENT OF c", 20, &no_keys), Capped::Unchanged);
         for nested in [
             "WITH d AS (DELETE FROM t WHERE a > 0 RETURNING *) SELECT * FROM d",
             "WITH u AS (UPDATE t SET a = 1 WHERE a > 0 RETURNING a) DELETE FROM s WHERE b = 1",
             "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM s",
         ] {
-            assert!(matches!(cap_writes(nested, 20), Capped::Refused(_)), "{nested}");
+            assert!(matches!(cap_writes(nested, 20, &no_keys), Capped::Refused(_)), "{nested}");
         }
         // Upserts: a VALUES list within the cap runs as it is; longer, or from a query, is refused.
         let upsert = |rows: usize| {
             let values = vec!["(1, 'a')"; rows].join(", ");
-            cap_writes(&format!("INSERT INTO t VALUES {values} ON CONFLICT (id) DO UPDATE SET v = excluded.v"), 20)
+            cap_writes(
+                &format!("INSERT INTO t VALUES {values} ON CONFLICT (id) DO UPDATE SET v = excluded.v"),
+                20,
+                &no_keys,
+            )
         };
         assert_eq!(upsert(20), Capped::Unchanged);
         assert!(matches!(upsert(21), Capped::Refused(r) if r.contains("lists 21 rows")));
         let from_query = "INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET v = 'x'";
-        assert!(matches!(cap_writes(from_query, 20), Capped::Refused(r) if r.contains("any number of rows")));
+        assert!(matches!(cap_writes(from_query, 20, &no_keys), Capped::Refused(r) if r.contains("any number of rows")));
         let nothing = "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING";
-        assert_eq!(cap_writes(nothing, 20), Capped::Unchanged);
+        assert_eq!(cap_writes(nothing, 20, &no_keys), Capped::Unchanged);
     }
 
     #[test]
@@ -487,6 +563,32 @@ mod tests {
             "SELEC 1",
         ] {
             assert!(may_write(&kinds(writes)), "{writes}");
+        }
+    }
+
+    #[test]
+    fn a_write_pinned_to_one_row_by_a_unique_key_goes_as_it_is() {
+        let keys = |table: &str, column: &str| matches!((table, column), ("orders" | "public.orders", "id"));
+        for pinned in [
+            "DELETE FROM orders WHERE id = 5",
+            "UPDATE orders SET status = 'x' WHERE status = 'y' AND $1 = id RETURNING id",
+            "DELETE FROM public.orders o WHERE o.id = '5'::int AND o.status <> 'x'",
+            "UPDATE orders SET status = 'x' WHERE orders.id = $2::bigint",
+        ] {
+            assert_eq!(cap_writes(pinned, 20, &keys), Capped::Unchanged, "{pinned}");
+        }
+        for capped in [
+            "DELETE FROM orders WHERE id > 5",
+            "DELETE FROM orders WHERE id = 5 OR status = 'x'",
+            "DELETE FROM orders WHERE id = NULL OR true",
+            "DELETE FROM orders WHERE customer_id = 5",
+            "DELETE FROM orders o WHERE orders.id = 5",
+            "DELETE FROM orders WHERE id = id",
+            "DELETE FROM orders WHERE id = 5 + customer_id",
+            "DELETE FROM orders WHERE id OPERATOR(public.=) 5",
+            "DELETE FROM other WHERE id = 5",
+        ] {
+            assert!(matches!(cap_writes(capped, 20, &keys), Capped::Rewritten(_)), "{capped}");
         }
     }
 

@@ -683,7 +683,7 @@ fn decide(
         let result = match (result, ctx.max_rows_written) {
             (Ok(None), Some(_)) if !crate::sql::rowcap::may_write(&request.statements) => Ok(None),
             (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
-                cap_rows(rewritten.as_deref().unwrap_or(&request.text), max).map(|capped| capped.or(rewritten))
+                cap_rows(ctx, rewritten.as_deref().unwrap_or(&request.text), max).map(|capped| capped.or(rewritten))
             }
             (result, _) => result,
         };
@@ -736,9 +736,14 @@ fn decide(
 }
 
 /// The text to run under a row cap: `Ok(None)` when it runs as it is.
-fn cap_rows(text: &str, max: u64) -> Result<Option<String>, Bytes> {
+fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes> {
     use crate::sql::rowcap::{cap_writes, Capped};
-    match cap_writes(text, max) {
+    // A key is unique only if it is in every table the name may mean.
+    let unique_key = |table: &str, column: &str| {
+        let mut named = ctx.catalog.values().filter(|t| t.named(table)).peekable();
+        named.peek().is_some() && named.all(|t| t.is_unique(column))
+    };
+    match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
         Capped::Rewritten(capped) => Ok(Some(capped)),
         Capped::Refused(why) => Err(error_bytes(

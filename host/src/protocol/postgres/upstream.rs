@@ -246,6 +246,11 @@ pub struct TableInfo {
     pub columns: Vec<String>,
     /// Which of those columns are declared NOT NULL (same order).
     pub not_null: Vec<bool>,
+    /// Which of those columns alone are the key of a valid, unique,
+    /// non-partial index, on a table without inheritance children (a
+    /// partitioned table's unique index holds across its partitions): `col =
+    /// constant` matches one row at most (same order).
+    pub unique: Vec<bool>,
 }
 
 impl TableInfo {
@@ -261,6 +266,11 @@ impl TableInfo {
     /// Is `column` declared NOT NULL here?
     pub fn is_not_null(&self, column: &str) -> bool {
         self.columns.iter().zip(&self.not_null).any(|(name, nn)| *nn && name == column)
+    }
+
+    /// Is `column` alone a unique key here (see [`TableInfo::unique`])?
+    pub fn is_unique(&self, column: &str) -> bool {
+        self.columns.iter().zip(&self.unique).any(|(name, u)| *u && name == column)
     }
 }
 
@@ -307,8 +317,9 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
     }
 }
 
-/// Load user tables (oid -> name, columns and their NOT NULL flags), for
-/// column-aware masking and for WHEREs that only null-test NOT NULL columns.
+/// Load user tables (oid -> name, columns, their NOT NULL and unique-key
+/// flags), for column-aware masking, for WHEREs that only null-test NOT NULL
+/// columns and for row caps (a write pinned to one row by a unique key).
 pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
     let rows = simple_query(
         up,
@@ -316,7 +327,12 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
          coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' ELSE a.attname END, ',' ORDER BY a.attnum) \
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
          coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
-                   ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
+                   ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
+         coalesce((SELECT string_agg(CASE WHEN NOT a.attisdropped AND (c.relkind = 'p' OR NOT c.relhassubclass) \
+                   AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
+                   AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   AND i.indkey[0] = a.attnum) THEN 't' ELSE 'f' END, '' ORDER BY a.attnum) \
+                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
          AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000",
@@ -329,7 +345,8 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
                 let columns = cols.as_deref().unwrap_or("").split(',').map(str::to_string).collect();
                 let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
                 let not_null = flags.bytes().map(|b| b == b't').collect();
-                map.insert(oid, TableInfo { name: name.clone(), columns, not_null });
+                let unique = r.get(4).and_then(|f| f.as_deref()).unwrap_or("").bytes().map(|b| b == b't').collect();
+                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique });
             }
         }
     }
