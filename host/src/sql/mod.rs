@@ -621,7 +621,8 @@ fn describe_tree(node: &NodeEnum, text: &str, out: &mut Vec<SqlStatement>, facts
     }
 }
 
-fn relname(v: &protobuf::RangeVar) -> String {
+/// `schema.table` or `table`, as the statement names it.
+pub(crate) fn relname(v: &protobuf::RangeVar) -> String {
     if v.schemaname.is_empty() {
         v.relname.clone()
     } else {

@@ -275,11 +275,7 @@ fn pins_a_unique_key(
     where_clause: &NodeEnum,
     unique_key: &dyn Fn(&str, &str) -> bool,
 ) -> bool {
-    let table = if relation.schemaname.is_empty() {
-        relation.relname.clone()
-    } else {
-        format!("{}.{}", relation.schemaname, relation.relname)
-    };
+    let table = super::relname(relation);
     let called = relation.alias.as_ref().map_or(relation.relname.as_str(), |a| a.aliasname.as_str());
     let column = |n: &NodeEnum| -> Option<String> {
         let NodeEnum::ColumnRef(c) = n else { return None };
