@@ -319,7 +319,10 @@ async fn a_row_cap_refuses_writes_that_change_too_many_rows_or_every_row_whateve
         "DROP TABLE IF EXISTS rowcap_ten, rowcap_two; \
          CREATE TABLE rowcap_ten AS SELECT g AS id, 'v' AS v FROM generate_series(1, 10) g; \
          CREATE TABLE rowcap_two AS SELECT g AS id FROM generate_series(1, 2) g; \
-         GRANT ALL ON rowcap_ten, rowcap_two TO wardgate_app",
+         DROP TABLE IF EXISTS rowcap_keyed; \
+         CREATE TABLE rowcap_keyed (id int PRIMARY KEY, grp int); \
+         INSERT INTO rowcap_keyed SELECT g, 1 FROM generate_series(1, 10) g; \
+         GRANT ALL ON rowcap_ten, rowcap_two, rowcap_keyed TO wardgate_app",
     )
     .unwrap();
     let count = |t: &str| {
@@ -372,13 +375,35 @@ async fn a_row_cap_refuses_writes_that_change_too_many_rows_or_every_row_whateve
     assert!(matches!(pos, Some(tokio_postgres::error::ErrorPosition::Original(30))), "{pos:?}");
     assert_eq!(count("rowcap_ten"), "7");
     // A write pinned to one row by a unique key (orders.id, the primary key)
-    // goes as the client wrote it: even an error after its WHERE points there.
-    let sql = "UPDATE orders SET status = status WHERE id = $1 RETURNING nosuch";
-    let e = c.query(sql, &[&1i32]).await.unwrap_err();
-    let pos = e.as_db_error().and_then(|d| d.position().cloned());
-    let at = sql.find("nosuch").unwrap() as u32 + 1;
-    assert_eq!(pos, Some(tokio_postgres::error::ErrorPosition::Original(at)), "{e:?}");
+    // runs with the cheaper check that the key is still one.
     assert_eq!(c.execute("UPDATE orders SET status = status WHERE id = $1", &[&1i32]).await.unwrap(), 1);
+    let pinned = c.simple_query("DELETE FROM rowcap_keyed WHERE id = 10 RETURNING id").await.unwrap();
+    assert_eq!(simple_rows(&pinned), vec![vec![Some("10".to_string())]]);
+    // The catalog is the session's start's: a temporary view created since,
+    // which shadows rowcap_keyed and calls its non-unique column `id`, must
+    // not let `WHERE id = 1` change all nine rows.
+    let (c2, c3) = (g.client().await, g.client().await);
+    c2.batch_execute("CREATE TEMP VIEW rowcap_keyed AS SELECT grp AS id, id AS grp FROM public.rowcap_keyed")
+        .await
+        .unwrap();
+    let message = |e: tokio_postgres::Error| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let e = c2.execute("DELETE FROM rowcap_keyed WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
+    assert!(message(e).contains("not the one this session began with"));
+    assert_eq!(count("rowcap_keyed"), "9");
+    // Run again, it is counted in full (and refused: nine rows).
+    let e = c2.execute("DELETE FROM rowcap_keyed WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert!(message(e).contains("more than 3 rows"));
+    assert_eq!(count("rowcap_keyed"), "9");
+    assert_eq!(c2.execute("DELETE FROM rowcap_keyed WHERE grp = $1", &[&9i32]).await.unwrap(), 1);
+    // Columns renamed since a session began (by another session): `id` is
+    // now the non-unique column.
+    assert_eq!(c3.execute("UPDATE rowcap_keyed SET grp = 1 WHERE id = $1", &[&2i32]).await.unwrap(), 1);
+    pg.psql("shop", "ALTER TABLE rowcap_keyed RENAME id TO k; ALTER TABLE rowcap_keyed RENAME grp TO id").unwrap();
+    let e = c3.execute("UPDATE rowcap_keyed SET k = k WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert!(message(e).contains("not the one this session began with"));
+    // A new inheritance child would add its rows to its parent's writes.
+    all_refused(&c3, &["CREATE TABLE rowcap_child () INHERITS (rowcap_ten)"], "inheritance").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

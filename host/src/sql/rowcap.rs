@@ -28,6 +28,20 @@
 //! small lookups. The statement's other text is kept byte for byte: only the
 //! WHERE is wrapped (or added, for the no-WHERE writes a guard allowed).
 //!
+//! A write whose WHERE pins a column that the session's catalog read says
+//! is alone a unique key (`WHERE id = 5 AND …`) changes one row at most, so
+//! it gets a cheaper check instead, evaluated once when it runs: the name
+//! resolves to the table the catalog read described, and that table's
+//! unique index still has the column of that name as its key. The catalog
+//! read is from the session's start: a temporary view of the same name
+//! created since, or renamed columns, would otherwise let `WHERE id = 5`
+//! change many rows. If the check fails the statement fails too (nothing is
+//! changed), the client is told to run it again, and from then on the
+//! session's writes get the full count. A new inheritance child would add
+//! its rows to its parent's writes: creating one (`INHERITS`, `INHERIT`;
+//! partitions are fine, their unique indexes hold across them) is refused
+//! while the cap applies.
+//!
 //! An UPDATE or DELETE that cannot be capped this way — inside a WITH, a rule
 //! or another statement — is refused while the cap applies: fail closed.
 //! `WHERE CURRENT OF` changes one row and is left as it is; `EXPLAIN` without
@@ -37,6 +51,11 @@ use pg_query::protobuf::{self, Token};
 use pg_query::{NodeEnum, NodeRef};
 
 use crate::pipeline::types::{SqlStatement, StatementKind};
+
+/// `(table, column)` -> `(table OID, index OID)` for every table the name may
+/// mean, when `column` alone is the key of a unique index in each of them;
+/// empty otherwise.
+pub type UniqueKeys<'a> = &'a dyn Fn(&str, &str) -> Vec<(u32, u32)>;
 
 /// What [`cap_writes`] made of a text.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,14 +70,15 @@ pub enum Capped {
 
 const OVER_CAP: &str = "wardgate-row-cap:";
 const EVERY_ROW: &str = "wardgate-every-row:";
+const KEY_CHANGED: &str = "wardgate-key-changed:";
 
 /// Wrap the WHERE of every UPDATE and DELETE in `text` so that PostgreSQL
 /// refuses one that would change more than `max` rows, or every row of a
 /// table with more than one. A write whose WHERE is `col = constant` (or
 /// `$n`) AND anything, where `unique_key(table, col)` says `col` alone is a
 /// unique key of the table as the statement names it, changes one row at
-/// most and goes as it is.
-pub fn cap_writes(text: &str, max: u64, unique_key: &dyn Fn(&str, &str) -> bool) -> Capped {
+/// most: its WHERE gets the cheaper check that this is still so.
+pub fn cap_writes(text: &str, max: u64, unique_key: UniqueKeys<'_>) -> Capped {
     let Ok(parsed) = super::parser_guarded(|| pg_query::parse(text, 0).map_err(|e| e.to_string())) else {
         // Not PostgreSQL's grammar as this parser knows it: the guards saw the
         // parse error (sql-guard routes unparsable SQL to review).
@@ -85,7 +105,14 @@ pub fn cap_writes(text: &str, max: u64, unique_key: &dyn Fn(&str, &str) -> bool)
         if let Some(why) = unbounded_upsert(node, max) {
             return Capped::Refused(why);
         }
-        let Some(write) = write.filter(|w| !w.pinned) else { continue };
+        if inherits(node) {
+            return Capped::Refused(
+                "table inheritance (INHERITS, ALTER TABLE … INHERIT) cannot be created on a connection with \
+                 max_rows_written: writes to the parent would reach the child's rows"
+                    .into(),
+            );
+        }
+        let Some(write) = write else { continue };
         match wrap(segment, &write, max) {
             Ok(Some((range, replacement))) => edits.push(((start + range.start)..(start + range.end), replacement)),
             Ok(None) => {}
@@ -105,7 +132,7 @@ pub fn cap_writes(text: &str, max: u64, unique_key: &dyn Fn(&str, &str) -> bool)
 /// Whether statements analysed as these (nested ones are listed too, see
 /// [`super::analyze`]) may hold anything [`cap_writes`] changes or refuses:
 /// an UPDATE, DELETE, upsert, MERGE, or a CREATE (a rule's actions are not
-/// listed) or unclassified statement.
+/// listed), ALTER or unclassified statement.
 pub fn may_write(statements: &[SqlStatement]) -> bool {
     statements.is_empty()
         || statements.iter().any(|s| {
@@ -116,14 +143,55 @@ pub fn may_write(statements: &[SqlStatement]) -> bool {
                     | StatementKind::Delete
                     | StatementKind::Merge
                     | StatementKind::Create
+                    | StatementKind::Alter
                     | StatementKind::Other
             )
         })
 }
 
-/// What the relay tells the client when a capped statement failed because of
-/// its cap: `None` for any other error. `message` is the upstream's.
-pub fn refusal(message: &str, max: u64) -> Option<String> {
+/// Why a capped statement failed because of its cap (see [`refusal`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It would change more than the cap.
+    OverCap,
+    /// It would change every row of its table, which has this many.
+    EveryRow(u64),
+    /// Its unique key no longer makes it a one-row write: the table its
+    /// name resolves to changed since the session's catalog read.
+    KeyChanged,
+}
+
+impl Refusal {
+    /// The gateway's message to the client, for a cap of `max` rows.
+    pub fn message(&self, max: u64) -> String {
+        match self {
+            Refusal::OverCap => format!(
+                "Wardgate: this statement would change more than {max} rows (max_rows_written): refused, nothing \
+                 was changed"
+            ),
+            Refusal::EveryRow(n) => format!(
+                "Wardgate: this statement would change every row of its table ({n} rows): a WHERE that keeps every \
+                 row is refused like no WHERE; nothing was changed"
+            ),
+            Refusal::KeyChanged => "Wardgate: the table this statement writes is not the one this session began \
+                                    with (its name, unique key or inheritance changed), so its WHERE no longer \
+                                    pins one row: refused, nothing was changed"
+                .to_string(),
+        }
+    }
+
+    /// What the client can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Refusal::KeyChanged => "run it again: this session's writes are now counted in full (max_rows_written)",
+            _ => "narrow the WHERE, or change the rows in smaller batches",
+        }
+    }
+}
+
+/// Whether a capped statement failed because of its cap, and how: `None`
+/// for any other error. `message` is the upstream's.
+pub fn refusal(message: &str) -> Option<Refusal> {
     // The message quotes the text the cast failed on, in any server language.
     let marked = |marker: &str| -> Option<u64> {
         let at = message.find(marker)? + marker.len();
@@ -132,16 +200,12 @@ pub fn refusal(message: &str, max: u64) -> Option<String> {
         digits[..end].parse().ok()
     };
     if marked(OVER_CAP).is_some() {
-        return Some(format!(
-            "Wardgate: this statement would change more than {max} rows (max_rows_written): refused, nothing was \
-             changed"
-        ));
+        return Some(Refusal::OverCap);
     }
-    let n = marked(EVERY_ROW)?;
-    Some(format!(
-        "Wardgate: this statement would change every row of its table ({n} rows): a WHERE that keeps every row is \
-         refused like no WHERE; nothing was changed"
-    ))
+    if message.contains(KEY_CHANGED) {
+        return Some(Refusal::KeyChanged);
+    }
+    marked(EVERY_ROW).map(Refusal::EveryRow)
 }
 
 /// Why an `INSERT … ON CONFLICT DO UPDATE` in `node` may change more than
@@ -177,9 +241,23 @@ fn unbounded_upsert(node: &NodeEnum, max: u64) -> Option<String> {
     })
 }
 
+/// Whether `node` creates an inheritance child: `CREATE TABLE … INHERITS`
+/// (not `PARTITION OF`) or `ALTER TABLE … INHERIT`, also inside CREATE SCHEMA.
+fn inherits(node: &NodeEnum) -> bool {
+    node.nodes().into_iter().any(|(n, _, _, _)| match n {
+        NodeRef::CreateStmt(c) => !c.inh_relations.is_empty() && c.partbound.is_none(),
+        // (`nodes()` does not descend into CREATE SCHEMA's elements.)
+        NodeRef::CreateSchemaStmt(c) => c.schema_elts.iter().filter_map(|e| e.node.as_ref()).any(inherits),
+        NodeRef::AlterTableStmt(a) => a.cmds.iter().any(|c| {
+            matches!(&c.node, Some(NodeEnum::AlterTableCmd(c)) if c.subtype == protobuf::AlterTableType::AtAddInherit as i32)
+        }),
+        _ => false,
+    })
+}
+
 /// The UPDATE or DELETE a top-level statement runs, if any, and whether the
 /// statement only explains one (`EXPLAIN` without `ANALYZE`).
-fn top_write(node: &NodeEnum, unique_key: &dyn Fn(&str, &str) -> bool) -> (Option<Write>, bool) {
+fn top_write(node: &NodeEnum, unique_key: UniqueKeys<'_>) -> (Option<Write>, bool) {
     let of = |n: &NodeEnum| Write::of(n, unique_key);
     match node {
         NodeEnum::DeleteStmt(_) | NodeEnum::UpdateStmt(_) => (of(node), false),
@@ -239,12 +317,23 @@ struct Write {
     has_where: bool,
     /// `WHERE CURRENT OF cursor`.
     current_of: bool,
-    /// Its WHERE pins a unique key to one value: one row at most.
-    pinned: bool,
+    /// Its WHERE pins this unique key to one value: one row at most.
+    pinned: Option<Pin>,
+}
+
+/// The unique key a write's WHERE pins.
+struct Pin {
+    /// The written table's name as `regclass` input (each part a quoted
+    /// identifier), so that it resolves as the statement's own name does.
+    table: String,
+    /// The key's column.
+    column: String,
+    /// (table OID, unique index OID) of every table the name may mean.
+    indexes: Vec<(u32, u32)>,
 }
 
 impl Write {
-    fn of(node: &NodeEnum, unique_key: &dyn Fn(&str, &str) -> bool) -> Option<Write> {
+    fn of(node: &NodeEnum, unique_key: UniqueKeys<'_>) -> Option<Write> {
         let (update, joins, relation, where_clause) = match node {
             NodeEnum::DeleteStmt(d) => {
                 (false, !d.using_clause.is_empty(), d.relation.as_ref(), d.where_clause.as_deref())
@@ -260,7 +349,13 @@ impl Write {
             joins,
             has_where: where_clause.is_some(),
             current_of: matches!(where_node, Some(NodeEnum::CurrentOfExpr(_))),
-            pinned: relation.zip(where_node).is_some_and(|(r, w)| pins_a_unique_key(r, w, unique_key)),
+            pinned: relation.zip(where_node).and_then(|(r, w)| {
+                let (column, indexes) = pins_a_unique_key(r, w, unique_key)?;
+                let parts = [&r.catalogname, &r.schemaname, &r.relname];
+                let quoted: Vec<String> =
+                    parts.iter().filter(|p| !p.is_empty()).map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
+                Some(Pin { table: quoted.join("."), column, indexes })
+            }),
         })
     }
 }
@@ -269,12 +364,13 @@ impl Write {
 /// too), `key` a column of the written table that `unique_key` says is a
 /// unique key of it on its own, named bare or by the table's alias or name.
 /// Only the plain `=` (an operator of that name elsewhere on the search path
-/// would need CREATE OPERATOR, which sql-guard sends to review).
+/// would need CREATE OPERATOR, which sql-guard sends to review). The key's
+/// column and its indexes (see [`UniqueKeys`]), if one is pinned.
 fn pins_a_unique_key(
     relation: &protobuf::RangeVar,
     where_clause: &NodeEnum,
-    unique_key: &dyn Fn(&str, &str) -> bool,
-) -> bool {
+    unique_key: UniqueKeys<'_>,
+) -> Option<(String, Vec<(u32, u32)>)> {
     let table = super::relname(relation);
     let called = relation.alias.as_ref().map_or(relation.relname.as_str(), |a| a.aliasname.as_str());
     let column = |n: &NodeEnum| -> Option<String> {
@@ -307,21 +403,21 @@ fn pins_a_unique_key(
         }
         other => vec![other],
     };
-    conjuncts.into_iter().any(|c| {
-        let NodeEnum::AExpr(e) = c else { return false };
+    conjuncts.into_iter().find_map(|c| {
+        let NodeEnum::AExpr(e) = c else { return None };
         let plain_equals =
             matches!(e.name.as_slice(), [op] if matches!(&op.node, Some(NodeEnum::String(s)) if s.sval == "="));
         if e.kind != protobuf::AExprKind::AexprOp as i32 || !plain_equals {
-            return false;
+            return None;
         }
-        let (Some(l), Some(r)) =
-            (e.lexpr.as_ref().and_then(|n| n.node.as_ref()), e.rexpr.as_ref().and_then(|n| n.node.as_ref()))
-        else {
-            return false;
+        let l = e.lexpr.as_ref().and_then(|n| n.node.as_ref())?;
+        let r = e.rexpr.as_ref().and_then(|n| n.node.as_ref())?;
+        let pinned = |col: &NodeEnum, value: &NodeEnum| {
+            let col = column(col).filter(|_| constant(value))?;
+            let indexes = unique_key(&table, &col);
+            (!indexes.is_empty()).then_some((col, indexes))
         };
-        let pinned =
-            |col: &NodeEnum, value: &NodeEnum| constant(value) && column(col).is_some_and(|c| unique_key(&table, &c));
-        pinned(l, r) || pinned(r, l)
+        pinned(l, r).or_else(|| pinned(r, l))
     })
 }
 
@@ -411,16 +507,31 @@ fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Rang
             (at..at, "true".to_string())
         }
     };
-    let from = match &joins {
+    let check = match &write.pinned {
+        Some(pin) => key_check(pin),
+        None => count_check(target, joins, &cond, max),
+    };
+    let replacement = if where_at.is_some() { format!("({cond}) AND {check}") } else { format!(" WHERE {check}") };
+    Ok(Some((range, replacement)))
+}
+
+/// Every name a check adds is pg_catalog's, written out: a function or
+/// operator of the same name earlier on the search_path cannot stand in.
+const GT: &str = "OPERATOR(pg_catalog.>)";
+const EQ: &str = "OPERATOR(pg_catalog.=)";
+const CAT: &str = "OPERATOR(pg_catalog.||)";
+
+/// The check of a write whose WHERE is `cond`: fewer than `max` rows of
+/// `target` (joined with `joins`, if any), and not every row of a table
+/// with more than one.
+fn count_check(target: &str, joins: Option<&str>, cond: &str, max: u64) -> String {
+    let from = match joins {
         Some(items) => format!("{target}, {items}"),
         None => target.to_string(),
     };
     // The every-row test reads the target alone: with joined items the WHERE
     // may name them, and the count of the join is what the cap holds.
-    // Every name the check adds is pg_catalog's, written out: a function or
-    // operator of the same name earlier on the search_path cannot stand in.
-    let gt = "OPERATOR(pg_catalog.>)";
-    let cat = "OPERATOR(pg_catalog.||)";
+    let (gt, cat) = (GT, CAT);
     let every_row = if joins.is_none() {
         format!(
             " WHEN wardgate_c.n {gt} 1::pg_catalog.int8 AND NOT EXISTS (SELECT 1 FROM {target} WHERE ({cond}) IS NOT \
@@ -429,14 +540,30 @@ fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Rang
     } else {
         String::new()
     };
-    let check = format!(
+    format!(
         "(SELECT CASE WHEN wardgate_c.n {gt} {max}::pg_catalog.int8 THEN ('{OVER_CAP}'::pg_catalog.text {cat} \
          wardgate_c.n)::pg_catalog.int4{every_row} ELSE 1 END FROM (SELECT pg_catalog.count(*) AS n FROM (SELECT 1 \
-         FROM {from} WHERE {cond} LIMIT {limit}) AS wardgate_m) AS wardgate_c) OPERATOR(pg_catalog.=) 1",
+         FROM {from} WHERE {cond} LIMIT {limit}) AS wardgate_m) AS wardgate_c) {EQ} 1",
         limit = max.saturating_add(1),
-    );
-    let replacement = if where_at.is_some() { format!("({cond}) AND {check}") } else { format!(" WHERE {check}") };
-    Ok(Some((range, replacement)))
+    )
+}
+
+/// The check of a write pinned to one row by `pin`: the table its name
+/// resolves to is one the catalog read described, and the unique index the
+/// read found on it still has the column of that name as its key. The name
+/// is resolved when the statement is parsed, as the statement's own is; the
+/// index is read once when it runs (an InitPlan), not per row.
+fn key_check(pin: &Pin) -> String {
+    let literal = |s: &str| s.replace('\'', "''");
+    let (table, column) = (literal(&pin.table), literal(&pin.column));
+    let arms: String =
+        pin.indexes.iter().map(|(t, i)| format!(" WHEN {t}::pg_catalog.oid THEN {i}::pg_catalog.oid")).collect();
+    let key =
+        format!("pg_catalog.pg_get_indexdef(CASE '{table}'::pg_catalog.regclass::pg_catalog.oid{arms} END, 1, true)");
+    format!(
+        "(SELECT CASE WHEN {key} {EQ} pg_catalog.quote_ident('{column}') THEN 1 ELSE ('{KEY_CHANGED}'::\
+         pg_catalog.text {CAT} COALESCE({key}, '-'))::pg_catalog.int4 END) {EQ} 1"
+    )
 }
 
 /// The byte range from token `from` to the end of token `to - 1`.
@@ -453,8 +580,8 @@ fn span<'a>(segment: &'a str, toks: &[Tok], from: usize, to: usize) -> Option<&'
 mod tests {
     use super::*;
 
-    fn no_keys(_: &str, _: &str) -> bool {
-        false
+    fn no_keys(_: &str, _: &str) -> Vec<(u32, u32)> {
+        Vec::new()
     }
 
     fn rewritten(text: &str) -> String {
@@ -540,6 +667,22 @@ mod tests {
         assert!(matches!(cap_writes(from_query, 20, &no_keys), Capped::Refused(r) if r.contains("any number of rows")));
         let nothing = "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING";
         assert_eq!(cap_writes(nothing, 20, &no_keys), Capped::Unchanged);
+        // A new inheritance child would add its rows to its parent's writes.
+        for inherits in [
+            "CREATE TABLE c (x int) INHERITS (t)",
+            "ALTER TABLE c INHERIT t",
+            "CREATE SCHEMA s CREATE TABLE c () INHERITS (public.t)",
+        ] {
+            assert!(
+                matches!(cap_writes(inherits, 20, &no_keys), Capped::Refused(r) if r.contains("inheritance")),
+                "{inherits}"
+            );
+        }
+        for fine in
+            ["CREATE TABLE c PARTITION OF t FOR VALUES IN (1)", "ALTER TABLE c NO INHERIT t", "CREATE TABLE c (x int)"]
+        {
+            assert_eq!(cap_writes(fine, 20, &no_keys), Capped::Unchanged, "{fine}");
+        }
     }
 
     #[test]
@@ -556,6 +699,7 @@ mod tests {
             "COPY (DELETE FROM t RETURNING *) TO STDOUT",
             "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM s",
             "INSERT INTO t SELECT * FROM s ON CONFLICT (id) DO UPDATE SET v = 1",
+            "ALTER TABLE c INHERIT t",
             "SELEC 1",
         ] {
             assert!(may_write(&kinds(writes)), "{writes}");
@@ -563,18 +707,50 @@ mod tests {
     }
 
     #[test]
-    fn a_write_pinned_to_one_row_by_a_unique_key_goes_as_it_is() {
-        let keys = |table: &str, column: &str| matches!((table, column), ("orders" | "public.orders", "id"));
+    fn a_write_pinned_to_one_row_by_a_unique_key_gets_the_key_check() {
+        let keys = |table: &str, column: &str| match (table, column) {
+            ("orders" | "public.orders", "id") => vec![(16384, 16390)],
+            ("Odd\"Name", "I'd") => vec![(1, 2), (3, 4)],
+            _ => Vec::new(),
+        };
+        let key_checked = |text: &str, table: &str, column: &str| match cap_writes(text, 20, &keys) {
+            Capped::Rewritten(t) => {
+                assert!(
+                    t.contains(&format!("pg_get_indexdef(CASE '{table}'::pg_catalog.regclass::pg_catalog.oid WHEN"))
+                );
+                assert!(
+                    t.contains(&format!("OPERATOR(pg_catalog.=) pg_catalog.quote_ident('{column}') THEN 1")),
+                    "{t}"
+                );
+                assert!(!t.contains("count("), "{t}");
+                assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
+                t
+            }
+            other => panic!("{text}: {other:?}"),
+        };
         for pinned in [
             "DELETE FROM orders WHERE id = 5",
             "UPDATE orders SET status = 'x' WHERE status = 'y' AND $1 = id RETURNING id",
-            "DELETE FROM public.orders o WHERE o.id = '5'::int AND o.status <> 'x'",
             "UPDATE orders SET status = 'x' WHERE orders.id = $2::bigint",
         ] {
-            assert_eq!(cap_writes(pinned, 20, &keys), Capped::Unchanged, "{pinned}");
+            key_checked(pinned, "\"orders\"", "id");
         }
+        let t = key_checked(
+            "DELETE FROM public.orders o WHERE o.id = '5'::int AND o.status <> 'x'",
+            "\"public\".\"orders\"",
+            "id",
+        );
+        assert!(t.starts_with("DELETE FROM public.orders o WHERE(o.id = '5'::int AND o.status <> 'x') AND (SELECT"));
+        let t = key_checked("DELETE FROM \"Odd\"\"Name\" WHERE \"I'd\" = 1", "\"Odd\"\"Name\"", "I''d");
+        assert!(t.contains(
+            "WHEN 1::pg_catalog.oid THEN 2::pg_catalog.oid WHEN 3::pg_catalog.oid THEN 4::pg_catalog.oid END"
+        ));
+        assert!(key_checked("DELETE FROM orders WHERE id = 5", "\"orders\"", "id").contains(
+            "WHEN 16384::pg_catalog.oid THEN 16390::pg_catalog.oid END, 1, true) OPERATOR(pg_catalog.=) pg_catalog.quote_ident('id')"
+        ));
         for capped in [
             "DELETE FROM orders WHERE id > 5",
+            "DELETE FROM \"Orders\" WHERE id = 5",
             "DELETE FROM orders WHERE id = 5 OR status = 'x'",
             "DELETE FROM orders WHERE id = NULL OR true",
             "DELETE FROM orders WHERE customer_id = 5",
@@ -584,19 +760,22 @@ mod tests {
             "DELETE FROM orders WHERE id OPERATOR(public.=) 5",
             "DELETE FROM other WHERE id = 5",
         ] {
-            assert!(matches!(cap_writes(capped, 20, &keys), Capped::Rewritten(_)), "{capped}");
+            assert!(matches!(cap_writes(capped, 20, &keys), Capped::Rewritten(t) if t.contains("count(")), "{capped}");
         }
     }
 
     #[test]
     fn refusals_are_read_from_the_cast_error_only() {
-        let over = refusal("invalid input syntax for type integer: \"wardgate-row-cap:21\"", 20).unwrap();
-        assert!(over.contains("more than 20 rows"), "{over}");
-        let every = refusal("invalid input syntax for type integer: \"wardgate-every-row:199\"", 20).unwrap();
-        assert!(every.contains("every row of its table (199 rows)"), "{every}");
-        assert_eq!(refusal("invalid input syntax for type integer: \"abc\"", 20), None);
+        let over = refusal("invalid input syntax for type integer: \"wardgate-row-cap:21\"").unwrap();
+        assert!(over.message(20).contains("more than 20 rows"), "{over:?}");
+        let every = refusal("invalid input syntax for type integer: \"wardgate-every-row:199\"").unwrap();
+        assert!(every.message(20).contains("every row of its table (199 rows)"), "{every:?}");
+        assert_eq!(refusal("invalid input syntax for type integer: \"abc\""), None);
         let german = "ungültige Eingabesyntax für Typ integer: »wardgate-every-row:7«";
-        assert!(refusal(german, 20).unwrap().contains("(7 rows)"));
-        assert_eq!(refusal("invalid input syntax for type integer: \"wardgate-row-cap:x\"", 20), None);
+        assert_eq!(refusal(german), Some(Refusal::EveryRow(7)));
+        assert_eq!(refusal("invalid input syntax for type integer: \"wardgate-row-cap:x\""), None);
+        let changed = refusal("invalid input syntax for type integer: \"wardgate-key-changed:false\"").unwrap();
+        assert_eq!(changed, Refusal::KeyChanged);
+        assert!(changed.hint().contains("run it again"));
     }
 }

@@ -134,6 +134,9 @@ struct Ctx<'a> {
     approvals_off: Option<String>,
     /// The connection's `max_rows_written` (see [`crate::sql::rowcap`]).
     max_rows_written: Option<u64>,
+    /// A pinned write found its table changed since the catalog read: the
+    /// catalog's unique keys no longer spare this session's writes the count.
+    keys_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Relay until either side closes.
@@ -162,6 +165,7 @@ pub async fn run(
         stats,
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
         max_rows_written,
+        keys_changed: std::sync::atomic::AtomicBool::new(false),
     };
     let c2u = client_to_upstream(&ctx, &mut client_r, client_buf, &mut up_w, review);
     // Login notices first, then whatever followed the upstream's ReadyForQuery.
@@ -738,10 +742,17 @@ fn decide(
 /// The text to run under a row cap: `Ok(None)` when it runs as it is.
 fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes> {
     use crate::sql::rowcap::{cap_writes, Capped};
-    // A key is unique only if it is in every table the name may mean.
-    let unique_key = |table: &str, column: &str| {
-        let mut named = ctx.catalog.values().filter(|t| t.named(table)).peekable();
-        named.peek().is_some() && named.all(|t| t.is_unique(column))
+    // A key is unique only if it is in every table the name may mean (the
+    // statement's check confirms it of the table the name resolves to).
+    let keys_changed = ctx.keys_changed.load(Ordering::Relaxed);
+    let unique_key = |table: &str, column: &str| -> Vec<(u32, u32)> {
+        let keys: Option<Vec<(u32, u32)>> = ctx
+            .catalog
+            .iter()
+            .filter(|(_, t)| t.named(table))
+            .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
+            .collect();
+        keys.filter(|_| !keys_changed).unwrap_or_default()
     };
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
@@ -1415,9 +1426,11 @@ fn row_cap_refusal(ctx: &Ctx<'_>, fields: &[(u8, String)]) -> Option<Bytes> {
         return None;
     }
     let message = fields.iter().find(|(k, _)| *k == b'M')?;
-    let refusal = crate::sql::rowcap::refusal(&message.1, max)?;
-    let hint = "narrow the WHERE, or change the rows in smaller batches";
-    Some(codec::error_body("42501", &refusal, Some(hint)))
+    let refusal = crate::sql::rowcap::refusal(&message.1)?;
+    if refusal == crate::sql::rowcap::Refusal::KeyChanged {
+        ctx.keys_changed.store(true, Ordering::Relaxed);
+    }
+    Some(codec::error_body("42501", &refusal.message(max), Some(refusal.hint())))
 }
 
 /// Mask the text fields of an ErrorResponse/NoticeResponse (messages and

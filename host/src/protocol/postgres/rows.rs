@@ -686,7 +686,7 @@ mod tests {
                 name: "public.customers".into(),
                 columns: vec!["id".into(), "ssn".into()],
                 not_null: vec![true, false],
-                unique: vec![true, false],
+                unique_index: vec![Some(1), None],
             },
         );
         let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };

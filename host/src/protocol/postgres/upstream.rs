@@ -246,11 +246,11 @@ pub struct TableInfo {
     pub columns: Vec<String>,
     /// Which of those columns are declared NOT NULL (same order).
     pub not_null: Vec<bool>,
-    /// Which of those columns alone are the key of a valid, unique,
+    /// For each of those columns that alone is the key of a valid, unique,
     /// non-partial index, on a table without inheritance children (a
-    /// partitioned table's unique index holds across its partitions): `col =
-    /// constant` matches one row at most (same order).
-    pub unique: Vec<bool>,
+    /// partitioned table's unique index holds across its partitions), that
+    /// index's OID: `col = constant` matches one row at most (same order).
+    pub unique_index: Vec<Option<u32>>,
 }
 
 impl TableInfo {
@@ -268,9 +268,10 @@ impl TableInfo {
         self.columns.iter().zip(&self.not_null).any(|(name, nn)| *nn && name == column)
     }
 
-    /// Is `column` alone a unique key here (see [`TableInfo::unique`])?
-    pub fn is_unique(&self, column: &str) -> bool {
-        self.columns.iter().zip(&self.unique).any(|(name, u)| *u && name == column)
+    /// The unique index whose sole key is `column` here, if any (see
+    /// [`TableInfo::unique_index`]).
+    pub fn unique_index(&self, column: &str) -> Option<u32> {
+        self.columns.iter().zip(&self.unique_index).find_map(|(name, index)| index.filter(|_| name == column))
     }
 }
 
@@ -329,9 +330,10 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
          coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
                    ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
          coalesce((SELECT string_agg(CASE WHEN NOT a.attisdropped AND (c.relkind = 'p' OR NOT c.relhassubclass) \
-                   AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
-                   AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
-                   AND i.indkey[0] = a.attnum) THEN 't' ELSE 'f' END, '' ORDER BY a.attnum) \
+                   THEN coalesce((SELECT i.indexrelid::text FROM pg_index i WHERE i.indrelid = c.oid \
+                   AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL \
+                   AND i.indexprs IS NULL AND i.indkey[0] = a.attnum ORDER BY i.indexrelid LIMIT 1), '') \
+                   ELSE '' END, ',' ORDER BY a.attnum) \
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
@@ -345,8 +347,9 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
                 let columns = cols.as_deref().unwrap_or("").split(',').map(str::to_string).collect();
                 let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
                 let not_null = flags.bytes().map(|b| b == b't').collect();
-                let unique = r.get(4).and_then(|f| f.as_deref()).unwrap_or("").bytes().map(|b| b == b't').collect();
-                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique });
+                let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
+                let unique_index = indexes.split(',').map(|i| i.parse().ok()).collect();
+                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index });
             }
         }
     }
