@@ -64,9 +64,12 @@ pub enum Capped {
     Unchanged,
     /// Send this text instead.
     Rewritten(String),
-    /// Refuse the request, for this reason.
-    Refused(String),
+    /// Refuse the request, for this reason, with this hint.
+    Refused(String, &'static str),
 }
+
+/// The hint for a write the cap cannot reach where it stands.
+const ON_ITS_OWN: &str = "run the UPDATE or DELETE as a statement of its own";
 
 const OVER_CAP: &str = "wardgate-row-cap:";
 const EVERY_ROW: &str = "wardgate-every-row:";
@@ -91,32 +94,26 @@ pub fn cap_writes(text: &str, max: u64, unique_key: UniqueKeys<'_>) -> Capped {
         let end = if raw.stmt_len > 0 { start + raw.stmt_len as usize } else { text.len() };
         let Some(segment) = text.get(start..end) else { return Capped::Unchanged };
         let (write, explain_only) = top_write(node, unique_key);
-        let writes = count_writes(node);
         if explain_only {
             continue;
         }
+        let writes = match nested_writes(node, max) {
+            Ok(writes) => writes,
+            Err((why, hint)) => return Capped::Refused(why, hint),
+        };
         if writes > usize::from(write.is_some()) {
             return Capped::Refused(
                 "an UPDATE or DELETE inside another statement (a WITH query, a rule) cannot be held to this \
                  connection's max_rows_written"
                     .into(),
-            );
-        }
-        if let Some(why) = unbounded_upsert(node, max) {
-            return Capped::Refused(why);
-        }
-        if inherits(node) {
-            return Capped::Refused(
-                "table inheritance (INHERITS, ALTER TABLE … INHERIT) cannot be created on a connection with \
-                 max_rows_written: writes to the parent would reach the child's rows"
-                    .into(),
+                ON_ITS_OWN,
             );
         }
         let Some(write) = write else { continue };
         match wrap(segment, &write, max) {
             Ok(Some((range, replacement))) => edits.push(((start + range.start)..(start + range.end), replacement)),
             Ok(None) => {}
-            Err(why) => return Capped::Refused(why),
+            Err(why) => return Capped::Refused(why, ON_ITS_OWN),
         }
     }
     if edits.is_empty() {
@@ -208,51 +205,68 @@ pub fn refusal(message: &str) -> Option<Refusal> {
     marked(EVERY_ROW).map(Refusal::EveryRow)
 }
 
-/// Why an `INSERT … ON CONFLICT DO UPDATE` in `node` may change more than
-/// `max` rows: a `VALUES` list longer than that, or rows from a query (any
-/// number of them, each of which may update an existing row).
-fn unbounded_upsert(node: &NodeEnum, max: u64) -> Option<String> {
-    node.nodes().into_iter().find_map(|(n, _, _, _)| {
-        let NodeRef::InsertStmt(i) = n else { return None };
-        let updates = i
-            .on_conflict_clause
-            .as_ref()
-            .is_some_and(|c| c.action == protobuf::OnConflictAction::OnconflictUpdate as i32);
-        if !updates {
-            return None;
-        }
-        match i.select_stmt.as_ref().and_then(|s| s.node.as_ref()) {
-            None => None,
-            Some(NodeEnum::SelectStmt(s)) if !s.values_lists.is_empty() => {
-                (s.values_lists.len() as u64 > max).then(|| {
-                    format!(
-                        "this INSERT … ON CONFLICT DO UPDATE lists {} rows, each of which may update one: more than \
-                     this connection's max_rows_written ({max})",
-                        s.values_lists.len()
-                    )
-                })
+/// One walk over `node`, itself included (and the actions of a rule and the
+/// elements of a CREATE SCHEMA, which `nodes()` does not descend into): how
+/// many UPDATE and DELETE statements it holds, or why it cannot run under a
+/// cap of `max` rows (an upsert that may update more, or a new inheritance
+/// child, which would add its rows to its parent's writes).
+fn nested_writes(node: &NodeEnum, max: u64) -> Result<usize, (String, &'static str)> {
+    let inheritance = || {
+        let why = "table inheritance (INHERITS, ALTER TABLE … INHERIT) cannot be created on a connection with \
+                   max_rows_written: writes to the parent would reach the child's rows";
+        (why.to_string(), "partition the table instead (PARTITION OF), or create the child where no cap applies")
+    };
+    let add_inherit = protobuf::AlterTableType::AtAddInherit as i32;
+    let adds_inherit =
+        |c: &protobuf::Node| matches!(&c.node, Some(NodeEnum::AlterTableCmd(c)) if c.subtype == add_inherit);
+    let mut writes = 0;
+    for (n, _, _, _) in node.nodes() {
+        let inner: &[protobuf::Node] = match n {
+            NodeRef::DeleteStmt(_) | NodeRef::UpdateStmt(_) => {
+                writes += 1;
+                continue;
             }
-            Some(_) => Some(
-                "an INSERT … SELECT … ON CONFLICT DO UPDATE may update any number of rows: it cannot be held to this \
-                 connection's max_rows_written (list the rows with VALUES, or use UPDATE)"
-                    .into(),
-            ),
+            NodeRef::InsertStmt(i) => match unbounded_upsert(i, max) {
+                Some(why) => return Err((why, "list the rows with VALUES, a batch within the cap, or use UPDATE")),
+                None => continue,
+            },
+            NodeRef::CreateStmt(c) if !c.inh_relations.is_empty() && c.partbound.is_none() => return Err(inheritance()),
+            NodeRef::AlterTableStmt(a) if a.cmds.iter().any(adds_inherit) => return Err(inheritance()),
+            NodeRef::RuleStmt(r) => &r.actions,
+            NodeRef::CreateSchemaStmt(c) => &c.schema_elts,
+            _ => continue,
+        };
+        for n in inner.iter().filter_map(|n| n.node.as_ref()) {
+            writes += nested_writes(n, max)?;
         }
-    })
+    }
+    Ok(writes)
 }
 
-/// Whether `node` creates an inheritance child: `CREATE TABLE … INHERITS`
-/// (not `PARTITION OF`) or `ALTER TABLE … INHERIT`, also inside CREATE SCHEMA.
-fn inherits(node: &NodeEnum) -> bool {
-    node.nodes().into_iter().any(|(n, _, _, _)| match n {
-        NodeRef::CreateStmt(c) => !c.inh_relations.is_empty() && c.partbound.is_none(),
-        // (`nodes()` does not descend into CREATE SCHEMA's elements.)
-        NodeRef::CreateSchemaStmt(c) => c.schema_elts.iter().filter_map(|e| e.node.as_ref()).any(inherits),
-        NodeRef::AlterTableStmt(a) => a.cmds.iter().any(|c| {
-            matches!(&c.node, Some(NodeEnum::AlterTableCmd(c)) if c.subtype == protobuf::AlterTableType::AtAddInherit as i32)
+/// Why an `INSERT … ON CONFLICT DO UPDATE` may change more than `max` rows:
+/// a `VALUES` list longer than that, or rows from a query (any number of
+/// them, each of which may update an existing row).
+fn unbounded_upsert(i: &protobuf::InsertStmt, max: u64) -> Option<String> {
+    let updates =
+        i.on_conflict_clause.as_ref().is_some_and(|c| c.action == protobuf::OnConflictAction::OnconflictUpdate as i32);
+    if !updates {
+        return None;
+    }
+    match i.select_stmt.as_ref().and_then(|s| s.node.as_ref()) {
+        None => None,
+        Some(NodeEnum::SelectStmt(s)) if !s.values_lists.is_empty() => (s.values_lists.len() as u64 > max).then(|| {
+            format!(
+                "this INSERT … ON CONFLICT DO UPDATE lists {} rows, each of which may update one: more than this \
+                 connection's max_rows_written ({max})",
+                s.values_lists.len()
+            )
         }),
-        _ => false,
-    })
+        Some(_) => Some(
+            "an INSERT … SELECT … ON CONFLICT DO UPDATE may update any number of rows: it cannot be held to this \
+             connection's max_rows_written (list the rows with VALUES, or use UPDATE)"
+                .into(),
+        ),
+    }
 }
 
 /// The UPDATE or DELETE a top-level statement runs, if any, and whether the
@@ -290,22 +304,6 @@ fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
         }
         _ => false,
     })
-}
-
-/// UPDATE and DELETE statements anywhere in `node`, itself included (as
-/// `nodes()` lists it).
-fn count_writes(node: &NodeEnum) -> usize {
-    // (`nodes()` does not descend into a rule's actions.)
-    let actions = match node {
-        NodeEnum::RuleStmt(r) => r.actions.iter().filter_map(|a| a.node.as_ref()).map(count_writes).sum(),
-        _ => 0,
-    };
-    actions
-        + node
-            .nodes()
-            .iter()
-            .filter(|(n, _, _, _)| matches!(n, NodeRef::DeleteStmt(_) | NodeRef::UpdateStmt(_)))
-            .count()
 }
 
 /// What the rewrite needs to know of one UPDATE or DELETE.
@@ -650,7 +648,7 @@ mod tests {
             "WITH u AS (UPDATE t SET a = 1 WHERE a > 0 RETURNING a) DELETE FROM s WHERE b = 1",
             "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM s",
         ] {
-            assert!(matches!(cap_writes(nested, 20, &no_keys), Capped::Refused(_)), "{nested}");
+            assert!(matches!(cap_writes(nested, 20, &no_keys), Capped::Refused(..)), "{nested}");
         }
         // Upserts: a VALUES list within the cap runs as it is; longer, or from a query, is refused.
         let upsert = |rows: usize| {
@@ -662,9 +660,11 @@ mod tests {
             )
         };
         assert_eq!(upsert(20), Capped::Unchanged);
-        assert!(matches!(upsert(21), Capped::Refused(r) if r.contains("lists 21 rows")));
+        assert!(matches!(upsert(21), Capped::Refused(r, _) if r.contains("lists 21 rows")));
         let from_query = "INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET v = 'x'";
-        assert!(matches!(cap_writes(from_query, 20, &no_keys), Capped::Refused(r) if r.contains("any number of rows")));
+        assert!(
+            matches!(cap_writes(from_query, 20, &no_keys), Capped::Refused(r, _) if r.contains("any number of rows"))
+        );
         let nothing = "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING";
         assert_eq!(cap_writes(nothing, 20, &no_keys), Capped::Unchanged);
         // A new inheritance child would add its rows to its parent's writes.
@@ -673,10 +673,8 @@ mod tests {
             "ALTER TABLE c INHERIT t",
             "CREATE SCHEMA s CREATE TABLE c () INHERITS (public.t)",
         ] {
-            assert!(
-                matches!(cap_writes(inherits, 20, &no_keys), Capped::Refused(r) if r.contains("inheritance")),
-                "{inherits}"
-            );
+            let refused = cap_writes(inherits, 20, &no_keys);
+            assert!(matches!(&refused, Capped::Refused(r, h) if r.contains("inheritance") && h.contains("PARTITION")));
         }
         for fine in
             ["CREATE TABLE c PARTITION OF t FOR VALUES IN (1)", "ALTER TABLE c NO INHERIT t", "CREATE TABLE c (x int)"]
@@ -745,9 +743,9 @@ mod tests {
         assert!(t.contains(
             "WHEN 1::pg_catalog.oid THEN 2::pg_catalog.oid WHEN 3::pg_catalog.oid THEN 4::pg_catalog.oid END"
         ));
-        assert!(key_checked("DELETE FROM orders WHERE id = 5", "\"orders\"", "id").contains(
-            "WHEN 16384::pg_catalog.oid THEN 16390::pg_catalog.oid END, 1, true) OPERATOR(pg_catalog.=) pg_catalog.quote_ident('id')"
-        ));
+        let t = key_checked("DELETE FROM orders WHERE id = 5", "\"orders\"", "id");
+        let arm = "WHEN 16384::pg_catalog.oid THEN 16390::pg_catalog.oid END, 1, true)";
+        assert!(t.contains(&format!("{arm} OPERATOR(pg_catalog.=) pg_catalog.quote_ident('id')")), "{t}");
         for capped in [
             "DELETE FROM orders WHERE id > 5",
             "DELETE FROM \"Orders\" WHERE id = 5",

@@ -757,11 +757,7 @@ fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
         Capped::Rewritten(capped) => Ok(Some(capped)),
-        Capped::Refused(why) => Err(error_bytes(
-            "42501",
-            &format!("Wardgate: {why}"),
-            Some("run the UPDATE or DELETE as a statement of its own"),
-        )),
+        Capped::Refused(why, hint) => Err(error_bytes("42501", &format!("Wardgate: {why}"), Some(hint))),
     }
 }
 
