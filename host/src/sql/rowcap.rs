@@ -171,8 +171,8 @@ impl Refusal {
                  row is refused like no WHERE; nothing was changed"
             ),
             Refusal::KeyChanged => "Wardgate: the table this statement writes is not the one this session began \
-                                    with (its name, unique key or inheritance changed), so its WHERE no longer \
-                                    pins one row: refused, nothing was changed"
+                                    with (what its name means, or its unique key, changed), so its WHERE may no \
+                                    longer pin one row: refused, nothing was changed"
                 .to_string(),
         }
     }
