@@ -34,7 +34,7 @@ use super::hold::{self, ReviewAsk, ReviewCtx};
 use super::rows::{self, CopyFormat, Field, Shape};
 use super::session::SessionError;
 use super::stream::BoxStream;
-use super::upstream::{TableInfo, Upstream};
+use super::upstream::{self, TableInfo, Upstream};
 use crate::metrics::Stats;
 use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest};
 use crate::pipeline::{Decision, Outcome, SessionPipeline};
@@ -630,9 +630,7 @@ fn decide(
 ) -> Decided {
     // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
     // Any table of that name (in any schema, for an unqualified one) counts.
-    crate::sql::apply_not_null(&mut request, |table, column| {
-        ctx.catalog.values().any(|t| t.named(table) && t.is_not_null(column))
-    });
+    crate::sql::apply_not_null(&mut request, |table, column| upstream::not_null_in_any(&ctx.catalog, table, column));
     let mut pipeline = ctx.pipeline.lock();
     // The plugin set is pinned here, at the start of the request: its text is
     // masked, judged and its results masked by the same set.
@@ -746,13 +744,10 @@ fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes
     // statement's check confirms it of the table the name resolves to).
     let keys_changed = ctx.keys_changed.load(Ordering::Relaxed);
     let unique_key = |table: &str, column: &str| -> Vec<(u32, u32)> {
-        let keys: Option<Vec<(u32, u32)>> = ctx
-            .catalog
-            .iter()
-            .filter(|(_, t)| t.named(table))
-            .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
-            .collect();
-        keys.filter(|_| !keys_changed).unwrap_or_default()
+        if keys_changed {
+            return Vec::new();
+        }
+        upstream::unique_in_every(&ctx.catalog, table, column)
     };
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),

@@ -275,6 +275,24 @@ impl TableInfo {
     }
 }
 
+/// Is `column` NOT NULL in any table that `table` (as a statement names it)
+/// may mean? (`WHERE col IS NOT NULL` then keeps every row of at least one.)
+pub fn not_null_in_any(catalog: &HashMap<u32, TableInfo>, table: &str, column: &str) -> bool {
+    catalog.values().any(|t| t.named(table) && t.is_not_null(column))
+}
+
+/// `(table OID, unique index OID)` of every table that `table` may mean, when
+/// `column` alone is a unique key in each of them; empty otherwise (see
+/// [`crate::sql::rowcap::UniqueKeys`]).
+pub fn unique_in_every(catalog: &HashMap<u32, TableInfo>, table: &str, column: &str) -> Vec<(u32, u32)> {
+    let keys: Option<Vec<(u32, u32)>> = catalog
+        .iter()
+        .filter(|(_, t)| t.named(table))
+        .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
+        .collect();
+    keys.unwrap_or_default()
+}
+
 /// Run one simple query on a fresh upstream connection (before the relay starts)
 /// and return its text rows.
 pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
