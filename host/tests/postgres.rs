@@ -726,6 +726,80 @@ async fn values_quoted_in_errors_are_masked() {
     assert!(c.query_one("SELECT 1", &[]).await.is_ok());
 }
 
+/// A masker's column rule finds its column whatever the names around it hold:
+/// a comma, a quote or a dot in an earlier column's name shifts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_find_their_column_whatever_the_names_around_it() {
+    db().pg
+        .psql(
+            "shop",
+            r#"DROP TABLE IF EXISTS odd_names;
+               CREATE TABLE odd_names (id int, "a,b" text, "x""y,z" text, "p.q" text, secret text);
+               INSERT INTO odd_names VALUES (1, 'one', 'two', 'three', 'kept-between-us-42');
+               GRANT SELECT ON odd_names TO wardgate_app;"#,
+        )
+        .unwrap();
+    let g = gateway(Options { mask_config: r#""odd_names.secret" = "redact""#, ..Default::default() }).await;
+    let c = g.client().await;
+    let rows = simple_rows(&c.simple_query("SELECT * FROM odd_names").await.unwrap());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][..4], [Some("1".into()), Some("one".into()), Some("two".into()), Some("three".into())]);
+    let secret = rows[0][4].clone().unwrap();
+    assert!(!secret.contains("kept-between") && !secret.contains("42"), "{secret}");
+    let row = c.query_one("SELECT secret, \"a,b\" FROM odd_names", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), secret);
+    assert_eq!(row.get::<_, String>(1), "one");
+}
+
+/// The catalog read that names each column's source cannot be answered by
+/// look-alike tables on the upstream role's search_path, and a session whose
+/// catalog cannot be read is refused rather than run without column rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_read_cannot_be_shadowed_and_a_failed_one_refuses_the_session() {
+    let pg = &db().pg;
+    pg.psql(
+        "shop",
+        "CREATE ROLE wg_shadowed LOGIN PASSWORD 'shadowed-secret';
+         CREATE SCHEMA shadow; GRANT USAGE ON SCHEMA shadow TO wg_shadowed;
+         CREATE VIEW shadow.pg_class AS SELECT * FROM pg_catalog.pg_class WHERE false;
+         GRANT SELECT ON shadow.pg_class TO wg_shadowed;
+         ALTER ROLE wg_shadowed SET search_path = shadow, pg_catalog, public;
+         CREATE TABLE odd_secrets (id int, secret text);
+         INSERT INTO odd_secrets VALUES (1, 'kept-between-us-7');
+         GRANT SELECT ON odd_secrets TO wg_shadowed;",
+    )
+    .unwrap();
+    pg.psql("postgres", "CREATE DATABASE catalog_locked").unwrap();
+    pg.psql("catalog_locked", "REVOKE SELECT ON pg_catalog.pg_index FROM PUBLIC").unwrap();
+    let connection = |name: &str, database: &str, user: &str, secret: &str| {
+        format!(
+            "[connections.{name}]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{database}\"\nuser = \"{user}\"\n{secret}\n\
+             plugins = [\"sql-guard\", \"pii-mask\"]\n\n[[grants]]\nconnection = \"{name}\"\ngroups = [\"agents\"]\n",
+            pg.port
+        )
+    };
+    std::env::set_var("WG_TEST_SHADOWED_PW", "shadowed-secret");
+    let extra = connection("shadowed", "shop", "wg_shadowed", "password_env = \"WG_TEST_SHADOWED_PW\"")
+        + &connection("locked", "catalog_locked", "wardgate_app", "password_file = \"pw\"");
+    let g = gateway(Options { extra, mask_config: r#""odd_secrets.secret" = "redact""#, ..Default::default() }).await;
+    let dsn =
+        |db: &str| format!("host=127.0.0.1 port={} dbname={db} user=x password={} sslmode=disable", g.port, g.key);
+
+    let (c, conn_task) = tokio_postgres::connect(&dsn("shadowed"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn_task);
+    let rows = simple_rows(&c.simple_query("SELECT id, secret FROM odd_secrets").await.unwrap());
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
+    let secret = rows[0][1].clone().unwrap();
+    assert!(!secret.contains("kept-between"), "{secret}");
+
+    let e = tokio_postgres::connect(&dsn("locked"), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(code(&e), "58000", "{e:?}");
+    let m = e.as_db_error().unwrap().message();
+    assert!(m.contains("cannot read the catalog of upstream \"locked\"") && m.contains("pg_index"), "{m}");
+    let c = g.client().await;
+    assert_eq!(c.query_one("SELECT 1::int4", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_only_the_right_query() {
     let g = gateway(Options::default()).await;

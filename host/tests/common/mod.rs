@@ -80,6 +80,8 @@ pub struct Options {
     pub extra: String,
     /// Appended to the `[config]` table of sql-guard's manifest.
     pub guard_config: &'static str,
+    /// Appended to pii-mask's manifest, whose last table is `[config.columns]`.
+    pub mask_config: &'static str,
     /// Lines for the `[gateway]` table.
     pub gateway_extra: String,
     /// Lines for the `[connections.shop]` table.
@@ -94,6 +96,7 @@ impl Default for Options {
             plaintext: true,
             extra: String::new(),
             guard_config: "",
+            mask_config: "",
             gateway_extra: String::new(),
             connection_extra: String::new(),
         }
@@ -111,10 +114,12 @@ pub async fn gateway(opts: Options) -> TestGateway {
             std::fs::copy(dist().join(format!("{p}.{ext}")), plugin_dir.join(format!("{p}.{ext}"))).unwrap();
         }
     }
-    if !opts.guard_config.is_empty() {
-        let m = plugin_dir.join("sql-guard.toml");
-        let text = std::fs::read_to_string(&m).unwrap() + "\n" + opts.guard_config + "\n";
-        std::fs::write(m, text).unwrap();
+    for (plugin, extra) in [("sql-guard", opts.guard_config), ("pii-mask", opts.mask_config)] {
+        if !extra.is_empty() {
+            let m = plugin_dir.join(format!("{plugin}.toml"));
+            let text = std::fs::read_to_string(&m).unwrap() + "\n" + extra + "\n";
+            std::fs::write(m, text).unwrap();
+        }
     }
     std::fs::write(dir.join("pw"), &db.app_password).unwrap();
     let (key, hash) = wardgate::identity::generate_key();

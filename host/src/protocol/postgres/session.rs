@@ -265,11 +265,23 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     let pipeline = SessionPipeline::new(ctx.registry.clone(), session.clone(), conn.plugins.clone());
     // Loaded whatever the plugins are now: a masker added while the session
     // is open needs it as much as one present at its start.
+    // Without it column rules would silently stop masking: fail closed.
     let catalog = match upstream::load_catalog(&mut up).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!("catalog not loaded, column rules and NOT NULL knowledge cannot apply to this session: {e}");
-            Default::default()
+            recorder.emit("upstream.failed", json!({"connection": conn.name, "error": format!("catalog read: {e}")}));
+            tracing::warn!(connection = %conn.name, "cannot read the upstream's catalog: {e}");
+            return Err(refuse(
+                &mut stream,
+                "58000",
+                &format!(
+                    "Wardgate: cannot read the catalog of upstream \"{}\" ({e}); without it column rules cannot \
+                     apply, so the session is refused",
+                    conn.name
+                ),
+                Some("the connection's upstream role must be able to read pg_class, pg_attribute and pg_index"),
+            )
+            .await);
         }
     };
 

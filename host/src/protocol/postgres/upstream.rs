@@ -336,14 +336,25 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
     }
 }
 
+/// Column names as the catalog read sends them: each hex-encoded UTF-8 (a
+/// name may hold any character, commas included), comma-separated, in attnum
+/// order; a dropped column is empty. `None` if one is not hex of UTF-8.
+fn column_names(list: &str) -> Option<Vec<String>> {
+    list.split(',').map(|h| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok())).collect()
+}
+
 /// Load user tables (oid -> name, columns, their NOT NULL and unique-key
 /// flags), for column-aware masking, for WHEREs that only null-test NOT NULL
 /// columns and for row caps (a write pinned to one row by a unique key).
 pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
     let rows = simple_query(
         up,
-        "SELECT c.oid::text, n.nspname || '.' || c.relname, \
-         coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' ELSE a.attname END, ',' ORDER BY a.attnum) \
+        // The role's own search_path could list a schema before pg_catalog,
+        // whose look-alike tables would then answer: pinned for this read.
+        "BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; \
+         SELECT c.oid::text, n.nspname || '.' || c.relname, \
+         coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' \
+                   ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, ',' ORDER BY a.attnum) \
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
          coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
                    ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
@@ -355,14 +366,16 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000",
+         AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
     )
     .await?;
     let mut map = HashMap::new();
     for r in rows {
         if let (Some(Some(oid)), Some(Some(name)), Some(cols)) = (r.first(), r.get(1), r.get(2)) {
             if let Ok(oid) = oid.parse::<u32>() {
-                let columns = cols.as_deref().unwrap_or("").split(',').map(str::to_string).collect();
+                let columns = column_names(cols.as_deref().unwrap_or("")).ok_or_else(|| {
+                    UpstreamError::Protocol(format!("the catalog read gave table {name} malformed column names"))
+                })?;
                 let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
                 let not_null = flags.bytes().map(|b| b == b't').collect();
                 let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
@@ -372,4 +385,19 @@ pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, 
         }
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::column_names;
+
+    #[test]
+    fn column_names_keep_commas_and_dropped_columns() {
+        // "id", dropped, "a,b", "ssn"
+        let list = format!("{},,{},{}", hex::encode("id"), hex::encode("a,b"), hex::encode("ssn"));
+        assert_eq!(column_names(&list).unwrap(), ["id", "", "a,b", "ssn"]);
+        assert_eq!(column_names("").unwrap(), [""]);
+        assert!(column_names("zz").is_none());
+        assert!(column_names(&hex::encode([0xff, 0xfe])).is_none());
+    }
 }
