@@ -6,10 +6,12 @@
 //! * [`session`]: one client's life: startup, authentication, upstream login.
 //! * [`relay`]: the two directions of an authenticated session.
 //! * [`rows`]: DataRow/CopyData <-> packed row batches.
+//! * [`catalog`]: what the upstream's catalog said of its tables.
 //! * [`codec`]: message framing.
 
 pub mod arrays;
 pub mod cancel;
+pub mod catalog;
 pub mod codec;
 pub mod copyout;
 pub mod errors;

@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
+use super::catalog::Catalog;
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
 use super::copyout::{self, BinaryRows, CopyOut};
 use super::fastpath;
@@ -34,7 +35,7 @@ use super::hold::{self, ReviewAsk, ReviewCtx};
 use super::rows::{self, CopyFormat, Field, Shape};
 use super::session::SessionError;
 use super::stream::BoxStream;
-use super::upstream::{self, TableInfo, Upstream};
+use super::upstream::Upstream;
 use crate::metrics::Stats;
 use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest};
 use crate::pipeline::{Decision, Outcome, SessionPipeline};
@@ -127,16 +128,13 @@ struct Ctx<'a> {
     pipeline: Arc<Mutex<SessionPipeline>>,
     notify: Arc<Notify>,
     recorder: &'a SessionRecorder,
-    catalog: Arc<HashMap<u32, TableInfo>>,
+    catalog: Catalog,
     record_rows: usize,
     stats: Arc<Stats>,
     /// Approvals off: review verdicts are refused where they are made.
     approvals_off: Option<String>,
     /// The connection's `max_rows_written` (see [`crate::sql::rowcap`]).
     max_rows_written: Option<u64>,
-    /// A pinned write found its table changed since the catalog read: the
-    /// catalog's unique keys no longer spare this session's writes the count.
-    keys_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Relay until either side closes.
@@ -146,7 +144,7 @@ pub async fn run(
     client_buf: BytesMut,
     upstream: Upstream,
     pipeline: SessionPipeline,
-    catalog: HashMap<u32, TableInfo>,
+    catalog: Catalog,
     recorder: &SessionRecorder,
     record_rows: usize,
     stats: Arc<Stats>,
@@ -160,12 +158,11 @@ pub async fn run(
         pipeline: Arc::new(Mutex::new(pipeline)),
         notify: Arc::new(Notify::new()),
         recorder,
-        catalog: Arc::new(catalog),
+        catalog,
         record_rows,
         stats,
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),
         max_rows_written,
-        keys_changed: std::sync::atomic::AtomicBool::new(false),
     };
     let c2u = client_to_upstream(&ctx, &mut client_r, client_buf, &mut up_w, review);
     // Login notices first, then whatever followed the upstream's ReadyForQuery.
@@ -630,7 +627,7 @@ fn decide(
 ) -> Decided {
     // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
     // Any table of that name (in any schema, for an unqualified one) counts.
-    crate::sql::apply_not_null(&mut request, |table, column| upstream::not_null_in_any(&ctx.catalog, table, column));
+    crate::sql::apply_not_null(&mut request, |table, column| ctx.catalog.not_null_in_any(table, column));
     let mut pipeline = ctx.pipeline.lock();
     // The plugin set is pinned here, at the start of the request: its text is
     // masked, judged and its results masked by the same set.
@@ -742,13 +739,7 @@ fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes
     use crate::sql::rowcap::{cap_writes, Capped};
     // A key is unique only if it is in every table the name may mean (the
     // statement's check confirms it of the table the name resolves to).
-    let keys_changed = ctx.keys_changed.load(Ordering::Relaxed);
-    let unique_key = |table: &str, column: &str| -> Vec<(u32, u32)> {
-        if keys_changed {
-            return Vec::new();
-        }
-        upstream::unique_in_every(&ctx.catalog, table, column)
-    };
+    let unique_key = |table: &str, column: &str| ctx.catalog.unique_in_every(table, column);
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
         Capped::Rewritten(capped) => Ok(Some(capped)),
@@ -1101,7 +1092,7 @@ fn sample(res: &mut Results, cells: &PackedCells, shape: &Shape, cap: usize) {
 
 /// The shape of the rows now arriving: the simple-protocol description, or the
 /// portal of the Execute at the head of the queue.
-fn current_shape(s: &mut Shared, res: &Results, catalog: &HashMap<u32, TableInfo>) -> Option<Arc<Shape>> {
+fn current_shape(s: &mut Shared, res: &Results, catalog: &Catalog) -> Option<Arc<Shape>> {
     match s.expect.front() {
         Some(&Expect::Function { result: (name, type_oid, format), .. }) => {
             let field = Field { name: name.to_string(), table_oid: 0, attnum: 0, type_oid, format };
@@ -1419,7 +1410,7 @@ fn row_cap_refusal(ctx: &Ctx<'_>, fields: &[(u8, String)]) -> Option<Bytes> {
     let message = fields.iter().find(|(k, _)| *k == b'M')?;
     let refusal = crate::sql::rowcap::refusal(&message.1)?;
     if refusal == crate::sql::rowcap::Refusal::KeyChanged {
-        ctx.keys_changed.store(true, Ordering::Relaxed);
+        ctx.catalog.keys_changed();
     }
     Some(codec::error_body("42501", &refusal.message(max), Some(refusal.hint())))
 }
@@ -1539,10 +1530,10 @@ fn upstream_malformed(e: ProtocolError, out: &mut BytesMut) -> SessionError {
     SessionError::Protocol(e)
 }
 
-fn copy_shape(c: &CopyFormat, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
+fn copy_shape(c: &CopyFormat, catalog: &Catalog) -> Arc<Shape> {
     let table = c.table.as_ref().and_then(|t| {
         let qualified = if t.contains('.') { t.clone() } else { format!("public.{t}") };
-        catalog.values().find(|i| i.name == qualified)
+        catalog.qualified(&qualified)
     });
     let names: Vec<String> = if !c.columns.is_empty() {
         c.columns.clone()

@@ -17,15 +17,14 @@
 //! would break the client's decimal parser; the same query answers the same in
 //! either format). JSON that a masker left unparseable is sent as a JSON string.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::arrays;
+use super::catalog::Catalog;
 use super::codec::{self, ProtocolError, Reader};
-use super::upstream::TableInfo;
 use crate::pipeline::types::{CellFormat, Column, PackedCells};
 
 /// How one column's cells are converted for maskers.
@@ -130,7 +129,7 @@ fn is_text_like(oid: u32) -> bool {
 
 /// The shape of a result: `fields` with `formats` from Bind overriding (for
 /// statement descriptions, whose formats are always 0).
-pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, TableInfo>) -> Arc<Shape> {
+pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Arc<Shape> {
     let mut columns = Vec::with_capacity(fields.len());
     let mut conv = Vec::with_capacity(fields.len());
     let mut width = Vec::with_capacity(fields.len());
@@ -164,7 +163,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &HashMap<u32, T
         } else {
             Conv::Opaque
         };
-        let table = catalog.get(&f.table_oid);
+        let table = catalog.table(f.table_oid);
         // Column rules match the source column, not an alias: `ssn AS x` is still ssn.
         let name = table
             .and_then(|t| t.columns.get((f.attnum as usize).wrapping_sub(1)))
@@ -561,6 +560,8 @@ pub fn join_csv(fields: &[Option<&[u8]>], delim: u8, quote: u8, escape: u8, out:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::postgres::catalog::TableInfo;
+    use std::collections::HashMap;
 
     fn data_row(cells: &[Option<&[u8]>]) -> Bytes {
         let mut b = BytesMut::new();
@@ -585,7 +586,7 @@ mod tests {
     fn a_binary_cell_that_is_not_its_types_width_is_refused_packed_or_not() {
         // A column described as int4 and oid (no masker reads them) whose
         // cells hold text: the retype race of a binary COPY. Never passed on.
-        let s = shape(&[field("n", 23, 1), field("o", 26, 1), field("t", 25, 1)], None, &HashMap::new());
+        let s = shape(&[field("n", 23, 1), field("o", 26, 1), field("t", 25, 1)], None, &Catalog::default());
         let good = data_row(&[Some(&1i32.to_be_bytes()), None, Some(b"x")]);
         check(std::slice::from_ref(&good), &s).unwrap();
         pack(&[good], &s).unwrap();
@@ -597,13 +598,13 @@ mod tests {
             assert!(matches!(pack(&[bad], &s), Err(ProtocolError::Malformed(_))));
         }
         // Text format: no widths.
-        let text = shape(&[field("n", 23, 0)], None, &HashMap::new());
+        let text = shape(&[field("n", 23, 0)], None, &Catalog::default());
         check(&[data_row(&[Some(b"123456789")])], &text).unwrap();
     }
 
     #[test]
     fn binary_ints_are_rendered_and_nulled_when_changed() {
-        let s = shape(&[field("id", 20, 1), field("email", 25, 1)], None, &HashMap::new());
+        let s = shape(&[field("id", 20, 1), field("email", 25, 1)], None, &Catalog::default());
         let rows = vec![data_row(&[Some(&7i64.to_be_bytes()), Some(b"a@b.io")])];
         let packed = pack(&rows, &s).unwrap();
         assert_eq!(&packed.data[..], b"7a@b.io");
@@ -634,7 +635,7 @@ mod tests {
     #[test]
     fn masked_values_stay_values_of_their_type() {
         // numeric, date, text: a changed number or date becomes NULL, text carries the mask.
-        let s = shape(&[field("n", 1700, 0), field("d", 1082, 0), field("t", 25, 0)], None, &HashMap::new());
+        let s = shape(&[field("n", 1700, 0), field("d", 1082, 0), field("t", 25, 0)], None, &Catalog::default());
         assert_eq!(s.columns[0].format, CellFormat::Text, "maskers still read them as text");
         let kept =
             unpack_one(&s, &[b"-3583503.876544", b"2026-01-02", b"x"], &[b"-3583503.876544", b"2026-01-02", b"x"]);
@@ -642,14 +643,14 @@ mod tests {
         let changed = unpack_one(&s, &[b"-3583503.876544", b"2026-01-02", b"x"], &[b"-*******.**6544", b"****", b"*"]);
         assert_eq!(changed, data_row(&[None, None, Some(b"*")]));
         // json in text format, jsonb in text format: a mask that breaks JSON is quoted.
-        let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &HashMap::new());
+        let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &Catalog::default());
         let out = unpack_one(&s, &[b"4111111111111111", b"{\"a\": 1}"], &[b"************1111", b"{\"a\": 2}"]);
         assert_eq!(out, data_row(&[Some(b"\"************1111\""), Some(b"{\"a\": 2}")]));
     }
 
     #[test]
     fn binary_text_arrays_are_masked_element_by_element() {
-        let s = shape(&[field("emails", 1009, 1)], None, &HashMap::new());
+        let s = shape(&[field("emails", 1009, 1)], None, &Catalog::default());
         assert_eq!(s.columns[0].format, CellFormat::BinaryText);
         let mut wire = Vec::new();
         for v in [1i32, 0, 25, 2, 1] {
@@ -679,8 +680,8 @@ mod tests {
 
     #[test]
     fn aliases_do_not_hide_the_source_column() {
-        let mut cat = HashMap::new();
-        cat.insert(
+        let mut tables = HashMap::new();
+        tables.insert(
             42,
             TableInfo {
                 name: "public.customers".into(),
@@ -690,14 +691,14 @@ mod tests {
             },
         );
         let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };
-        let s = shape(&[f], None, &cat);
+        let s = shape(&[f], None, &Catalog::from_tables(tables));
         assert_eq!(s.columns[0].name, "ssn");
         assert_eq!(s.columns[0].table.as_deref(), Some("public.customers"));
     }
 
     #[test]
     fn ragged_rows_are_errors() {
-        let s = shape(&[field("a", 25, 0)], None, &HashMap::new());
+        let s = shape(&[field("a", 25, 0)], None, &Catalog::default());
         assert!(pack(&[data_row(&[Some(b"x"), Some(b"y")])], &s).is_err());
         assert!(pack(&[Bytes::from_static(&[0, 1, 0, 0, 0, 9, b'a'])], &s).is_err());
     }

@@ -266,7 +266,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     // Loaded whatever the plugins are now: a masker added while the session
     // is open needs it as much as one present at its start.
     // Without it column rules would silently stop masking: fail closed.
-    let catalog = match upstream::load_catalog(&mut up).await {
+    let catalog = match super::catalog::Catalog::load(&mut up).await {
         Ok(c) => c,
         Err(e) => {
             recorder.emit("upstream.failed", json!({"connection": conn.name, "error": format!("catalog read: {e}")}));

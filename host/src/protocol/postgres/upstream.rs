@@ -2,7 +2,6 @@
 //! authentication (SCRAM-SHA-256, md5, cleartext) with credentials from the
 //! config. The client never sees them.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -237,62 +236,6 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
     }
 }
 
-/// A table known to the upstream's catalog.
-#[derive(Debug, Clone)]
-pub struct TableInfo {
-    /// `schema.table`.
-    pub name: String,
-    /// Column names in attnum order (dropped columns as empty strings).
-    pub columns: Vec<String>,
-    /// Which of those columns are declared NOT NULL (same order).
-    pub not_null: Vec<bool>,
-    /// For each of those columns that alone is the key of a valid, unique,
-    /// non-partial index, on a table without inheritance children (a
-    /// partitioned table's unique index holds across its partitions), that
-    /// index's OID: `col = constant` matches one row at most (same order).
-    pub unique_index: Vec<Option<u32>>,
-}
-
-impl TableInfo {
-    /// Is `table` (as a statement names it: `t` or `schema.t`) this table?
-    pub fn named(&self, table: &str) -> bool {
-        match self.name.strip_suffix(table) {
-            Some("") => true,
-            Some(schema) => !table.contains('.') && schema.ends_with('.'),
-            None => false,
-        }
-    }
-
-    /// Is `column` declared NOT NULL here?
-    pub fn is_not_null(&self, column: &str) -> bool {
-        self.columns.iter().zip(&self.not_null).any(|(name, nn)| *nn && name == column)
-    }
-
-    /// The unique index whose sole key is `column` here, if any (see
-    /// [`TableInfo::unique_index`]).
-    pub fn unique_index(&self, column: &str) -> Option<u32> {
-        self.columns.iter().zip(&self.unique_index).find_map(|(name, index)| index.filter(|_| name == column))
-    }
-}
-
-/// Is `column` NOT NULL in any table that `table` (as a statement names it)
-/// may mean? (`WHERE col IS NOT NULL` then keeps every row of at least one.)
-pub fn not_null_in_any(catalog: &HashMap<u32, TableInfo>, table: &str, column: &str) -> bool {
-    catalog.values().any(|t| t.named(table) && t.is_not_null(column))
-}
-
-/// `(table OID, unique index OID)` of every table that `table` may mean, when
-/// `column` alone is a unique key in each of them; empty otherwise (see
-/// [`crate::sql::rowcap::UniqueKeys`]).
-pub fn unique_in_every(catalog: &HashMap<u32, TableInfo>, table: &str, column: &str) -> Vec<(u32, u32)> {
-    let keys: Option<Vec<(u32, u32)>> = catalog
-        .iter()
-        .filter(|(_, t)| t.named(table))
-        .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
-        .collect();
-    keys.unwrap_or_default()
-}
-
 /// Run one simple query on a fresh upstream connection (before the relay starts)
 /// and return its text rows.
 pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
@@ -333,71 +276,5 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
             }
             _ => {}
         }
-    }
-}
-
-/// Column names as the catalog read sends them: each hex-encoded UTF-8 (a
-/// name may hold any character, commas included), comma-separated, in attnum
-/// order; a dropped column is empty. `None` if one is not hex of UTF-8.
-fn column_names(list: &str) -> Option<Vec<String>> {
-    list.split(',').map(|h| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok())).collect()
-}
-
-/// Load user tables (oid -> name, columns, their NOT NULL and unique-key
-/// flags), for column-aware masking, for WHEREs that only null-test NOT NULL
-/// columns and for row caps (a write pinned to one row by a unique key).
-pub async fn load_catalog(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
-    let rows = simple_query(
-        up,
-        // The role's own search_path could list a schema before pg_catalog,
-        // whose look-alike tables would then answer: pinned for this read.
-        "BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; \
-         SELECT c.oid::text, n.nspname || '.' || c.relname, \
-         coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' \
-                   ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
-                   ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         coalesce((SELECT string_agg(CASE WHEN NOT a.attisdropped AND (c.relkind = 'p' OR NOT c.relhassubclass) \
-                   THEN coalesce((SELECT i.indexrelid::text FROM pg_index i WHERE i.indrelid = c.oid \
-                   AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL \
-                   AND i.indexprs IS NULL AND i.indkey[0] = a.attnum ORDER BY i.indexrelid LIMIT 1), '') \
-                   ELSE '' END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
-    )
-    .await?;
-    let mut map = HashMap::new();
-    for r in rows {
-        if let (Some(Some(oid)), Some(Some(name)), Some(cols)) = (r.first(), r.get(1), r.get(2)) {
-            if let Ok(oid) = oid.parse::<u32>() {
-                let columns = column_names(cols.as_deref().unwrap_or("")).ok_or_else(|| {
-                    UpstreamError::Protocol(format!("the catalog read gave table {name} malformed column names"))
-                })?;
-                let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
-                let not_null = flags.bytes().map(|b| b == b't').collect();
-                let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
-                let unique_index = indexes.split(',').map(|i| i.parse().ok()).collect();
-                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index });
-            }
-        }
-    }
-    Ok(map)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::column_names;
-
-    #[test]
-    fn column_names_keep_commas_and_dropped_columns() {
-        // "id", dropped, "a,b", "ssn"
-        let list = format!("{},,{},{}", hex::encode("id"), hex::encode("a,b"), hex::encode("ssn"));
-        assert_eq!(column_names(&list).unwrap(), ["id", "", "a,b", "ssn"]);
-        assert_eq!(column_names("").unwrap(), [""]);
-        assert!(column_names("zz").is_none());
-        assert!(column_names(&hex::encode([0xff, 0xfe])).is_none());
     }
 }
