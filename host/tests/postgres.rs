@@ -404,6 +404,24 @@ async fn a_row_cap_refuses_writes_that_change_too_many_rows_or_every_row_whateve
     assert!(message(e).contains("not the one this session began with"));
     // A new inheritance child would add its rows to its parent's writes.
     all_refused(&c3, &["CREATE TABLE rowcap_child () INHERITS (rowcap_ten)"], "inheritance").await;
+    // An error after the check's place is reported where the client's text
+    // has it, in either protocol, for counted and for pinned writes.
+    let c4 = g.client().await;
+    let at = |text: &str| {
+        let before = &text[..text.find("no_such_column").unwrap()];
+        Some(tokio_postgres::error::ErrorPosition::Original(before.chars().count() as u32 + 1))
+    };
+    for sql in [
+        "UPDATE rowcap_ten SET v = v WHERE id > 8 RETURNING no_such_column",
+        "UPDATE rowcap_ten SET v = 'é' WHERE(id > 8) RETURNING 'ü', no_such_column",
+        "SELECT 1; UPDATE customers SET name = name WHERE id = 1 RETURNING no_such_column",
+    ] {
+        let e = c4.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.as_db_error().and_then(|d| d.position()).cloned(), at(sql), "{sql}: {e:?}");
+        let one = sql.strip_prefix("SELECT 1; ").unwrap_or(sql);
+        let e = c4.prepare(one).await.unwrap_err();
+        assert_eq!(e.as_db_error().and_then(|d| d.position()).cloned(), at(one), "{one}: {e:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

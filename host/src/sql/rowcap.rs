@@ -26,7 +26,9 @@
 //! counting stops at the cap (`LIMIT`), and the every-row test at the first
 //! row the WHERE keeps out, so a statement that touches a few rows pays two
 //! small lookups. The statement's other text is kept byte for byte: only the
-//! WHERE is wrapped (or added, for the no-WHERE writes a guard allowed).
+//! WHERE is wrapped (or added, for the no-WHERE writes a guard allowed), and
+//! what was inserted is kept ([`Inserted`]) so that an error's position is
+//! told to the client in its own text.
 //!
 //! A write whose WHERE pins a column that the session's catalog read says
 //! is alone a unique key (`WHERE id = 5 AND …`) changes one row at most, so
@@ -62,10 +64,41 @@ pub type UniqueKeys<'a> = &'a dyn Fn(&str, &str) -> Vec<(u32, u32)>;
 pub enum Capped {
     /// No UPDATE or DELETE runs: send the text as it is.
     Unchanged,
-    /// Send this text instead.
-    Rewritten(String),
+    /// Send this text instead; what it inserted into the client's text.
+    Rewritten(String, Inserted),
     /// Refuse the request, for this reason, with this hint.
     Refused(String, &'static str),
+}
+
+/// Where a rewrite inserted text into the client's: `(character offset in
+/// the client's text, characters inserted)`, in order. PostgreSQL reports an
+/// error's position in the text it ran; the client must see it in its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inserted(Vec<(usize, usize)>);
+
+impl Inserted {
+    /// Nothing was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The 1-based character position in the client's text of `position` in
+    /// the text that ran. A position inside inserted text (an error in the
+    /// check itself) is given as the place of the insertion.
+    pub fn original_position(&self, position: usize) -> usize {
+        let p = position.saturating_sub(1);
+        let mut shift = 0;
+        for &(at, len) in &self.0 {
+            if p < at + shift {
+                break;
+            }
+            if p < at + shift + len {
+                return at + 1;
+            }
+            shift += len;
+        }
+        p - shift + 1
+    }
 }
 
 /// The hint for a write the cap cannot reach where it stands.
@@ -88,6 +121,8 @@ pub fn cap_writes(text: &str, max: u64, unique_key: UniqueKeys<'_>) -> Capped {
         return Capped::Unchanged;
     };
     let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    // (byte offset in `text`, characters inserted there)
+    let mut inserted: Vec<(usize, usize)> = Vec::new();
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else { continue };
         let start = raw.stmt_location.max(0) as usize;
@@ -111,7 +146,10 @@ pub fn cap_writes(text: &str, max: u64, unique_key: UniqueKeys<'_>) -> Capped {
         }
         let Some(write) = write else { continue };
         match wrap(segment, &write, max) {
-            Ok(Some((range, replacement))) => edits.push(((start + range.start)..(start + range.end), replacement)),
+            Ok(Some(Wrapped { range, replacement, inserts })) => {
+                edits.push(((start + range.start)..(start + range.end), replacement));
+                inserted.extend(inserts.into_iter().map(|(at, len)| (start + at, len)));
+            }
             Ok(None) => {}
             Err(why) => return Capped::Refused(why, ON_ITS_OWN),
         }
@@ -123,7 +161,8 @@ pub fn cap_writes(text: &str, max: u64, unique_key: UniqueKeys<'_>) -> Capped {
     for (range, replacement) in edits.into_iter().rev() {
         out.replace_range(range, &replacement);
     }
-    Capped::Rewritten(out)
+    let inserted = inserted.into_iter().map(|(at, len)| (text[..at].chars().count(), len)).collect();
+    Capped::Rewritten(out, Inserted(inserted))
 }
 
 /// Whether statements analysed as these (nested ones are listed too, see
@@ -429,7 +468,16 @@ struct Tok {
 
 /// The edit that caps `write` inside `segment` (one statement's text): the
 /// range to replace and its replacement. `None`: nothing to cap.
-fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Range<usize>, String)>, String> {
+/// A WHERE wrapped: `range` of the segment becomes `replacement`, which
+/// inserts `(byte offset in the segment, characters)` into it (the rest of
+/// the replacement stands, character for character, where the range stood).
+struct Wrapped {
+    range: std::ops::Range<usize>,
+    replacement: String,
+    inserts: Vec<(usize, usize)>,
+}
+
+fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<Wrapped>, String> {
     if write.current_of {
         return Ok(None);
     }
@@ -509,8 +557,21 @@ fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<(std::ops::Rang
         Some(pin) => key_check(pin),
         None => count_check(target, joins, &cond, max),
     };
-    let replacement = if where_at.is_some() { format!("({cond}) AND {check}") } else { format!(" WHERE {check}") };
-    Ok(Some((range, replacement)))
+    let (replacement, inserts) = if where_at.is_some() {
+        let tail = format!(") AND {check}");
+        let mut inserts = Vec::with_capacity(2);
+        if range.len() == cond.len() {
+            // No blank took the parenthesis: it is inserted too.
+            inserts.push((range.start, 1));
+        }
+        inserts.push((range.end, tail.chars().count()));
+        (format!("({cond}{tail}"), inserts)
+    } else {
+        let added = format!(" WHERE {check}");
+        let inserts = vec![(range.start, added.chars().count())];
+        (added, inserts)
+    };
+    Ok(Some(Wrapped { range, replacement, inserts }))
 }
 
 /// Every name a check adds is pg_catalog's, written out: a function or
@@ -584,7 +645,7 @@ mod tests {
 
     fn rewritten(text: &str) -> String {
         match cap_writes(text, 20, &no_keys) {
-            Capped::Rewritten(t) => t,
+            Capped::Rewritten(t, _) => t,
             other => panic!("{text}: {other:?}"),
         }
     }
@@ -622,6 +683,35 @@ mod tests {
         assert!(t.contains("FROM orders o, customers c WHERE c.id = o.customer_id AND c.name = $1 LIMIT 21"), "{t}");
         assert!(t.ends_with(" RETURNING *"), "{t}");
         assert!(pg_query::parse(&t, 0).is_ok(), "{t}");
+    }
+
+    /// 1-based character position of `needle` in `text`, as PostgreSQL reports one.
+    fn position(text: &str, needle: &str) -> usize {
+        text[..text.find(needle).unwrap_or_else(|| panic!("{needle} in {text}"))].chars().count() + 1
+    }
+
+    #[test]
+    fn error_positions_map_back_to_the_clients_text() {
+        let keys = |table: &str, column: &str| match (table, column) {
+            ("t", "id") => vec![(1, 2)],
+            _ => Vec::new(),
+        };
+        for text in [
+            "UPDATE t SET a = 'é' WHERE a = 'ü' RETURNING zzz",
+            "UPDATE t SET a = 'é' WHERE(a = 'ü') RETURNING zzz",
+            "UPDATE t SET a = 'é' RETURNING zzz",
+            "DELETE FROM t WHERE id = 1 RETURNING zzz",
+            "DELETE FROM t WHERE a > 'ß'; /* ö */ UPDATE t SET a = 1 WHERE(b = 'ø') RETURNING zzz",
+        ] {
+            let Capped::Rewritten(sent, inserted) = cap_writes(text, 20, &keys) else { panic!("{text}") };
+            assert_eq!(inserted.original_position(position(&sent, "zzz")), position(text, "zzz"), "{sent}");
+            // What stands before the first insertion is where it was; the check itself maps to its place.
+            assert_eq!(inserted.original_position(1), 1);
+            assert_eq!(inserted.original_position(position(&sent, "t ")), position(text, "t "));
+            let in_check = position(&sent, "pg_catalog");
+            assert!(inserted.original_position(in_check) <= position(text, "zzz"), "{sent}");
+        }
+        assert_eq!(Inserted::default().original_position(7), 7);
     }
 
     #[test]
@@ -712,7 +802,7 @@ mod tests {
             _ => Vec::new(),
         };
         let key_checked = |text: &str, table: &str, column: &str| match cap_writes(text, 20, &keys) {
-            Capped::Rewritten(t) => {
+            Capped::Rewritten(t, _) => {
                 assert!(
                     t.contains(&format!("pg_get_indexdef(CASE '{table}'::pg_catalog.regclass::pg_catalog.oid WHEN"))
                 );
@@ -758,7 +848,10 @@ mod tests {
             "DELETE FROM orders WHERE id OPERATOR(public.=) 5",
             "DELETE FROM other WHERE id = 5",
         ] {
-            assert!(matches!(cap_writes(capped, 20, &keys), Capped::Rewritten(t) if t.contains("count(")), "{capped}");
+            assert!(
+                matches!(cap_writes(capped, 20, &keys), Capped::Rewritten(t, _) if t.contains("count(")),
+                "{capped}"
+            );
         }
     }
 

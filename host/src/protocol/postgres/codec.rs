@@ -211,13 +211,28 @@ pub fn error_bytes(code: &str, message: &str, hint: Option<&str>) -> Bytes {
 
 /// An ErrorResponse's body (no tag, no length), as [`error_bytes`] frames it.
 pub fn error_body(code: &str, message: &str, hint: Option<&str>) -> Bytes {
-    error_bytes(code, message, hint).slice(5..)
+    let mut fields =
+        vec![(b'S', "ERROR".to_string()), (b'V', "ERROR".into()), (b'C', code.into()), (b'M', message.into())];
+    fields.extend(hint.map(|h| (b'H', h.to_string())));
+    fields_body(&fields)
 }
 
 /// A FATAL ErrorResponse as bytes.
 pub fn fatal_bytes(code: &str, message: &str, hint: Option<&str>) -> Bytes {
     let mut out = BytesMut::new();
     put_error(&mut out, b'E', "FATAL", code, message, None, hint);
+    out.freeze()
+}
+
+/// An ErrorResponse/NoticeResponse body made of these fields (the inverse of
+/// [`error_fields`]).
+pub fn fields_body(fields: &[(u8, String)]) -> Bytes {
+    let mut out = BytesMut::new();
+    for (code, value) in fields {
+        out.put_u8(*code);
+        put_cstr(&mut out, value);
+    }
+    out.put_u8(0);
     out.freeze()
 }
 
@@ -240,6 +255,14 @@ pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_body_is_the_framed_errors_body_and_reads_back() {
+        let framed = error_bytes("42501", "no", Some("ask"));
+        assert_eq!(error_body("42501", "no", Some("ask")), framed.slice(5..));
+        let fields = error_fields(&error_body("42501", "no", None));
+        assert_eq!(fields_body(&fields), error_body("42501", "no", None));
+    }
 
     #[test]
     fn frames_split_across_reads_are_reassembled() {

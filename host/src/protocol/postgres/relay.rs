@@ -41,6 +41,7 @@ use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, Sq
 use crate::pipeline::{Decision, Outcome, SessionPipeline};
 use crate::record::body::{Findings, RequestEvent, ResponseError, ResponseEvent, Statements};
 use crate::record::SessionRecorder;
+use crate::sql::rowcap::Inserted;
 
 /// Rows masked per plugin call.
 const BATCH_ROWS: usize = 1024;
@@ -61,11 +62,15 @@ enum Expect {
         id: u64,
         /// When it was forwarded (for the response's duration).
         at: std::time::Instant,
+        /// What a row cap inserted into its text (error positions map back).
+        inserted: Inserted,
     },
     Parse {
         name: String,
         /// The statement is a `COPY ... TO STDOUT`.
         copy: Option<CopyOut>,
+        /// What a row cap inserted into its text.
+        inserted: Inserted,
     },
     /// A COPY's column lookup (see [`copyout`]): answered by the gateway, not the client.
     Lookup(Arc<OnceLock<copyout::Described>>),
@@ -355,13 +360,24 @@ fn on_client_message(
                     return Ok(Some(Held {
                         ask: Arc::new(ask),
                         params: vec![],
-                        then: Expect::Query { copies, id, at: std::time::Instant::now() },
+                        then: Expect::Query {
+                            copies,
+                            id,
+                            at: std::time::Instant::now(),
+                            inserted: Inserted::default(),
+                        },
                         message: m,
                     }));
                 }
                 Decided::Run(forward) => {
                     let copies = look_up_columns(ctx, forwarded(copies, &forward, at_boundary), out);
-                    ctx.shared.lock().expect.push_back(Expect::Query { copies, id, at: std::time::Instant::now() });
+                    let inserted = forward.inserted;
+                    ctx.shared.lock().expect.push_back(Expect::Query {
+                        copies,
+                        id,
+                        at: std::time::Instant::now(),
+                        inserted,
+                    });
                     match forward.text {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
@@ -402,7 +418,8 @@ fn on_client_message(
                     st.statement_ids.insert(name.clone(), id);
                     let copies = forwarded(copies, &forward, at_boundary);
                     let copy = look_up_columns(ctx, copies, out).pop_front();
-                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy });
+                    let inserted = forward.inserted;
+                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy, inserted });
                     match forward.text {
                         None => codec::put_message(out, b'P', &m.body),
                         Some(text) => {
@@ -605,6 +622,9 @@ struct Forward {
     text: Option<String>,
     /// A guard rewrote the text.
     by_guard: bool,
+    /// What a row cap inserted into the client's text (nothing if a guard
+    /// rewrote it: positions then are the guard's text's).
+    inserted: Inserted,
 }
 
 /// What the guards decided about one request.
@@ -679,10 +699,20 @@ fn decide(
         // whose analysis, nested statements included, shows no write needs
         // no second parse).
         let by_guard = matches!(result, Ok(Some(_)));
+        let mut inserted = Inserted::default();
         let result = match (result, ctx.max_rows_written) {
             (Ok(None), Some(_)) if !crate::sql::rowcap::may_write(&request.statements) => Ok(None),
             (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
-                cap_rows(ctx, rewritten.as_deref().unwrap_or(&request.text), max).map(|capped| capped.or(rewritten))
+                match cap_rows(ctx, rewritten.as_deref().unwrap_or(&request.text), max) {
+                    Ok(Some((capped, by_cap))) => {
+                        if !by_guard {
+                            inserted = by_cap;
+                        }
+                        Ok(Some(capped))
+                    }
+                    Ok(None) => Ok(rewritten),
+                    Err(refused) => Err(refused),
+                }
             }
             (result, _) => result,
         };
@@ -695,7 +725,7 @@ fn decide(
             Outcome::Review { plugin, review } if result.is_ok() => Some((plugin, review)),
             _ => None,
         };
-        (result.map(|text| (Forward { text, by_guard }, review)), decision, verdicts, request)
+        (result.map(|text| (Forward { text, by_guard, inserted }, review)), decision, verdicts, request)
     };
     drop(pipeline);
     if result.is_err() {
@@ -735,14 +765,14 @@ fn decide(
 }
 
 /// The text to run under a row cap: `Ok(None)` when it runs as it is.
-fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<String>, Bytes> {
+fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<(String, Inserted)>, Bytes> {
     use crate::sql::rowcap::{cap_writes, Capped};
     // A key is unique only if it is in every table the name may mean (the
     // statement's check confirms it of the table the name resolves to).
     let unique_key = |table: &str, column: &str| ctx.catalog.unique_in_every(table, column);
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
-        Capped::Rewritten(capped) => Ok(Some(capped)),
+        Capped::Rewritten(capped, inserted) => Ok(Some((capped, inserted))),
         Capped::Refused(why, hint) => Err(error_bytes("42501", &format!("Wardgate: {why}"), Some(hint))),
     }
 }
@@ -1181,7 +1211,7 @@ fn on_upstream_message(
     }
     match m.tag {
         b'1' => {
-            if let Some(Expect::Parse { name, copy }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
+            if let Some(Expect::Parse { name, copy, .. }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
                 s.statements.insert(name, Statement { fields: None, copy });
             }
         }
@@ -1254,6 +1284,14 @@ fn on_upstream_message(
                 }
                 None => (m, fields),
             };
+            // A position in a capped write's text is told in the client's.
+            let (m, fields) = match s.expect.front() {
+                Some(Expect::Query { inserted, .. } | Expect::Parse { inserted, .. }) if !inserted.is_empty() => {
+                    let fields = client_position(fields, inserted);
+                    (Message { tag: b'E', body: codec::fields_body(&fields) }, fields)
+                }
+                _ => (m, fields),
+            };
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
             if let Some(
                 Expect::Execute { id, at, .. } | Expect::Query { id, at, .. } | Expect::Function { id, at, .. },
@@ -1319,7 +1357,7 @@ fn on_upstream_message(
             res.copy_pending.clear();
             res.copy_out = None;
             res.lookup_failed = None;
-            let copy = if let Some(Expect::Query { copies, id, at }) = s.expect.front_mut() {
+            let copy = if let Some(Expect::Query { copies, id, at, .. }) = s.expect.front_mut() {
                 (res.request_id, res.started) = (*id, Some(*at));
                 copies.pop_front()
             } else if let Some(Expect::Execute { portal, id, at }) = s.expect.front() {
@@ -1398,6 +1436,19 @@ fn pop_if(s: &mut Shared, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
     } else {
         None
     }
+}
+
+/// An error's fields with its position (`P`) in the client's text rather
+/// than in the capped text that ran.
+fn client_position(mut fields: Vec<(u8, String)>, inserted: &Inserted) -> Vec<(u8, String)> {
+    for (code, value) in &mut fields {
+        if *code == b'P' {
+            if let Ok(p) = value.parse::<usize>() {
+                *value = inserted.original_position(p).to_string();
+            }
+        }
+    }
+    fields
 }
 
 /// The gateway's own ErrorResponse body for an upstream error that a row
