@@ -1,0 +1,407 @@
+//! The client side: each message the client sends is decoded, put to the
+//! guards (Query, Parse, FunctionCall), held for review or refused, and what
+//! runs goes upstream with its expectation queued.
+
+use super::*;
+
+pub(super) async fn client_to_upstream(
+    ctx: &Ctx<'_>,
+    client: &mut ReadHalf<BoxStream>,
+    mut buf: BytesMut,
+    upstream: &mut WriteHalf<BoxStream>,
+    mut review: ReviewCtx,
+) -> Result<(), SessionError> {
+    let mut st = ClientState {
+        skipping: false,
+        unsynced: false,
+        next_id: 0,
+        review_stmts: HashMap::new(),
+        review_portals: HashMap::new(),
+        statement_ids: HashMap::new(),
+        portal_ids: HashMap::new(),
+    };
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    // Bytes read from the client since this task last let the other side run.
+    let mut unyielded = 0usize;
+    loop {
+        loop {
+            let m = match take_message(&mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return Err(protocol_violation(ctx, e).await),
+            };
+            if m.tag == b'X' {
+                codec::put_message(&mut out, b'X', &[]);
+                let _ = stream::send(upstream, &out).await;
+                return Ok(());
+            }
+            match on_client_message(ctx, &mut st, m, &mut out) {
+                Ok(None) => {}
+                Ok(Some(held)) => {
+                    // Everything before the held message goes out first, in order.
+                    if !out.is_empty() {
+                        stream::send(upstream, &out).await?;
+                        out.clear();
+                    }
+                    let verdict =
+                        hold::resolve(&mut review, &held.ask, &held.params, ctx.recorder, client, &mut buf).await?;
+                    let simple = matches!(held.then, Expect::Query { .. } | Expect::Function { .. });
+                    match verdict {
+                        Ok(()) => {
+                            let mut then = held.then;
+                            if let Expect::Query { at, .. } | Expect::Execute { at, .. } | Expect::Function { at, .. } =
+                                &mut then
+                            {
+                                *at = std::time::Instant::now();
+                            }
+                            if let Expect::Query { copies, .. } = &mut then {
+                                *copies = look_up_columns(ctx, std::mem::take(copies).into(), &mut out);
+                            }
+                            ctx.shared.lock().expect.push_back(then);
+                            codec::put_message(&mut out, held.message.tag, &held.message.body);
+                        }
+                        Err(bytes) => {
+                            ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: simple });
+                            st.skipping = !simple;
+                            ctx.notify.notify_one();
+                        }
+                    }
+                }
+                Err(e) => return Err(protocol_violation(ctx, e).await),
+            }
+        }
+        if !out.is_empty() {
+            stream::send(upstream, &out).await?;
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = client.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        // A client streaming bulk data (COPY FROM, large binds) keeps this
+        // side ready for a whole cooperative budget (~4 MiB of reads): every
+        // 16 KiB read, however it arrived (TLS hands over one record at a
+        // time), let the other side run, so an error the upstream raised
+        // early reaches the client while it is still writing. A query-sized
+        // read (every pgbench query) rarely reaches it.
+        unyielded += n;
+        if unyielded >= YIELD_EVERY {
+            unyielded = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+pub(super) async fn protocol_violation(ctx: &Ctx<'_>, e: ProtocolError) -> SessionError {
+    ctx.recorder.emit("protocol.error", json!({"error": e.to_string()}));
+    tracing::warn!("closing session: {e}");
+    // The upstream side owns the client writer; it sees the closed flag and sends the error.
+    {
+        let mut s = ctx.shared.lock();
+        s.expect.push_back(Expect::Synthetic {
+            bytes: codec::fatal_bytes("08P01", &format!("Wardgate: {e}"), None),
+            ready: false,
+        });
+        s.closed = true;
+    }
+    ctx.notify.notify_one();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    SessionError::Protocol(e)
+}
+
+pub(super) fn deny_bytes(plugin: &str, reason: &str) -> Bytes {
+    error_bytes("42501", &format!("Wardgate: denied by {plugin}: {reason}"), None)
+}
+
+pub(super) fn on_client_message(
+    ctx: &Ctx<'_>,
+    st: &mut ClientState,
+    m: Message,
+    out: &mut BytesMut,
+) -> Result<Option<Held>, ProtocolError> {
+    // A lookup may go before this message only at a Sync boundary.
+    let at_boundary = !st.unsynced;
+    st.unsynced = match m.tag {
+        b'S' | b'Q' | b'F' => false,
+        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => true,
+        _ => st.unsynced,
+    };
+    if st.skipping {
+        if m.tag == b'S' {
+            st.skipping = false;
+            ctx.shared.lock().expect.push_back(Expect::Sync);
+            codec::put_message(out, b'S', &m.body);
+        }
+        return Ok(None);
+    }
+    match m.tag {
+        b'Q' => {
+            let text = Reader::new(&m.body, m.tag).cstr()?.to_string();
+            st.next_id += 1;
+            let id = st.next_id;
+            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
+            let copies = copy_outs(&request, &text, at_boundary);
+            let unmaskable = unmaskable_copy(ctx, &copies);
+            match decide(ctx, request, violation, id, unmaskable) {
+                Decided::Review(ask) => {
+                    // Its COPYs' columns are looked up when it is released.
+                    let copies = copies.into();
+                    return Ok(Some(Held {
+                        ask: Arc::new(ask),
+                        params: vec![],
+                        then: Expect::Query {
+                            copies,
+                            id,
+                            at: std::time::Instant::now(),
+                            inserted: Inserted::default(),
+                        },
+                        message: m,
+                    }));
+                }
+                Decided::Run(forward) => {
+                    let copies = look_up_columns(ctx, forwarded(copies, &forward, at_boundary), out);
+                    let inserted = forward.inserted;
+                    ctx.shared.lock().expect.push_back(Expect::Query {
+                        copies,
+                        id,
+                        at: std::time::Instant::now(),
+                        inserted,
+                    });
+                    match forward.text {
+                        None => codec::put_message(out, b'Q', &m.body),
+                        Some(text) => {
+                            let at = codec::begin(out, b'Q');
+                            codec::put_cstr(out, &text);
+                            codec::finish(out, at);
+                        }
+                    }
+                }
+                Decided::Refuse(bytes) => {
+                    ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
+                    ctx.notify.notify_one();
+                }
+            }
+        }
+        b'P' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let name = r.cstr()?.to_string();
+            let text = r.cstr()?.to_string();
+            let param_types = r.rest();
+            st.next_id += 1;
+            let id = st.next_id;
+            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
+            let copies = copy_outs(&request, &text, at_boundary);
+            let unmaskable = unmaskable_copy(ctx, &copies);
+            st.review_stmts.remove(&name);
+            let decided = match decide(ctx, request, violation, id, unmaskable) {
+                // Preparing runs nothing: hold each execution, with its parameters, instead.
+                Decided::Review(ask) => {
+                    st.review_stmts.insert(name.clone(), Arc::new(ask));
+                    Decided::Run(Forward::default())
+                }
+                other => other,
+            };
+            match decided {
+                Decided::Review(_) => unreachable!("handled above"),
+                Decided::Run(forward) => {
+                    st.statement_ids.insert(name.clone(), id);
+                    let copies = forwarded(copies, &forward, at_boundary);
+                    let copy = look_up_columns(ctx, copies, out).pop_front();
+                    let inserted = forward.inserted;
+                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy, inserted });
+                    match forward.text {
+                        None => codec::put_message(out, b'P', &m.body),
+                        Some(text) => {
+                            let at = codec::begin(out, b'P');
+                            codec::put_cstr(out, &name);
+                            codec::put_cstr(out, &text);
+                            bytes::BufMut::put_slice(out, param_types);
+                            codec::finish(out, at);
+                        }
+                    }
+                }
+                Decided::Refuse(bytes) => {
+                    ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: false });
+                    st.skipping = true;
+                    ctx.notify.notify_one();
+                }
+            }
+        }
+        b'B' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let portal = r.cstr()?.to_string();
+            let stmt = r.cstr()?.to_string();
+            let nfmt = r.i16()?.max(0) as usize;
+            let mut param_formats = Vec::with_capacity(nfmt * 2);
+            for _ in 0..nfmt {
+                param_formats.extend_from_slice(&r.i16()?.to_be_bytes());
+            }
+            let reviewed = st.review_stmts.get(&stmt).cloned();
+            let mut params = vec![Some(param_formats)];
+            let nparams = r.i16()?.max(0) as usize;
+            for _ in 0..nparams {
+                let len = r.i32()?;
+                let value = if len >= 0 { Some(r.bytes(len as usize)?) } else { None };
+                if reviewed.is_some() {
+                    params.push(value.map(|v| v.to_vec()));
+                }
+            }
+            match reviewed {
+                Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
+                None => st.review_portals.remove(&portal),
+            };
+            match st.statement_ids.get(&stmt) {
+                Some(&id) => st.portal_ids.insert(portal.clone(), id),
+                None => st.portal_ids.remove(&portal),
+            };
+            let nres = r.i16()?.max(0) as usize;
+            let mut formats = Vec::with_capacity(nres);
+            for _ in 0..nres {
+                formats.push(r.i16()?);
+            }
+            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, formats });
+            codec::put_message(out, b'B', &m.body);
+        }
+        b'D' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let kind = r.u8()?;
+            let name = r.cstr()?.to_string();
+            ctx.shared.lock().expect.push_back(Expect::Describe { portal: kind == b'P', name });
+            codec::put_message(out, b'D', &m.body);
+        }
+        b'E' => {
+            let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
+            let id = st.portal_ids.get(&portal).copied().unwrap_or(0);
+            if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
+                return Ok(Some(Held {
+                    ask,
+                    params,
+                    then: Expect::Execute { portal, id, at: std::time::Instant::now() },
+                    message: m,
+                }));
+            }
+            ctx.shared.lock().expect.push_back(Expect::Execute { portal, id, at: std::time::Instant::now() });
+            codec::put_message(out, b'E', &m.body);
+        }
+        b'C' => {
+            let mut r = Reader::new(&m.body, m.tag);
+            let (kind, name) = (r.u8()?, r.cstr()?.to_string());
+            if kind == b'S' {
+                st.review_stmts.remove(&name);
+                st.statement_ids.remove(&name);
+            } else {
+                st.review_portals.remove(&name);
+                st.portal_ids.remove(&name);
+            }
+            ctx.shared.lock().expect.push_back(Expect::Close);
+            codec::put_message(out, b'C', &m.body);
+        }
+        b'S' => {
+            ctx.shared.lock().expect.push_back(Expect::Sync);
+            codec::put_message(out, b'S', &m.body);
+        }
+        b'H' | b'd' | b'c' | b'f' => codec::put_message(out, m.tag, &m.body),
+        b'F' => {
+            let refuse = |bytes| {
+                ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
+                ctx.notify.notify_one();
+            };
+            // What the guards never saw (or saw and tried to rewrite) is on record too.
+            let refused = |reason: &str| {
+                ctx.recorder.emit("request.refused", json!({"protocol": "function-call", "reason": reason}));
+                refuse(error_bytes("42501", &format!("Wardgate: {reason}"), None));
+            };
+            let call = match fastpath::parse(&m.body)? {
+                Ok(call) => call,
+                Err(e) => {
+                    refused(&e.to_string());
+                    return Ok(None);
+                }
+            };
+            st.next_id += 1;
+            let id = st.next_id;
+            let (request, violation) = crate::sql::analyze_checked(&call.sql, SqlPhase::SimpleQuery, "");
+            let then = Expect::Function {
+                id,
+                at: std::time::Instant::now(),
+                result: (call.name, call.result_type, call.result_format),
+            };
+            match decide(ctx, request, violation, id, false) {
+                Decided::Review(ask) => {
+                    return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m }));
+                }
+                Decided::Run(Forward { text: None, .. }) => {
+                    ctx.shared.lock().expect.push_back(then);
+                    codec::put_message(out, b'F', &m.body);
+                }
+                Decided::Run(Forward { text: Some(_), .. }) => {
+                    refused("a guard rewrote a function call; the function-call protocol cannot carry a rewrite")
+                }
+                Decided::Refuse(bytes) => refuse(bytes),
+            }
+        }
+        other => return Err(ProtocolError::Unexpected(other as char)),
+    }
+    Ok(None)
+}
+
+/// The request's `COPY ... TO STDOUT` statements (none without parsing
+/// when the analysis found no COPY TO); see [`lookable`].
+pub(super) fn copy_outs(req: &SqlRequest, text: &str, at_boundary: bool) -> Vec<CopyOut> {
+    use crate::pipeline::types::StatementKind;
+    if req.statements.iter().any(|s| s.kind == StatementKind::CopyTo) {
+        lookable(copyout::copies(text), at_boundary)
+    } else {
+        Vec::new()
+    }
+}
+
+/// COPYs whose columns may be looked up: only at a Sync boundary. Inside an
+/// unsynced extended-protocol sequence the lookup's Sync would end the
+/// client's implicit transaction (or its skip-to-Sync after an error), so
+/// there the COPYs get no SELECT to look up.
+pub(super) fn lookable(mut copies: Vec<CopyOut>, at_boundary: bool) -> Vec<CopyOut> {
+    if !at_boundary {
+        copies.iter_mut().for_each(|c| c.select = None);
+    }
+    copies
+}
+
+/// The COPYs of the text that goes upstream: read again from a guard's
+/// rewrite; a row cap's changes no COPY.
+pub(super) fn forwarded(copies: Vec<CopyOut>, forward: &Forward, at_boundary: bool) -> Vec<CopyOut> {
+    match &forward.text {
+        Some(text) if forward.by_guard => lookable(copyout::copies(text), at_boundary),
+        _ => copies,
+    }
+}
+
+/// A binary COPY whose columns cannot be looked up before it runs, while
+/// maskers apply.
+pub(super) fn unmaskable_copy(ctx: &Ctx<'_>, copies: &[CopyOut]) -> bool {
+    copies.iter().any(|c| c.format.binary && c.select.is_none()) && ctx.pipeline.lock().masks()
+}
+
+/// Ask the upstream for the columns of each COPY (see [`copyout`]) when
+/// maskers apply: the lookups go out just before the COPY itself.
+pub(super) fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut BytesMut) -> VecDeque<CopyOut> {
+    if copies.is_empty() || !ctx.pipeline.lock().masks() {
+        return copies.into();
+    }
+    let mut s = ctx.shared.lock();
+    copies
+        .into_iter()
+        .map(|mut c| {
+            if let Some(select) = &c.select {
+                let slot = Arc::new(OnceLock::new());
+                copyout::put_lookup(out, select);
+                s.expect.push_back(Expect::Lookup(slot.clone()));
+                c.described = Some(slot);
+            }
+            c
+        })
+        .collect()
+}

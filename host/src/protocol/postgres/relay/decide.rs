@@ -1,0 +1,144 @@
+//! What the guards, the host's own policy and the connection's row cap make
+//! of one request; the decision is on record before anything goes upstream.
+
+use super::*;
+
+/// Guards decide; the decision is recorded.
+pub(super) fn decide(
+    ctx: &Ctx<'_>,
+    mut request: SqlRequest,
+    host_violation: Option<String>,
+    id: u64,
+    unmaskable_copy: bool,
+) -> Decided {
+    // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
+    // Any table of that name (in any schema, for an unqualified one) counts.
+    crate::sql::apply_not_null(&mut request, |table, column| ctx.catalog.not_null_in_any(table, column));
+    let mut pipeline = ctx.pipeline.lock();
+    // The plugin set is pinned here, at the start of the request: its text is
+    // masked, judged and its results masked by the same set.
+    pipeline.refresh();
+    let masks = pipeline.masks();
+    // Recordings hold masked data only: statement literals can carry PII too.
+    let recorded_text: String = if masks {
+        pipeline.mask_text(&request.text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
+    } else {
+        request.text.clone()
+    };
+    let phase = if request.phase == SqlPhase::Parse { "parse" } else { "query" };
+    let started = std::time::Instant::now();
+    // The host's own policy comes first and does not depend on plugins.
+    let (result, decision, verdicts, request) = if let Some(reason) = &host_violation {
+        let hint = Some("these settings are pinned so the gateway reads SQL exactly as PostgreSQL does");
+        (Err(error_bytes("42501", &format!("Wardgate: {reason}"), hint)), "deny", Vec::new(), request)
+    } else {
+        let wrapped = Request::Sql(request);
+        let Decision { outcome, verdicts } = pipeline.check(&wrapped, |r| match r {
+            Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
+            other => other,
+        });
+        let Request::Sql(request) = wrapped else { unreachable!("wrapped as SQL above") };
+        let result = match &outcome {
+            Outcome::Allow(_) if unmaskable_copy => Err(error_bytes(
+                "42501",
+                "Wardgate: binary COPY output cannot be masked here: its columns can only be looked up at a Sync \
+                 boundary",
+                Some("send the COPY as a simple query or as the first statement after Sync, or use FORMAT text or csv"),
+            )),
+            Outcome::Allow(Some(Request::Sql(rewritten))) if rewritten.text != request.text => {
+                Ok(Some(rewritten.text.clone()))
+            }
+            Outcome::Allow(None | Some(Request::Sql(_))) => Ok(None),
+            Outcome::Allow(Some(_)) => Err(error_bytes(
+                "42501",
+                "Wardgate: a guard rewrote this SQL request into another protocol's request",
+                None,
+            )),
+            Outcome::Deny { plugin, reason } => Err(deny_bytes(plugin, reason)),
+            Outcome::Review { plugin, review } => match &ctx.approvals_off {
+                Some(connection) => Err(hold::approvals_off(plugin, &review.reason, connection)),
+                // Not an error yet: the caller holds it (see `Decided::Review`).
+                None => Ok(None),
+            },
+        };
+        // The connection's row cap goes into what is allowed to run (a text
+        // whose analysis, nested statements included, shows no write needs
+        // no second parse).
+        let by_guard = matches!(result, Ok(Some(_)));
+        let mut inserted = Inserted::default();
+        let result = match (result, ctx.max_rows_written) {
+            (Ok(None), Some(_)) if !crate::sql::rowcap::may_write(&request.statements) => Ok(None),
+            (Ok(rewritten), Some(max)) if matches!(outcome, Outcome::Allow(_)) => {
+                match cap_rows(ctx, rewritten.as_deref().unwrap_or(&request.text), max) {
+                    Ok(Some((capped, by_cap))) => {
+                        if !by_guard {
+                            inserted = by_cap;
+                        }
+                        Ok(Some(capped))
+                    }
+                    Ok(None) => Ok(rewritten),
+                    Err(refused) => Err(refused),
+                }
+            }
+            (result, _) => result,
+        };
+        let decision = match &outcome {
+            Outcome::Review { .. } => "review",
+            _ if result.is_err() => "deny",
+            _ => "allow",
+        };
+        let review = match outcome {
+            Outcome::Review { plugin, review } if result.is_ok() => Some((plugin, review)),
+            _ => None,
+        };
+        (result.map(|text| (Forward { text, by_guard, inserted }, review)), decision, verdicts, request)
+    };
+    drop(pipeline);
+    if result.is_err() {
+        ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+    }
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.recorder.emit(
+        "request",
+        RequestEvent {
+            decision,
+            host_policy: host_violation.as_deref(),
+            parse_error: request.parse_error.as_deref(),
+            phase,
+            policy_micros: started.elapsed().as_micros() as u64,
+            request_id: id,
+            statement: &recorded_text,
+            statements: Statements(&request.statements),
+            verdicts: &verdicts,
+        },
+    );
+    // The request is on record before it can reach the upstream: fail closed.
+    if let Err(e) = ctx.recorder.commit() {
+        tracing::error!("refusing a request: {e}");
+        return Decided::Refuse(error_bytes(
+            "53100",
+            &format!("Wardgate: {e}; requests are refused until it can be"),
+            Some("the gateway's operator must free space in (or repair) its state directory"),
+        ));
+    }
+    match result {
+        Err(bytes) => Decided::Refuse(bytes),
+        Ok((_, Some((plugin, review)))) => {
+            Decided::Review(ReviewAsk { plugin, review, text: request.text, masked: recorded_text, request_id: id })
+        }
+        Ok((forward, None)) => Decided::Run(forward),
+    }
+}
+
+/// The text to run under a row cap: `Ok(None)` when it runs as it is.
+pub(super) fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<(String, Inserted)>, Bytes> {
+    use crate::sql::rowcap::{cap_writes, Capped};
+    // A key is unique only if it is in every table the name may mean (the
+    // statement's check confirms it of the table the name resolves to).
+    let unique_key = |table: &str, column: &str| ctx.catalog.unique_in_every(table, column);
+    match cap_writes(text, max, &unique_key) {
+        Capped::Unchanged => Ok(None),
+        Capped::Rewritten(capped, inserted) => Ok(Some((capped, inserted))),
+        Capped::Refused(why, hint) => Err(error_bytes("42501", &format!("Wardgate: {why}"), Some(hint))),
+    }
+}
