@@ -466,8 +466,6 @@ struct Tok {
     depth: usize,
 }
 
-/// The edit that caps `write` inside `segment` (one statement's text): the
-/// range to replace and its replacement. `None`: nothing to cap.
 /// A WHERE wrapped: `range` of the segment becomes `replacement`, which
 /// inserts `(byte offset in the segment, characters)` into it (the rest of
 /// the replacement stands, character for character, where the range stood).
@@ -477,6 +475,8 @@ struct Wrapped {
     inserts: Vec<(usize, usize)>,
 }
 
+/// The edit that caps `write` inside `segment` (one statement's text).
+/// `None`: nothing to cap.
 fn wrap(segment: &str, write: &Write, max: u64) -> Result<Option<Wrapped>, String> {
     if write.current_of {
         return Ok(None);

@@ -17,6 +17,7 @@ use super::stream::BoxStream;
 use super::upstream;
 use crate::pipeline::types::{Identity, Protocol, Session};
 use crate::pipeline::SessionPipeline;
+use crate::record::SessionRecorder;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -73,6 +74,20 @@ async fn refuse(stream: &mut BoxStream, code: &str, message: &str, hint: Option<
     let _ = super::stream::send(stream, &fatal_bytes(code, message, hint)).await;
     super::stream::close(stream).await;
     SessionError::Refused(message.to_string())
+}
+
+/// The upstream could not serve this session (`error`, on record as
+/// `upstream.failed`): refuse the client with `code`, `message` and `hint`.
+async fn upstream_failed(
+    recorder: &SessionRecorder,
+    stream: &mut BoxStream,
+    connection: &str,
+    error: &str,
+    (code, message, hint): (&str, &str, Option<&str>),
+) -> SessionError {
+    recorder.emit("upstream.failed", json!({"connection": connection, "error": error}));
+    tracing::warn!(connection, "upstream failed: {error}");
+    refuse(stream, code, message, hint).await
 }
 
 /// Run one client connection to its end.
@@ -232,27 +247,16 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     let mut up = match upstream::connect(&conn, &pass).await {
         Ok(u) => u,
         Err(e) => {
-            recorder.emit("upstream.failed", json!({"connection": conn.name, "error": e.to_string()}));
-            tracing::warn!(connection = %conn.name, "upstream login failed: {e}");
-            return Err(refuse(
-                &mut stream,
-                "08006",
-                &format!("Wardgate: upstream for \"{}\" is unavailable: {e}", conn.name),
-                None,
-            )
-            .await);
+            let message = format!("Wardgate: upstream for \"{}\" is unavailable: {e}", conn.name);
+            let error = e.to_string();
+            return Err(upstream_failed(&recorder, &mut stream, &conn.name, &error, ("08006", &message, None)).await);
         }
     };
 
     if let Some(problem) = up.params.iter().find_map(|(k, v)| unsafe_parameter(k, v)) {
-        recorder.emit("upstream.failed", json!({"connection": conn.name, "error": problem}));
-        return Err(refuse(
-            &mut stream,
-            "XX000",
-            &format!("Wardgate: upstream \"{}\": {problem}", conn.name),
-            Some("set standard_conforming_strings = on and use UTF8 for this role and database"),
-        )
-        .await);
+        let message = format!("Wardgate: upstream \"{}\": {problem}", conn.name);
+        let hint = Some("set standard_conforming_strings = on and use UTF8 for this role and database");
+        return Err(upstream_failed(&recorder, &mut stream, &conn.name, &problem, ("XX000", &message, hint)).await);
     }
     let session = Session {
         id: id.clone(),
@@ -269,19 +273,14 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     let catalog = match super::catalog::Catalog::load(&mut up).await {
         Ok(c) => c,
         Err(e) => {
-            recorder.emit("upstream.failed", json!({"connection": conn.name, "error": format!("catalog read: {e}")}));
-            tracing::warn!(connection = %conn.name, "cannot read the upstream's catalog: {e}");
-            return Err(refuse(
-                &mut stream,
-                "58000",
-                &format!(
-                    "Wardgate: cannot read the catalog of upstream \"{}\" ({e}); without it column rules cannot \
-                     apply, so the session is refused",
-                    conn.name
-                ),
-                Some("the connection's upstream role must be able to read pg_class, pg_attribute and pg_index"),
-            )
-            .await);
+            let message = format!(
+                "Wardgate: cannot read the catalog of upstream \"{}\" ({e}); without it column rules cannot apply, \
+                 so the session is refused",
+                conn.name
+            );
+            let hint = Some("the connection's upstream role must be able to read pg_class, pg_attribute and pg_index");
+            let error = format!("catalog read: {e}");
+            return Err(upstream_failed(&recorder, &mut stream, &conn.name, &error, ("58000", &message, hint)).await);
         }
     };
 
