@@ -1219,6 +1219,72 @@ async fn ordering_or_grouping_by_a_protected_output_named_by_position_or_alias_i
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_is_judged_by_the_columns_the_catalog_gives_it() {
+    // A table of its own (the cluster is shared), with no protected column until one is added.
+    db().pg
+        .psql(
+            "shop",
+            "DROP TABLE IF EXISTS star_plain; CREATE TABLE star_plain (id int, note text); \
+             INSERT INTO star_plain VALUES (1, 'a'), (2, 'b'); GRANT ALL ON star_plain TO wardgate_app;",
+        )
+        .unwrap();
+    let g = gateway(Options {
+        guard_config: "protected_columns = [\"*.email\", \"*.ssn\"]\nprotected_filter = \"deny\"",
+        ..Default::default()
+    })
+    .await;
+    let c = g.client().await;
+    // Stars over tables without a protected column, over the system catalogs
+    // (asyncpg's type introspection is a `SELECT DISTINCT *` over a recursive
+    // CTE of pg_type), and the star of EXISTS, which returns no value.
+    for sql in [
+        "SELECT DISTINCT * FROM star_plain",
+        "SELECT count(*) FROM (SELECT * FROM star_plain) s",
+        "WITH p AS (SELECT * FROM star_plain) SELECT count(*) FROM p",
+        "SELECT * FROM star_plain ORDER BY 1",
+        "SELECT p FROM star_plain p",
+        "SELECT id FROM star_plain p WHERE EXISTS (SELECT * FROM customers c WHERE c.id = p.id)",
+        "SELECT DISTINCT * FROM pg_catalog.pg_type WHERE typname = 'int4'",
+        "WITH RECURSIVE tree(oid, name, elem, depth) AS (SELECT t.oid, t.typname, t.typelem, 0 FROM pg_type t \
+         WHERE t.oid = 1007 UNION ALL SELECT e.oid, e.typname, e.typelem, tree.depth + 1 FROM pg_type e, tree \
+         WHERE e.oid = tree.elem) SELECT DISTINCT *, elem::regtype::text AS elem_name FROM tree ORDER BY depth DESC",
+        "SELECT DISTINCT * FROM generate_series(1, 3)",
+        "SELECT DISTINCT s.* FROM (SELECT id FROM star_plain) s",
+    ] {
+        c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        c.prepare(sql).await.unwrap_or_else(|e| panic!("prepare {sql}: {e:?}"));
+    }
+    // Stars that stand for a protected column are refused, naming it.
+    for (sql, says) in [
+        ("SELECT DISTINCT * FROM customers", "customers.email is protected"),
+        ("SELECT count(*) FROM (SELECT * FROM customers) s", "customers.email is protected"),
+        ("SELECT DISTINCT * FROM star_plain, customers", "customers.email is protected"),
+        ("SELECT DISTINCT s.* FROM (SELECT id, email FROM customers) s", "email is protected"),
+        ("SELECT id FROM star_plain WHERE EXISTS (SELECT * FROM customers c WHERE c.ssn LIKE '1%')", "customers.ssn"),
+        ("SELECT 1 WHERE EXISTS (SELECT * FROM customers WHERE id = 1 INTERSECT SELECT * FROM customers)", "customers"),
+    ] {
+        let m = refusal(&c, sql).await;
+        assert!(m.contains(says), "{sql}: {m}");
+    }
+    // Adding a protected column is itself reviewed (here: refused).
+    let m = refusal(&c, "ALTER TABLE star_plain ADD COLUMN email text").await;
+    assert!(m.contains("changes a table with protected columns"), "{m}");
+    // Another session adds the column. A session that then ran DDL, or met a
+    // column its read did not know, resolves no more stars from that read; a
+    // new session reads the catalog again.
+    let other = g.client().await;
+    db().pg.psql("shop", "ALTER TABLE star_plain ADD COLUMN email text").unwrap();
+    c.simple_query("CREATE TEMP TABLE scratch (x int)").await.unwrap();
+    let m = refusal(&c, "SELECT DISTINCT * FROM star_plain").await;
+    assert!(m.contains("email (read through *"), "{m}");
+    other.simple_query("SELECT * FROM star_plain").await.unwrap();
+    let m = refusal(&other, "SELECT DISTINCT * FROM star_plain").await;
+    assert!(m.contains("email (read through *"), "{m}");
+    let m = refusal(&g.client().await, "SELECT DISTINCT * FROM star_plain").await;
+    assert!(m.contains("star_plain.email is protected"), "{m}");
+}
+
 /// The shared cluster's CA once TLS is on (non-TLS clients keep working).
 fn upstream_ca() -> &'static str {
     static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -10,13 +10,18 @@
 //! and so is an output that ORDER BY, GROUP BY or DISTINCT ON name by position
 //! (`ORDER BY 2`) or by alias (`email AS e … ORDER BY e`), and every output of
 //! a plain `SELECT DISTINCT` (see [`output_references`]).
+//!
+//! A `*` (`t.*`, a whole row, a renamed column) stands for columns the parse
+//! cannot name; [`expand_stars`] names them from the session's catalog where
+//! it can. The `*` of `EXISTS (SELECT * …)` is no use at all: only whether a
+//! row exists leaves the subquery.
 
 use std::collections::{HashMap, HashSet};
 
 use pg_query::NodeEnum;
 use serde_json::{Map, Value};
 
-use crate::pipeline::types::{ColumnRef, ColumnUsage};
+use crate::pipeline::types::{ColumnRef, ColumnUsage, SqlStatement};
 
 const FILTER_KEYS: [&str; 8] = [
     "where_clause",
@@ -106,6 +111,9 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
                 record(c, if filter { ColumnUsage::Filter } else { ColumnUsage::Transformed }, rel, out);
                 return;
             }
+            if let Some(exists) = exists_without_stars(m) {
+                return walk(&exists, filter, rel, out);
+            }
             if let Some(select) = m.get("SelectStmt") {
                 output_references(select, rel, out);
             }
@@ -116,6 +124,43 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
         Value::Array(a) => a.iter().for_each(|x| walk(x, filter, rel, out)),
         _ => {}
     }
+}
+
+/// `SubLinkType::ExistsSublink` as the parse tree's serde form spells it.
+const EXISTS_SUBLINK: i64 = 1;
+
+/// `m` is `EXISTS (SELECT *, … FROM …)`, a plain SELECT (no set operation)
+/// with stars in its target list: the same sublink without them. PostgreSQL
+/// only asks whether the subquery yields a row, so a star carries nothing
+/// out; any other target stays (a set-returning function there changes how
+/// many rows there are), and so does everything else (WHERE, GROUP BY, …).
+fn exists_without_stars(m: &Map<String, Value>) -> Option<Value> {
+    let link = m.get("SubLink")?;
+    if link.get("sub_link_type").and_then(Value::as_i64) != Some(EXISTS_SUBLINK) {
+        return None;
+    }
+    let select = link.pointer("/subselect/node/SelectStmt")?;
+    if select.get("larg").is_some_and(|l| !l.is_null()) {
+        return None;
+    }
+    let targets = select.get("target_list").and_then(Value::as_array)?;
+    let kept: Vec<Value> = targets.iter().filter(|t| !is_star(t)).cloned().collect();
+    if kept.len() == targets.len() {
+        return None;
+    }
+    let mut link = link.clone();
+    if let Some(Value::Object(select)) = link.pointer_mut("/subselect/node/SelectStmt") {
+        select.insert("target_list".into(), Value::Array(kept));
+    }
+    Some(Value::Object(Map::from_iter([("SubLink".to_string(), link)])))
+}
+
+/// A target list item that is `*` or `t.*`.
+fn is_star(target: &Value) -> bool {
+    target
+        .pointer("/node/ResTarget/val/node/ColumnRef/fields")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x.pointer("/node/AStar").is_some()))
 }
 
 /// The items of a SELECT's ORDER BY, GROUP BY (also inside ROLLUP, CUBE and
@@ -173,17 +218,12 @@ pub fn names_outputs_by_position(node: &NodeEnum) -> bool {
 /// `SELECT * … ORDER BY 1` filters by any of the table's columns).
 fn output_references(select: &Value, rel: &Scope, out: &mut Vec<ColumnRef>) {
     let targets: Vec<&Value> = select.get("target_list").and_then(Value::as_array).into_iter().flatten().collect();
-    let star = |t: &Value| {
-        t.pointer("/node/ResTarget/val/node/ColumnRef/fields")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|x| x.pointer("/node/AStar").is_some()))
-    };
     let (items, plain_distinct) = ordering_items(select);
     let mut named: Vec<&Value> = if plain_distinct { targets.clone() } else { Vec::new() };
     for item in items {
         if let Some(n) = position(item) {
             let Some(at) = usize::try_from(n).ok().and_then(|n| n.checked_sub(1)) else { continue };
-            match targets.iter().position(|t| star(t)) {
+            match targets.iter().position(|t| is_star(t)) {
                 Some(first_star) if at >= first_star => named.extend(targets[first_star..].iter().copied()),
                 _ => named.extend(targets.get(at).copied()),
             }
@@ -309,4 +349,62 @@ fn record(c: &Value, usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) 
         }
     };
     out.push(ColumnRef { table, column, usage });
+}
+
+/// Name the columns a `*` stands for, where the session's catalog knows them.
+///
+/// A star a statement uses other than as plain output (`SELECT DISTINCT *`,
+/// `(SELECT * FROM t)`, a whole row, a renamed column) becomes one reference
+/// per column of the tables it may come from, with the star's usage: for
+/// `t.*`, every table the name `t` may mean (in any schema, when
+/// unqualified); for a bare `*`, every table the statement reads or writes (a
+/// superset of its FROM's), and so for `s.*` when `s` names a subquery or a
+/// CTE. `columns_of(table)` gives the columns of the tables a name may mean,
+/// `None` when the catalog knows none by that name (a table created since the
+/// catalog was read): a star over such a table stays `*`, which policies
+/// take as any column. A bare star of a
+/// statement that names no table (`SELECT DISTINCT * FROM generate_series(1,
+/// 3)`) stands for no table column and is dropped. Stars returned as plain
+/// output stay as they are: maskers see those columns with their source.
+pub fn expand_stars(statements: &mut [SqlStatement], columns_of: impl Fn(&str) -> Option<Vec<String>>) {
+    for s in statements {
+        if !s.columns.iter().any(|c| c.column == "*" && c.usage != ColumnUsage::Output) {
+            continue;
+        }
+        let mut expanded: Vec<ColumnRef> = Vec::with_capacity(s.columns.len());
+        for c in std::mem::take(&mut s.columns) {
+            if c.column != "*" || c.usage == ColumnUsage::Output {
+                expanded.push(c);
+                continue;
+            }
+            let every_table = || s.tables_read.iter().chain(&s.tables_written).collect();
+            let tables: Vec<&String> = match &c.table {
+                // Not a table the statement names: a subquery's or a CTE's
+                // (whose own columns are listed where it reads them), so its
+                // columns come from the statement's tables.
+                Some(t) if columns_of(t).is_none() && !s.tables_read.contains(t) && !s.tables_written.contains(t) => {
+                    every_table()
+                }
+                Some(t) => vec![t],
+                None => every_table(),
+            };
+            let known: Option<Vec<(&String, Vec<String>)>> =
+                tables.into_iter().map(|t| columns_of(t).map(|columns| (t, columns))).collect();
+            let Some(known) = known else {
+                expanded.push(c);
+                continue;
+            };
+            for (table, columns) in known {
+                for column in columns {
+                    let seen = expanded.iter().any(|e| {
+                        e.usage == c.usage && e.column == column && e.table.as_deref() == Some(table.as_str())
+                    });
+                    if !seen {
+                        expanded.push(ColumnRef { table: Some(table.clone()), column, usage: c.usage });
+                    }
+                }
+            }
+        }
+        s.columns = expanded;
+    }
 }

@@ -1371,6 +1371,87 @@ mod tests {
     }
 
     #[test]
+    fn the_star_of_an_exists_subquery_is_no_use_but_the_rest_of_it_is() {
+        use ColumnUsage::*;
+        let c = |t: Option<&str>, n: &str, u| (t.map(str::to_string), n.to_string(), u);
+        let sql = "SELECT id FROM orders o WHERE EXISTS (SELECT *, c.* FROM customers c WHERE c.id = o.customer_id)";
+        assert_eq!(
+            uses(sql),
+            vec![c(None, "id", Output), c(Some("customers"), "id", Filter), c(Some("orders"), "customer_id", Filter)]
+        );
+        assert_eq!(uses("SELECT EXISTS (SELECT * FROM customers)"), vec![]);
+        // Not a star: a set-returning function changes how many rows there are.
+        let srf = "SELECT 1 WHERE EXISTS (SELECT *, generate_series(1, length(ssn)) FROM customers)";
+        assert_eq!(uses(srf), vec![c(None, "ssn", Filter)]);
+        // A set operation compares whole rows: the stars are a filter.
+        let intersect = "SELECT 1 WHERE EXISTS (SELECT * FROM customers INTERSECT SELECT * FROM customers)";
+        assert_eq!(uses(intersect), vec![c(None, "*", Filter), c(None, "*", Filter)]);
+        // Elsewhere a subquery's star is a use.
+        assert_eq!(uses("SELECT 1 WHERE 1 IN (SELECT * FROM t)"), vec![c(None, "*", Filter)]);
+    }
+
+    #[test]
+    fn stars_are_expanded_from_the_catalog_where_it_knows_every_table() {
+        use ColumnUsage::*;
+        let catalog = |t: &str| match t {
+            "orders" | "public.orders" => Some(vec!["id".to_string(), "total".to_string()]),
+            "customers" => Some(vec!["id".to_string(), "email".to_string()]),
+            _ => None,
+        };
+        let expanded = |sql: &str| {
+            let mut statements = vec![first(sql)];
+            columns::expand_stars(&mut statements, catalog);
+            let mut v: Vec<_> =
+                statements.remove(0).columns.into_iter().map(|c| (c.table, c.column, c.usage)).collect();
+            v.sort_by_key(|(t, c, u)| (t.clone(), c.clone(), *u as u8));
+            v
+        };
+        let c = |t: Option<&str>, n: &str, u| (t.map(str::to_string), n.to_string(), u);
+        // `SELECT DISTINCT *` returns the star as it is and dedups by it.
+        assert_eq!(
+            expanded("SELECT DISTINCT * FROM orders"),
+            vec![c(None, "*", Output), c(Some("orders"), "id", Filter), c(Some("orders"), "total", Filter)]
+        );
+        // Every table a bare star may come from, each column once per usage.
+        assert_eq!(
+            expanded("SELECT count(*) FROM (SELECT * FROM orders, customers) s"),
+            vec![
+                c(Some("customers"), "email", Transformed),
+                c(Some("customers"), "id", Transformed),
+                c(Some("orders"), "id", Transformed),
+                c(Some("orders"), "total", Transformed)
+            ]
+        );
+        assert_eq!(
+            expanded("SELECT c FROM customers c"),
+            vec![c(Some("customers"), "email", Transformed), c(Some("customers"), "id", Transformed)]
+        );
+        // A subquery's or CTE's star comes from the statement's tables.
+        assert_eq!(
+            expanded("SELECT DISTINCT s.* FROM (SELECT id FROM orders) s"),
+            vec![
+                c(None, "id", Transformed),
+                c(Some("orders"), "id", Filter),
+                c(Some("orders"), "total", Filter),
+                c(Some("s"), "*", Output)
+            ]
+        );
+        // A table the catalog does not know keeps the star; so does a star
+        // over it and a known one.
+        assert_eq!(expanded("SELECT count(*) FROM (SELECT * FROM fresh) s"), vec![c(None, "*", Transformed)]);
+        assert_eq!(
+            expanded("SELECT DISTINCT o.*, f.* FROM orders o, fresh f")
+                .iter()
+                .filter(|x| x.2 == Filter && x.1 == "*")
+                .count(),
+            1
+        );
+        // Plain output is left to the maskers; a star over no table at all is nothing.
+        assert_eq!(expanded("SELECT * FROM customers"), vec![c(None, "*", Output)]);
+        assert_eq!(expanded("SELECT DISTINCT * FROM generate_series(1, 3)"), vec![c(None, "*", Output)]);
+    }
+
+    #[test]
     fn outputs_named_by_position_or_alias_in_order_group_or_distinct_are_filters() {
         use ColumnUsage::*;
         let c = |n: &str, u| (None, n.to_string(), u);

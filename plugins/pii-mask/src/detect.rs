@@ -15,15 +15,17 @@ pub enum Entity {
     PrivateKey,
     Jwt,
     Secret,
+    Token,
 }
 
 impl Entity {
     /// All entities, in detection priority order (first wins on overlap).
-    pub const ALL: [Entity; 9] = [
+    pub const ALL: [Entity; 10] = [
         Entity::PrivateKey,
         Entity::Jwt,
         Entity::Secret,
         Entity::AwsKey,
+        Entity::Token,
         Entity::Email,
         Entity::Iban,
         Entity::Card,
@@ -43,6 +45,7 @@ impl Entity {
             Entity::PrivateKey => "private-key",
             Entity::Jwt => "jwt",
             Entity::Secret => "secret",
+            Entity::Token => "token",
         }
     }
 
@@ -63,14 +66,14 @@ pub struct Span {
 /// Which detectors run, and options.
 #[derive(Debug, Clone)]
 pub struct Detectors {
-    pub enabled: [bool; 9],
+    pub enabled: [bool; Entity::ALL.len()],
     /// Treat a bare run of exactly nine digits as an SSN (off by default: ids).
     pub ssn_plain_digits: bool,
 }
 
 impl Default for Detectors {
     fn default() -> Self {
-        Self { enabled: [true; 9], ssn_plain_digits: false }
+        Self { enabled: [true; Entity::ALL.len()], ssn_plain_digits: false }
     }
 }
 
@@ -118,6 +121,9 @@ impl Detectors {
         if upper >= 4 && b.len() >= 20 && self.on(Entity::AwsKey) {
             aws_keys(b, out);
         }
+        if b.len() >= MIN_TOKEN && (seen & (DASH | UNDERSCORE) != 0 || upper >= 2) && self.on(Entity::Token) {
+            tokens(b, out);
+        }
         if has_at && self.on(Entity::Email) {
             emails(b, out);
         }
@@ -150,6 +156,7 @@ const AT: u8 = 4;
 const EQ_COLON: u8 = 8;
 const SPACE: u8 = 16;
 const DASH: u8 = 32;
+const UNDERSCORE: u8 = 64;
 
 /// Byte classes for the prefilter.
 const CLASS: [u8; 256] = {
@@ -167,6 +174,7 @@ const CLASS: [u8; 256] = {
                 b'=' | b':' => EQ_COLON,
                 b' ' => SPACE,
                 b'-' => DASH,
+                b'_' => UNDERSCORE,
                 _ => 0,
             }
         };
@@ -385,12 +393,85 @@ fn aws_keys(b: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-fn is_local(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
+/// API tokens of well-known services, by prefix: the least number of token
+/// characters (`[A-Za-z0-9_-]`) after it. A match also needs a word boundary
+/// before the prefix and a digit in the body (random bodies have one;
+/// hyphenated words such as `sk-learn-…` do not).
+const TOKENS: [(&[u8], usize); 21] = [
+    (b"ghp_", 36),
+    (b"gho_", 36),
+    (b"ghu_", 36),
+    (b"ghs_", 36),
+    (b"ghr_", 36),
+    (b"github_pat_", 22),
+    (b"glpat-", 20),
+    (b"xoxb-", 10),
+    (b"xoxp-", 10),
+    (b"xoxa-", 10),
+    (b"xoxr-", 10),
+    (b"xoxs-", 10),
+    (b"xapp-", 10),
+    (b"sk_live_", 16),
+    (b"rk_live_", 16),
+    (b"sk_test_", 16),
+    (b"whsec_", 16),
+    (b"sk-", 20),
+    (b"AIza", 35),
+    (b"npm_", 36),
+    // Wardgate's own service-account keys.
+    (b"wg_", 40),
+];
+
+/// The shortest text [`tokens`] can match.
+const MIN_TOKEN: usize = 15;
+
+fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
 }
 
+fn tokens(b: &[u8], out: &mut Vec<Span>) {
+    let mut i = 0;
+    while i < b.len() {
+        let boundary = i == 0 || !is_token(b[i - 1]);
+        let found = if boundary && matches!(b[i], b'g' | b'x' | b's' | b'r' | b'w' | b'A' | b'n') {
+            TOKENS.iter().find_map(|(prefix, least)| {
+                let body = b.get(i + prefix.len()..).filter(|_| b[i..].starts_with(prefix))?;
+                let len = body.iter().take_while(|&&c| is_token(c)).count();
+                (len >= *least && body[..len].iter().any(u8::is_ascii_digit)).then_some(i + prefix.len() + len)
+            })
+        } else {
+            None
+        };
+        match found {
+            Some(end) => {
+                out.push(Span { start: i, end, entity: Entity::Token });
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// A byte of an address's local part: ASCII ones RFC 5321 allows unquoted,
+/// and any byte of a non-ASCII character (RFC 6531 addresses, `jörg@…`).
+fn is_local(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'') || c >= 0x80
+}
+
+/// A byte of a domain: ASCII labels, and any byte of a non-ASCII character
+/// (internationalized domains written in Unicode, `bücher.de`).
 fn is_domain(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'-' || c == b'.'
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c >= 0x80
+}
+
+/// Where the quoted local part (`"john smith"@…`) that ends just before
+/// `at` begins, if one does (at most 64 bytes, RFC 5321's limit).
+fn quoted_local(b: &[u8], at: usize) -> Option<usize> {
+    if at < 2 || b[at - 1] != b'"' {
+        return None;
+    }
+    let open = b[at.saturating_sub(66)..at - 1].iter().rposition(|&c| c == b'"')?;
+    Some(at.saturating_sub(66) + open)
 }
 
 fn emails(b: &[u8], out: &mut Vec<Span>) {
@@ -401,6 +482,9 @@ fn emails(b: &[u8], out: &mut Vec<Span>) {
         let mut s = at;
         while s > 0 && is_local(b[s - 1]) {
             s -= 1;
+        }
+        if s == at {
+            s = quoted_local(b, at).unwrap_or(at);
         }
         let mut e = at + 1;
         while e < b.len() && is_domain(b[e]) {
@@ -426,7 +510,7 @@ fn emails(b: &[u8], out: &mut Vec<Span>) {
 /// address: what looks like one is masked, valid or not.
 fn domain_end(domain: &[u8]) -> Option<usize> {
     domain.iter().enumerate().rev().filter(|&(d, &c)| c == b'.' && d > 0).find_map(|(d, _)| {
-        let letters = domain[d + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        let letters = domain[d + 1..].iter().take_while(|&&c| c.is_ascii_alphabetic() || c >= 0x80).count();
         (letters >= 2).then_some(d + 1 + letters)
     })
 }
@@ -740,6 +824,15 @@ mod tests {
             assert_eq!(found(text), vec![(Entity::Email, email.into())], "{text}");
         }
         assert!(found("build@1.2.3.4").is_empty());
+        // Internationalized addresses (RFC 6531) and quoted local parts.
+        for (text, email) in [
+            ("kontakt: jörg@bücher.de, danke", "jörg@bücher.de"),
+            ("user@xn--bcher-kva.example", "user@xn--bcher-kva.example"),
+            ("почта: иван@пример.рф", "иван@пример.рф"),
+            (r#"to "john smith"@example.com now"#, r#""john smith"@example.com"#),
+        ] {
+            assert_eq!(found(text), vec![(Entity::Email, email.into())], "{text}");
+        }
     }
 
     #[test]
@@ -794,6 +887,24 @@ mod tests {
         assert!(found("at 10:05:00 ratio=3:4 passwordless=true").is_empty(), "not secret keys");
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-x";
         assert_eq!(found(&format!("t {jwt} x")), vec![(Entity::Jwt, jwt.into())]);
+        // API tokens of well-known services, by prefix.
+        for token in [
+            "ghp_1234567890abcdefghijklmnopqrstuvwxyz12",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+            "glpat-xYz12345678901234567",
+            "xoxb-123456789012-abcdefABCDEF",
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "sk-proj-abcDEF1234567890ghijKLmn",
+            "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+            "wg_dQbSThb4aV1NjvhSo3aHnpBZ2HiNMLEJY_8YL-m3Ty8",
+        ] {
+            assert_eq!(found(&format!("key {token}, ok")), vec![(Entity::Token, token.into())], "{token}");
+        }
+        for text in
+            ["sk-learn-pipelines-are-great-here", "task-1234567890123456789012345", "ghp_short1", "the gho_ prefix"]
+        {
+            assert!(found(text).is_empty(), "{text}");
+        }
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----";
         assert_eq!(found(pem), vec![(Entity::PrivateKey, pem.into())]);
     }

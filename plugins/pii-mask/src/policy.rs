@@ -11,6 +11,9 @@ use crate::detect::{Detectors, Entity, Span};
 use wardgate_sdk::rows::{PackedBuilder, PackedRows};
 use wardgate_sdk::types::{CellFormat, Column, Finding, MaskedBatch, PackedCells};
 
+/// How many entities there are; column rules are counted after them.
+const ENTITIES: usize = Entity::ALL.len();
+
 /// How a value is masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,7 +61,7 @@ pub struct ConfigFile {
 #[derive(Debug, Clone)]
 pub struct Policy {
     detectors: Detectors,
-    entity_strategy: [Strategy; 9],
+    entity_strategy: [Strategy; ENTITIES],
     columns: HashMap<String, Strategy>,
     hash_key: Vec<u8>,
 }
@@ -79,7 +82,7 @@ impl Policy {
     /// Build from a parsed config.
     pub fn from_config(cfg: ConfigFile) -> Result<Policy, String> {
         let default = cfg.default.unwrap_or(Strategy::Redact);
-        let mut entity_strategy = [default; 9];
+        let mut entity_strategy = [default; ENTITIES];
         // Sensible defaults when not configured: keep shape where it helps people.
         for (e, s) in [
             (Entity::Email, Strategy::Partial),
@@ -156,7 +159,8 @@ impl Policy {
         let rules: Vec<Option<Strategy>> = columns.iter().map(|c| self.column_rule(c)).collect();
         let opaque: Vec<bool> = columns.iter().map(|c| c.format == CellFormat::BinaryOpaque).collect();
         let mut out = PackedBuilder::with_capacity(cells.data.len() + cells.data.len() / 8, cells.lengths.len());
-        let mut counts = [0u32; 10]; // 9 entities + column rules
+        // One per entity, then column rules.
+        let mut counts = [0u32; ENTITIES + 1];
         let mut spans: Vec<Span> = Vec::new();
         let mut scratch = String::new();
         for row in rows.iter() {
@@ -166,7 +170,7 @@ impl Policy {
                     continue;
                 };
                 if let Some(rule) = rules[c] {
-                    counts[9] += (rule != Strategy::Keep) as u32;
+                    counts[ENTITIES] += (rule != Strategy::Keep) as u32;
                     if opaque[c] && rule != Strategy::Keep {
                         out.push_null(); // a typed binary value cannot carry a mask
                         continue;
@@ -221,8 +225,8 @@ impl Policy {
                 findings.push(Finding { entity: e.name().to_string(), count: counts[i] });
             }
         }
-        if counts[9] > 0 {
-            findings.push(Finding { entity: "column-rule".into(), count: counts[9] });
+        if counts[ENTITIES] > 0 {
+            findings.push(Finding { entity: "column-rule".into(), count: counts[ENTITIES] });
         }
         Ok(MaskedBatch { cells: out.finish(), findings })
     }

@@ -1,8 +1,9 @@
-//! What the upstream's catalog said of its user tables when the session
-//! began: the source column of each result column (for column rules), which
-//! columns are NOT NULL (a WHERE that only null-tests them keeps every row)
-//! and which alone are a unique key (a write pinned to one row by it; the row
-//! cap has PostgreSQL confirm that when the write runs).
+//! What the upstream's catalog said of its tables and views (system ones
+//! included) when the session began: the source column of each result column
+//! (for column rules), the columns a `*` stands for (for policies on
+//! columns), which columns are NOT NULL (a WHERE that only null-tests them
+//! keeps every row) and which alone are a unique key (a write pinned to one
+//! row by it; the row cap has PostgreSQL confirm that when the write runs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,9 @@ pub struct Catalog {
     /// A pinned write found its table changed since the read: unique keys are
     /// no longer offered (every later write is counted in full).
     keys_changed: AtomicBool,
+    /// The session ran (or asked to run) a statement that may change tables'
+    /// columns: stars are no longer resolved from this read.
+    columns_changed: AtomicBool,
 }
 
 impl Catalog {
@@ -27,7 +31,7 @@ impl Catalog {
 
     /// A catalog of these tables (by OID).
     pub fn from_tables(tables: HashMap<u32, TableInfo>) -> Self {
-        Catalog { tables, keys_changed: AtomicBool::new(false) }
+        Catalog { tables, keys_changed: AtomicBool::new(false), columns_changed: AtomicBool::new(false) }
     }
 
     /// The table with this OID.
@@ -61,6 +65,30 @@ impl Catalog {
             .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
             .collect();
         keys.unwrap_or_default()
+    }
+
+    /// The columns of every table that `table` (as a statement names it) may
+    /// mean, in attnum order, table after table; `None` when no table has that
+    /// name, and always once [`Catalog::columns_changed`] was called (see
+    /// [`crate::sql::columns::expand_stars`]).
+    pub fn columns_of(&self, table: &str) -> Option<Vec<String>> {
+        if self.columns_changed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut found = false;
+        let mut columns = Vec::new();
+        for t in self.tables.values().filter(|t| t.named(table)) {
+            found = true;
+            columns.extend(t.columns.iter().filter(|c| !c.is_empty()).cloned());
+        }
+        found.then_some(columns)
+    }
+
+    /// The session is about to run a statement that may add, rename or drop
+    /// columns (DDL, or code the gateway cannot see into): resolve no more
+    /// stars from this read.
+    pub fn columns_changed(&self) {
+        self.columns_changed.store(true, Ordering::Relaxed);
     }
 
     /// A pinned write found the table its name resolves to, or that table's
@@ -115,8 +143,8 @@ fn column_names(list: &str) -> Option<Vec<String>> {
     list.split(',').map(|h| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok())).collect()
 }
 
-/// Read the user tables (oid -> name, columns, their NOT NULL and unique-key
-/// flags).
+/// Read the tables and views, the system catalogs' included (oid -> name,
+/// columns, their NOT NULL and unique-key flags).
 async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
     let rows = simple_query(
         up,
@@ -136,8 +164,7 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
                    ELSE '' END, ',' ORDER BY a.attnum) \
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
+         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
     )
     .await?;
     let mut map = HashMap::new();

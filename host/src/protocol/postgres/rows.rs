@@ -165,11 +165,14 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
         };
         let table = catalog.table(f.table_oid);
         // Column rules match the source column, not an alias: `ssn AS x` is still ssn.
-        let name = table
+        let known = table
             .and_then(|t| t.columns.get((f.attnum as usize).wrapping_sub(1)))
-            .filter(|n| !n.is_empty() && f.attnum > 0)
-            .cloned()
-            .unwrap_or_else(|| f.name.clone());
+            .filter(|n| !n.is_empty() && f.attnum > 0);
+        if table.is_some() && f.attnum > 0 && known.is_none() {
+            // A column added since the read: stars are no longer resolved from it.
+            catalog.columns_changed();
+        }
+        let name = known.cloned().unwrap_or_else(|| f.name.clone());
         columns.push(Column {
             name,
             type_oid: f.type_oid,

@@ -11,9 +11,7 @@ pub(super) fn decide(
     id: u64,
     unmaskable_copy: bool,
 ) -> Decided {
-    // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
-    // Any table of that name (in any schema, for an unqualified one) counts.
-    crate::sql::apply_not_null(&mut request, |table, column| ctx.catalog.not_null_in_any(table, column));
+    with_catalog(ctx, &mut request);
     let mut pipeline = ctx.pipeline.lock();
     // The plugin set is pinned here, at the start of the request: its text is
     // masked, judged and its results masked by the same set.
@@ -34,7 +32,11 @@ pub(super) fn decide(
     } else {
         let wrapped = Request::Sql(request);
         let Decision { outcome, verdicts } = pipeline.check(&wrapped, |r| match r {
-            Request::Sql(s) => Request::Sql(crate::sql::analyze(&s.text, s.phase, &s.statement_name)),
+            Request::Sql(s) => {
+                let mut rewritten = crate::sql::analyze(&s.text, s.phase, &s.statement_name);
+                with_catalog(ctx, &mut rewritten);
+                Request::Sql(rewritten)
+            }
             other => other,
         });
         let Request::Sql(request) = wrapped else { unreachable!("wrapped as SQL above") };
@@ -141,4 +143,24 @@ pub(super) fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<(St
         Capped::Rewritten(capped, inserted) => Ok(Some((capped, inserted))),
         Capped::Refused(why, hint) => Err(error_bytes("42501", &format!("Wardgate: {why}"), Some(hint))),
     }
+}
+
+/// What the session's catalog adds to a request's analysis.
+fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
+    // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
+    // Any table of that name (in any schema, for an unqualified one) counts.
+    crate::sql::apply_not_null(request, |table, column| ctx.catalog.not_null_in_any(table, column));
+    // A statement that may change columns makes the read stale for stars
+    // from here on (its own included: `ALTER …; SELECT DISTINCT * …`).
+    if request.statements.iter().any(|s| may_change_columns(s.kind)) {
+        ctx.catalog.columns_changed();
+    }
+    crate::sql::columns::expand_stars(&mut request.statements, |table| ctx.catalog.columns_of(table));
+}
+
+/// Statements that may add, rename or drop a table's columns, or run code
+/// the gateway cannot see into.
+fn may_change_columns(kind: StatementKind) -> bool {
+    use StatementKind as K;
+    matches!(kind, K::Create | K::Alter | K::Drop | K::DoBlock | K::Call | K::Other)
 }

@@ -45,7 +45,7 @@ use super::stream::{self, BoxStream};
 use super::upstream::Upstream;
 use super::{errors, fastpath};
 use crate::metrics::Stats;
-use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest};
+use crate::pipeline::types::{Column, Finding, PackedCells, Request, SqlPhase, SqlRequest, StatementKind};
 use crate::pipeline::{Decision, Outcome, SessionPipeline};
 use crate::record::body::{Findings, RequestEvent, ResponseError, ResponseEvent, Statements};
 use crate::record::SessionRecorder;
