@@ -513,14 +513,19 @@ async fn copy_out_is_masked_in_text_csv_and_binary() {
     }
     // Fields the maskers leave alone reach the client byte for byte as the
     // server wrote them (its FORCE_QUOTE, NULL string and escapes); masked
-    // fields are written again in the COPY's format, still one row per line.
+    // fields are written again in the COPY's format (quoted where the server
+    // quoted them), still one row per line.
     let sql = "COPY (SELECT id, name, CASE WHEN id = 1 THEN email END AS e FROM customers WHERE id <= 2 ORDER BY id) \
-               TO STDOUT WITH (FORMAT csv, DELIMITER '|', QUOTE '*', ESCAPE '!', NULL 'n-u-l-l', FORCE_QUOTE (name))";
+               TO STDOUT WITH (FORMAT csv, DELIMITER '|', QUOTE '*', ESCAPE '!', NULL 'n-u-l-l', FORCE_QUOTE (name, e))";
     let (ok, out, err) = g.psql(&["-c", sql]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].starts_with("1|*Jane Doe*|*j") && !lines[0].contains("jane.doe@"), "{out}");
+    assert_eq!(lines[0], "1|*Jane Doe*|*j!*!*!*@example.com*");
+    let sql = "COPY (SELECT id, ssn FROM customers WHERE id = 1) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (ssn))";
+    let (ok, out, err) = g.psql(&["-c", sql]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim_end(), "1,\"***-**-6789\"");
     assert_eq!(lines[1], "2|*Omar Haddad*|n-u-l-l");
     // Binary too (psql's simple protocol; several COPYs in one query, each
     // masked by its own columns).

@@ -403,6 +403,17 @@ impl CopyFormat {
         }
     }
 
+    /// Write `cell` in place of a field the server wrote as `raw`: in CSV, a
+    /// value the server quoted (`FORCE_QUOTE`) stays quoted.
+    pub fn replace_field(&self, cell: Option<&[u8]>, raw: &[u8], out: &mut Vec<u8>) {
+        match cell {
+            Some(b) if self.csv => {
+                put_csv_value(b, self.delimiter, self.quote, self.escape, raw.first() == Some(&self.quote), out)
+            }
+            _ => self.join(&[cell], out),
+        }
+    }
+
     /// Join fields back into one line (without the newline).
     pub fn join(&self, fields: &[Option<&[u8]>], out: &mut Vec<u8>) {
         if self.csv {
@@ -542,22 +553,27 @@ pub fn join_csv(fields: &[Option<&[u8]>], delim: u8, quote: u8, escape: u8, out:
             out.push(delim);
         }
         if let Some(b) = f {
-            let needs =
-                b.is_empty() || b.iter().any(|&c| c == delim || c == quote || c == escape || c == b'\n' || c == b'\r');
-            if needs {
-                out.push(quote);
-                for &c in b.iter() {
-                    if c == quote || (c == escape && escape != quote) {
-                        out.push(escape);
-                    }
-                    out.push(c);
-                }
-                out.push(quote);
-            } else {
-                out.extend_from_slice(b);
-            }
+            put_csv_value(b, delim, quote, escape, false, out);
         }
     }
+}
+
+/// One non-NULL CSV value: quoted when it must be (or when `force`, as the
+/// server quotes every value of a `FORCE_QUOTE` column), escaped inside quotes.
+fn put_csv_value(b: &[u8], delim: u8, quote: u8, escape: u8, force: bool, out: &mut Vec<u8>) {
+    let needs =
+        force || b.is_empty() || b.iter().any(|&c| c == delim || c == quote || c == escape || c == b'\n' || c == b'\r');
+    if !needs {
+        return out.extend_from_slice(b);
+    }
+    out.push(quote);
+    for &c in b {
+        if c == quote || (c == escape && escape != quote) {
+            out.push(escape);
+        }
+        out.push(c);
+    }
+    out.push(quote);
 }
 
 #[cfg(test)]
@@ -736,6 +752,22 @@ mod tests {
         let refs: Vec<Option<&[u8]>> = f.iter().map(|x| x.as_deref()).collect();
         join_csv(&refs, b',', b'"', b'"', &mut out);
         assert_eq!(out, b"1,\"a,\"\"b\",,x");
+    }
+
+    #[test]
+    fn a_masked_csv_value_stays_quoted_where_the_server_quoted_it() {
+        let csv = CopyFormat { csv: true, ..CopyFormat::text(b',') };
+        let replaced = |fmt: &CopyFormat, cell: Option<&[u8]>, raw: &[u8]| {
+            let mut out = vec![];
+            fmt.replace_field(cell, raw, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // FORCE_QUOTE wrote "123-45-6789"; plain CSV wrote it bare.
+        assert_eq!(replaced(&csv, Some(b"***-**-6789"), b"\"123-45-6789\""), "\"***-**-6789\"");
+        assert_eq!(replaced(&csv, Some(b"***-**-6789"), b"123-45-6789"), "***-**-6789");
+        assert_eq!(replaced(&csv, Some(b"a,b"), b"x"), "\"a,b\"");
+        assert_eq!(replaced(&csv, None, b"\"x\""), "");
+        assert_eq!(replaced(&CopyFormat::text(b'\t'), Some(b"a\tb"), b"\"x\""), "a\\tb");
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub(super) fn mask_copy_data(
             } else if raw_lines {
                 line.extend_from_slice(cell.unwrap_or(b""));
             } else {
-                fmt.join(&[*cell], &mut line);
+                fmt.replace_field(*cell, &lines[i][raw.clone()], &mut line);
             }
         }
         line.push(b'\n');
