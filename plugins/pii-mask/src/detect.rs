@@ -121,8 +121,8 @@ impl Detectors {
         if upper >= 4 && b.len() >= 20 && self.on(Entity::AwsKey) {
             aws_keys(b, out);
         }
-        if b.len() >= MIN_TOKEN && (seen & (DASH | UNDERSCORE) != 0 || upper >= 2) && self.on(Entity::Token) {
-            tokens(b, out);
+        if b.len() >= MIN_TOKEN && (seen & (DASH | UNDERSCORE) != 0 || upper >= 6) && self.on(Entity::Token) {
+            tokens(b, upper, out);
         }
         if has_at && self.on(Entity::Email) {
             emails(b, out);
@@ -393,11 +393,12 @@ fn aws_keys(b: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-/// API tokens of well-known services, by prefix: the least number of token
+/// API tokens of well-known services, by prefix (each ends in `_` or `-`;
+/// Google's `AIza` keys are found apart): the least number of token
 /// characters (`[A-Za-z0-9_-]`) after it. A match also needs a word boundary
 /// before the prefix and a digit in the body (random bodies have one;
 /// hyphenated words such as `sk-learn-…` do not).
-const TOKENS: [(&[u8], usize); 21] = [
+const TOKENS: [(&[u8], usize); 20] = [
     (b"ghp_", 36),
     (b"gho_", 36),
     (b"ghu_", 36),
@@ -416,7 +417,6 @@ const TOKENS: [(&[u8], usize); 21] = [
     (b"sk_test_", 16),
     (b"whsec_", 16),
     (b"sk-", 20),
-    (b"AIza", 35),
     (b"npm_", 36),
     // Wardgate's own service-account keys.
     (b"wg_", 40),
@@ -429,27 +429,53 @@ fn is_token(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
 }
 
-fn tokens(b: &[u8], out: &mut Vec<Span>) {
-    let mut i = 0;
-    while i < b.len() {
-        let boundary = i == 0 || !is_token(b[i - 1]);
-        let found = if boundary && matches!(b[i], b'g' | b'x' | b's' | b'r' | b'w' | b'A' | b'n') {
-            TOKENS.iter().find_map(|(prefix, least)| {
-                let body = b.get(i + prefix.len()..).filter(|_| b[i..].starts_with(prefix))?;
-                let len = body.iter().take_while(|&&c| is_token(c)).count();
-                (len >= *least && body[..len].iter().any(u8::is_ascii_digit)).then_some(i + prefix.len() + len)
-            })
-        } else {
-            None
-        };
-        match found {
-            Some(end) => {
-                out.push(Span { start: i, end, entity: Entity::Token });
-                i = end;
-            }
-            None => i += 1,
+fn tokens(b: &[u8], upper: usize, out: &mut Vec<Span>) {
+    // Every prefix but Google's ends in `_` or `-`: look back from those.
+    let mut from = 0;
+    while let Some(p) = b[from..].iter().position(|&c| c == b'_' || c == b'-') {
+        let sep = from + p;
+        from = sep + 1;
+        // Each prefix has a lower-case letter before its separator (not so
+        // dates, numbers and identifiers in upper case).
+        if sep == 0 || !b[sep - 1].is_ascii_lowercase() {
+            continue;
+        }
+        let found = TOKENS.iter().find_map(|(prefix, least)| {
+            let start = (sep + 1).checked_sub(prefix.len())?;
+            (prefix.last() == Some(&b[sep]) && &b[start..=sep] == *prefix)
+                .then(|| token_end(b, start, sep + 1, *least))
+                .flatten()
+                .map(|end| (start, end))
+        });
+        if let Some((start, end)) = found {
+            out.push(Span { start, end, entity: Entity::Token });
+            from = end;
         }
     }
+    // Google's keys: 35 random characters, many of them upper case.
+    if upper >= 6 {
+        let mut from = 0;
+        while let Some(p) = memfind(&b[from..], b"AIza") {
+            let start = from + p;
+            match token_end(b, start, start + 4, 35) {
+                Some(end) => {
+                    out.push(Span { start, end, entity: Entity::Token });
+                    from = end;
+                }
+                None => from = start + 1,
+            }
+        }
+    }
+}
+
+/// The end of a token whose prefix is `b[start..body]`: at least `least`
+/// token characters follow, one a digit, and none of them precedes `start`.
+fn token_end(b: &[u8], start: usize, body: usize, least: usize) -> Option<usize> {
+    if start > 0 && is_token(b[start - 1]) {
+        return None;
+    }
+    let len = b[body..].iter().take_while(|&&c| is_token(c)).count();
+    (len >= least && b[body..body + len].iter().any(u8::is_ascii_digit)).then_some(body + len)
 }
 
 /// A byte of an address's local part: ASCII ones RFC 5321 allows unquoted,
@@ -895,7 +921,7 @@ mod tests {
             "xoxb-123456789012-abcdefABCDEF",
             "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
             "sk-proj-abcDEF1234567890ghijKLmn",
-            "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+            "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
             "wg_dQbSThb4aV1NjvhSo3aHnpBZ2HiNMLEJY_8YL-m3Ty8",
         ] {
             assert_eq!(found(&format!("key {token}, ok")), vec![(Entity::Token, token.into())], "{token}");
