@@ -1268,6 +1268,8 @@ async fn a_star_is_judged_by_the_columns_the_catalog_gives_it() {
         ("SELECT DISTINCT s.* FROM (SELECT id, email FROM customers) s", "email is protected"),
         ("SELECT id FROM star_plain WHERE EXISTS (SELECT * FROM customers c WHERE c.ssn LIKE '1%')", "customers.ssn"),
         ("SELECT 1 WHERE EXISTS (SELECT * FROM customers WHERE id = 1 INTERSECT SELECT * FROM customers)", "customers"),
+        // How many distinct SSNs there are, through a position into the star.
+        ("SELECT 1 WHERE EXISTS (SELECT DISTINCT ON (6) * FROM customers OFFSET 4)", "customers."),
     ] {
         let m = refusal(&c, sql).await;
         assert!(m.contains(says), "{sql}: {m}");

@@ -129,18 +129,26 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
 /// `SubLinkType::ExistsSublink` as the parse tree's serde form spells it.
 const EXISTS_SUBLINK: i64 = 1;
 
-/// `m` is `EXISTS (SELECT *, … FROM …)`, a plain SELECT (no set operation)
-/// with stars in its target list: the same sublink without them. PostgreSQL
-/// only asks whether the subquery yields a row, so a star carries nothing
-/// out; any other target stays (a set-returning function there changes how
-/// many rows there are), and so does everything else (WHERE, GROUP BY, …).
+/// Clauses that make a SELECT's rows depend on its outputs' values, which
+/// ORDER BY, GROUP BY and DISTINCT ON may name by position (`DISTINCT ON
+/// (6)`: how many distinct values, through a star, with `OFFSET`).
+const BY_OUTPUTS: [&str; 4] = ["sort_clause", "group_clause", "distinct_clause", "window_clause"];
+
+/// `m` is `EXISTS (SELECT *, … FROM … [WHERE …])`: a plain SELECT (no set
+/// operation, no ORDER BY, GROUP BY, DISTINCT or window) with stars in its
+/// target list; the same sublink without them. PostgreSQL only asks whether
+/// the subquery yields a row, so a star carries nothing out; any other
+/// target stays (a set-returning function there changes how many rows there
+/// are), and so does everything else (WHERE, LIMIT, …).
 fn exists_without_stars(m: &Map<String, Value>) -> Option<Value> {
     let link = m.get("SubLink")?;
     if link.get("sub_link_type").and_then(Value::as_i64) != Some(EXISTS_SUBLINK) {
         return None;
     }
     let select = link.pointer("/subselect/node/SelectStmt")?;
-    if select.get("larg").is_some_and(|l| !l.is_null()) {
+    let present =
+        |key: &str| select.get(key).is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
+    if present("larg") || BY_OUTPUTS.into_iter().any(present) {
         return None;
     }
     let targets = select.get("target_list").and_then(Value::as_array)?;
@@ -362,10 +370,12 @@ fn record(c: &Value, usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) 
 /// CTE. `columns_of(table)` gives the columns of the tables a name may mean,
 /// `None` when the catalog knows none by that name (a table created since the
 /// catalog was read): a star over such a table stays `*`, which policies
-/// take as any column. A bare star of a
-/// statement that names no table (`SELECT DISTINCT * FROM generate_series(1,
-/// 3)`) stands for no table column and is dropped. Stars returned as plain
-/// output stay as they are: maskers see those columns with their source.
+/// take as any column. A bare star of a statement that names no table
+/// (`SELECT DISTINCT * FROM generate_series(1, 3)`) stands for no table
+/// column and is dropped: what a function in FROM returns is the function's,
+/// not a table's (as for named columns, policies on columns do not follow
+/// data through functions). Stars returned as plain output stay as they are:
+/// maskers see those columns with their source.
 pub fn expand_stars(statements: &mut [SqlStatement], columns_of: impl Fn(&str) -> Option<Vec<String>>) {
     for s in statements {
         if !s.columns.iter().any(|c| c.column == "*" && c.usage != ColumnUsage::Output) {
@@ -377,16 +387,12 @@ pub fn expand_stars(statements: &mut [SqlStatement], columns_of: impl Fn(&str) -
                 expanded.push(c);
                 continue;
             }
-            let every_table = || s.tables_read.iter().chain(&s.tables_written).collect();
+            let named = |t: &String| s.tables_read.contains(t) || s.tables_written.contains(t);
             let tables: Vec<&String> = match &c.table {
-                // Not a table the statement names: a subquery's or a CTE's
-                // (whose own columns are listed where it reads them), so its
-                // columns come from the statement's tables.
-                Some(t) if columns_of(t).is_none() && !s.tables_read.contains(t) && !s.tables_written.contains(t) => {
-                    every_table()
-                }
-                Some(t) => vec![t],
-                None => every_table(),
+                Some(t) if named(t) || columns_of(t).is_some() => vec![t],
+                // Not a table: a subquery's or a CTE's name (whose own columns
+                // are listed where it reads them), so the statement's tables.
+                _ => s.tables_read.iter().chain(&s.tables_written).collect(),
             };
             let known: Option<Vec<(&String, Vec<String>)>> =
                 tables.into_iter().map(|t| columns_of(t).map(|columns| (t, columns))).collect();

@@ -1386,6 +1386,15 @@ mod tests {
         // A set operation compares whole rows: the stars are a filter.
         let intersect = "SELECT 1 WHERE EXISTS (SELECT * FROM customers INTERSECT SELECT * FROM customers)";
         assert_eq!(uses(intersect), vec![c(None, "*", Filter), c(None, "*", Filter)]);
+        // So do clauses that may name a star's column by position.
+        for sql in [
+            "SELECT 1 WHERE EXISTS (SELECT DISTINCT ON (6) * FROM customers OFFSET 4)",
+            "SELECT 1 WHERE EXISTS (SELECT * FROM customers GROUP BY 1, 6 HAVING count(*) > 1)",
+            "SELECT 1 WHERE EXISTS (SELECT DISTINCT * FROM customers OFFSET 4)",
+            "SELECT 1 WHERE EXISTS (SELECT * FROM customers ORDER BY 6 LIMIT 1)",
+        ] {
+            assert!(uses(sql).contains(&c(None, "*", Filter)), "{sql}: {:?}", uses(sql));
+        }
         // Elsewhere a subquery's star is a use.
         assert_eq!(uses("SELECT 1 WHERE 1 IN (SELECT * FROM t)"), vec![c(None, "*", Filter)]);
     }
