@@ -20,6 +20,14 @@ async fn refusal(c: &tokio_postgres::Client, sql: &str) -> String {
     e.as_db_error().unwrap().message().to_string()
 }
 
+/// `sql` is refused (42501) as a simple query and when prepared; the first message.
+async fn refused_both_ways(c: &tokio_postgres::Client, sql: &str) -> String {
+    let m = refusal(c, sql).await;
+    let e = c.prepare(sql).await.err().unwrap_or_else(|| panic!("{sql} was prepared"));
+    assert_eq!(code(&e), "42501", "{sql}: {e:?}");
+    m
+}
+
 /// Each of `sqls` is refused (42501) with a message containing `saying`.
 async fn all_refused(c: &tokio_postgres::Client, sqls: &[&str], saying: &str) {
     for sql in sqls {
@@ -1210,11 +1218,8 @@ async fn ordering_or_grouping_by_a_protected_output_named_by_position_or_alias_i
         "SELECT DISTINCT email FROM customers",
         "SELECT * FROM customers ORDER BY 3",
     ] {
-        let m = refusal(&c, sql).await;
+        let m = refused_both_ways(&c, sql).await;
         assert!(m.contains("filters or orders rows by it"), "{sql}: {m}");
-        // The same through the extended protocol (a prepared statement).
-        let e = c.prepare(sql).await.err().unwrap_or_else(|| panic!("{sql} was prepared"));
-        assert_eq!(code(&e), "42501", "{sql}: {e:?}");
     }
     // Ordering by an unprotected output, by number or name, is fine.
     for sql in ["SELECT id, ssn FROM customers ORDER BY 1", "SELECT id AS n, email FROM customers ORDER BY n DESC"] {
@@ -1222,6 +1227,31 @@ async fn ordering_or_grouping_by_a_protected_output_named_by_position_or_alias_i
         assert_eq!(rows.len(), 5, "{sql}");
         assert_no_pii(&format!("{rows:?}"), sql);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_by_a_protected_column_with_using_or_natural_is_a_filter() {
+    let g = gateway(Options {
+        guard_config: "protected_columns = [\"*.ssn\"]\nprotected_filter = \"deny\"",
+        ..Default::default()
+    })
+    .await;
+    let c = g.client().await;
+    // Each keeps the customers whose SSN equals a guess: the row says whose it is.
+    for sql in [
+        "SELECT id FROM customers JOIN (SELECT '123-45-6789'::text AS ssn) x USING (ssn)",
+        "SELECT name FROM customers c FULL JOIN (VALUES ('123-45-6789')) v(ssn) USING (ssn)",
+        "SELECT id FROM customers NATURAL JOIN (SELECT 1 AS id, '123-45-6789'::text AS ssn) x",
+        "SELECT 1 FROM orders NATURAL JOIN (SELECT * FROM generate_series(1, 3) id) g NATURAL JOIN customers",
+    ] {
+        let m = refused_both_ways(&c, sql).await;
+        assert!(m.contains("ssn is protected") && m.contains("filters or orders rows by it"), "{sql}: {m}");
+    }
+    // Joining by other columns is fine.
+    let sql = "SELECT id, ssn FROM customers JOIN (SELECT customer_id AS id FROM orders) o USING (id) LIMIT 3";
+    let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+    assert_eq!(rows.len(), 3, "{sql}");
+    assert_no_pii(&format!("{rows:?}"), sql);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

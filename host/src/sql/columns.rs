@@ -5,11 +5,12 @@
 //! definitions all count). A column is `output` only when the top-level query
 //! returns it as is; inside any expression, function, subquery, CTE, set
 //! operation, or a statement that copies data elsewhere (INSERT ... SELECT,
-//! CREATE TABLE AS, UPDATE ... SET) it is `transformed`; in WHERE, JOIN ON,
-//! GROUP BY, HAVING, ORDER BY, DISTINCT ON and window clauses it is `filter`,
-//! and so is an output that ORDER BY, GROUP BY or DISTINCT ON name by position
-//! (`ORDER BY 2`) or by alias (`email AS e … ORDER BY e`), and every output of
-//! a plain `SELECT DISTINCT` (see [`output_references`]).
+//! CREATE TABLE AS, UPDATE ... SET) it is `transformed`; in WHERE, JOIN ON
+//! and USING (and NATURAL JOIN, see [`join_references`]), GROUP BY, HAVING,
+//! ORDER BY, DISTINCT ON and window clauses it is `filter`, and so is an
+//! output that ORDER BY, GROUP BY or DISTINCT ON name by position (`ORDER BY
+//! 2`) or by alias (`email AS e … ORDER BY e`), and every output of a plain
+//! `SELECT DISTINCT` (see [`output_references`]).
 //!
 //! A `*` (`t.*`, a whole row, a renamed column) stands for columns the parse
 //! cannot name; [`expand_stars`] names them from the session's catalog where
@@ -117,11 +118,49 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
             if let Some(select) = m.get("SelectStmt") {
                 output_references(select, rel, out);
             }
+            if let Some(join) = m.get("JoinExpr") {
+                join_references(join, rel, out);
+            }
             for (k, child) in m {
                 walk(child, filter || FILTER_KEYS.contains(&k.as_str()), rel, out);
             }
         }
         Value::Array(a) => a.iter().for_each(|x| walk(x, filter, rel, out)),
+        _ => {}
+    }
+}
+
+/// `JOIN … USING (a, b)` and `NATURAL JOIN` compare columns that no
+/// ColumnRef names: PostgreSQL keeps the rows whose values are equal, so
+/// those columns are a filter (`customers JOIN (SELECT '123-45-6789' AS ssn)
+/// x USING (ssn)` says whose SSN that is). USING names them. NATURAL joins by
+/// every name the two sides share, which the parse cannot know: every column
+/// of each table on either side counts ([`expand_stars`] names them from the
+/// catalog). A subquery on a side needs nothing more: its own columns are
+/// already listed, as transformed, where it reads them.
+fn join_references(join: &Value, rel: &Scope, out: &mut Vec<ColumnRef>) {
+    for name in join.get("using_clause").and_then(Value::as_array).into_iter().flatten() {
+        let column = Value::Object(Map::from_iter([("fields".to_string(), Value::Array(vec![name.clone()]))]));
+        record(&column, ColumnUsage::Filter, rel, out);
+    }
+    if join.get("is_natural").and_then(Value::as_bool) == Some(true) {
+        let mut tables = Vec::new();
+        for side in ["larg", "rarg"] {
+            joined_tables(join.get(side), &mut tables);
+        }
+        out.extend(tables.into_iter().map(|t| ColumnRef {
+            table: Some(t),
+            column: "*".into(),
+            usage: ColumnUsage::Filter,
+        }));
+    }
+}
+
+/// The tables a join's side reads directly: a table, or those of a join.
+fn joined_tables(side: Option<&Value>, out: &mut Vec<String>) {
+    match side.and_then(unwrap_node) {
+        Some(("RangeVar", r)) => out.extend(r.as_object().map(qualified)),
+        Some(("JoinExpr", j)) => ["larg", "rarg"].into_iter().for_each(|s| joined_tables(j.get(s), out)),
         _ => {}
     }
 }

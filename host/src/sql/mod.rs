@@ -1366,8 +1366,36 @@ mod tests {
         // A join's alias hides which table a column is from; its name is a whole row.
         let joined = "SELECT reverse(j.x), j, j.ssn FROM (customers CROSS JOIN orders) AS j(a, x)";
         assert_eq!(uses(joined), vec![c(None, "*", Transformed), c(None, "*", Transformed), c(None, "ssn", Output)]);
-        assert_eq!(uses("SELECT reverse(x) FROM (a JOIN b USING (id)) AS j(x)"), vec![c(None, "*", Transformed)]);
-        assert_eq!(uses("SELECT u.id FROM a JOIN b USING (id) AS u"), vec![c(None, "id", Output)]);
+        assert_eq!(
+            uses("SELECT reverse(x) FROM (a JOIN b USING (id)) AS j(x)"),
+            vec![c(None, "*", Transformed), c(None, "id", Filter)]
+        );
+        assert_eq!(
+            uses("SELECT u.id FROM a JOIN b USING (id) AS u"),
+            vec![c(None, "id", Output), c(None, "id", Filter)]
+        );
+    }
+
+    #[test]
+    fn join_using_and_natural_join_filter_by_the_columns_they_compare() {
+        use ColumnUsage::*;
+        let c = |t: Option<&str>, n: &str, u| (t.map(str::to_string), n.to_string(), u);
+        // Equal values are kept: an oracle for the column, like `ON c.ssn = x.ssn`.
+        let using = "SELECT id FROM customers JOIN (SELECT '123-45-6789'::text AS ssn) x USING (ssn)";
+        assert_eq!(uses(using), vec![c(None, "id", Output), c(None, "ssn", Filter)]);
+        let two = "SELECT o.id FROM orders o LEFT JOIN customers c USING (id, email)";
+        assert_eq!(uses(two), vec![c(None, "email", Filter), c(None, "id", Filter), c(Some("orders"), "id", Output)]);
+        // A renamed column may be any of its table's.
+        let renamed = "SELECT 1 FROM customers AS cs(a, b, x) JOIN t USING (x)";
+        assert_eq!(uses(renamed), vec![c(Some("customers"), "*", Filter)]);
+        // NATURAL compares every name the sides share: each side's tables, every column.
+        let natural = "SELECT id FROM customers NATURAL JOIN (SELECT 1 AS id, '123-45-6789'::text AS ssn) x";
+        assert_eq!(uses(natural), vec![c(None, "id", Output), c(Some("customers"), "*", Filter)]);
+        let nested = "SELECT 1 FROM public.orders NATURAL JOIN (customers c JOIN t ON true)";
+        assert_eq!(
+            uses(nested),
+            vec![c(Some("customers"), "*", Filter), c(Some("public.orders"), "*", Filter), c(Some("t"), "*", Filter)]
+        );
     }
 
     #[test]
