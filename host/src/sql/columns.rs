@@ -415,37 +415,34 @@ fn record(c: &Value, usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) 
 /// not a table's (as for named columns, policies on columns do not follow
 /// data through functions). Stars returned as plain output stay as they are:
 /// maskers see those columns with their source.
-pub fn expand_stars(statements: &mut [SqlStatement], columns_of: impl Fn(&str) -> Option<Vec<String>>) {
+pub fn expand_stars<'c>(statements: &mut [SqlStatement], columns_of: impl Fn(&str) -> Option<Vec<&'c str>>) {
     for s in statements {
         if !s.columns.iter().any(|c| c.column == "*" && c.usage != ColumnUsage::Output) {
             continue;
         }
         let mut expanded: Vec<ColumnRef> = Vec::with_capacity(s.columns.len());
+        let mut seen: HashSet<(u8, String, &str)> = HashSet::new();
         for c in std::mem::take(&mut s.columns) {
             if c.column != "*" || c.usage == ColumnUsage::Output {
                 expanded.push(c);
                 continue;
             }
             let named = |t: &String| s.tables_read.contains(t) || s.tables_written.contains(t);
-            let tables: Vec<&String> = match &c.table {
-                Some(t) if named(t) || columns_of(t).is_some() => vec![t],
+            let known: Option<Vec<(&String, Vec<&str>)>> = match (&c.table, c.table.as_deref().map(&columns_of)) {
+                (Some(t), Some(Some(columns))) => Some(vec![(t, columns)]),
+                (Some(t), _) if named(t) => None,
                 // Not a table: a subquery's or a CTE's name (whose own columns
                 // are listed where it reads them), so the statement's tables.
-                _ => s.tables_read.iter().chain(&s.tables_written).collect(),
+                _ => s.tables_read.iter().chain(&s.tables_written).map(|t| Some((t, columns_of(t)?))).collect(),
             };
-            let known: Option<Vec<(&String, Vec<String>)>> =
-                tables.into_iter().map(|t| columns_of(t).map(|columns| (t, columns))).collect();
             let Some(known) = known else {
                 expanded.push(c);
                 continue;
             };
             for (table, columns) in known {
                 for column in columns {
-                    let seen = expanded.iter().any(|e| {
-                        e.usage == c.usage && e.column == column && e.table.as_deref() == Some(table.as_str())
-                    });
-                    if !seen {
-                        expanded.push(ColumnRef { table: Some(table.clone()), column, usage: c.usage });
+                    if seen.insert((c.usage as u8, table.clone(), column)) {
+                        expanded.push(ColumnRef { table: Some(table.clone()), column: column.into(), usage: c.usage });
                     }
                 }
             }

@@ -1431,8 +1431,8 @@ mod tests {
     fn stars_are_expanded_from_the_catalog_where_it_knows_every_table() {
         use ColumnUsage::*;
         let catalog = |t: &str| match t {
-            "orders" | "public.orders" => Some(vec!["id".to_string(), "total".to_string()]),
-            "customers" => Some(vec!["id".to_string(), "email".to_string()]),
+            "orders" | "public.orders" => Some(vec!["id", "total"]),
+            "customers" => Some(vec!["id", "email"]),
             _ => None,
         };
         let expanded = |sql: &str| {

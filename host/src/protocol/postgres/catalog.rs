@@ -14,6 +14,10 @@ use super::upstream::{simple_query, Upstream, UpstreamError};
 #[derive(Debug, Default)]
 pub struct Catalog {
     tables: HashMap<u32, TableInfo>,
+    /// OIDs by `schema.table`, and by the name after its last `.`: what a
+    /// statement's qualified and unqualified names may mean (see [`Catalog::named`]).
+    by_qualified: HashMap<String, Vec<u32>>,
+    by_unqualified: HashMap<String, Vec<u32>>,
     /// A pinned write found its table changed since the read: unique keys are
     /// no longer offered (every later write is counted in full).
     keys_changed: AtomicBool,
@@ -31,7 +35,28 @@ impl Catalog {
 
     /// A catalog of these tables (by OID).
     pub fn from_tables(tables: HashMap<u32, TableInfo>) -> Self {
-        Catalog { tables, keys_changed: AtomicBool::new(false), columns_changed: AtomicBool::new(false) }
+        let mut by_qualified: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_unqualified: HashMap<String, Vec<u32>> = HashMap::new();
+        for (oid, t) in &tables {
+            by_qualified.entry(t.name.clone()).or_default().push(*oid);
+            if let Some((_, table)) = t.name.rsplit_once('.') {
+                by_unqualified.entry(table.to_string()).or_default().push(*oid);
+            }
+        }
+        Catalog {
+            tables,
+            by_qualified,
+            by_unqualified,
+            keys_changed: AtomicBool::new(false),
+            columns_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Every table that `table` (as a statement names it) may mean: `schema.t`
+    /// that table alone; `t` the table of that name in every schema.
+    fn named(&self, table: &str) -> impl Iterator<Item = (u32, &TableInfo)> {
+        let index = if table.contains('.') { &self.by_qualified } else { &self.by_unqualified };
+        index.get(table).into_iter().flatten().filter_map(|oid| self.tables.get(oid).map(|t| (*oid, t)))
     }
 
     /// The table with this OID.
@@ -41,13 +66,13 @@ impl Catalog {
 
     /// The table named exactly `schema.table`.
     pub fn qualified(&self, name: &str) -> Option<&TableInfo> {
-        self.tables.values().find(|t| t.name == name)
+        self.by_qualified.get(name).and_then(|oids| self.tables.get(oids.first()?))
     }
 
     /// Is `column` NOT NULL in any table that `table` (as a statement names
     /// it) may mean? (`WHERE col IS NOT NULL` then keeps every row of at least one.)
     pub fn not_null_in_any(&self, table: &str, column: &str) -> bool {
-        self.tables.values().any(|t| t.named(table) && t.is_not_null(column))
+        self.named(table).any(|(_, t)| t.is_not_null(column))
     }
 
     /// `(table OID, unique index OID)` of every table that `table` may mean,
@@ -58,12 +83,8 @@ impl Catalog {
         if self.keys_changed.load(Ordering::Relaxed) {
             return Vec::new();
         }
-        let keys: Option<Vec<(u32, u32)>> = self
-            .tables
-            .iter()
-            .filter(|(_, t)| t.named(table))
-            .map(|(oid, t)| t.unique_index(column).map(|index| (*oid, index)))
-            .collect();
+        let keys: Option<Vec<(u32, u32)>> =
+            self.named(table).map(|(oid, t)| t.unique_index(column).map(|index| (oid, index))).collect();
         keys.unwrap_or_default()
     }
 
@@ -71,15 +92,15 @@ impl Catalog {
     /// mean, in attnum order, table after table; `None` when no table has that
     /// name, and always once [`Catalog::columns_changed`] was called (see
     /// [`crate::sql::columns::expand_stars`]).
-    pub fn columns_of(&self, table: &str) -> Option<Vec<String>> {
+    pub fn columns_of(&self, table: &str) -> Option<Vec<&str>> {
         if self.columns_changed.load(Ordering::Relaxed) {
             return None;
         }
         let mut found = false;
         let mut columns = Vec::new();
-        for t in self.tables.values().filter(|t| t.named(table)) {
+        for (_, t) in self.named(table) {
             found = true;
-            columns.extend(t.columns.iter().filter(|c| !c.is_empty()).cloned());
+            columns.extend(t.columns.iter().filter(|c| !c.is_empty()).map(String::as_str));
         }
         found.then_some(columns)
     }
@@ -115,15 +136,6 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
-    /// Is `table` (as a statement names it: `t` or `schema.t`) this table?
-    pub fn named(&self, table: &str) -> bool {
-        match self.name.strip_suffix(table) {
-            Some("") => true,
-            Some(schema) => !table.contains('.') && schema.ends_with('.'),
-            None => false,
-        }
-    }
-
     /// Is `column` declared NOT NULL here?
     pub fn is_not_null(&self, column: &str) -> bool {
         self.columns.iter().zip(&self.not_null).any(|(name, nn)| *nn && name == column)
@@ -187,7 +199,37 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
 
 #[cfg(test)]
 mod tests {
-    use super::column_names;
+    use super::*;
+
+    fn table(name: &str, columns: &[&str]) -> TableInfo {
+        let n = columns.len();
+        TableInfo {
+            name: name.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            not_null: vec![true; n],
+            unique_index: vec![None; n],
+        }
+    }
+
+    #[test]
+    fn a_name_means_its_table_in_every_schema_and_a_qualified_one_only_that_table() {
+        let catalog = Catalog::from_tables(HashMap::from([
+            (1, table("public.customers", &["id", "", "email"])),
+            (2, table("audit.customers", &["at"])),
+            (3, table("public.orders", &["id"])),
+        ]));
+        let mut all = catalog.columns_of("customers").unwrap();
+        all.sort();
+        assert_eq!(all, ["at", "email", "id"]);
+        assert_eq!(catalog.columns_of("public.customers").unwrap(), ["id", "email"]);
+        assert_eq!(catalog.columns_of("audit.customers").unwrap(), ["at"]);
+        assert!(catalog.columns_of("ustomers").is_none() && catalog.columns_of("lic.customers").is_none());
+        assert!(catalog.columns_of("other.customers").is_none());
+        assert_eq!(catalog.qualified("public.orders").map(|t| t.columns.len()), Some(1));
+        assert!(catalog.not_null_in_any("customers", "at") && !catalog.not_null_in_any("public.customers", "at"));
+        catalog.columns_changed();
+        assert!(catalog.columns_of("orders").is_none());
+    }
 
     #[test]
     fn column_names_keep_commas_and_dropped_columns() {
