@@ -19,6 +19,8 @@ pub(super) async fn client_to_upstream(
         review_portals: HashMap::new(),
         statement_ids: HashMap::new(),
         portal_ids: HashMap::new(),
+        described: HashSet::new(),
+        described_portals: HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     // Bytes read from the client since this task last let the other side run.
@@ -196,6 +198,7 @@ pub(super) fn on_client_message(
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
             st.review_stmts.remove(&name);
+            st.described.remove(&name);
             let decided = match decide(ctx, request, violation, id, unmaskable) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
                 Decided::Review(ask) => {
@@ -257,6 +260,10 @@ pub(super) fn on_client_message(
                 Some(&id) => st.portal_ids.insert(portal.clone(), id),
                 None => st.portal_ids.remove(&portal),
             };
+            match st.described.contains(&stmt) {
+                true => st.described_portals.insert(portal.clone()),
+                false => st.described_portals.remove(&portal),
+            };
             let nres = r.i16()?.max(0) as usize;
             let mut formats = Vec::with_capacity(nres);
             for _ in 0..nres {
@@ -269,11 +276,26 @@ pub(super) fn on_client_message(
             let mut r = Reader::new(&m.body, m.tag);
             let kind = r.u8()?;
             let name = r.cstr()?.to_string();
-            ctx.shared.lock().expect.push_back(Expect::Describe { portal: kind == b'P', name });
+            match kind {
+                b'P' => st.described_portals.insert(name.clone()),
+                _ => st.described.insert(name.clone()),
+            };
+            ctx.shared.lock().expect.push_back(Expect::Describe { portal: kind == b'P', name, hidden: false });
             codec::put_message(out, b'D', &m.body);
         }
         b'E' => {
             let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
+            if st.described_portals.insert(portal.clone()) {
+                ctx.shared.lock().expect.push_back(Expect::Describe {
+                    portal: true,
+                    name: portal.clone(),
+                    hidden: true,
+                });
+                let at = codec::begin(out, b'D');
+                bytes::BufMut::put_u8(out, b'P');
+                codec::put_cstr(out, &portal);
+                codec::finish(out, at);
+            }
             let id = st.portal_ids.get(&portal).copied().unwrap_or(0);
             if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
                 return Ok(Some(Held {
@@ -292,9 +314,11 @@ pub(super) fn on_client_message(
             if kind == b'S' {
                 st.review_stmts.remove(&name);
                 st.statement_ids.remove(&name);
+                st.described.remove(&name);
             } else {
                 st.review_portals.remove(&name);
                 st.portal_ids.remove(&name);
+                st.described_portals.remove(&name);
             }
             ctx.shared.lock().expect.push_back(Expect::Close);
             codec::put_message(out, b'C', &m.body);

@@ -25,7 +25,7 @@
 //!
 //! The state both sides share is defined here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -102,6 +102,8 @@ enum Expect {
     Describe {
         portal: bool,
         name: String,
+        /// The gateway's own (see [`ClientState::described`]): its answer stops here.
+        hidden: bool,
     },
     Execute {
         portal: String,
@@ -132,6 +134,7 @@ struct Statement {
     copy: Option<CopyOut>,
 }
 
+#[derive(Default)]
 struct Portal {
     stmt: String,
     formats: Vec<i16>,
@@ -220,6 +223,15 @@ struct ClientState {
     /// are recorded against the request they answer.
     statement_ids: HashMap<String, u64>,
     portal_ids: HashMap<String, u64>,
+    /// Statements the client described since it parsed them, and portals
+    /// bound to one of those or described themselves: their rows arrive
+    /// with a known description. An Execute of any other portal (a client
+    /// may skip Describe, and a `DECLARE`d cursor is never bound) gets a
+    /// Describe of the gateway's own first, so maskers always know each
+    /// value's column, type and format (a column rule cannot be skipped by
+    /// not asking).
+    described: HashSet<String>,
+    described_portals: HashSet<String>,
 }
 
 /// A client message held for approval, and how to forward it if approved.

@@ -250,15 +250,18 @@ pub(super) fn on_upstream_message(
             };
             match s.expect.front() {
                 Some(Expect::Describe { .. }) => {
-                    if let Some(Expect::Describe { portal, name }) = s.expect.pop_front() {
+                    if let Some(Expect::Describe { portal, name, hidden }) = s.expect.pop_front() {
                         if portal {
-                            if let Some(p) = s.portals.get_mut(&name) {
-                                p.fields = fields;
-                                p.shape = None;
-                            }
+                            // A portal never bound: a `DECLARE`d cursor (its description has its formats).
+                            let p = s.portals.entry(name).or_default();
+                            p.fields = fields;
+                            p.shape = None;
                         } else {
                             let st = s.statements.entry(name).or_default();
                             st.fields = fields;
+                        }
+                        if hidden {
+                            return Ok(());
                         }
                     }
                 }
