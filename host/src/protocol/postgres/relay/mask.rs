@@ -10,11 +10,19 @@ pub(super) fn mask_rows(
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
     let ncols = Reader::new(&rows_in[0], b'D').i16().unwrap_or(0).max(0) as usize;
-    let shape = {
-        let mut s = ctx.shared.lock();
-        current_shape(&mut s, res, &ctx.catalog).unwrap_or_else(|| rows::unknown_shape(ncols))
+    let shape = current_shape(&mut ctx.shared.lock(), res, &ctx.catalog).filter(|s| s.conv.len() == ncols);
+    let Some(shape) = shape else {
+        // Rows the gateway cannot attribute to their columns would reach
+        // maskers without column rules. The relay describes every portal a
+        // client executes without describing it, so this takes a client whose
+        // failed Bind or Describe left the gateway's view of its portals
+        // behind PostgreSQL's: fail closed.
+        let reason = "rows arrived that the gateway cannot attribute to their columns";
+        ctx.recorder.emit("request.refused", json!({"reason": reason}));
+        let hint = "describe a portal, or bind it afresh, after an error; or reconnect";
+        end_session(ctx, "08P01", &format!("Wardgate: {reason}; the session is closed"), Some(hint), out);
+        return Err(SessionError::Refused(reason.into()));
     };
-    let shape = if shape.conv.len() == ncols { shape } else { rows::unknown_shape(ncols) };
     mask_shaped_rows(ctx, res, rows_in, &shape, out)
 }
 

@@ -129,15 +129,23 @@ enum Expect {
 
 #[derive(Default)]
 struct Statement {
-    fields: Option<Vec<Field>>,
+    fields: Option<Arc<[Field]>>,
     /// The statement is a `COPY ... TO STDOUT`.
     copy: Option<CopyOut>,
 }
 
+/// A bound portal, with what its statement was when it was bound: a
+/// statement closed and parsed again under the same name is another one,
+/// and the portal still runs the first.
 #[derive(Default)]
 struct Portal {
-    stmt: String,
+    /// Result formats from Bind.
     formats: Vec<i16>,
+    /// Its statement's description (its formats are Bind's).
+    stmt_fields: Option<Arc<[Field]>>,
+    /// Its statement is a `COPY ... TO STDOUT`.
+    copy: Option<CopyOut>,
+    /// Its own description (Describe of the portal), formats included.
     fields: Option<Vec<Field>>,
     shape: Option<Arc<Shape>>,
 }

@@ -139,7 +139,8 @@ pub(super) fn flush_synthetic(ctx: &Ctx<'_>, out: &mut BytesMut) {
 }
 
 /// The shape of the rows now arriving: the simple-protocol description, or the
-/// portal of the Execute at the head of the queue.
+/// portal of the Execute at the head of the queue; `None` when the gateway
+/// does not know it (the caller fails closed).
 pub(super) fn current_shape(s: &mut Shared, res: &Results, catalog: &Catalog) -> Option<Arc<Shape>> {
     match s.expect.front() {
         Some(&Expect::Function { result: (name, type_oid, format), .. }) => {
@@ -147,27 +148,20 @@ pub(super) fn current_shape(s: &mut Shared, res: &Results, catalog: &Catalog) ->
             Some(rows::shape(&[field], None, catalog))
         }
         Some(Expect::Execute { portal, .. }) => {
-            let portal = portal.clone();
-            let (stmt, formats, pfields, cached) = {
-                let p = s.portals.get(&portal)?;
-                (p.stmt.clone(), p.formats.clone(), p.fields.clone(), p.shape.clone())
-            };
-            if let Some(c) = cached {
-                return Some(c);
+            let p = s.portals.get_mut(portal)?;
+            if let Some(c) = &p.shape {
+                return Some(c.clone());
             }
-            let shape = match pfields {
-                Some(f) => rows::shape(&f, None, catalog),
-                None => {
-                    let f = s.statements.get(&stmt)?.fields.clone()?;
-                    rows::shape(&f, Some(&formats), catalog)
-                }
+            let shape = match &p.fields {
+                Some(f) => rows::shape(f, None, catalog),
+                None => rows::shape(p.stmt_fields.as_deref()?, Some(&p.formats), catalog),
             };
-            if let Some(p) = s.portals.get_mut(&portal) {
-                p.shape = Some(shape.clone());
-            }
+            p.shape = Some(shape.clone());
             Some(shape)
         }
-        _ => res.current.clone(),
+        Some(Expect::Query { .. }) => res.current.clone(),
+        // Rows answer a Query, an Execute or a FunctionCall, nothing else.
+        _ => None,
     }
 }
 
@@ -235,7 +229,9 @@ pub(super) fn on_upstream_message(
         }
         b'2' => {
             if let Some(Expect::Bind { portal, stmt, formats }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
-                s.portals.insert(portal, Portal { stmt, formats, fields: None, shape: None });
+                let (stmt_fields, copy) =
+                    s.statements.get(&stmt).map(|st| (st.fields.clone(), st.copy.clone())).unwrap_or_default();
+                s.portals.insert(portal, Portal { formats, stmt_fields, copy, fields: None, shape: None });
             }
         }
         b'3' => {
@@ -258,7 +254,7 @@ pub(super) fn on_upstream_message(
                             p.shape = None;
                         } else {
                             let st = s.statements.entry(name).or_default();
-                            st.fields = fields;
+                            st.fields = fields.map(Arc::from);
                         }
                         if hidden {
                             return Ok(());
@@ -383,8 +379,7 @@ pub(super) fn on_upstream_message(
                 copies.pop_front()
             } else if let Some(Expect::Execute { portal, id, at }) = s.expect.front() {
                 (res.request_id, res.started) = (*id, Some(*at));
-                let stmt = s.portals.get(portal).map(|p| p.stmt.clone());
-                stmt.and_then(|n| s.statements.get(&n)).and_then(|st| st.copy.clone())
+                s.portals.get(portal).and_then(|p| p.copy.clone())
             } else {
                 None
             };
