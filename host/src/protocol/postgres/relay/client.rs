@@ -145,6 +145,7 @@ pub(super) fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
+            st.forget_descriptions(&request);
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
             match decide(ctx, request, violation, id, unmaskable) {
@@ -199,6 +200,9 @@ pub(super) fn on_client_message(
             let unmaskable = unmaskable_copy(ctx, &copies);
             st.review_stmts.remove(&name);
             st.described.remove(&name);
+            if may_change_statements(&request) {
+                st.described.clear();
+            }
             let decided = match decide(ctx, request, violation, id, unmaskable) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
                 Decided::Review(ask) => {
@@ -285,7 +289,11 @@ pub(super) fn on_client_message(
         }
         b'E' => {
             let portal = Reader::new(&m.body, m.tag).cstr()?.to_string();
-            if st.described_portals.insert(portal.clone()) {
+            // Running a statement may close or declare cursors: only this portal stays known.
+            let known = st.described_portals.contains(&portal);
+            st.described_portals.clear();
+            st.described_portals.insert(portal.clone());
+            if !known {
                 ctx.shared.lock().expect.push_back(Expect::Describe {
                     portal: true,
                     name: portal.clone(),
@@ -348,6 +356,7 @@ pub(super) fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&call.sql, SqlPhase::SimpleQuery, "");
+            st.forget_descriptions(&request);
             let then = Expect::Function {
                 id,
                 at: std::time::Instant::now(),
@@ -428,4 +437,30 @@ pub(super) fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut Byt
             c
         })
         .collect()
+}
+
+impl ClientState {
+    /// A simple Query or FunctionCall runs: it may close or declare cursors
+    /// (`CLOSE c; DECLARE c …` gives the name another query, and a function
+    /// may open one under any name), so no portal is known any more; nor are
+    /// statements, if it may replace them.
+    fn forget_descriptions(&mut self, request: &SqlRequest) {
+        self.described_portals.clear();
+        if may_change_statements(request) {
+            self.described.clear();
+        }
+    }
+}
+
+/// Whether running `request` may drop or replace prepared statements
+/// (`DEALLOCATE s; PREPARE s AS …` gives the name another query): `PREPARE`,
+/// `DEALLOCATE`, `DISCARD`, code the gateway cannot see into, or SQL it could
+/// not parse.
+fn may_change_statements(request: &SqlRequest) -> bool {
+    use StatementKind as K;
+    request.statements.is_empty()
+        || request
+            .statements
+            .iter()
+            .any(|s| matches!(s.kind, K::Prepared | K::Maintenance | K::DoBlock | K::Call | K::Other))
 }

@@ -231,13 +231,14 @@ struct ClientState {
     /// are recorded against the request they answer.
     statement_ids: HashMap<String, u64>,
     portal_ids: HashMap<String, u64>,
-    /// Statements the client described since it parsed them, and portals
-    /// bound to one of those or described themselves: their rows arrive
-    /// with a known description. An Execute of any other portal (a client
-    /// may skip Describe, and a `DECLARE`d cursor is never bound) gets a
-    /// Describe of the gateway's own first, so maskers always know each
-    /// value's column, type and format (a column rule cannot be skipped by
-    /// not asking).
+    /// Statements the client described since it parsed them (and since
+    /// anything ran that may replace a statement), and portals bound to one
+    /// of those or described themselves since anything else ran (running a
+    /// statement may close or declare cursors): their rows arrive with a
+    /// known description. An Execute of any other portal (a client may skip
+    /// Describe, and a `DECLARE`d cursor is never bound) gets a Describe of
+    /// the gateway's own first, so maskers always know each value's column,
+    /// type and format (a column rule cannot be skipped by not asking).
     described: HashSet<String>,
     described_portals: HashSet<String>,
 }
