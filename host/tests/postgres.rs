@@ -788,7 +788,7 @@ async fn column_rules_find_their_column_whatever_the_names_around_it() {
 /// not ask for. A portal's rows are those of the statement it was bound to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_rules_apply_to_rows_the_client_never_described() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     db().pg
         .psql(
             "shop",
@@ -800,7 +800,6 @@ async fn column_rules_apply_to_rows_the_client_never_described() {
         .unwrap();
     let g = gateway(Options { mask_config: r#""undescribed.secret" = "redact""#, ..Default::default() }).await;
     let mut raw = raw_session(&g).await;
-    let msg = |tag: u8, body: &[u8]| [&[tag][..], &((body.len() + 4) as i32).to_be_bytes(), body].concat();
     let sql = b"SELECT id, secret FROM undescribed\0";
     let execute = [msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")].concat();
     // (what the client sends, whether rows come back)
@@ -845,19 +844,9 @@ async fn column_rules_apply_to_rows_the_client_never_described() {
     sent.push((run_c, true));
     for (bytes, rows) in sent {
         raw.write_all(&bytes).await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !(seen.len() >= 6 && seen[seen.len() - 6..seen.len() - 1] == *b"Z\0\0\0\x05") {
-            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("answered").unwrap();
-            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&buf[..n]);
-        }
-        let mut tags = Vec::new();
-        let mut at = 0;
-        while at + 5 <= seen.len() {
-            tags.push(seen[at]);
-            at += 1 + i32::from_be_bytes(seen[at + 1..at + 5].try_into().unwrap()) as usize;
-        }
+        let seen = read_until(&mut raw, b'Z', 1).await;
+        let tags = tags(&seen);
+        assert_eq!(tags.last(), Some(&b'Z'), "closed: {}", String::from_utf8_lossy(&seen));
         let text = String::from_utf8_lossy(&seen);
         assert!(!text.contains("kept-between") && !text.contains("99"), "{text}");
         assert!(!tags.contains(&b'E'), "{text}");
@@ -869,13 +858,127 @@ async fn column_rules_apply_to_rows_the_client_never_described() {
     }
 }
 
+/// `COPY … FROM STDIN` in extended protocol: the server ignores the Sync
+/// that tokio-postgres, libpq and pg8000 send right after the Execute (and
+/// any Sync inside the data), so the gateway must not wait for its
+/// ReadyForQuery, or each later answer would be taken for the one before
+/// it; column rules apply to what follows as before. A request inside COPY
+/// data (the server would read it as the COPY's failure and lose it) ends
+/// that session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_in_extended_protocol_keeps_answers_in_step() {
+    use futures_util::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    db().pg
+        .psql(
+            "shop",
+            "DROP TABLE IF EXISTS copied_in; CREATE TABLE copied_in (id int, secret text);
+             GRANT SELECT, INSERT ON copied_in TO wardgate_app;",
+        )
+        .unwrap();
+    let g = gateway(Options { mask_config: r#""copied_in.secret" = "redact""#, ..Default::default() }).await;
+    let c = g.client().await;
+    let copy = |rows: &'static str| {
+        let c = &c;
+        async move {
+            let sink = c.copy_in::<_, bytes::Bytes>("COPY copied_in FROM STDIN").await?;
+            futures_util::pin_mut!(sink);
+            sink.send(bytes::Bytes::from_static(rows.as_bytes())).await?;
+            sink.finish().await
+        }
+    };
+    let secrets = || async {
+        let rows = c.query("SELECT id, secret FROM copied_in ORDER BY id", &[]).await.unwrap();
+        rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
+    };
+    assert_eq!(copy("1\tkept-between-us-96\n2\tkept-between-us-95\n").await.unwrap(), 2);
+    for round in 0..2 {
+        let rows = secrets().await;
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2], "{round}");
+        assert!(rows.iter().all(|r| !r.1.contains("kept-between")), "{rows:?}");
+        // A COPY that fails on its data leaves the session in step too.
+        let e = copy("x\ty\n").await.unwrap_err();
+        assert_eq!(code(&e), "22P02", "{e}");
+    }
+
+    // By hand: a Sync inside the data, then CopyDone and Sync: one ReadyForQuery.
+    let start_copy = [
+        msg(b'P', b"\0COPY copied_in FROM STDIN\0\0\0"),
+        msg(b'B', b"\0\0\0\0\0\0\0\0"),
+        msg(b'E', b"\0\0\0\0\0"),
+        msg(b'S', b""),
+    ]
+    .concat();
+    let mut raw = raw_session(&g).await;
+    raw.write_all(&start_copy).await.unwrap();
+    assert_eq!(tags(&read_until(&mut raw, b'G', 1).await), b"12G");
+    let data = [
+        msg(b'd', b"3\tkept-between-us-94\n"),
+        msg(b'S', b""),
+        msg(b'd', b"4\tkept-between-us-93\n"),
+        msg(b'c', b""),
+        msg(b'S', b""),
+        msg(b'Q', b"SELECT id, secret FROM copied_in WHERE id > 2 ORDER BY id\0"),
+    ];
+    raw.write_all(&data.concat()).await.unwrap();
+    let answers = read_until(&mut raw, b'Z', 2).await;
+    let text = String::from_utf8_lossy(&answers);
+    assert_eq!(tags(&answers), b"CZTDDCZ", "{text}");
+    assert!(!text.contains("kept-between"), "{text}");
+
+    // A request inside COPY data.
+    raw.write_all(&start_copy).await.unwrap();
+    assert_eq!(tags(&read_until(&mut raw, b'G', 1).await), b"12G");
+    raw.write_all(&msg(b'Q', b"SELECT 1\0")).await.unwrap();
+    let closed = String::from_utf8_lossy(&read_until(&mut raw, b'Z', 1).await).to_string();
+    assert!(closed.contains("inside COPY FROM STDIN data"), "{closed}");
+    assert_eq!(secrets().await.len(), 4);
+}
+
+/// One frontend message: type, length, body.
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    [&[tag][..], &((body.len() + 4) as i32).to_be_bytes(), body].concat()
+}
+
+/// Messages off a raw session until `count` of type `tag` (or the close):
+/// whole messages only.
+async fn read_until(raw: &mut tokio::net::TcpStream, tag: u8, count: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await;
+        let n =
+            read.unwrap_or_else(|_| panic!("no '{}' in {:?}", tag as char, String::from_utf8_lossy(&seen))).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+        if n == 0 || tags_of(&seen).is_some_and(|t| t.iter().filter(|t| **t == tag).count() >= count) {
+            return seen;
+        }
+    }
+}
+
+/// The message types in `bytes`, if it holds whole messages only.
+fn tags_of(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut tags = Vec::new();
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        tags.push(bytes[at]);
+        at += 1 + i32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+    }
+    (at == bytes.len()).then_some(tags)
+}
+
+fn tags(bytes: &[u8]) -> Vec<u8> {
+    tags_of(bytes).expect("whole messages")
+}
+
 /// A client can leave the gateway's view of its portals behind PostgreSQL's
 /// (a Bind of a described statement that fails because a cursor holds the
 /// name): rows the gateway cannot attribute to their columns close the
 /// session instead of reaching maskers without column rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_the_gateway_cannot_attribute_to_columns_close_the_session() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     db().pg
         .psql(
             "shop",
@@ -887,7 +990,6 @@ async fn rows_the_gateway_cannot_attribute_to_columns_close_the_session() {
     let g = gateway(Options { mask_config: r#""unattributed.secret" = "redact""#, ..Default::default() }).await;
     let other = g.client().await;
     let mut raw = raw_session(&g).await;
-    let msg = |tag: u8, body: &[u8]| [&[tag][..], &((body.len() + 4) as i32).to_be_bytes(), body].concat();
     let steps = [
         // A cursor that outlives its transaction, never described.
         msg(b'Q', b"DECLARE p CURSOR WITH HOLD FOR SELECT id, secret FROM unattributed\0"),
@@ -902,18 +1004,9 @@ async fn rows_the_gateway_cannot_attribute_to_columns_close_the_session() {
         [msg(b'E', b"p\0\0\0\0\0"), msg(b'S', b"")].concat(),
     ];
     let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
     for step in steps {
         raw.write_all(&step).await.unwrap();
-        let before = seen.len();
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("answered").unwrap();
-            seen.extend_from_slice(&buf[..n]);
-            let ready = seen.len() >= before + 6 && seen[seen.len() - 6..seen.len() - 1] == *b"Z\0\0\0\x05";
-            if n == 0 || ready {
-                break;
-            }
-        }
+        seen.extend(read_until(&mut raw, b'Z', 1).await);
     }
     let text = String::from_utf8_lossy(&seen);
     assert!(!text.contains("kept-between") && !text.contains("98"), "{text}");

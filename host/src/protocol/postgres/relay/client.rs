@@ -103,10 +103,7 @@ pub(super) async fn protocol_violation(ctx: &Ctx<'_>, e: ProtocolError) -> Sessi
     // The upstream side owns the client writer; it sees the closed flag and sends the error.
     {
         let mut s = ctx.shared.lock();
-        s.expect.push_back(Expect::Synthetic {
-            bytes: codec::fatal_bytes("08P01", &format!("Wardgate: {e}"), None),
-            ready: false,
-        });
+        s.fatal = Some(codec::fatal_bytes("08P01", &format!("Wardgate: {e}"), None));
         s.closed = true;
     }
     ctx.notify.notify_one();
@@ -124,6 +121,9 @@ pub(super) fn on_client_message(
     m: Message,
     out: &mut BytesMut,
 ) -> Result<Option<Held>, ProtocolError> {
+    if copying(ctx, &m, out)? {
+        return Ok(None);
+    }
     // A lookup may go before this message only at a Sync boundary.
     let at_boundary = !st.unsynced;
     st.unsynced = match m.tag {
@@ -335,7 +335,12 @@ pub(super) fn on_client_message(
             ctx.shared.lock().expect.push_back(Expect::Sync);
             codec::put_message(out, b'S', &m.body);
         }
-        b'H' | b'd' | b'c' | b'f' => codec::put_message(out, m.tag, &m.body),
+        b'H' | b'd' => codec::put_message(out, m.tag, &m.body),
+        b'c' | b'f' => {
+            // It may end a COPY whose CopyInResponse is still on its way.
+            ctx.shared.lock().expect.push_back(Expect::CopyEnd);
+            codec::put_message(out, m.tag, &m.body);
+        }
         b'F' => {
             let refuse = |bytes| {
                 ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: true });
@@ -379,6 +384,34 @@ pub(super) fn on_client_message(
         other => return Err(ProtocolError::Unexpected(other as char)),
     }
     Ok(None)
+}
+
+/// A message the client sends while the server reads its `COPY … FROM
+/// STDIN` data (`false`: no COPY is being read). CopyData and Flush go
+/// through; CopyDone and CopyFail end the COPY. A Sync is not sent: the
+/// server would ignore it, and had the COPY already failed, it would end a
+/// skip to Sync whose end the gateway could not place. Anything else the
+/// server would take as the COPY's failure and lose: the session ends.
+pub(super) fn copying(ctx: &Ctx<'_>, m: &Message, out: &mut BytesMut) -> Result<bool, ProtocolError> {
+    let mut s = ctx.shared.lock();
+    if !s.copy_in {
+        return Ok(false);
+    }
+    match m.tag {
+        b'S' => {}
+        b'd' | b'H' => codec::put_message(out, m.tag, &m.body),
+        b'c' | b'f' => {
+            s.copy_in = false;
+            codec::put_message(out, m.tag, &m.body);
+        }
+        other => {
+            return Err(ProtocolError::Malformed(format!(
+                "message '{}' inside COPY FROM STDIN data (end the COPY with CopyDone or CopyFail first)",
+                other as char
+            )))
+        }
+    }
+    Ok(true)
 }
 
 /// The request's `COPY ... TO STDOUT` statements (none without parsing

@@ -113,6 +113,11 @@ enum Expect {
     },
     Close,
     Sync,
+    /// A CopyDone or CopyFail the client sent before the gateway knew
+    /// whether the server had begun reading COPY data: the server answers
+    /// nothing to it, and it marks where a COPY's ignored Syncs end (see
+    /// [`results::copy_in_began`]).
+    CopyEnd,
     /// A large-object FunctionCall: its result, then ReadyForQuery.
     Function {
         id: u64,
@@ -157,6 +162,12 @@ struct Shared {
     portals: HashMap<String, Portal>,
     tx_status: u8,
     closed: bool,
+    /// The client side's reason to close (a protocol violation): sent
+    /// ahead of answers still to come, which will not.
+    fatal: Option<Bytes>,
+    /// The server is reading `COPY … FROM STDIN` data (CopyInResponse came)
+    /// and the client has not ended it: the server ignores Sync until then.
+    copy_in: bool,
 }
 
 struct Ctx<'a> {

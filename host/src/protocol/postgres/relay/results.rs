@@ -31,6 +31,10 @@ pub(super) async fn upstream_to_client(
         let masks = ctx.pipeline.lock().masks();
         flush_synthetic(ctx, &mut out);
         let drained = drain(ctx, &mut res, masks, &mut buf, &mut out);
+        // (The session closes below.)
+        if let Some(fatal) = ctx.shared.lock().fatal.take() {
+            out.extend_from_slice(&fatal);
+        }
         // Write what was produced even when draining failed: it ends with the
         // error the client must see (a withheld result, a protocol error).
         if !out.is_empty() {
@@ -128,6 +132,7 @@ pub(super) fn drain(
 /// Emit denials that have reached the head of the queue.
 pub(super) fn flush_synthetic(ctx: &Ctx<'_>, out: &mut BytesMut) {
     let mut s = ctx.shared.lock();
+    drop_dead_copy_ends(&mut s);
     while let Some(Expect::Synthetic { .. }) = s.expect.front() {
         if let Some(Expect::Synthetic { bytes, ready }) = s.expect.pop_front() {
             out.extend_from_slice(&bytes);
@@ -196,6 +201,7 @@ pub(super) fn on_upstream_message(
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
     let mut s = ctx.shared.lock();
+    drop_dead_copy_ends(&mut s);
     if let Some(Expect::Lookup(slot)) = s.expect.front() {
         // The gateway's own COPY column lookup: its answers stop here.
         match m.tag {
@@ -324,6 +330,8 @@ pub(super) fn on_upstream_message(
             res.upstream_fatal = matches!(severity.as_str(), "FATAL" | "PANIC");
             s = ctx.shared.lock();
             // In extended protocol the server skips to Sync: so do we.
+            // A COPY FROM STDIN that fails has stopped reading data.
+            s.copy_in = false;
             let extended = !matches!(s.expect.front(), Some(Expect::Query { .. } | Expect::Function { .. }) | None);
             if extended {
                 while let Some(e) = s.expect.front() {
@@ -396,6 +404,16 @@ pub(super) fn on_upstream_message(
                 s = ctx.shared.lock();
             }
         }
+        b'G' => {
+            if matches!(s.expect.front(), Some(Expect::Execute { .. } | Expect::Query { .. })) {
+                if let Err(reason) = copy_in_began(&mut s) {
+                    drop(s);
+                    ctx.recorder.emit("protocol.error", json!({"error": reason}));
+                    end_session(ctx, "08P01", &format!("Wardgate: {reason}"), None, out);
+                    return Err(SessionError::Protocol(ProtocolError::Malformed(reason.into())));
+                }
+            }
+        }
         b'c' => {
             if res.copy_out.is_some() {
                 drop(s);
@@ -444,6 +462,44 @@ pub(super) fn on_upstream_message(
     drop(s);
     codec::put_message(out, m.tag, &m.body);
     Ok(())
+}
+
+/// The server reads `COPY … FROM STDIN` data for the request at the head of
+/// the queue: until the client's CopyDone or CopyFail it ignores Sync, so
+/// the Syncs the client sent since that request get no ReadyForQuery (libpq,
+/// pg8000 and tokio-postgres send one right after the Execute). If the
+/// client's CopyDone or CopyFail is already queued, the COPY ends there;
+/// otherwise the Syncs the client sends until then go nowhere (see
+/// [`copying`]). A request queued before the COPY's end would be read by the
+/// server as the COPY's failure and lost: the gateway could no longer tell
+/// which answer is whose, so that ends the session.
+pub(super) fn copy_in_began(s: &mut Shared) -> Result<(), &'static str> {
+    let mut i = 1;
+    while i < s.expect.len() {
+        match s.expect[i] {
+            Expect::Sync => {
+                s.expect.remove(i);
+            }
+            // A denial the server never saw.
+            Expect::Synthetic { .. } => i += 1,
+            Expect::CopyEnd => {
+                s.expect.remove(i);
+                return Ok(());
+            }
+            _ => return Err("the client sent a request inside COPY FROM STDIN data"),
+        }
+    }
+    s.copy_in = true;
+    Ok(())
+}
+
+/// A CopyDone or CopyFail at the head of the queue came when the server was
+/// not reading COPY data (everything before it is answered): the server
+/// ignored it.
+fn drop_dead_copy_ends(s: &mut Shared) {
+    while let Some(Expect::CopyEnd) = s.expect.front() {
+        s.expect.pop_front();
+    }
 }
 
 pub(super) fn pop_if(s: &mut Shared, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
