@@ -19,7 +19,6 @@ pub(super) async fn client_to_upstream(
         review_portals: HashMap::new(),
         statement_ids: HashMap::new(),
         portal_ids: HashMap::new(),
-        described: HashSet::new(),
         described_portals: HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
@@ -145,7 +144,8 @@ pub(super) fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
-            st.forget_descriptions(&request);
+            // It may close or declare cursors (`CLOSE c; DECLARE c …`).
+            st.described_portals.clear();
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
             match decide(ctx, request, violation, id, unmaskable) {
@@ -199,10 +199,6 @@ pub(super) fn on_client_message(
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
             st.review_stmts.remove(&name);
-            st.described.remove(&name);
-            if may_change_statements(&request) {
-                st.described.clear();
-            }
             let decided = match decide(ctx, request, violation, id, unmaskable) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
                 Decided::Review(ask) => {
@@ -264,26 +260,17 @@ pub(super) fn on_client_message(
                 Some(&id) => st.portal_ids.insert(portal.clone(), id),
                 None => st.portal_ids.remove(&portal),
             };
-            match st.described.contains(&stmt) {
-                true => st.described_portals.insert(portal.clone()),
-                false => st.described_portals.remove(&portal),
-            };
-            let nres = r.i16()?.max(0) as usize;
-            let mut formats = Vec::with_capacity(nres);
-            for _ in 0..nres {
-                formats.push(r.i16()?);
-            }
-            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, formats });
+            st.described_portals.remove(&portal);
+            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt });
             codec::put_message(out, b'B', &m.body);
         }
         b'D' => {
             let mut r = Reader::new(&m.body, m.tag);
             let kind = r.u8()?;
             let name = r.cstr()?.to_string();
-            match kind {
-                b'P' => st.described_portals.insert(name.clone()),
-                _ => st.described.insert(name.clone()),
-            };
+            if kind == b'P' {
+                st.described_portals.insert(name.clone());
+            }
             ctx.shared.lock().expect.push_back(Expect::Describe { portal: kind == b'P', name, hidden: false });
             codec::put_message(out, b'D', &m.body);
         }
@@ -322,7 +309,6 @@ pub(super) fn on_client_message(
             if kind == b'S' {
                 st.review_stmts.remove(&name);
                 st.statement_ids.remove(&name);
-                st.described.remove(&name);
             } else {
                 st.review_portals.remove(&name);
                 st.portal_ids.remove(&name);
@@ -361,7 +347,7 @@ pub(super) fn on_client_message(
             st.next_id += 1;
             let id = st.next_id;
             let (request, violation) = crate::sql::analyze_checked(&call.sql, SqlPhase::SimpleQuery, "");
-            st.forget_descriptions(&request);
+            st.described_portals.clear();
             let then = Expect::Function {
                 id,
                 at: std::time::Instant::now(),
@@ -470,30 +456,4 @@ pub(super) fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut Byt
             c
         })
         .collect()
-}
-
-impl ClientState {
-    /// A simple Query or FunctionCall runs: it may close or declare cursors
-    /// (`CLOSE c; DECLARE c …` gives the name another query, and a function
-    /// may open one under any name), so no portal is known any more; nor are
-    /// statements, if it may replace them.
-    fn forget_descriptions(&mut self, request: &SqlRequest) {
-        self.described_portals.clear();
-        if may_change_statements(request) {
-            self.described.clear();
-        }
-    }
-}
-
-/// Whether running `request` may drop or replace prepared statements
-/// (`DEALLOCATE s; PREPARE s AS …` gives the name another query): `PREPARE`,
-/// `DEALLOCATE`, `DISCARD`, code the gateway cannot see into, or SQL it could
-/// not parse.
-fn may_change_statements(request: &SqlRequest) -> bool {
-    use StatementKind as K;
-    request.statements.is_empty()
-        || request
-            .statements
-            .iter()
-            .any(|s| matches!(s.kind, K::Prepared | K::Maintenance | K::DoBlock | K::Call | K::Other))
 }

@@ -97,12 +97,11 @@ enum Expect {
     Bind {
         portal: String,
         stmt: String,
-        formats: Vec<i16>,
     },
     Describe {
         portal: bool,
         name: String,
-        /// The gateway's own (see [`ClientState::described`]): its answer stops here.
+        /// The gateway's own (see [`ClientState::described_portals`]): its answer stops here.
         hidden: bool,
     },
     Execute {
@@ -134,23 +133,19 @@ enum Expect {
 
 #[derive(Default)]
 struct Statement {
-    fields: Option<Arc<[Field]>>,
     /// The statement is a `COPY ... TO STDOUT`.
     copy: Option<CopyOut>,
 }
 
-/// A bound portal, with what its statement was when it was bound: a
-/// statement closed and parsed again under the same name is another one,
-/// and the portal still runs the first.
+/// A bound portal (or a `DECLARE`d cursor), with what its statement was
+/// when it was bound: a statement closed and parsed again under the same
+/// name is another one, and the portal still runs the first.
 #[derive(Default)]
 struct Portal {
-    /// Result formats from Bind.
-    formats: Vec<i16>,
-    /// Its statement's description (its formats are Bind's).
-    stmt_fields: Option<Arc<[Field]>>,
     /// Its statement is a `COPY ... TO STDOUT`.
     copy: Option<CopyOut>,
-    /// Its own description (Describe of the portal), formats included.
+    /// Its description (the answer to a Describe of the portal, the client's
+    /// or the gateway's own), formats included.
     fields: Option<Vec<Field>>,
     shape: Option<Arc<Shape>>,
 }
@@ -242,15 +237,16 @@ struct ClientState {
     /// are recorded against the request they answer.
     statement_ids: HashMap<String, u64>,
     portal_ids: HashMap<String, u64>,
-    /// Statements the client described since it parsed them (and since
-    /// anything ran that may replace a statement), and portals bound to one
-    /// of those or described themselves since anything else ran (running a
-    /// statement may close or declare cursors): their rows arrive with a
-    /// known description. An Execute of any other portal (a client may skip
-    /// Describe, and a `DECLARE`d cursor is never bound) gets a Describe of
-    /// the gateway's own first, so maskers always know each value's column,
-    /// type and format (a column rule cannot be skipped by not asking).
-    described: HashSet<String>,
+    /// Portals the client described since they were bound and since
+    /// anything else ran. An Execute of any other portal gets a Describe of
+    /// the gateway's own first: a client may skip Describe, a `DECLARE`d
+    /// cursor is never bound, and what a statement's name stood for when the
+    /// client described it is not what it stands for after SQL (or a
+    /// function's dynamic SQL) ran `DEALLOCATE s; PREPARE s …` or
+    /// `CLOSE c; DECLARE c …`. Only the portal's own description, asked
+    /// just before it runs, tells maskers each value's column, type and
+    /// format for sure (a column rule cannot be skipped by not asking, or by
+    /// renaming).
     described_portals: HashSet<String>,
 }
 

@@ -157,10 +157,7 @@ pub(super) fn current_shape(s: &mut Shared, res: &Results, catalog: &Catalog) ->
             if let Some(c) = &p.shape {
                 return Some(c.clone());
             }
-            let shape = match &p.fields {
-                Some(f) => rows::shape(f, None, catalog),
-                None => rows::shape(p.stmt_fields.as_deref()?, Some(&p.formats), catalog),
-            };
+            let shape = rows::shape(p.fields.as_deref()?, None, catalog);
             p.shape = Some(shape.clone());
             Some(shape)
         }
@@ -230,14 +227,13 @@ pub(super) fn on_upstream_message(
     match m.tag {
         b'1' => {
             if let Some(Expect::Parse { name, copy, .. }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
-                s.statements.insert(name, Statement { fields: None, copy });
+                s.statements.insert(name, Statement { copy });
             }
         }
         b'2' => {
-            if let Some(Expect::Bind { portal, stmt, formats }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
-                let (stmt_fields, copy) =
-                    s.statements.get(&stmt).map(|st| (st.fields.clone(), st.copy.clone())).unwrap_or_default();
-                s.portals.insert(portal, Portal { formats, stmt_fields, copy, fields: None, shape: None });
+            if let Some(Expect::Bind { portal, stmt }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
+                let copy = s.statements.get(&stmt).and_then(|st| st.copy.clone());
+                s.portals.insert(portal, Portal { copy, fields: None, shape: None });
             }
         }
         b'3' => {
@@ -253,14 +249,13 @@ pub(super) fn on_upstream_message(
             match s.expect.front() {
                 Some(Expect::Describe { .. }) => {
                     if let Some(Expect::Describe { portal, name, hidden }) = s.expect.pop_front() {
+                        // (A statement's description says what its name
+                        // stands for now, not when a portal runs.)
                         if portal {
-                            // A portal never bound: a `DECLARE`d cursor (its description has its formats).
+                            // Or a portal never bound: a `DECLARE`d cursor.
                             let p = s.portals.entry(name).or_default();
                             p.fields = fields;
                             p.shape = None;
-                        } else {
-                            let st = s.statements.entry(name).or_default();
-                            st.fields = fields.map(Arc::from);
                         }
                         if hidden {
                             return Ok(());
