@@ -140,8 +140,7 @@ fn walk(v: &Value, filter: bool, rel: &Scope, out: &mut Vec<ColumnRef>) {
 /// already listed, as transformed, where it reads them.
 fn join_references(join: &Value, rel: &Scope, out: &mut Vec<ColumnRef>) {
     for name in join.get("using_clause").and_then(Value::as_array).into_iter().flatten() {
-        let column = Value::Object(Map::from_iter([("fields".to_string(), Value::Array(vec![name.clone()]))]));
-        record(&column, ColumnUsage::Filter, rel, out);
+        record_fields(&[name.pointer("/node/String/sval").and_then(Value::as_str)], ColumnUsage::Filter, rel, out);
     }
     if join.get("is_natural").and_then(Value::as_bool) == Some(true) {
         let mut tables = Vec::new();
@@ -357,19 +356,26 @@ fn qualified(r: &Map<String, Value>) -> String {
     }
 }
 
+/// Record a ColumnRef node.
 fn record(c: &Value, usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) {
     let fields: Vec<Option<&str>> = c
         .get("fields")
         .and_then(Value::as_array)
         .map(|f| f.iter().map(|x| x.pointer("/node/String/sval").and_then(Value::as_str)).collect())
         .unwrap_or_default();
+    record_fields(&fields, usage, rel, out);
+}
+
+/// Record the column these names (`col`, `t.col`, `s.t.col`; `None` for a
+/// `*`) mean in this scope.
+fn record_fields(fields: &[Option<&str>], usage: ColumnUsage, rel: &Scope, out: &mut Vec<ColumnRef>) {
     let whole_row = if usage == ColumnUsage::Output { ColumnUsage::Transformed } else { usage };
     // A renamed column could be any of its table's: `*`, as a whole row is.
     let column_named = |c: Option<&str>| match c {
         Some(c) if !rel.renamed.contains_key(c) => c.to_string(),
         _ => "*".to_string(),
     };
-    let (table, column) = match fields.as_slice() {
+    let (table, column) = match fields {
         [] => return,
         // `t` alone naming a relation in this statement is a whole-row
         // reference: one composite value, whose fields no column rule can

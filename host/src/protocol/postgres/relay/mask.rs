@@ -13,13 +13,12 @@ pub(super) fn mask_rows(
     let shape = current_shape(&mut ctx.shared.lock(), res, &ctx.catalog).filter(|s| s.conv.len() == ncols);
     let Some(shape) = shape else {
         // Rows the gateway cannot attribute to their columns would reach
-        // maskers without column rules. The relay describes every portal a
-        // client executes without describing it, so this takes a client whose
-        // failed Bind or Describe left the gateway's view of its portals
-        // behind PostgreSQL's: fail closed.
+        // maskers without column rules. Every Execute's portal is described
+        // just before it runs (see `ClientState::described_portals`), so only
+        // a queue out of step with the server gets here: fail closed.
         let reason = "rows arrived that the gateway cannot attribute to their columns";
         ctx.recorder.emit("request.refused", json!({"reason": reason}));
-        let hint = "describe a portal, or bind it afresh, after an error; or reconnect";
+        let hint = "reconnect; if it happens again, report the client and the session's recording";
         end_session(ctx, "08P01", &format!("Wardgate: {reason}; the session is closed"), Some(hint), out);
         return Err(SessionError::Refused(reason.into()));
     };
