@@ -948,6 +948,12 @@ async fn copy_from_stdin_in_extended_protocol_keeps_answers_in_step() {
     raw.write_all(&msg(b'Q', b"SELECT 1\0")).await.unwrap();
     let closed = String::from_utf8_lossy(&read_until(&mut raw, b'Z', 1).await).to_string();
     assert!(closed.contains("inside COPY FROM STDIN data"), "{closed}");
+    // A Sync after COPY data sent before the server asked for it: whether
+    // PostgreSQL answers it depends on whether that data failed the COPY first.
+    let mut raw = raw_session(&g).await;
+    raw.write_all(&[start_copy, msg(b'd', b"5\tfive\n"), msg(b'S', b"")].concat()).await.unwrap();
+    let closed = String::from_utf8_lossy(&read_until(&mut raw, b'Z', 2).await).to_string();
+    assert!(closed.contains("Sync inside COPY data sent before the server asked"), "{closed}");
     assert_eq!(secrets().await.len(), 4);
 }
 

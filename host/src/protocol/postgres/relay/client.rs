@@ -13,6 +13,7 @@ pub(super) async fn client_to_upstream(
 ) -> Result<(), SessionError> {
     let mut st = ClientState {
         skipping: false,
+        early_copy_data: false,
         unsynced: false,
         next_id: 0,
         review_stmts: HashMap::new(),
@@ -120,8 +121,17 @@ pub(super) fn on_client_message(
     m: Message,
     out: &mut BytesMut,
 ) -> Result<Option<Held>, ProtocolError> {
-    if copying(ctx, &m, out)? {
+    if copying(ctx, st, &m, out)? {
         return Ok(None);
+    }
+    match m.tag {
+        b'd' => st.early_copy_data = true,
+        b'c' | b'f' => st.early_copy_data = false,
+        b'S' if st.early_copy_data => return Err(ProtocolError::Malformed(
+            "Sync inside COPY data sent before the server asked for it (end the COPY with CopyDone or CopyFail first)"
+                .into(),
+        )),
+        _ => {}
     }
     // A lookup may go before this message only at a Sync boundary.
     let at_boundary = !st.unsynced;
@@ -378,7 +388,12 @@ pub(super) fn on_client_message(
 /// server would ignore it, and had the COPY already failed, it would end a
 /// skip to Sync whose end the gateway could not place. Anything else the
 /// server would take as the COPY's failure and lose: the session ends.
-pub(super) fn copying(ctx: &Ctx<'_>, m: &Message, out: &mut BytesMut) -> Result<bool, ProtocolError> {
+pub(super) fn copying(
+    ctx: &Ctx<'_>,
+    st: &mut ClientState,
+    m: &Message,
+    out: &mut BytesMut,
+) -> Result<bool, ProtocolError> {
     let mut s = ctx.shared.lock();
     if !s.copy_in {
         return Ok(false);
@@ -388,6 +403,7 @@ pub(super) fn copying(ctx: &Ctx<'_>, m: &Message, out: &mut BytesMut) -> Result<
         b'd' | b'H' => codec::put_message(out, m.tag, &m.body),
         b'c' | b'f' => {
             s.copy_in = false;
+            st.early_copy_data = false;
             codec::put_message(out, m.tag, &m.body);
         }
         other => {

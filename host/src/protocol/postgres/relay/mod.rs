@@ -223,6 +223,11 @@ pub async fn run(
 struct ClientState {
     /// After a denied Parse, discard messages until Sync (as PostgreSQL does after an error).
     skipping: bool,
+    /// CopyData went upstream before the server's CopyInResponse reached the
+    /// gateway (no driver sends it so early): until CopyDone or CopyFail, a
+    /// Sync would be ignored or answered depending on whether the COPY
+    /// failed on that data first, which the gateway cannot know.
+    early_copy_data: bool,
     /// Extended-protocol messages went upstream since the last Sync (or
     /// simple Query): nothing of the gateway's own may be put between them.
     unsynced: bool,
