@@ -953,7 +953,10 @@ async fn copy_from_stdin_in_extended_protocol_keeps_answers_in_step() {
     let mut raw = raw_session(&g).await;
     raw.write_all(&[start_copy, msg(b'd', b"5\tfive\n"), msg(b'S', b"")].concat()).await.unwrap();
     let closed = String::from_utf8_lossy(&read_until(&mut raw, b'Z', 2).await).to_string();
-    assert!(closed.contains("Sync inside COPY data sent before the server asked"), "{closed}");
+    assert!(
+        closed.contains("Sync (after data sent before the server asked for it) inside COPY FROM STDIN data"),
+        "{closed}"
+    );
     assert_eq!(secrets().await.len(), 4);
 }
 

@@ -13,7 +13,6 @@ pub(super) async fn client_to_upstream(
 ) -> Result<(), SessionError> {
     let mut st = ClientState {
         skipping: false,
-        early_copy_data: false,
         unsynced: false,
         next_id: 0,
         review_stmts: HashMap::new(),
@@ -121,17 +120,8 @@ pub(super) fn on_client_message(
     m: Message,
     out: &mut BytesMut,
 ) -> Result<Option<Held>, ProtocolError> {
-    if copying(ctx, st, &m, out)? {
+    if copy_step(ctx, &m, out)? {
         return Ok(None);
-    }
-    match m.tag {
-        b'd' => st.early_copy_data = true,
-        b'c' | b'f' => st.early_copy_data = false,
-        b'S' if st.early_copy_data => return Err(ProtocolError::Malformed(
-            "Sync inside COPY data sent before the server asked for it (end the COPY with CopyDone or CopyFail first)"
-                .into(),
-        )),
-        _ => {}
     }
     // A lookup may go before this message only at a Sync boundary.
     let at_boundary = !st.unsynced;
@@ -324,7 +314,7 @@ pub(super) fn on_client_message(
                 st.portal_ids.remove(&name);
                 st.described_portals.remove(&name);
             }
-            ctx.shared.lock().expect.push_back(Expect::Close);
+            ctx.shared.lock().expect.push_back(Expect::Close { portal: kind != b'S', name });
             codec::put_message(out, b'C', &m.body);
         }
         b'S' => {
@@ -382,38 +372,44 @@ pub(super) fn on_client_message(
     Ok(None)
 }
 
-/// A message the client sends while the server reads its `COPY … FROM
-/// STDIN` data (`false`: no COPY is being read). CopyData and Flush go
-/// through; CopyDone and CopyFail end the COPY. A Sync is not sent: the
-/// server would ignore it, and had the COPY already failed, it would end a
-/// skip to Sync whose end the gateway could not place. Anything else the
-/// server would take as the COPY's failure and lose: the session ends.
-pub(super) fn copying(
-    ctx: &Ctx<'_>,
-    st: &mut ClientState,
-    m: &Message,
-    out: &mut BytesMut,
-) -> Result<bool, ProtocolError> {
+/// The client's side of a `COPY … FROM STDIN` (see [`CopyIn`]); `true`:
+/// the message was dealt with here. While the server reads COPY data,
+/// CopyData and Flush go through and CopyDone or CopyFail ends the COPY. A
+/// Sync is not sent: the server would ignore it, and had the COPY already
+/// failed, it would end a skip to Sync whose end the gateway could not
+/// place. Anything else the server would take as the COPY's failure and
+/// lose, and a Sync after data sent before the server asked for it may be
+/// answered or not: either ends the session.
+pub(super) fn copy_step(ctx: &Ctx<'_>, m: &Message, out: &mut BytesMut) -> Result<bool, ProtocolError> {
     let mut s = ctx.shared.lock();
-    if !s.copy_in {
-        return Ok(false);
-    }
-    match m.tag {
-        b'S' => {}
-        b'd' | b'H' => codec::put_message(out, m.tag, &m.body),
-        b'c' | b'f' => {
-            s.copy_in = false;
-            st.early_copy_data = false;
+    let inside = |what: String| {
+        ProtocolError::Malformed(format!(
+            "{what} inside COPY FROM STDIN data (end the COPY with CopyDone or CopyFail first)"
+        ))
+    };
+    match (s.copy_in, m.tag) {
+        (CopyIn::Reading, b'd' | b'H' | b'c' | b'f') => {
+            if matches!(m.tag, b'c' | b'f') {
+                s.copy_in = CopyIn::Idle;
+            }
             codec::put_message(out, m.tag, &m.body);
+            Ok(true)
         }
-        other => {
-            return Err(ProtocolError::Malformed(format!(
-                "message '{}' inside COPY FROM STDIN data (end the COPY with CopyDone or CopyFail first)",
-                other as char
-            )))
+        (CopyIn::Reading, b'S') => Ok(true),
+        (CopyIn::Reading, other) => Err(inside(format!("message '{}'", other as char))),
+        (CopyIn::Early, b'S') => Err(inside("Sync (after data sent before the server asked for it)".into())),
+        // Forwarded as any message is; an end also marks where a COPY's
+        // ignored Syncs stop (see [`results::copy_in_began`]).
+        (_, b'c' | b'f') => {
+            s.copy_in = CopyIn::Idle;
+            Ok(false)
         }
+        (CopyIn::Idle, b'd') => {
+            s.copy_in = CopyIn::Early;
+            Ok(false)
+        }
+        _ => Ok(false),
     }
-    Ok(true)
 }
 
 /// The request's `COPY ... TO STDOUT` statements (none without parsing

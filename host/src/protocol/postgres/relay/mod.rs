@@ -110,7 +110,10 @@ enum Expect {
         /// When it was forwarded.
         at: std::time::Instant,
     },
-    Close,
+    Close {
+        portal: bool,
+        name: String,
+    },
     Sync,
     /// A CopyDone or CopyFail the client sent before the gateway knew
     /// whether the server had begun reading COPY data: the server answers
@@ -131,12 +134,6 @@ enum Expect {
     },
 }
 
-#[derive(Default)]
-struct Statement {
-    /// The statement is a `COPY ... TO STDOUT`.
-    copy: Option<CopyOut>,
-}
-
 /// A bound portal (or a `DECLARE`d cursor), with what its statement was
 /// when it was bound: a statement closed and parsed again under the same
 /// name is another one, and the portal still runs the first.
@@ -148,21 +145,40 @@ struct Portal {
     /// or the gateway's own), formats included.
     fields: Option<Vec<Field>>,
     shape: Option<Arc<Shape>>,
+    /// Made by Bind (not a `DECLARE`d cursor): it ends with its transaction.
+    bound: bool,
 }
 
 #[derive(Default)]
 struct Shared {
     expect: VecDeque<Expect>,
-    statements: HashMap<String, Statement>,
+    /// Prepared statements that are a `COPY ... TO STDOUT` (only those:
+    /// a session that prepares ever new names keeps no entry for each).
+    copy_statements: HashMap<String, CopyOut>,
     portals: HashMap<String, Portal>,
     tx_status: u8,
     closed: bool,
     /// The client side's reason to close (a protocol violation): sent
     /// ahead of answers still to come, which will not.
     fatal: Option<Bytes>,
-    /// The server is reading `COPY … FROM STDIN` data (CopyInResponse came)
-    /// and the client has not ended it: the server ignores Sync until then.
-    copy_in: bool,
+    /// Where a `COPY … FROM STDIN` stands (see [`client::copy_step`]).
+    copy_in: CopyIn,
+}
+
+/// How far a `COPY … FROM STDIN` has come, from both sides' messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum CopyIn {
+    /// No COPY data in flight.
+    #[default]
+    Idle,
+    /// The client sent CopyData before the server's CopyInResponse reached
+    /// the gateway (no driver sends it so early): until CopyDone or
+    /// CopyFail, a Sync would be ignored or answered depending on whether
+    /// the COPY failed on that data first, which the gateway cannot know.
+    Early,
+    /// The server is reading COPY data (CopyInResponse came) and the client
+    /// has not ended it: the server ignores Sync until then.
+    Reading,
 }
 
 struct Ctx<'a> {
@@ -223,11 +239,6 @@ pub async fn run(
 struct ClientState {
     /// After a denied Parse, discard messages until Sync (as PostgreSQL does after an error).
     skipping: bool,
-    /// CopyData went upstream before the server's CopyInResponse reached the
-    /// gateway (no driver sends it so early): until CopyDone or CopyFail, a
-    /// Sync would be ignored or answered depending on whether the COPY
-    /// failed on that data first, which the gateway cannot know.
-    early_copy_data: bool,
     /// Extended-protocol messages went upstream since the last Sync (or
     /// simple Query): nothing of the gateway's own may be put between them.
     unsynced: bool,

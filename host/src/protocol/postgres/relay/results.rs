@@ -227,17 +227,26 @@ pub(super) fn on_upstream_message(
     match m.tag {
         b'1' => {
             if let Some(Expect::Parse { name, copy, .. }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
-                s.statements.insert(name, Statement { copy });
+                match copy {
+                    Some(copy) => s.copy_statements.insert(name, copy),
+                    None => s.copy_statements.remove(&name),
+                };
             }
         }
         b'2' => {
             if let Some(Expect::Bind { portal, stmt }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
-                let copy = s.statements.get(&stmt).and_then(|st| st.copy.clone());
-                s.portals.insert(portal, Portal { copy, fields: None, shape: None });
+                let copy = s.copy_statements.get(&stmt).cloned();
+                s.portals.insert(portal, Portal { copy, fields: None, shape: None, bound: true });
             }
         }
         b'3' => {
-            pop_if(&mut s, |e| matches!(e, Expect::Close));
+            if let Some(Expect::Close { portal, name }) = pop_if(&mut s, |e| matches!(e, Expect::Close { .. })) {
+                if portal {
+                    s.portals.remove(&name);
+                } else {
+                    s.copy_statements.remove(&name);
+                }
+            }
         }
         b't' => {}
         b'T' | b'n' => {
@@ -326,7 +335,9 @@ pub(super) fn on_upstream_message(
             s = ctx.shared.lock();
             // In extended protocol the server skips to Sync: so do we.
             // A COPY FROM STDIN that fails has stopped reading data.
-            s.copy_in = false;
+            if s.copy_in == CopyIn::Reading {
+                s.copy_in = CopyIn::Idle;
+            }
             let extended = !matches!(s.expect.front(), Some(Expect::Query { .. } | Expect::Function { .. }) | None);
             if extended {
                 while let Some(e) = s.expect.front() {
@@ -343,6 +354,10 @@ pub(super) fn on_upstream_message(
         }
         b'Z' => {
             s.tx_status = m.body.first().copied().unwrap_or(b'I');
+            if s.tx_status == b'I' {
+                // The server dropped every portal Bind made (cursors WITH HOLD may live on).
+                s.portals.retain(|_, p| !p.bound);
+            }
             while let Some(e) = s.expect.pop_front() {
                 if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::Function { .. }) {
                     break;
@@ -465,7 +480,7 @@ pub(super) fn on_upstream_message(
 /// pg8000 and tokio-postgres send one right after the Execute). If the
 /// client's CopyDone or CopyFail is already queued, the COPY ends there;
 /// otherwise the Syncs the client sends until then go nowhere (see
-/// [`copying`]). A request queued before the COPY's end would be read by the
+/// [`copy_step`]). A request queued before the COPY's end would be read by the
 /// server as the COPY's failure and lost: the gateway could no longer tell
 /// which answer is whose, so that ends the session.
 pub(super) fn copy_in_began(s: &mut Shared) -> Result<(), &'static str> {
@@ -484,7 +499,7 @@ pub(super) fn copy_in_began(s: &mut Shared) -> Result<(), &'static str> {
             _ => return Err("the client sent a request inside COPY FROM STDIN data"),
         }
     }
-    s.copy_in = true;
+    s.copy_in = CopyIn::Reading;
     Ok(())
 }
 
