@@ -18,7 +18,6 @@ pub(super) async fn client_to_upstream(
         review_stmts: HashMap::new(),
         review_portals: HashMap::new(),
         statement_ids: HashMap::new(),
-        portal_ids: HashMap::new(),
         described_portals: HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
@@ -256,12 +255,9 @@ pub(super) fn on_client_message(
                 Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
                 None => st.review_portals.remove(&portal),
             };
-            match st.statement_ids.get(&stmt) {
-                Some(&id) => st.portal_ids.insert(portal.clone(), id),
-                None => st.portal_ids.remove(&portal),
-            };
             st.described_portals.remove(&portal);
-            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt });
+            let request = st.statement_ids.get(&stmt).copied().unwrap_or(0);
+            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, request });
             codec::put_message(out, b'B', &m.body);
         }
         b'D' => {
@@ -291,16 +287,15 @@ pub(super) fn on_client_message(
                 codec::put_cstr(out, &portal);
                 codec::finish(out, at);
             }
-            let id = st.portal_ids.get(&portal).copied().unwrap_or(0);
             if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
                 return Ok(Some(Held {
                     ask,
                     params,
-                    then: Expect::Execute { portal, id, at: std::time::Instant::now() },
+                    then: Expect::Execute { portal, at: std::time::Instant::now() },
                     message: m,
                 }));
             }
-            ctx.shared.lock().expect.push_back(Expect::Execute { portal, id, at: std::time::Instant::now() });
+            ctx.shared.lock().expect.push_back(Expect::Execute { portal, at: std::time::Instant::now() });
             codec::put_message(out, b'E', &m.body);
         }
         b'C' => {
@@ -311,7 +306,6 @@ pub(super) fn on_client_message(
                 st.statement_ids.remove(&name);
             } else {
                 st.review_portals.remove(&name);
-                st.portal_ids.remove(&name);
                 st.described_portals.remove(&name);
             }
             ctx.shared.lock().expect.push_back(Expect::Close { portal: kind != b'S', name });

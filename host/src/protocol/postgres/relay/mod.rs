@@ -97,6 +97,8 @@ enum Expect {
     Bind {
         portal: String,
         stmt: String,
+        /// The request id of the statement's Parse (see [`Portal::request`]).
+        request: u64,
     },
     Describe {
         portal: bool,
@@ -106,7 +108,6 @@ enum Expect {
     },
     Execute {
         portal: String,
-        id: u64,
         /// When it was forwarded.
         at: std::time::Instant,
     },
@@ -147,6 +148,9 @@ struct Portal {
     shape: Option<Arc<Shape>>,
     /// Made by Bind (not a `DECLARE`d cursor): it ends with its transaction.
     bound: bool,
+    /// The request its rows answer: its statement's Parse, recorded with
+    /// the text (0: a cursor, which no Parse made).
+    request: u64,
 }
 
 #[derive(Default)]
@@ -179,6 +183,17 @@ enum CopyIn {
     /// The server is reading COPY data (CopyInResponse came) and the client
     /// has not ended it: the server ignores Sync until then.
     Reading,
+}
+
+impl Shared {
+    /// The request the answer at the head of the queue belongs to, and when it was forwarded.
+    fn answering(&self) -> Option<(u64, std::time::Instant)> {
+        match self.expect.front()? {
+            Expect::Query { id, at, .. } | Expect::Function { id, at, .. } => Some((*id, *at)),
+            Expect::Execute { portal, at } => Some((self.portals.get(portal).map_or(0, |p| p.request), *at)),
+            _ => None,
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -247,12 +262,10 @@ struct ClientState {
     review_stmts: HashMap<String, Arc<ReviewAsk>>,
     /// Portals of such statements, with their bound parameters.
     review_portals: HashMap<String, (Arc<ReviewAsk>, hold::Params)>,
-    /// Request id of each prepared statement, and of the statement each
-    /// portal was bound to, in the client's order (a pipelining client binds
-    /// and executes before the upstream has confirmed anything): responses
-    /// are recorded against the request they answer.
+    /// Request id of each prepared statement, in the client's order (a
+    /// pipelining client binds before the upstream has confirmed anything):
+    /// a portal's rows are recorded against the Parse they answer.
     statement_ids: HashMap<String, u64>,
-    portal_ids: HashMap<String, u64>,
     /// Portals the client described since they were bound and since
     /// anything else ran. An Execute of any other portal gets a Describe of
     /// the gateway's own first: a client may skip Describe, a `DECLARE`d

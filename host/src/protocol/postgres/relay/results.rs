@@ -234,9 +234,9 @@ pub(super) fn on_upstream_message(
             }
         }
         b'2' => {
-            if let Some(Expect::Bind { portal, stmt }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
+            if let Some(Expect::Bind { portal, stmt, request }) = pop_if(&mut s, |e| matches!(e, Expect::Bind { .. })) {
                 let copy = s.copy_statements.get(&stmt).cloned();
-                s.portals.insert(portal, Portal { copy, fields: None, shape: None, bound: true });
+                s.portals.insert(portal, Portal { copy, fields: None, shape: None, bound: true, request });
             }
         }
         b'3' => {
@@ -280,8 +280,8 @@ pub(super) fn on_upstream_message(
         }
         b'C' | b'I' | b's' => {
             let tag = (m.tag == b'C').then(|| Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string());
-            if let Some(Expect::Execute { id, at, .. } | Expect::Query { id, at, .. }) = s.expect.front() {
-                (res.request_id, res.started) = (*id, Some(*at));
+            if let Some((id, at)) = s.answering() {
+                (res.request_id, res.started) = (id, Some(at));
             }
             drop(s);
             record_response(ctx, res, tag.as_deref(), None);
@@ -320,11 +320,8 @@ pub(super) fn on_upstream_message(
                 _ => (m, fields),
             };
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
-            if let Some(
-                Expect::Execute { id, at, .. } | Expect::Query { id, at, .. } | Expect::Function { id, at, .. },
-            ) = s.expect.front()
-            {
-                (res.request_id, res.started) = (*id, Some(*at));
+            if let Some((id, at)) = s.answering() {
+                (res.request_id, res.started) = (id, Some(at));
             }
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
@@ -392,11 +389,12 @@ pub(super) fn on_upstream_message(
             res.copy_pending.clear();
             res.copy_out = None;
             res.lookup_failed = None;
-            let copy = if let Some(Expect::Query { copies, id, at, .. }) = s.expect.front_mut() {
-                (res.request_id, res.started) = (*id, Some(*at));
+            if let Some((id, at)) = s.answering() {
+                (res.request_id, res.started) = (id, Some(at));
+            }
+            let copy = if let Some(Expect::Query { copies, .. }) = s.expect.front_mut() {
                 copies.pop_front()
-            } else if let Some(Expect::Execute { portal, id, at }) = s.expect.front() {
-                (res.request_id, res.started) = (*id, Some(*at));
+            } else if let Some(Expect::Execute { portal, .. }) = s.expect.front() {
                 s.portals.get(portal).and_then(|p| p.copy.clone())
             } else {
                 None
