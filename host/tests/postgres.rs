@@ -1456,6 +1456,51 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
     assert_no_pii(&format!("{rows:?}"), "protected columns returned as they are");
 }
 
+/// A view's column that is a plain reference to another table's column is
+/// that column (PostgreSQL's own lineage, read from the view's stored
+/// query): its column rule masks it through views of views, renamed, and
+/// materialized views, and policies on it follow it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_and_policies_follow_a_column_through_views() {
+    db().pg
+        .psql(
+            "shop",
+            "DROP VIEW IF EXISTS viewed_b, viewed_a; DROP MATERIALIZED VIEW IF EXISTS viewed_m;
+             DROP TABLE IF EXISTS viewed;
+             CREATE TABLE viewed (id int, secret text);
+             INSERT INTO viewed VALUES (1, 'kept-between-us-91');
+             CREATE VIEW viewed_a AS SELECT id, secret FROM viewed;
+             CREATE VIEW viewed_b AS SELECT v.id AS \"odd (name\", v.secret AS x, (SELECT 1) AS one
+               FROM viewed_a v WHERE v.id IN (SELECT id FROM viewed);
+             CREATE MATERIALIZED VIEW viewed_m AS SELECT secret FROM viewed;
+             GRANT SELECT ON viewed, viewed_a, viewed_b, viewed_m TO wardgate_app;",
+        )
+        .unwrap();
+    let g = gateway(Options {
+        mask_config: r#""viewed.secret" = "redact""#,
+        guard_config: "protected_columns = [\"viewed.secret\"]\nprotected_filter = \"deny\"",
+        ..Default::default()
+    })
+    .await;
+    let c = g.client().await;
+    for sql in [
+        "SELECT secret FROM viewed_a",
+        "SELECT * FROM viewed_b",
+        "SELECT x, one FROM public.viewed_b",
+        "SELECT secret FROM viewed_m",
+    ] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        let text = format!("{rows:?}");
+        assert!(text.contains("[REDACTED]") && !text.contains("kept-between"), "{sql}: {text}");
+    }
+    // Extended protocol, binary format: the same rule.
+    let row = c.query_one("SELECT x FROM viewed_b WHERE \"odd (name\" = $1", &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "[REDACTED]");
+    all_refused(&c, &["SELECT upper(x) FROM viewed_b", "SELECT reverse(secret) FROM viewed_m"], "is protected").await;
+    let m = refusal(&c, "SELECT one FROM viewed_b WHERE x LIKE 'k%'").await;
+    assert!(m.contains("filters or orders rows by it"), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_or_grouping_by_a_protected_output_named_by_position_or_alias_is_a_filter() {
     let g = gateway(Options {

@@ -456,3 +456,33 @@ pub fn expand_stars<'c>(statements: &mut [SqlStatement], columns_of: impl Fn(&st
         s.columns = expanded;
     }
 }
+
+/// List a view's column again as the column it stands for, with the same
+/// usage: `sources_of(table, column)` gives the `(table, column)` a view's
+/// column is a plain reference to (through views of views; none for a
+/// table's column, or a view's computed one). So policies on `customers.ssn`
+/// follow `SELECT upper(x) FROM v` where `v` is `SELECT ssn AS x FROM
+/// customers`. An unqualified column may be any named table's.
+pub fn add_view_sources(statements: &mut [SqlStatement], sources_of: impl Fn(&str, &str) -> Vec<(String, String)>) {
+    for s in statements {
+        let mut added: Vec<ColumnRef> = Vec::new();
+        for c in &s.columns {
+            if c.column == "*" {
+                continue;
+            }
+            let tables: Vec<&String> = match &c.table {
+                Some(t) => vec![t],
+                None => s.tables_read.iter().chain(&s.tables_written).collect(),
+            };
+            for t in tables {
+                for (table, column) in sources_of(t, &c.column) {
+                    let r = ColumnRef { table: Some(table), column, usage: c.usage };
+                    if !added.contains(&r) && !s.columns.contains(&r) {
+                        added.push(r);
+                    }
+                }
+            }
+        }
+        s.columns.extend(added);
+    }
+}

@@ -64,9 +64,45 @@ impl Catalog {
         self.tables.get(&oid)
     }
 
+    /// The column a result column with this table OID and attnum holds: a
+    /// view's (or materialized view's) column that is a plain reference to
+    /// another column is that column, through views of views (see
+    /// [`super::lineage`]); any other is itself. `None`: no such column in
+    /// the read.
+    pub fn source(&self, mut oid: u32, mut attnum: i16) -> Option<(&TableInfo, &str)> {
+        // Bounded, though PostgreSQL allows no cycle of views.
+        for _ in 0..32 {
+            let t = self.tables.get(&oid)?;
+            let i = usize::try_from(attnum).ok()?.checked_sub(1)?;
+            let name = t.columns.get(i).filter(|n| !n.is_empty())?;
+            match t.origins.get(i).copied().flatten() {
+                Some((o, a)) if self.tables.contains_key(&o) => (oid, attnum) = (o, a),
+                _ => return Some((t, name)),
+            }
+        }
+        None
+    }
+
     /// The table named exactly `schema.table`.
     pub fn qualified(&self, name: &str) -> Option<&TableInfo> {
         self.by_qualified.get(name).and_then(|oids| self.tables.get(oids.first()?))
+    }
+
+    /// The columns that `column` of a view that `table` (as a statement names
+    /// it) may mean is a plain reference to, as `(schema.table, column)` (see
+    /// [`Catalog::source`]); none for a table's column.
+    pub fn sources_of(&self, table: &str, column: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (oid, t) in self.named(table).filter(|(_, t)| !t.origins.is_empty()) {
+            let Some(i) = t.columns.iter().position(|c| c == column) else { continue };
+            let Some((source, name)) = i16::try_from(i + 1).ok().and_then(|attnum| self.source(oid, attnum)) else {
+                continue;
+            };
+            if !std::ptr::eq(source, t) {
+                out.push((source.name.clone(), name.to_string()));
+            }
+        }
+        out
     }
 
     /// Is `column` NOT NULL in any table that `table` (as a statement names
@@ -133,6 +169,10 @@ pub struct TableInfo {
     /// partitioned table's unique index holds across its partitions), that
     /// index's OID: `col = constant` matches one row at most (same order).
     pub unique_index: Vec<Option<u32>>,
+    /// For a view or materialized view outside the system schemas: each
+    /// column's source, when it is a plain reference to another table's
+    /// column (table OID, attnum; same order; empty for tables).
+    pub origins: Vec<Option<(u32, i16)>>,
 }
 
 impl TableInfo {
@@ -174,7 +214,10 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
                    AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL \
                    AND i.indexprs IS NULL AND i.indkey[0] = a.attnum ORDER BY i.indexrelid LIMIT 1), '') \
                    ELSE '' END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
+                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
+         CASE WHEN c.relkind IN ('v','m') AND n.nspname NOT IN ('pg_catalog','information_schema') \
+              THEN (SELECT r.ev_action::text FROM pg_rewrite r \
+                    WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
     )
@@ -190,11 +233,28 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
                 let not_null = flags.bytes().map(|b| b == b't').collect();
                 let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
                 let unique_index = indexes.split(',').map(|i| i.parse().ok()).collect();
-                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index });
+                let origins = match r.get(5).and_then(|f| f.as_deref()) {
+                    None => Vec::new(),
+                    Some(tree) => view_origins(tree, columns.len()).ok_or_else(|| {
+                        UpstreamError::Protocol(format!(
+                            "the catalog read gave view {name} a query tree it cannot read"
+                        ))
+                    })?,
+                };
+                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index, origins });
             }
         }
     }
     Ok(map)
+}
+
+/// Each of a view's `n` columns' source (see [`TableInfo::origins`]), from its stored query tree.
+fn view_origins(tree: &str, n: usize) -> Option<Vec<Option<(u32, i16)>>> {
+    let mut origins = vec![None; n];
+    for (attnum, table, column) in super::lineage::origins(tree)? {
+        *origins.get_mut(usize::try_from(attnum).ok()?.checked_sub(1)?)? = Some((table, column));
+    }
+    Some(origins)
 }
 
 #[cfg(test)]
@@ -208,7 +268,45 @@ mod tests {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             not_null: vec![true; n],
             unique_index: vec![None; n],
+            origins: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_views_plain_columns_are_their_sources_through_views_of_views() {
+        let mut v1 = table("public.v1", &["id", "ssn", "em"]);
+        v1.origins = vec![Some((1, 1)), Some((1, 3)), None];
+        let mut v2 = table("public.v2", &["x", "y"]);
+        v2.origins = vec![Some((10, 2)), Some((10, 3))];
+        let mut dangling = table("public.v3", &["z"]);
+        dangling.origins = vec![Some((99, 1))];
+        let catalog = Catalog::from_tables(HashMap::from([
+            (1, table("public.customers", &["id", "", "ssn"])),
+            (10, v1),
+            (11, v2),
+            (12, dangling),
+        ]));
+        let name = |oid, attnum| catalog.source(oid, attnum).map(|(t, c)| format!("{}.{c}", t.name));
+        assert_eq!(name(11, 1).as_deref(), Some("public.customers.ssn"));
+        assert_eq!(name(10, 2).as_deref(), Some("public.customers.ssn"));
+        assert_eq!(name(11, 2).as_deref(), Some("public.v1.em"));
+        assert_eq!(name(12, 1).as_deref(), Some("public.v3.z"));
+        assert_eq!(name(1, 2), None);
+        assert_eq!(name(1, 0), None);
+        assert_eq!(name(1, -1), None);
+        let sources = |t: &str, c: &str| catalog.sources_of(t, c);
+        assert_eq!(sources("v2", "x"), [("public.customers".to_string(), "ssn".to_string())]);
+        assert_eq!(sources("public.v2", "y"), [("public.v1".to_string(), "em".to_string())]);
+        assert!(
+            sources("v1", "em").is_empty() && sources("customers", "ssn").is_empty() && sources("v2", "q").is_empty()
+        );
+        assert_eq!(
+            view_origins(
+                "({QUERY :targetList ({TARGETENTRY :resno 3 :resorigtbl 1 :resorigcol 1 :resjunk false})})",
+                2
+            ),
+            None
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod copyout;
 pub mod errors;
 pub mod fastpath;
 pub mod hold;
+pub mod lineage;
 pub mod listener;
 pub mod relay;
 pub mod rows;

@@ -163,16 +163,15 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
         } else {
             Conv::Opaque
         };
-        let table = catalog.table(f.table_oid);
-        // Column rules match the source column, not an alias: `ssn AS x` is still ssn.
-        let known = table
-            .and_then(|t| t.columns.get((f.attnum as usize).wrapping_sub(1)))
-            .filter(|n| !n.is_empty() && f.attnum > 0);
-        if table.is_some() && f.attnum > 0 && known.is_none() {
+        // Column rules match the source column, not an alias (`ssn AS x` is
+        // still ssn) and not a view's column that is one (see `Catalog::source`).
+        let source = catalog.source(f.table_oid, f.attnum);
+        let table = source.map(|(t, _)| t).or_else(|| catalog.table(f.table_oid));
+        if f.attnum > 0 && source.is_none() && catalog.table(f.table_oid).is_some() {
             // A column added since the read: stars are no longer resolved from it.
             catalog.columns_changed();
         }
-        let name = known.cloned().unwrap_or_else(|| f.name.clone());
+        let name = source.map_or_else(|| f.name.clone(), |(_, c)| c.to_string());
         columns.push(Column {
             name,
             type_oid: f.type_oid,
@@ -707,6 +706,7 @@ mod tests {
                 columns: vec!["id".into(), "ssn".into()],
                 not_null: vec![true, false],
                 unique_index: vec![Some(1), None],
+                origins: Vec::new(),
             },
         );
         let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };
