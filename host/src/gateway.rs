@@ -117,6 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             cancels: Default::default(),
             stats: stats.clone(),
             approvals: approvals.clone(),
+            views: Default::default(),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = postgres::serve(listener, ctx).await {

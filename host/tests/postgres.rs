@@ -1465,7 +1465,7 @@ async fn column_rules_and_policies_follow_a_column_through_views() {
     db().pg
         .psql(
             "shop",
-            "DROP VIEW IF EXISTS viewed_b, viewed_a; DROP MATERIALIZED VIEW IF EXISTS viewed_m;
+            "DROP VIEW IF EXISTS viewed_c, viewed_b, viewed_a; DROP MATERIALIZED VIEW IF EXISTS viewed_m;
              DROP TABLE IF EXISTS viewed;
              CREATE TABLE viewed (id int, secret text);
              INSERT INTO viewed VALUES (1, 'kept-between-us-91');
@@ -1499,6 +1499,19 @@ async fn column_rules_and_policies_follow_a_column_through_views() {
     all_refused(&c, &["SELECT upper(x) FROM viewed_b", "SELECT reverse(secret) FROM viewed_m"], "is protected").await;
     let m = refusal(&c, "SELECT one FROM viewed_b WHERE x LIKE 'k%'").await;
     assert!(m.contains("filters or orders rows by it"), "{m}");
+
+    // The gateway keeps views' lineage across sessions; a view replaced
+    // since is read again: its column now holds the secret, and is masked.
+    let label = |c: tokio_postgres::Client| async move {
+        let rows = simple_rows(&c.simple_query("SELECT label FROM viewed_c").await.unwrap());
+        format!("{rows:?}")
+    };
+    db().pg.psql("shop", "CREATE VIEW viewed_c AS SELECT id, 'plain'::text AS label FROM viewed; GRANT SELECT ON viewed_c TO wardgate_app;").unwrap();
+    assert!(label(g.client().await).await.contains("plain"));
+    assert!(label(g.client().await).await.contains("plain"));
+    db().pg.psql("shop", "CREATE OR REPLACE VIEW viewed_c AS SELECT id, secret AS label FROM viewed").unwrap();
+    let text = label(g.client().await).await;
+    assert!(text.contains("[REDACTED]") && !text.contains("kept-between"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,9 +28,18 @@ pub struct Catalog {
 
 impl Catalog {
     /// Read the upstream's catalog on a fresh connection (before the relay
-    /// starts), with `search_path` pinned to `pg_catalog`.
-    pub async fn load(up: &mut Upstream) -> Result<Self, UpstreamError> {
-        Ok(Self::from_tables(read_tables(up).await?))
+    /// starts), with `search_path` pinned to `pg_catalog`. Views' query
+    /// trees already in `views` (for this `connection`) are not read again.
+    pub async fn load(up: &mut Upstream, views: &ViewCache, connection: &str) -> Result<Self, UpstreamError> {
+        let known = views.keys(connection);
+        let tables = match read_tables(up, &known, views, connection).await? {
+            Some(tables) => tables,
+            // A tree another session dropped meanwhile (its view was replaced): all of them.
+            None => read_tables(up, &[], views, connection).await?.ok_or_else(|| {
+                UpstreamError::Protocol("the catalog read left out a view's query tree it was asked for".into())
+            })?,
+        };
+        Ok(Self::from_tables(tables))
     }
 
     /// A catalog of these tables (by OID).
@@ -188,6 +197,25 @@ impl TableInfo {
     }
 }
 
+/// Views' column sources (see [`TableInfo::origins`]) kept across sessions,
+/// by connection, view OID and the `xmin` of the view's rule: `CREATE OR
+/// REPLACE VIEW` writes a new rule row, so a changed view is read again.
+/// Each session's read still lists every view; only the query trees (a few
+/// KiB each) of views seen before are not sent again.
+#[derive(Debug, Default)]
+pub struct ViewCache {
+    views: parking_lot::Mutex<HashMap<String, ViewOrigins>>,
+}
+
+/// A connection's views' column sources by `(view OID, rule xmin)`.
+type ViewOrigins = HashMap<(u32, u32), Vec<Option<(u32, i16)>>>;
+
+impl ViewCache {
+    fn keys(&self, connection: &str) -> Vec<(u32, u32)> {
+        self.views.lock().get(connection).map(|m| m.keys().copied().collect()).unwrap_or_default()
+    }
+}
+
 /// Column names as the catalog read sends them: each hex-encoded UTF-8 (a
 /// name may hold any character, commas included), comma-separated, in attnum
 /// order; a dropped column is empty. `None` if one is not hex of UTF-8.
@@ -196,13 +224,22 @@ fn column_names(list: &str) -> Option<Vec<String>> {
 }
 
 /// Read the tables and views, the system catalogs' included (oid -> name,
-/// columns, their NOT NULL and unique-key flags).
-async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, UpstreamError> {
+/// columns, their NOT NULL and unique-key flags, a view's column sources).
+/// The query trees of the views in `known` (`(oid, rule xmin)`) come from
+/// `views`; `None` if one is no longer there.
+async fn read_tables(
+    up: &mut Upstream,
+    known: &[(u32, u32)],
+    views: &ViewCache,
+    connection: &str,
+) -> Result<Option<HashMap<u32, TableInfo>>, UpstreamError> {
+    let known_list = known.iter().map(|(oid, xmin)| format!("{oid}:{xmin}")).collect::<Vec<_>>().join(",");
     let rows = simple_query(
         up,
         // The role's own search_path could list a schema before pg_catalog,
         // whose look-alike tables would then answer: pinned for this read.
-        "BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; \
+        &format!(
+            "BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; \
          SELECT c.oid::text, n.nspname || '.' || c.relname, \
          coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' \
                    ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, ',' ORDER BY a.attnum) \
@@ -215,13 +252,19 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
                    AND i.indexprs IS NULL AND i.indkey[0] = a.attnum ORDER BY i.indexrelid LIMIT 1), '') \
                    ELSE '' END, ',' ORDER BY a.attnum) \
                    FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         CASE WHEN c.relkind IN ('v','m') AND n.nspname NOT IN ('pg_catalog','information_schema') \
-              THEN (SELECT r.ev_action::text FROM pg_rewrite r \
-                    WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END \
+         CASE WHEN r.oid IS NOT NULL AND NOT (c.oid::text || ':' || r.xmin::text = ANY ('{{{known_list}}}'::text[])) \
+              THEN r.ev_action::text END, \
+         r.xmin::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT",
+         LEFT JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' AND c.relkind IN ('v','m') \
+              AND n.nspname NOT IN ('pg_catalog','information_schema') \
+         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT"
+        ),
     )
     .await?;
+    let mut cache = views.views.lock();
+    let cache = cache.entry(connection.to_string()).or_default();
+    let mut seen = std::collections::HashSet::new();
     let mut map = HashMap::new();
     for r in rows {
         if let (Some(Some(oid)), Some(Some(name)), Some(cols)) = (r.first(), r.get(1), r.get(2)) {
@@ -233,19 +276,34 @@ async fn read_tables(up: &mut Upstream) -> Result<HashMap<u32, TableInfo>, Upstr
                 let not_null = flags.bytes().map(|b| b == b't').collect();
                 let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
                 let unique_index = indexes.split(',').map(|i| i.parse().ok()).collect();
-                let origins = match r.get(5).and_then(|f| f.as_deref()) {
-                    None => Vec::new(),
-                    Some(tree) => view_origins(tree, columns.len()).ok_or_else(|| {
-                        UpstreamError::Protocol(format!(
-                            "the catalog read gave view {name} a query tree it cannot read"
-                        ))
-                    })?,
+                let xmin = r.get(6).and_then(|f| f.as_deref()).and_then(|x| x.parse::<u32>().ok());
+                let origins = match (xmin, r.get(5).and_then(|f| f.as_deref())) {
+                    (None, _) => Vec::new(),
+                    (Some(xmin), Some(tree)) => {
+                        let origins = view_origins(tree, columns.len()).ok_or_else(|| {
+                            UpstreamError::Protocol(format!(
+                                "the catalog read gave view {name} a query tree it cannot read"
+                            ))
+                        })?;
+                        cache.insert((oid, xmin), origins.clone());
+                        seen.insert((oid, xmin));
+                        origins
+                    }
+                    (Some(xmin), None) => match cache.get(&(oid, xmin)) {
+                        Some(origins) => {
+                            seen.insert((oid, xmin));
+                            origins.clone()
+                        }
+                        None => return Ok(None),
+                    },
                 };
                 map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index, origins });
             }
         }
     }
-    Ok(map)
+    // Views dropped or replaced since: forgotten.
+    cache.retain(|key, _| seen.contains(key));
+    Ok(Some(map))
 }
 
 /// Each of a view's `n` columns' source (see [`TableInfo::origins`]), from its stored query tree.

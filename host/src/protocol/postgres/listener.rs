@@ -31,6 +31,8 @@ pub struct PgContext {
     pub stats: Arc<crate::metrics::Stats>,
     /// Approvals of held statements.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Views' column sources, kept across sessions.
+    pub views: super::catalog::ViewCache,
 }
 
 /// Accept clients until the listener fails.

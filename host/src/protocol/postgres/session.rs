@@ -270,7 +270,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
     // Loaded whatever the plugins are now: a masker added while the session
     // is open needs it as much as one present at its start.
     // Without it column rules would silently stop masking: fail closed.
-    let catalog = match super::catalog::Catalog::load(&mut up).await {
+    let catalog = match super::catalog::Catalog::load(&mut up, &ctx.views, &conn.name).await {
         Ok(c) => c,
         Err(e) => {
             let message = format!(
