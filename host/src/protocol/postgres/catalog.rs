@@ -21,6 +21,8 @@ pub struct Catalog {
     /// A pinned write found its table changed since the read: unique keys are
     /// no longer offered (every later write is counted in full).
     keys_changed: AtomicBool,
+    /// See [`Catalog::has_view_sources`].
+    has_view_sources: bool,
     /// The session ran (or asked to run) a statement that may change tables'
     /// columns: stars are no longer resolved from this read.
     columns_changed: AtomicBool,
@@ -52,7 +54,9 @@ impl Catalog {
                 by_unqualified.entry(table.to_string()).or_default().push(*oid);
             }
         }
+        let has_view_sources = tables.values().any(|t| t.origins.iter().any(Option::is_some));
         Catalog {
+            has_view_sources,
             tables,
             by_qualified,
             by_unqualified,
@@ -95,6 +99,12 @@ impl Catalog {
     /// The table named exactly `schema.table`.
     pub fn qualified(&self, name: &str) -> Option<&TableInfo> {
         self.by_qualified.get(name).and_then(|oids| self.tables.get(oids.first()?))
+    }
+
+    /// Is some view's column a plain reference to another column? Without
+    /// one, a request's columns need no [`Catalog::sources_of`].
+    pub fn has_view_sources(&self) -> bool {
+        self.has_view_sources
     }
 
     /// The columns that `column` of a view that `table` (as a statement names

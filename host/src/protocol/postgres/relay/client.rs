@@ -382,10 +382,12 @@ pub(super) fn copy_step(ctx: &Ctx<'_>, m: &Message, out: &mut BytesMut) -> Resul
         ))
     };
     match (s.copy_in, m.tag) {
-        (CopyIn::Reading, b'd' | b'H' | b'c' | b'f') => {
-            if matches!(m.tag, b'c' | b'f') {
-                s.copy_in = CopyIn::Idle;
-            }
+        (CopyIn::Reading, b'd' | b'H') => {
+            codec::put_message(out, m.tag, &m.body);
+            Ok(true)
+        }
+        (CopyIn::Reading, b'c' | b'f') => {
+            s.copy_in = CopyIn::Idle;
             codec::put_message(out, m.tag, &m.body);
             Ok(true)
         }

@@ -156,9 +156,11 @@ fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
         ctx.catalog.columns_changed();
     }
     crate::sql::columns::expand_stars(&mut request.statements, |table| ctx.catalog.columns_of(table));
-    crate::sql::columns::add_view_sources(&mut request.statements, |table, column| {
-        ctx.catalog.sources_of(table, column)
-    });
+    if ctx.catalog.has_view_sources() {
+        crate::sql::columns::add_view_sources(&mut request.statements, |table, column| {
+            ctx.catalog.sources_of(table, column)
+        });
+    }
 }
 
 /// Statements that may add, rename or drop a table's columns, or run code

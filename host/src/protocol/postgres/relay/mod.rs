@@ -320,6 +320,15 @@ struct ActiveCopy {
     header: Option<Bytes>,
 }
 
+impl Results {
+    /// What follows answers this request (see [`Shared::answering`]), forwarded then.
+    fn answers(&mut self, request: Option<(u64, std::time::Instant)>) {
+        if let Some((id, at)) = request {
+            (self.request_id, self.started) = (id, Some(at));
+        }
+    }
+}
+
 struct Results {
     /// Result of the current simple-protocol statement.
     current: Option<Arc<Shape>>,

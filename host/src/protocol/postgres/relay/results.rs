@@ -280,9 +280,7 @@ pub(super) fn on_upstream_message(
         }
         b'C' | b'I' | b's' => {
             let tag = (m.tag == b'C').then(|| Reader::new(&m.body, m.tag).cstr().unwrap_or("").to_string());
-            if let Some((id, at)) = s.answering() {
-                (res.request_id, res.started) = (id, Some(at));
-            }
+            res.answers(s.answering());
             drop(s);
             record_response(ctx, res, tag.as_deref(), None);
             s = ctx.shared.lock();
@@ -320,9 +318,7 @@ pub(super) fn on_upstream_message(
                 _ => (m, fields),
             };
             let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
-            if let Some((id, at)) = s.answering() {
-                (res.request_id, res.started) = (id, Some(at));
-            }
+            res.answers(s.answering());
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
             record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));
@@ -389,9 +385,7 @@ pub(super) fn on_upstream_message(
             res.copy_pending.clear();
             res.copy_out = None;
             res.lookup_failed = None;
-            if let Some((id, at)) = s.answering() {
-                (res.request_id, res.started) = (id, Some(at));
-            }
+            res.answers(s.answering());
             let copy = if let Some(Expect::Query { copies, .. }) = s.expect.front_mut() {
                 copies.pop_front()
             } else if let Some(Expect::Execute { portal, .. }) = s.expect.front() {
