@@ -33,6 +33,8 @@ pub struct Gateway {
     /// Approvals.
     pub approvals: Arc<crate::approvals::Approvals>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Threads the sessions run on; stopped (sessions closed) on drop.
+    _workers: Option<crate::workers::Workers>,
 }
 
 impl Drop for Gateway {
@@ -98,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     tasks.push(approvals.spawn_expirer());
     let auth = Arc::new(Authenticator::from_config(&config));
     let mut postgres_addr = None;
+    let mut session_workers = None;
     let mut self_signed_pem = None;
     let mut certs = Vec::new();
     if let Some(l) = &config.postgres {
@@ -107,6 +110,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         });
         let listener = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {}", l.bind))?;
         postgres_addr = Some(listener.local_addr()?);
+        let workers = crate::workers::Workers::start(config.workers)
+            .with_context(|| format!("cannot start {} session worker threads (gateway.workers)", config.workers))?;
+        tracing::debug!(workers = workers.len(), "session workers started");
         let ctx = Arc::new(PgContext {
             config: config.clone(),
             listener: l.clone(),
@@ -118,7 +124,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             stats: stats.clone(),
             approvals: approvals.clone(),
             views: Default::default(),
+            workers: workers.spawner(),
         });
+        session_workers = Some(workers);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = postgres::serve(listener, ctx).await {
                 tracing::error!("postgres listener stopped: {e}");
@@ -146,7 +154,17 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
             tracing::error!("admin API stopped: {e}");
         }
     }));
-    Ok(Gateway { postgres_addr, admin_addr, registry, recorder, stats, self_signed_pem, approvals, tasks })
+    Ok(Gateway {
+        postgres_addr,
+        admin_addr,
+        registry,
+        recorder,
+        stats,
+        self_signed_pem,
+        approvals,
+        tasks,
+        _workers: session_workers,
+    })
 }
 
 /// A listener's TLS (`what`: `postgres` or `admin`), its certificate watched

@@ -22,3 +22,4 @@ pub mod sql;
 pub mod state;
 pub mod tls;
 pub mod util;
+pub mod workers;

@@ -49,6 +49,8 @@ struct RawGateway {
     record_rows: Option<u32>,
     #[serde(default)]
     max_plugin_instances: Option<u32>,
+    #[serde(default)]
+    workers: Option<Spanned<u32>>,
     state_store: Option<Spanned<String>>,
     state_store_password_env: Option<Spanned<String>>,
     state_store_password_file: Option<Spanned<String>>,
@@ -298,6 +300,9 @@ pub struct ServiceAccount {
     pub revoked: bool,
 }
 
+/// Most session worker threads `gateway.workers` may ask for.
+const MAX_WORKERS: u32 = 1024;
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -311,6 +316,8 @@ pub struct Config {
     pub record_rows: u32,
     /// Pooled plugin instance slots.
     pub max_plugin_instances: u32,
+    /// Session worker threads (0: one per core).
+    pub workers: usize,
     /// PostgreSQL listener.
     pub postgres: Option<PgListener>,
     /// Admin listener.
@@ -583,6 +590,16 @@ impl Config {
             }
         };
         let mut retention = crate::record::Retention::default();
+        if let Some(w) = &raw.gateway.workers {
+            if *w.get_ref() > MAX_WORKERS {
+                return Err(err(
+                    w.span(),
+                    "gateway.workers",
+                    format!("{} threads", w.get_ref()),
+                    "use 0 (one per core) or at most 1024",
+                ));
+            }
+        }
         if let Some(d) = &raw.gateway.recording_retention_days {
             if *d.get_ref() == 0 {
                 return Err(err(
@@ -665,6 +682,7 @@ impl Config {
             plugin_dir,
             record_rows: raw.gateway.record_rows.unwrap_or(20),
             max_plugin_instances: raw.gateway.max_plugin_instances.unwrap_or(1000),
+            workers: raw.gateway.workers.as_ref().map_or(0, |w| *w.get_ref() as usize),
             postgres,
             admin,
             connections,
@@ -781,6 +799,17 @@ groups = ["agents"]
         let src = OK.replace("0000000000000000000000000000000000000000000000000000000000000000", "wg_secret");
         let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
         assert_eq!(e.key, "service_accounts[0].key_sha256");
+    }
+
+    #[test]
+    fn session_workers_default_to_one_per_core_and_are_bounded() {
+        assert_eq!(Config::parse(Path::new("w.toml"), OK).unwrap().workers, 0);
+        let src = OK.replace("state_dir = \"state\"", "state_dir = \"state\"\nworkers = 3");
+        assert_eq!(Config::parse(Path::new("w.toml"), &src).unwrap().workers, 3);
+        let src = OK.replace("state_dir = \"state\"", "state_dir = \"state\"\nworkers = 100000");
+        let e = Config::parse(Path::new("w.toml"), &src).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("gateway.workers", 4), "{e}");
+        assert!(e.to_string().contains("at most 1024"), "{e}");
     }
 
     #[test]

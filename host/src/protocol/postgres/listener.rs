@@ -33,6 +33,8 @@ pub struct PgContext {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// Views' column sources, kept across sessions.
     pub views: super::catalog::ViewCache,
+    /// The threads sessions run on.
+    pub workers: crate::workers::Spawner,
 }
 
 /// Accept clients until the listener fails.
@@ -40,14 +42,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) -> std::io::Resul
     loop {
         let (sock, peer) = crate::util::accept(&listener, "postgres").await;
         let _ = sock.set_nodelay(true);
-        let ctx = ctx.clone();
+        let session_ctx = ctx.clone();
         let id = crate::util::random_id();
         let span = tracing::info_span!("pg_session", session = %id, client = %peer);
-        // Sessions run on the multi-thread runtime: plugin calls are synchronous
-        // and WASI's sync host functions need `block_in_place`, which a
-        // current-thread runtime cannot provide (measured: no throughput
-        // difference between the two layouts on 2 cores).
-        tokio::spawn(
+        // A session runs on one worker thread for its whole life (see
+        // `workers`). Plugin calls inside it are synchronous either way.
+        ctx.workers.spawn(sock, move |sock| {
+            let ctx = session_ctx;
             async move {
                 ctx.stats.sessions_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ctx.stats.sessions_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -56,7 +57,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) -> std::io::Resul
                 }
                 ctx.stats.sessions_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
-            .instrument(span),
-        );
+            .instrument(span)
+        });
     }
 }
