@@ -149,8 +149,12 @@ impl Spawner {
 
 impl Worker {
     fn start(index: usize, done: std::sync::mpsc::Sender<()>) -> std::io::Result<(Self, oneshot::Sender<()>)> {
+        // I/O and timers only: sessions start no processes and handle no
+        // signals (the main runtime does), and a process driver would look
+        // for exited children on every park.
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .thread_name(format!("wardgate-worker-{index}-blocking"))
             .build()?;
         let handle = rt.handle().clone();
