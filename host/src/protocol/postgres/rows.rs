@@ -166,12 +166,17 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
         // Column rules match the source column, not an alias (`ssn AS x` is
         // still ssn) and not a view's column that is one (see `Catalog::source`).
         let source = catalog.source(f.table_oid, f.attnum);
-        let own = catalog.table(f.table_oid);
-        let table = source.map(|(t, _)| t).or(own);
-        if f.attnum > 0 && source.is_none() && own.is_some() {
-            // A column added since the read: stars are no longer resolved from it.
-            catalog.columns_changed();
-        }
+        let table = match source {
+            Some((t, _)) => Some(t),
+            None => {
+                let own = catalog.table(f.table_oid);
+                if f.attnum > 0 && own.is_some() {
+                    // A column added since the read: stars are no longer resolved from it.
+                    catalog.columns_changed();
+                }
+                own
+            }
+        };
         let name = source.map_or_else(|| f.name.clone(), |(_, c)| c.to_string());
         columns.push(Column {
             name,
