@@ -20,7 +20,11 @@
 #     schema changes, migrations, introspection, and postgres_tests: arrays,
 #     hstore, ranges, full-text search, constraints, server-side cursors),
 #     and 2,910 of them again with psycopg 3's server-side binding (named
-#     prepared statements, typed parameters).
+#     prepared statements, typed parameters);
+#   tokio-postgres's own (135 tests, Rust: pipelined queries and prepares,
+#     binary formats for every type it maps, binary COPY in and out, portals,
+#     cancel tokens, notifications, simple-query batches, transactions and
+#     savepoints), plaintext on loopback as its tests connect without TLS.
 # A test that fails only through the gateway fails this script, unless it is
 # listed below with the reason the gateway answers differently on purpose. A
 # failure is retried once on its own (some async tests are timing-sensitive).
@@ -37,6 +41,8 @@ PSYCOPG=3.3.9
 DJANGO_APPS=${DJANGO_APPS:-"postgres_tests backends transactions select_for_update queries expressions aggregation model_fields lookup db_functions bulk_create schema introspection migrations inspectdb raw_query"}
 # Again with server-side binding (named prepared statements, typed parameters).
 DJANGO_BINDING_APPS=${DJANGO_BINDING_APPS:-"postgres_tests backends transactions queries expressions aggregation model_fields lookup db_functions bulk_create"}
+# The version in Cargo.lock (the end-to-end tests use it): its crate source carries its tests.
+TOKIO_POSTGRES=$(grep -A1 '^name = "tokio-postgres"$' "$WARDGATE_ROOT/Cargo.lock" | sed -nE 's/^version = "(.*)"$/\1/p')
 
 # Deliberate differences, each with its reason.
 own_db="connects to a database the test itself creates: dbname names a configured Wardgate connection"
@@ -91,6 +97,8 @@ declare -A EXPECTED=(
   [test_domain_create_table]="$masked"
   [test_create_table_schema_translate_map]="$masked (its get_domains cases)"
   [test_unaccent_with_conforming_strings_off]="standard_conforming_strings is pinned on"
+  [plain_password_ok]="logs in as a role the test creates: clients log in as Wardgate principals"
+  [scram_password_ok]="logs in as a role the test creates: clients log in as Wardgate principals"
   [test_connect_role]="PostgreSQL quotes the role name in a 22023 error, a data exception, whose quoted values are withheld on masked sessions (README: What gets masked)"
 )
 
@@ -153,6 +161,39 @@ if ! "$venv/bin/python" -c "import psycopg, asgiref, sqlparse; assert psycopg.__
   "$venv/bin/pip" install -q "psycopg[binary]==$PSYCOPG" asgiref sqlparse
 fi
 sdist django "$DJANGO"
+
+# tokio-postgres: its crate source (in cargo's registry once the workspace is
+# built) copied under ~/.cache/wardgate, its tests pointed at TPG_PORT with the
+# login in TPG_LOGIN instead of port 5433 and user postgres, then built.
+tsrc="$HOME/.cache/wardgate/tokio-postgres-$TOKIO_POSTGRES"
+if [ ! -f "$tsrc/.wardgate-patched" ]; then
+  crate=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"tokio-postgres-$TOKIO_POSTGRES" 2>/dev/null | head -1)
+  [ -n "$crate" ] || { echo "tokio-postgres $TOKIO_POSTGRES: not in cargo's registry (build the workspace first)"; exit 1; }
+  rm -rf "$tsrc"; cp -r "$crate" "$tsrc"
+  python3 - "$tsrc/tests/test" <<'PY'
+import sys
+d = sys.argv[1]
+login = 'fn wg(s: &str) -> String {\n    let login = std::env::var("TPG_LOGIN").unwrap();\n    s.replace("user=postgres dbname=postgres", &login).replace("user=postgres", &login)\n}\n\n'
+port = 'format!("127.0.0.1:{}", std::env::var("TPG_PORT").unwrap())'
+main = open(f"{d}/main.rs").read()
+main = main.replace("async fn connect_raw(", login + "async fn connect_raw(", 1)
+main = main.replace('TcpStream::connect("127.0.0.1:5433")', f"TcpStream::connect({port})")
+main = main.replace("let config = s.parse::<Config>()", "let config = wg(s).parse::<Config>()")
+open(f"{d}/main.rs", "w").write(main)
+rt = open(f"{d}/runtime.rs").read()
+rt = rt.replace("tokio_postgres::connect(s, NoTls)",
+                'tokio_postgres::connect(&crate::wg(s).replace("5433", &std::env::var("TPG_PORT").unwrap()), NoTls)')
+open(f"{d}/runtime.rs", "w").write(rt)
+assert main.count("TPG_PORT") >= 2 and "wg(s)" in main and "TPG_PORT" in rt, "tokio-postgres tests changed shape"
+PY
+  touch "$tsrc/.wardgate-patched"
+fi
+TPG_FEATURES="with-serde_json-1 with-uuid-1 with-chrono-0_4 with-bit-vec-0_6 with-time-0_3 with-eui48-1 with-geo-types-0_7 array-impls"
+(cd "$tsrc" && CARGO_TARGET_DIR="$HOME/.cache/wardgate/tokio-postgres-target" cargo test -q --no-run --test test \
+  --features "$TPG_FEATURES" 2>&1 | grep -v '^warning\|^ *|\|^ *=\|^$' || true)
+tbin=$(cd "$tsrc" && CARGO_TARGET_DIR="$HOME/.cache/wardgate/tokio-postgres-target" cargo test -q --no-run --test test \
+  --features "$TPG_FEATURES" --message-format=json 2>/dev/null | sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -1)
+[ -x "$tbin" ] || { echo "tokio-postgres $TOKIO_POSTGRES: its tests did not build"; exit 1; }
 cat > "$djsrc/tests/test_wardgate.py" <<'PY'
 import os
 common = {
@@ -181,6 +222,11 @@ psql -X -q "$UPSTREAM" -c "CREATE DATABASE psycopg2_test" >/dev/null
 # SQLAlchemy's suite expects two extra schemas and hstore in its database.
 psql -X -q "$UPSTREAM" -c "CREATE DATABASE sqla_test" >/dev/null
 psql -X -q "${UPSTREAM%/*}/sqla_test" -c "CREATE SCHEMA test_schema; CREATE SCHEMA test_schema_2; CREATE EXTENSION hstore" >/dev/null
+# tokio-postgres's suite: its types tests need hstore, citext and ltree; its
+# login tests, roles with passwords (the direct run only).
+psql -X -q "$UPSTREAM" -c "CREATE DATABASE tokio_postgres_test" \
+  -c "CREATE ROLE pass_user LOGIN PASSWORD 'password'" -c "CREATE ROLE scram_user LOGIN PASSWORD 'password'" >/dev/null
+psql -X -q "${UPSTREAM%/*}/tokio_postgres_test" -c "CREATE EXTENSION hstore; CREATE EXTENSION citext; CREATE EXTENSION ltree" >/dev/null
 for db in django_direct django_direct_other django_gateway django_gateway_other; do
   psql -X -q "$UPSTREAM" -c "CREATE DATABASE $db" >/dev/null
 done
@@ -205,11 +251,12 @@ plugin_dir = "plugins"
 [listeners.postgres]
 bind = "127.0.0.1:$GW_PORT"
 tls_self_signed = true
+allow_plaintext = true
 
 [admin]
 bind = "127.0.0.1:$(port)"
 TOML
-  for db in psycopg2_test postgres sqla_test django_gateway django_gateway_other; do connection "$db"; done
+  for db in psycopg2_test postgres sqla_test django_gateway django_gateway_other tokio_postgres_test; do connection "$db"; done
 } > "$gw/wardgate.toml"
 WARDGATE_LOG=warn "$WG" serve --config "$gw/wardgate.toml" 2>"$WORK/serve.log" &
 SERVE_PID=$!
@@ -293,18 +340,30 @@ django_server_binding() {
   [ $# -gt 0 ] || set -- $DJANGO_BINDING_APPS
   DJ_SERVER_BINDING=1 django "$where" "$@"
 }
+# tokio_postgres direct|gateway [TEST...]: its test binary (libtest), plaintext.
+tokio_postgres() {
+  local where=$1; shift
+  if [ "$where" = direct ]; then
+    local env=(TPG_PORT="$up_port" TPG_LOGIN="user=postgres password=$up_pw dbname=tokio_postgres_test")
+  else
+    local env=(TPG_PORT="$GW_PORT" TPG_LOGIN="user=demo-agent password=$AGENT_KEY dbname=tokio_postgres_test")
+  fi
+  [ $# -eq 0 ] || set -- --exact "$@"
+  (cd "$tsrc" && env "${env[@]}" timeout 600 "$tbin" --test-threads=2 "$@" 2>&1) || true
+}
 sqlalchemy_psycopg2() { sqlalchemy psycopg2 "$@"; }
 sqlalchemy_asyncpg() { sqlalchemy asyncpg "$@"; }
 
 # Test ids of failures (unittest: subtests and setUpClass included; pytest: path::name).
 failed() {
   { sed -nE 's/^(FAIL|ERROR): ([A-Za-z_0-9]+) \(([A-Za-z_0-9.]+)\)( .*)?$/\3/p' "$1"
-    sed -nE 's/^(FAILED|ERROR) (.*::.*)$/\2/p' "$1" | sed -E 's/ - .*$//'; } | sort -u
+    sed -nE 's/^(FAILED|ERROR) (.*::.*)$/\2/p' "$1" | sed -E 's/ - .*$//'
+    sed -nE 's/^test (.*) \.\.\. FAILED$/\1/p' "$1"; } | sort -u
 }
 # The run's summary line(s), empty when it did not complete.
-summary() { grep -E '^(Ran [0-9]+ tests|OK|FAILED( \(.*)?$)|^=* ?[0-9]+ (passed|failed)|[0-9]+ passed' "$1" | tr '\n' ' ' || true; }
+summary() { grep -E '^(Ran [0-9]+ tests|OK|FAILED( \(.*)?$)|^=* ?[0-9]+ (passed|failed)|[0-9]+ passed|^test result: ' "$1" | tr '\n' ' ' || true; }
 # Whether a run of one test passed.
-passed() { grep -qE '^OK|^=* ?1 passed'; }
+passed() { grep -qE '^OK|^=* ?1 passed|^test result: ok\. 1 passed'; }
 
 # compare NAME: run suite NAME both ways; fail on a test failing only through the gateway.
 compare() {
@@ -343,9 +402,10 @@ declare -A TITLE=(
   [sqlalchemy_asyncpg]="SQLAlchemy $SQLALCHEMY PostgreSQL dialect tests over asyncpg"
   [django]="Django $DJANGO test suite ($(wc -w <<<"$DJANGO_APPS") apps) over psycopg $PSYCOPG"
   [django_server_binding]="Django $DJANGO test suite ($(wc -w <<<"$DJANGO_BINDING_APPS") apps) over psycopg $PSYCOPG with server-side binding"
+  [tokio_postgres]="tokio-postgres $TOKIO_POSTGRES test suite"
 )
 status=0
-for suite in ${DRIVERS:-psycopg2 asyncpg pg8000 sqlalchemy_psycopg2 sqlalchemy_asyncpg django django_server_binding}; do
+for suite in ${DRIVERS:-psycopg2 asyncpg pg8000 sqlalchemy_psycopg2 sqlalchemy_asyncpg django django_server_binding tokio_postgres}; do
   [ -n "${TITLE[$suite]:-}" ] || { echo "unknown suite $suite (use: ${!TITLE[*]})"; exit 2; }
   echo "== ${TITLE[$suite]}: directly, then through Wardgate (pii-mask active)"
   compare "$suite" || status=1
