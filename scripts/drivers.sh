@@ -47,6 +47,7 @@ TOKIO_POSTGRES=$(grep -A1 '^name = "tokio-postgres"$' "$WARDGATE_ROOT/Cargo.lock
 # Deliberate differences, each with its reason.
 own_db="connects to a database the test itself creates: dbname names a configured Wardgate connection"
 masked="reads back the e-mail addresses it stored, which pii-mask masks (README: What gets masked)"
+own_role="logs in as a role the test creates: clients log in as Wardgate principals"
 unknown_db="expects 3D000 for a database that does not exist; any connection a principal may not use is 28000, so connection names are not disclosed"
 declare -A EXPECTED=(
   [test_encoding_name]="client_encoding is pinned to UTF8 (README: Reading SQL exactly as PostgreSQL does)"
@@ -82,7 +83,7 @@ declare -A EXPECTED=(
   [testUnicodeDatabaseName]="$unknown_db"
   [testBytesDatabaseName]="$unknown_db"
   [testBytesPassword]="$unknown_db"
-  [test_scram_sha_256]="logs in as a role the test creates: clients log in as Wardgate principals"
+  [test_scram_sha_256]="$own_role"
   [test_multiple_host_real_connect]="fills a URL template by replacing the letters H, P, D and U, which also rewrites those letters inside a service-account key (the direct run's hex password has none)"
   [test_backslash_escapes_detection]="standard_conforming_strings is pinned on"
   [test_client_encoding]="client_encoding is pinned to UTF8"
@@ -97,8 +98,8 @@ declare -A EXPECTED=(
   [test_domain_create_table]="$masked"
   [test_create_table_schema_translate_map]="$masked (its get_domains cases)"
   [test_unaccent_with_conforming_strings_off]="standard_conforming_strings is pinned on"
-  [plain_password_ok]="logs in as a role the test creates: clients log in as Wardgate principals"
-  [scram_password_ok]="logs in as a role the test creates: clients log in as Wardgate principals"
+  [plain_password_ok]="$own_role"
+  [scram_password_ok]="$own_role"
   [test_connect_role]="PostgreSQL quotes the role name in a 22023 error, a data exception, whose quoted values are withheld on masked sessions (README: What gets masked)"
 )
 
@@ -189,11 +190,11 @@ PY
   touch "$tsrc/.wardgate-patched"
 fi
 TPG_FEATURES="with-serde_json-1 with-uuid-1 with-chrono-0_4 with-bit-vec-0_6 with-time-0_3 with-eui48-1 with-geo-types-0_7 array-impls"
-(cd "$tsrc" && CARGO_TARGET_DIR="$HOME/.cache/wardgate/tokio-postgres-target" cargo test -q --no-run --test test \
-  --features "$TPG_FEATURES" 2>&1 | grep -v '^warning\|^ *|\|^ *=\|^$' || true)
-tbin=$(cd "$tsrc" && CARGO_TARGET_DIR="$HOME/.cache/wardgate/tokio-postgres-target" cargo test -q --no-run --test test \
-  --features "$TPG_FEATURES" --message-format=json 2>/dev/null | sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -1)
-[ -x "$tbin" ] || { echo "tokio-postgres $TOKIO_POSTGRES: its tests did not build"; exit 1; }
+# One build; cargo names the test binary it made ("Executable ... (PATH)").
+tbuild=$(cd "$tsrc" && CARGO_TARGET_DIR="$HOME/.cache/wardgate/tokio-postgres-target" cargo test --no-run --test test \
+  --features "$TPG_FEATURES" 2>&1) || true
+tbin=$(sed -nE 's/^ *Executable .*\((.*)\)$/\1/p' <<<"$tbuild" | tail -1)
+[ -x "$tbin" ] || { echo "tokio-postgres $TOKIO_POSTGRES: its tests did not build:"; tail -30 <<<"$tbuild"; exit 1; }
 cat > "$djsrc/tests/test_wardgate.py" <<'PY'
 import os
 common = {
@@ -361,7 +362,7 @@ failed() {
     sed -nE 's/^test (.*) \.\.\. FAILED$/\1/p' "$1"; } | sort -u
 }
 # The run's summary line(s), empty when it did not complete.
-summary() { grep -E '^(Ran [0-9]+ tests|OK|FAILED( \(.*)?$)|^=* ?[0-9]+ (passed|failed)|[0-9]+ passed|^test result: ' "$1" | tr '\n' ' ' || true; }
+summary() { grep -E '^(Ran [0-9]+ tests|OK|FAILED( \(.*)?$)|^=* ?[0-9]+ (passed|failed)|[0-9]+ passed' "$1" | tr '\n' ' ' || true; }
 # Whether a run of one test passed.
 passed() { grep -qE '^OK|^=* ?1 passed|^test result: ok\. 1 passed'; }
 
