@@ -46,7 +46,12 @@ for t in "${targets[@]}"; do
   if ! cargo +nightly fuzz run -O "$t" "$work" -- -max_total_time="$seconds" -rss_limit_mb=4096 \
       -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
     echo "fuzz $t: FAILED (input saved in fuzz/artifacts/$t/)"
-    grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -20
+    # What failed and on which input, so a CI log alone reproduces it: the
+    # panic with its message, libFuzzer's summary, the input as Base64
+    # (printf '%s' B64 | base64 -d > input) and as the target read it.
+    grep -E -A3 'panicked' "$log" | grep -vE '^ +[0-9]+: |^ +at ' | cut -c1-1500 | head -12
+    grep -E 'ERROR: libFuzzer|SUMMARY|Test unit written|^Base64: ' "$log" | head -8
+    grep -A2 'Output of `std::fmt::Debug`' "$log" | tail -1 | cut -c1-2000
     exit 1
   fi
   runs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}')

@@ -24,6 +24,16 @@ fuzz_target!(|text: &str| {
     if fresh.0.parse_error.is_some() && cached.0.parse_error.is_none() {
         return;
     }
+    // "stack depth limit exceeded" is a limit of the call (libpg_query sizes
+    // it to the calling thread's free stack on every call), not a property of
+    // the text, and it refuses the text (fails closed); the caches never
+    // store an error, so a later call parses again.
+    let stack_limit = |r: &(wardgate::pipeline::types::SqlRequest, Option<String>)| {
+        r.0.parse_error.as_deref().is_some_and(|e| e.contains("stack depth limit exceeded"))
+    };
+    if stack_limit(&cached) || stack_limit(&fresh) {
+        return;
+    }
     assert_eq!(cached, fresh, "{text:?}");
     // Which NOT NULL columns would make a WHERE trivial: the same either way.
     assert_eq!(wardgate::sql::null_reliance(text), wardgate::sql::null_reliance_uncached(text), "{text:?}");

@@ -188,9 +188,13 @@ fn analyze_cached(text: &str) -> Analysis {
     // A text the literal-key template answered is answered as fast again
     // without this cache: storing it (texts that differ only in constants
     // are all different) would only evict the texts that needed the parser.
-    let from_template = matches!(outcome, Ok((_, Served::Template)));
+    // A rejected text is not stored either: the parser's error can depend on
+    // the call as well as the text ("stack depth limit exceeded" measures the
+    // calling thread's stack), and a stored one would refuse the text again
+    // where a new parse accepts it; parsing it again costs what any new text does.
+    let cacheable = matches!(outcome, Ok((_, Served::Lexer)));
     let result: Analysis = Arc::new(outcome.map(|(a, _)| a));
-    if !from_template && text.len() <= 16 * 1024 {
+    if cacheable && text.len() <= 16 * 1024 {
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(HashMap::new);
         if cache.len() >= CACHE_CAP {
@@ -1133,6 +1137,30 @@ mod tests {
         // The common case is served without the real lexer.
         let key = literal_key(pairs[0].1).unwrap().0;
         assert!(LITERAL_SHAPES.lock().as_ref().is_some_and(|c| c.contains_key(&key)));
+    }
+
+    #[test]
+    fn a_rejected_text_is_parsed_again() {
+        // libpg_query sizes its stack depth limit to the calling thread's
+        // free stack: on a small stack a deeply nested text is refused
+        // ("stack depth limit exceeded"); on a large one the parser gets
+        // through and the tree is refused for its depth when decoded (prost's
+        // limit). The first refusal is the call's, not the text's: it must
+        // not be served to the second call.
+        let text = format!("SELECT {}1{}", "(1+".repeat(3000), ")".repeat(3000));
+        let on_stack = |bytes: usize| {
+            let text = text.clone();
+            std::thread::Builder::new()
+                .stack_size(bytes)
+                .spawn(move || analyze_checked(&text, SqlPhase::SimpleQuery, "").0.parse_error)
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        let small = on_stack(600 << 10);
+        assert!(small.as_deref().is_some_and(|e| e.contains("stack depth")), "{small:?}");
+        let large = on_stack(32 << 20);
+        assert!(large.as_deref().is_some_and(|e| !e.contains("stack depth")), "{large:?}");
     }
 
     #[test]
