@@ -40,11 +40,12 @@ read -r dtps dlat dfail < <(run direct "$direct")
 echo "  direct:   tps $dtps, latency avg $dlat ms, failed $dfail"
 
 rss0=$(rss); fd0=$(fds); peak_rss=$rss0; peak_fd=$fd0; peak_sessions=0
+read -r peak_wasm peak_other < <(rss_parts)
 ( "$PGBIN/pgbench" -n -M extended -c "$CLIENTS" -j2 -T "$LOAD_SECS" -f "$WORK/mix.sql" "$GW_DSN" >"$WORK/wardgate.log" 2>&1; echo $? > "$WORK/wardgate.rc" ) &
 bench=$!
 masked_ok=0; masked_bad=0
 while kill -0 "$bench" 2>/dev/null; do
-  r=$(rss); [ "$r" -gt "$peak_rss" ] && peak_rss=$r
+  r=$(rss); if [ "$r" -gt "$peak_rss" ]; then peak_rss=$r; read -r peak_wasm peak_other < <(rss_parts); fi
   f=$(fds); [ "$f" -gt "$peak_fd" ] && peak_fd=$f
   n=$(psql -X -qAt "$UPSTREAM" -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'wardgate_app'" 2>/dev/null || echo 0)
   [ "$n" -gt "$peak_sessions" ] && peak_sessions=$n
@@ -65,6 +66,8 @@ echo "  wardgate: tps ${wtps:-0}, latency avg ${wlat:-0} ms, failed ${wfail:-?};
 awk -v d="$dtps" -v w="${wtps:-0}" 'BEGIN { printf "  ratio wardgate/direct %.2f\n", (d > 0 ? w / d : 0) }'
 echo "  peak concurrent upstream sessions $peak_sessions (of $CLIENTS clients); masking checks $masked_ok ok, $masked_bad bad"
 echo "  gateway RSS start $((rss0/1024)) MiB, peak $((peak_rss/1024)) MiB, end $((rss1/1024)) MiB; fds start $fd0, peak $peak_fd, end $fd1"
+echo "  at the peak: plugin instances (wasmtime's pool) $((peak_wasm/1024)) MiB, the rest $((peak_other/1024)) MiB" \
+  "(per session: $((peak_wasm / CLIENTS)) KiB and $((peak_other / CLIENTS)) KiB)"
 errors=$(( ${wfail:-1} + client_errors + gateway_errors + masked_bad + $(cat "$WORK/wardgate.rc") ))
 [ "$peak_sessions" -ge "$CLIENTS" ] || { echo "  only $peak_sessions sessions were open at once"; errors=$((errors+1)); }
 echo "errors $errors"

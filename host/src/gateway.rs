@@ -148,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         access: Arc::new(crate::admin::access::Access::from_config(&config)),
         audit,
         certs,
+        workers: session_workers.as_ref().map(|w: &crate::workers::Workers| w.spawner()),
     });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = crate::admin::listen::serve(admin, admin_tls, app).await {

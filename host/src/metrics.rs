@@ -42,11 +42,14 @@ pub struct Sources<'a> {
     pub admin: &'a AdminStats,
     /// Listener certificates.
     pub certs: &'a [Arc<CertStore>],
+    /// Sessions open now on each session worker thread (empty without a
+    /// PostgreSQL listener).
+    pub workers: &'a [usize],
 }
 
 /// Render all metrics.
 pub fn render(src: &Sources<'_>) -> String {
-    let Sources { stats, registry, record, admin, certs } = src;
+    let Sources { stats, registry, record, admin, certs, workers } = src;
     let mut s = String::new();
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sum = |f: fn(&CertStore) -> &AtomicU64| certs.iter().map(|c| g(f(c))).sum::<u64>();
@@ -119,6 +122,13 @@ pub fn render(src: &Sources<'_>) -> String {
     ];
     for (name, help, kind, v) in gateway {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    // How evenly sessions spread over the worker threads (a session stays on
+    // the worker it started on).
+    let name = "wardgate_worker_sessions";
+    let _ = writeln!(s, "# HELP {name} Client sessions open now on each session worker thread.\n# TYPE {name} gauge");
+    for (i, n) in workers.iter().enumerate() {
+        let _ = writeln!(s, "{name}{{worker=\"{i}\"}} {n}");
     }
     let set = registry.current();
     let per_plugin: [PluginMetric; 3] = [

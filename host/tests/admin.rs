@@ -54,6 +54,19 @@ async fn every_admin_route_needs_a_credential_with_the_right_role_and_every_call
     let (code, body) = curl(&["-H", &metrics, &url("/metrics")]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("wardgate_admin_refused_total"), "{body}");
+    // Per worker thread: the sessions open on it, which add up to the open
+    // sessions (one, this client's).
+    let client = g.client().await;
+    let (_, body) = curl(&["-H", &metrics, &url("/metrics")]);
+    let per_worker: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("wardgate_worker_sessions{worker=\""))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count"))
+        .collect();
+    assert!(!per_worker.is_empty(), "{body}");
+    assert_eq!(per_worker.iter().sum::<u64>(), 1, "{body}");
+    assert!(body.contains("\nwardgate_sessions_active 1\n"), "{body}");
+    drop(client);
     assert_eq!(curl(&["-H", &metrics, &url("/api/plugins")]).0, 403);
     assert_eq!(curl(&["-H", &metrics, &url("/api/approvals")]).0, 403);
     // The admin: everything.

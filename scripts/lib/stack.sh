@@ -65,3 +65,16 @@ wg_gateway() {
 # Gateway process RSS (KiB) and open file descriptors.
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$SERVE_PID/status"; }
 fds() { ls "/proc/$SERVE_PID/fd" | wc -l; }
+# Gateway RSS (KiB) in two parts: "WASM OTHER". WASM is what is resident in
+# wasmtime's pooling reservations (plugin instances' linear memories, tables
+# and state): runs of adjacent mappings that hold a piece over 1 GiB (a
+# reservation is split where slots are in use). OTHER is the rest (heap,
+# stacks, code, buffers).
+rss_parts() {
+  awk '
+    /^[0-9a-f]+-[0-9a-f]+ / { split($1, a, "-"); if (a[1] != prev_end) flush(); prev_end = a[2]; next }
+    /^Size:/ { if ($2 > 1048576) big = 1; next }
+    /^Rss:/ { run += $2; next }
+    function flush() { if (big) w += run; else o += run; run = 0; big = 0 }
+    END { flush(); print w + 0, o + 0 }' "/proc/$SERVE_PID/smaps"
+}

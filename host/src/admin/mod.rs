@@ -39,6 +39,9 @@ pub struct AdminState {
     pub audit: Arc<access::Audit>,
     /// Listener certificates (for reload counters).
     pub certs: Vec<Arc<crate::tls::reload::CertStore>>,
+    /// The session workers (for their session counts), if a protocol
+    /// listener runs.
+    pub workers: Option<crate::workers::Spawner>,
 }
 
 /// One plugin as `plugins list` shows it.
@@ -123,6 +126,7 @@ pub fn router(state: AdminState) -> Router {
                         record: &s.recorder.stats,
                         admin: &s.audit.stats,
                         certs: &s.certs,
+                        workers: &s.workers.as_ref().map(|w| w.live()).unwrap_or_default(),
                     }),
                 )
                     .into_response()
