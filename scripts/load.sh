@@ -56,7 +56,7 @@ while kill -0 "$bench" 2>/dev/null; do
   sleep 1
 done
 wait "$bench" || true
-sleep 1
+sleep 11 # the gateway gives freed heap back within two 5 s looks after sessions close (host/src/memory.rs)
 rss1=$(rss); fd1=$(fds)
 wtps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$WORK/wardgate.log"); wlat=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' "$WORK/wardgate.log")
 wfail=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$WORK/wardgate.log")

@@ -98,6 +98,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gateway> {
     let log = recorder.session(&format!("approvals-{}", crate::util::random_id()));
     let approvals = crate::approvals::Approvals::new(store, config.approvals.clone(), log);
     tasks.push(approvals.spawn_expirer());
+    tasks.push(crate::memory::spawn_trimmer(stats.clone()));
     let auth = Arc::new(Authenticator::from_config(&config));
     let mut postgres_addr = None;
     let mut session_workers = None;

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod devenv;
 pub mod gateway;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
