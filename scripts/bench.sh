@@ -2,8 +2,10 @@
 # Benchmarks, each printed as a ratio against a baseline measured in the same run.
 #  1. Plugin platform: guard call, masking vs native, instantiation (cargo bench).
 #  2. pgbench -S (select-only), interleaved rounds: direct PostgreSQL vs pgbouncer
-#     vs Wardgate (sql-guard + pii-mask active), -c4 -j2; then single-client
-#     latency p50/p99 direct vs pgbouncer vs Wardgate.
+#     vs Wardgate (sql-guard + pii-mask active) vs Wardgate with no plugin (its
+#     relay, SQL analysis and recording: what is left is the plugins' policy),
+#     -c4 -j2, with each proxy's CPU per transaction; then single-client
+#     latency p50/p99 of each.
 # Not a test: numbers vary with the machine. Env: ROUNDS (3), SECS (10), SCALE (10).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -15,8 +17,11 @@ echo "== plugin platform"
 cargo bench -q -p wardgate --bench plugins 2>/dev/null | grep -v '^$'
 
 # PostgreSQL + seeded database from the demo; a second gateway with only
-# sql-guard + pii-mask (the demo also runs a recorder plugin).
+# sql-guard + pii-mask (the demo also runs a recorder plugin), and a third with
+# no plugin at all.
 wg_demo "$SCALE"
+wg_gateway bare
+bare_port=$GW_PORT; bare_pid=$SERVE_PID; WG_PIDS+=("$SERVE_PID")
 wg_gateway bench sql-guard pii-mask
 work=$WORK; WARDGATE_UPSTREAM_DSN=$UPSTREAM; WARDGATE_DEMO_DIR=$DEMO_DIR; agent_key=$AGENT_KEY; gw_port=$GW_PORT
 app_pw=$(cat "$WARDGATE_DEMO_DIR/upstream-password")
@@ -42,27 +47,49 @@ INI
 chown -R postgres "$work" 2>/dev/null || true
 if [ "$(id -u)" = 0 ]; then runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & else pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null & fi
 WG_PIDS+=($!)
-sleep 1
+for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.1; done
+sleep 0.5
+bouncer_pid=$(cat "$work/pgbouncer.pid")
 
 direct="host=127.0.0.1 port=$up_port dbname=shop user=wardgate_app password=$app_pw sslmode=disable"
 bouncer="host=127.0.0.1 port=$bn_port dbname=shop user=wardgate_app password=$app_pw sslmode=disable"
 wardgate="host=127.0.0.1 port=$gw_port dbname=shop user=demo-agent password=$agent_key sslmode=disable"
+bare="host=127.0.0.1 port=$bare_port dbname=shop user=demo-agent password=$agent_key sslmode=disable"
 for _ in $(seq 1 50); do psql -X -q "$wardgate" -c 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 
-tps() { "$PGBIN/pgbench" -n -S -c4 -j2 -T "$SECS" "$1" 2>/dev/null | sed -nE 's/^tps = ([0-9.]+).*/\1/p'; }
+# CPU seconds (user + system, all threads) a process has used so far.
+cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($12 + $13) / hz}'; }
+# "TPS µs" for a DSN: pgbench's TPS and the CPU the proxy whose pid is $2
+# spent per transaction (0 for none).
+tps() {
+  local before out
+  before=$([ -n "$2" ] && cpu_s "$2" || echo 0)
+  out=$("$PGBIN/pgbench" -n -S -c4 -j2 -T "$SECS" "$1" 2>/dev/null)
+  awk -v before="$before" -v after="$([ -n "$2" ] && cpu_s "$2" || echo 0)" '
+    /^number of transactions actually processed/ { n = $NF }
+    /^tps = / { tps = $3 }
+    END { printf "%.0f %.1f\n", tps, n ? (after - before) * 1e6 / n : 0 }' <<<"$out"
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "== pgbench -S -c4 -j2 -T$SECS, scale $SCALE, $ROUNDS interleaved rounds (TPS)"
-: > "$work/d"; : > "$work/b"; : > "$work/w"
+echo "== pgbench -S -c4 -j2 -T$SECS, scale $SCALE, $ROUNDS interleaved rounds (TPS; the proxy's CPU per transaction)"
+: > "$work/d"; : > "$work/b"; : > "$work/w"; : > "$work/n"; : > "$work/bc"; : > "$work/wc"; : > "$work/nc"
 for r in $(seq 1 "$ROUNDS"); do
-  d=$(tps "$direct"); b=$(tps "$bouncer"); w=$(tps "$wardgate")
-  echo "  round $r: direct $d  pgbouncer $b  wardgate $w"
-  echo "$d" >> "$work/d"; echo "$b" >> "$work/b"; echo "$w" >> "$work/w"
+  read -r d _ < <(tps "$direct" "")
+  read -r b bc < <(tps "$bouncer" "$bouncer_pid")
+  read -r w wc < <(tps "$wardgate" "$SERVE_PID")
+  read -r n nc < <(tps "$bare" "$bare_pid")
+  echo "  round $r: direct $d  pgbouncer $b ($bc µs)  wardgate $w ($wc µs)  wardgate, no plugin $n ($nc µs)"
+  echo "$d" >> "$work/d"; echo "$b" >> "$work/b"; echo "$w" >> "$work/w"; echo "$n" >> "$work/n"
+  echo "$bc" >> "$work/bc"; echo "$wc" >> "$work/wc"; echo "$nc" >> "$work/nc"
 done
-D=$(median < "$work/d"); B=$(median < "$work/b"); W=$(median < "$work/w")
-awk -v d="$D" -v b="$B" -v w="$W" 'BEGIN {
-  printf "  median TPS: direct %.0f, pgbouncer %.0f, wardgate %.0f\n", d, b, w;
-  printf "  ratios: pgbouncer/direct %.2f, wardgate/direct %.2f, wardgate/pgbouncer %.2f\n", b/d, w/d, w/b }'
+D=$(median < "$work/d"); B=$(median < "$work/b"); W=$(median < "$work/w"); N=$(median < "$work/n")
+awk -v d="$D" -v b="$B" -v w="$W" -v n="$N" \
+    -v bc="$(median < "$work/bc")" -v wc="$(median < "$work/wc")" -v nc="$(median < "$work/nc")" 'BEGIN {
+  printf "  median TPS: direct %.0f, pgbouncer %.0f, wardgate %.0f, wardgate with no plugin %.0f\n", d, b, w, n;
+  printf "  median CPU per transaction: pgbouncer %.1f µs, wardgate %.1f µs, wardgate with no plugin %.1f µs\n", bc, wc, nc;
+  printf "  ratios: pgbouncer/direct %.2f, wardgate/direct %.2f, wardgate/pgbouncer %.2f\n", b/d, w/d, w/b;
+  printf "  wardgate with no plugin/pgbouncer %.2f (relay, SQL analysis, recording); the plugins take wardgate to %.2f of that\n", n/b, w/n }'
 
 echo
 echo "== single-client latency (pgbench -S -c1, per-transaction log)"
@@ -74,9 +101,11 @@ lat() {
 read -r dp50 dp99 < <(lat "$direct")
 read -r bp50 bp99 < <(lat "$bouncer")
 read -r wp50 wp99 < <(lat "$wardgate")
+read -r np50 np99 < <(lat "$bare")
 read -r dp50b dp99b < <(lat "$direct")
 dp50=$(( (dp50 + dp50b) / 2 )); dp99=$(( (dp99 + dp99b) / 2 ))
 echo "  direct    p50 ${dp50} µs  p99 ${dp99} µs"
 echo "  pgbouncer p50 ${bp50} µs  p99 ${bp99} µs  (added p50 $((bp50 - dp50)) µs: what a plain proxy costs here)"
 echo "  wardgate  p50 ${wp50} µs  p99 ${wp99} µs"
+echo "  wardgate with no plugin p50 ${np50} µs  p99 ${np99} µs  (added p50 $((np50 - dp50)) µs: relay, SQL analysis, recording)"
 echo "  added p50 $((wp50 - dp50)) µs (target <= 50), added p99 $((wp99 - dp99)) µs"

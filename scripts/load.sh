@@ -39,7 +39,12 @@ echo "load: $CLIENTS concurrent sessions, ${LOAD_SECS}s each, pgbench -M extende
 read -r dtps dlat dfail < <(run direct "$direct")
 echo "  direct:   tps $dtps, latency avg $dlat ms, failed $dfail"
 
-rss0=$(rss); fd0=$(fds); peak_rss=$rss0; peak_fd=$fd0; peak_sessions=0
+# Heap trims so far (wardgate_heap_trims_total, read as the demo's admin).
+trims() {
+  { curl -sf -H "Authorization: Bearer $APPROVER" "http://127.0.0.1:$ADM_PORT/metrics" || true; } |
+    awk '$1 == "wardgate_heap_trims_total" {print $2; found = 1} END {if (!found) print 0}'
+}
+rss0=$(rss); fd0=$(fds); peak_rss=$rss0; peak_fd=$fd0; peak_sessions=0; trims0=$(trims)
 read -r peak_wasm peak_other < <(rss_parts)
 ( "$PGBIN/pgbench" -n -M extended -c "$CLIENTS" -j2 -T "$LOAD_SECS" -f "$WORK/mix.sql" "$GW_DSN" >"$WORK/wardgate.log" 2>&1; echo $? > "$WORK/wardgate.rc" ) &
 bench=$!
@@ -56,19 +61,26 @@ while kill -0 "$bench" 2>/dev/null; do
   sleep 1
 done
 wait "$bench" || true
-sleep 11 # the gateway gives freed heap back within two 5 s looks after sessions close (host/src/memory.rs)
+# The gateway hands freed heap back once the sessions have closed
+# (host/src/memory.rs): wait for its trim counter to move (at most 30 s).
+trims1=$trims0; trim_wait=0
+while [ "$trims1" -le "$trims0" ] && [ "$trim_wait" -lt 60 ]; do
+  sleep 0.5; trim_wait=$((trim_wait + 1)); trims1=$(trims)
+done
+if [ "$trims1" -gt "$trims0" ]; then trimmed="heap trimmed within $(( (trim_wait + 1) / 2 )) s of the load's end"
+else trimmed="no heap trim within 30 s of the load's end"; fi
 rss1=$(rss); fd1=$(fds)
 wtps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$WORK/wardgate.log"); wlat=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' "$WORK/wardgate.log")
 wfail=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$WORK/wardgate.log")
 client_errors=$(grep -c -E 'error|ERROR' "$WORK/wardgate.log" || true)
-gateway_errors=$(grep -c -E ' ERROR ' "$WORK/serve.log" || true)
+gateway_errors=$(grep -c -E ' ERROR ' "$SERVE_LOG" || true)
 echo "  wardgate: tps ${wtps:-0}, latency avg ${wlat:-0} ms, failed ${wfail:-?}; client error lines $client_errors, gateway ERROR lines $gateway_errors"
 awk -v d="$dtps" -v w="${wtps:-0}" 'BEGIN { printf "  ratio wardgate/direct %.2f\n", (d > 0 ? w / d : 0) }'
 echo "  peak concurrent upstream sessions $peak_sessions (of $CLIENTS clients); masking checks $masked_ok ok, $masked_bad bad"
-echo "  gateway RSS start $((rss0/1024)) MiB, peak $((peak_rss/1024)) MiB, end $((rss1/1024)) MiB; fds start $fd0, peak $peak_fd, end $fd1"
+echo "  gateway RSS start $((rss0/1024)) MiB, peak $((peak_rss/1024)) MiB, end $((rss1/1024)) MiB ($trimmed); fds start $fd0, peak $peak_fd, end $fd1"
 echo "  at the peak: plugin instances (wasmtime's pool) $((peak_wasm/1024)) MiB, the rest $((peak_other/1024)) MiB" \
   "(per session: $((peak_wasm / CLIENTS)) KiB and $((peak_other / CLIENTS)) KiB)"
 errors=$(( ${wfail:-1} + client_errors + gateway_errors + masked_bad + $(cat "$WORK/wardgate.rc") ))
 [ "$peak_sessions" -ge "$CLIENTS" ] || { echo "  only $peak_sessions sessions were open at once"; errors=$((errors+1)); }
 echo "errors $errors"
-if [ "$errors" -ne 0 ]; then tail -5 "$WORK/wardgate.log"; grep -E ' ERROR ' "$WORK/serve.log" | head -5 || true; exit 1; fi
+if [ "$errors" -ne 0 ]; then tail -5 "$WORK/wardgate.log"; grep -E ' ERROR ' "$SERVE_LOG" | head -5 || true; exit 1; fi

@@ -53,7 +53,7 @@ swaps=$(cat "$work/swaps" 2>/dev/null || echo 0)
 tx=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$work/pgbench.log")
 failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$work/pgbench.log")
 client_errors=$(grep -c -E 'error|ERROR' "$work/pgbench.log" || true)
-gateway_errors=$(grep -c -E ' ERROR ' "$work/serve.log" || true)
+gateway_errors=$(grep -c -E ' ERROR ' "$SERVE_LOG" || true)
 errors=$(( ${failed:-0} + client_errors + approval_errors + gateway_errors ))
 echo "transactions $tx, failed ${failed:-0}, client errors $client_errors; approvals $approved approved, $approval_errors failed; hot swaps $swaps; gateway ERROR log lines $gateway_errors"
 echo "RSS start $((rss0/1024)) MiB, end $((rss1/1024)) MiB, peak $((peak/1024)) MiB, drift $(( (rss1-rss0)/1024 )) MiB"
@@ -63,7 +63,7 @@ fd_targets > "$work/fds.end"
 echo "fds opened since start (kind, count): $(comm -13 "$work/fds.start" "$work/fds.end" | sort | uniq -c | awk '{printf "%s x%s; ", $2, $1}')"
 echo "errors $errors"
 if [ "$errors" -ne 0 ]; then
-  tail -5 "$work/pgbench.log"; grep -E ' ERROR ' "$work/serve.log" | head -5 || true
+  tail -5 "$work/pgbench.log"; grep -E ' ERROR ' "$SERVE_LOG" | head -5 || true
   cat "$work/approval-errors" 2>/dev/null | head -5 || true
   exit 1
 fi

@@ -49,17 +49,20 @@ pub fn spawn_trimmer(stats: Arc<Stats>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if policy.sessions_now(stats.sessions_active.load(Ordering::Relaxed)) {
-                // It walks every arena, taking each one's lock in turn: off
-                // the async threads.
-                let _ = tokio::task::spawn_blocking(trim).await;
+            // It walks every arena, taking each one's lock in turn: off the
+            // async threads.
+            if policy.sessions_now(stats.sessions_active.load(Ordering::Relaxed))
+                && tokio::task::spawn_blocking(trim).await.unwrap_or(false)
+            {
+                stats.heap_trims.fetch_add(1, Ordering::Relaxed);
             }
         }
     })
 }
 
-/// Return the free pages of every arena to the OS.
-fn trim() {
+/// Return the free pages of every arena to the OS; false where the allocator
+/// is not glibc's (nothing was done).
+fn trim() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let t = std::time::Instant::now();
@@ -67,7 +70,10 @@ fn trim() {
         // it takes the arenas' own locks.
         let released = unsafe { libc::malloc_trim(0) };
         tracing::debug!(released = released != 0, took_us = t.elapsed().as_micros() as u64, "heap trimmed");
+        true
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
 }
 
 #[cfg(test)]
@@ -108,7 +114,7 @@ mod tests {
         .join()
         .unwrap();
         let before = rss();
-        trim();
+        assert!(trim(), "glibc trims");
         let after = rss();
         drop(kept);
         assert!(before.saturating_sub(after) > 32 * 1024, "RSS {before} KiB -> {after} KiB");

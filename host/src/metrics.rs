@@ -25,6 +25,8 @@ pub struct Stats {
     pub requests_denied: AtomicU64,
     /// Result rows that went through maskers.
     pub rows_masked: AtomicU64,
+    /// Times freed heap was handed back to the OS (see `crate::memory`).
+    pub heap_trims: AtomicU64,
 }
 
 /// name, help, type, value of a per-plugin metric.
@@ -54,13 +56,19 @@ pub fn render(src: &Sources<'_>) -> String {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sum = |f: fn(&CertStore) -> &AtomicU64| certs.iter().map(|c| g(f(c))).sum::<u64>();
     let (c, gauge) = ("counter", "gauge");
-    let gateway: [(&str, &str, &str, u64); 19] = [
+    let gateway: [(&str, &str, &str, u64); 20] = [
         ("wardgate_sessions_started_total", "Client sessions accepted.", c, g(&stats.sessions_started)),
         ("wardgate_sessions_active", "Client sessions open now.", gauge, g(&stats.sessions_active)),
         ("wardgate_auth_failures_total", "Refused credentials or missing grants.", c, g(&stats.auth_failures)),
         ("wardgate_requests_total", "Requests checked by guards.", c, g(&stats.requests)),
         ("wardgate_requests_denied_total", "Requests refused.", c, g(&stats.requests_denied)),
         ("wardgate_rows_masked_total", "Result rows passed through maskers.", c, g(&stats.rows_masked)),
+        (
+            "wardgate_heap_trims_total",
+            "Times freed heap was handed back to the OS after a burst of sessions ended.",
+            c,
+            g(&stats.heap_trims),
+        ),
         ("wardgate_record_events_total", "Events written to recordings.", c, g(&record.events)),
         ("wardgate_record_write_errors_total", "Recording write errors.", c, g(&record.write_errors)),
         (

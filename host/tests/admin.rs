@@ -54,6 +54,7 @@ async fn every_admin_route_needs_a_credential_with_the_right_role_and_every_call
     let (code, body) = curl(&["-H", &metrics, &url("/metrics")]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("wardgate_admin_refused_total"), "{body}");
+    assert!(body.contains("\n# TYPE wardgate_heap_trims_total counter\nwardgate_heap_trims_total "), "{body}");
     // Per worker thread: the sessions open on it, which add up to the open
     // sessions (one, this client's).
     let client = g.client().await;

@@ -2,8 +2,8 @@
 # start a kept demo (PostgreSQL, schema, keys, plugins) with pgbench tables, and
 # a gateway of the script's own on a plaintext loopback listener.
 # Sets: WG, WORK, UPSTREAM, DEMO_DIR, AGENT_KEY, APPROVER, PGBIN, and after
-# wg_gateway: GW_PORT, ADM_PORT, SERVE_PID, GW_DSN. Extra pids to stop on exit
-# go in WG_PIDS.
+# wg_gateway: GW_PORT, ADM_PORT, SERVE_PID, SERVE_LOG, GW_DSN. Extra pids to
+# stop on exit go in WG_PIDS.
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -42,9 +42,13 @@ wg_demo() {
 
 # A gateway named $1 with the demo's config, its own ports, plaintext on
 # loopback (so transport equals a direct connection) and the plugins named in
-# $2.. (each NAME copies NAME.wasm and NAME.toml; "*" copies them all).
+# $2.. (each NAME copies NAME.wasm and NAME.toml; "*" copies them all). With
+# none, the gateway runs no plugin and requires none: the relay, SQL analysis
+# and recording alone (a baseline for what the plugins' policy costs).
 wg_gateway() {
   local name=$1; shift
+  local required=()
+  if [ $# -eq 0 ]; then required=(-e "s|^plugins = \[.*\]|plugins = []|"); fi
   GW_PORT=$(port); ADM_PORT=$(port)
   mkdir -p "$DEMO_DIR/$name-plugins" "$DEMO_DIR/$name-state"
   for p in "$@"; do cp "$WARDGATE_PLUGINS"/$p.wasm "$WARDGATE_PLUGINS"/$p.toml "$DEMO_DIR/$name-plugins/"; done
@@ -53,13 +57,14 @@ wg_gateway() {
   sed -e "/^\[listeners.postgres\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$GW_PORT\"\nallow_plaintext = true|" \
       -e "/^\[admin\]/,/^\[/ s|^bind = .*|bind = \"127.0.0.1:$ADM_PORT\"|" \
       -e "s|^state_dir = .*|state_dir = \"$name-state\"|" \
-      -e "s|^plugin_dir = .*|plugin_dir = \"$name-plugins\"|" \
+      -e "s|^plugin_dir = .*|plugin_dir = \"$name-plugins\"|" "${required[@]}" \
       "$DEMO_DIR/wardgate.toml" > "$DEMO_DIR/$name.toml"
-  WARDGATE_LOG=warn ${WG_WRAP:-} "$WG" serve --config "$DEMO_DIR/$name.toml" 2>"$WORK/serve.log" &
+  SERVE_LOG="$WORK/$name-serve.log"
+  WARDGATE_LOG=warn ${WG_WRAP:-} "$WG" serve --config "$DEMO_DIR/$name.toml" 2>"$SERVE_LOG" &
   SERVE_PID=$!
   GW_DSN="host=127.0.0.1 port=$GW_PORT dbname=shop user=demo-agent password=$AGENT_KEY sslmode=disable"
   for _ in $(seq 1 100); do psql -X -q "$GW_DSN" -c 'select 1' >/dev/null 2>&1 && return 0; sleep 0.2; done
-  cat "$WORK/serve.log"; exit 1
+  cat "$SERVE_LOG"; exit 1
 }
 
 # Gateway process RSS (KiB) and open file descriptors.
