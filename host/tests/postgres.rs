@@ -135,6 +135,12 @@ async fn results_no_masker_reads_skip_the_sandbox_and_are_still_recorded() {
     // An int8 may hold a card number: read, and a masked integer becomes NULL.
     let r = c.query_one("SELECT 4111111111111111::int8, 7::int4", &[]).await.unwrap();
     assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, i32>(1)), (None, 7));
+    // So does an array (or range) of them: its masked text would be no value
+    // of its type. A UUID whose leading digits look like a card is no card.
+    let uuid = "42719259-7440-4891-a38b-6ac1a8f4bca0";
+    let sql = format!("SELECT ARRAY[4111111111111111::int8, 7], '{uuid}'::uuid, ARRAY['{uuid}'::uuid], '{uuid}'::text");
+    let text = simple_rows(&c.simple_query(&sql).await.unwrap());
+    assert_eq!(text, vec![vec![None, Some(uuid.into()), Some(format!("{{{uuid}}}")), Some(uuid.into())]]);
     let rec = g.recordings();
     assert!(
         rec.contains(r#""rows":3,"sample_rows":[["1","1","\\x00","\\x00000001"],["2","2","\\x01","\\x00000002"],"#),

@@ -132,7 +132,9 @@ impl Detectors {
         }
         // Cards and SSNs need 9+ digits; international phones 8+.
         if digits >= 9 || (digits >= 8 && self.on(Entity::Phone)) {
+            let before = out.len();
             digit_runs(b, self, out);
+            not_in_uuids(b, out, before);
         }
         if out.len() > 1 {
             out.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
@@ -614,6 +616,43 @@ fn ibans(b: &[u8], out: &mut Vec<Span>) {
     }
 }
 
+/// Drop the digit-run spans from `out[from..]` that lie in a UUID
+/// (`42719259-7440-4891-a38b-6ac1a8f4bca0`): its hex groups are random, and
+/// about one in ten thousand starts with 16 digits in groups of 8, 4 and 4
+/// that pass Luhn; masking one would break the identifier (and a `uuid`
+/// column's value).
+fn not_in_uuids(b: &[u8], out: &mut Vec<Span>, from: usize) {
+    if out.len() == from || b.len() < UUID_LEN {
+        return;
+    }
+    let uuids: Vec<(usize, usize)> =
+        (0..=b.len() - UUID_LEN).filter(|&i| is_uuid_at(b, i)).map(|i| (i, i + UUID_LEN)).collect();
+    if uuids.is_empty() {
+        return;
+    }
+    let mut k = from;
+    while k < out.len() {
+        let s = out[k];
+        if uuids.iter().any(|&(a, z)| s.start < z && a < s.end) {
+            out.remove(k);
+        } else {
+            k += 1;
+        }
+    }
+}
+
+/// The length of a UUID's text: 32 hex digits in groups of 8-4-4-4-12.
+const UUID_LEN: usize = 36;
+
+/// A UUID's text starts at `i`, not glued to a word on either side.
+fn is_uuid_at(b: &[u8], i: usize) -> bool {
+    const DASHES: [usize; 4] = [8, 13, 18, 23];
+    let u = &b[i..i + UUID_LEN];
+    (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+        && b.get(i + UUID_LEN).is_none_or(|c| !c.is_ascii_alphanumeric())
+        && u.iter().enumerate().all(|(k, c)| if DASHES.contains(&k) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
 fn luhn(digits: &[u8]) -> bool {
     let mut sum = 0u32;
     for (k, &d) in digits.iter().rev().enumerate() {
@@ -869,6 +908,34 @@ mod tests {
         assert!(found("4111111111111112").is_empty(), "bad Luhn");
         assert_eq!(found("4111.1111.1111.1111"), vec![(Entity::Card, "4111.1111.1111.1111".into())]);
         assert!(found("-3583503.876544").is_empty(), "a decimal number that passes Luhn");
+    }
+
+    #[test]
+    fn uuids_are_not_cards_ssns_or_phones() {
+        // Random UUIDs whose leading groups are digits that pass Luhn (1 in ~10,000).
+        for u in [
+            "42719259-7440-4891-a38b-6ac1a8f4bca0",
+            "8F047AD6-3D58-4927-0051-903708326015",
+            "0873e8d5-0441-43c1-4018-924684098026",
+            "12345678-1234-1234-1234-123456789012",
+        ] {
+            for text in [u.to_string(), format!("{{{u},{u}}}"), format!("id \"{u}\" ok")] {
+                assert!(found(&text).is_empty(), "{text}: {:?}", found(&text));
+            }
+        }
+        // The same digits outside a UUID's shape still are what they look like.
+        assert_eq!(found("42719259-7440-4891"), vec![(Entity::Card, "42719259-7440-4891".into())]);
+        assert_eq!(
+            found("4111 1111 1111 1111 42719259-7440-4891-a38b-6ac1a8f4bca0"),
+            vec![(Entity::Card, "4111 1111 1111 1111".into())]
+        );
+        // Next to a UUID, an SSN is still one.
+        assert_eq!(
+            found("123-45-6789 42719259-7440-4891-a38b-6ac1a8f4bca0"),
+            vec![(Entity::Ssn, "123-45-6789".into())]
+        );
+        // Glued to a word it is no UUID, and its digits are judged as before.
+        assert_eq!(found("42719259-7440-4891-a38b-6ac1a8f4bca0x"), vec![(Entity::Card, "42719259-7440-4891".into())]);
     }
 
     #[test]

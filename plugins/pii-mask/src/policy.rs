@@ -137,16 +137,20 @@ impl Policy {
     }
 
     /// Whether this policy reads `col` at all: a column rule names it, or its
-    /// values could hold an entity. Booleans and integers of up to ten digits
-    /// cannot (cards need 13 digits, phones separators, SSNs dashes — unless
-    /// bare nine-digit SSNs are on), so their rows skip the sandbox.
+    /// values could hold an entity. Booleans, integers of up to ten digits
+    /// (cards need 13 digits, phones separators, SSNs dashes — unless bare
+    /// nine-digit SSNs are on) and UUIDs cannot, so their rows skip the
+    /// sandbox.
     pub fn wants(&self, col: &Column) -> bool {
         const BOOL: u32 = 16;
         const INT2: u32 = 21;
         const INT4: u32 = 23;
         const OID: u32 = 26;
+        const UUID: u32 = 2950;
+        const UUID_ARRAY: u32 = 2951;
         let cannot_hold = match col.type_oid {
-            BOOL | INT2 => true,
+            // A UUID is 32 random hex digits: no entity of ours.
+            BOOL | INT2 | UUID | UUID_ARRAY => true,
             INT4 | OID => !self.detectors.ssn_plain_digits,
             _ => false,
         };
@@ -349,7 +353,7 @@ mod tests {
             format: CellFormat::Text,
         };
         let p = Policy::default();
-        for oid in [16, 21, 23, 26] {
+        for oid in [16, 21, 23, 26, 2950, 2951] {
             assert!(!p.wants(&col("n", oid)), "type {oid}");
         }
         // int8 holds 19 digits (a card number); text, numeric and unknown types anything.

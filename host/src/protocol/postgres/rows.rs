@@ -12,8 +12,8 @@
 //!
 //! Clients parse what they receive by its type, so a masked value must still
 //! be one of that type. Text-format cells of fixed-syntax types (numbers,
-//! dates and times, uuid, inet, bool, ...) follow the binary integers' rule: a
-//! changed value becomes NULL (`-3583503.876544` masked to `-*******.**6544`
+//! dates and times, uuid, inet, bool, ..., and arrays, ranges and multiranges
+//! of them) follow the binary integers' rule: a changed value becomes NULL (`-3583503.876544` masked to `-*******.**6544`
 //! would break the client's decimal parser; the same query answers the same in
 //! either format). JSON that a masker left unparseable is sent as a JSON string.
 
@@ -96,13 +96,22 @@ pub fn parse_row_description(body: &[u8]) -> Result<Vec<Field>, ProtocolError> {
 }
 
 /// Types whose text form has a fixed syntax that no mask satisfies: numbers,
-/// money, bool, dates and times, uuid, network and bit types, lsn, xid.
+/// money, bool, dates and times, uuid, network and bit types, lsn, xid; and
+/// the arrays, ranges and multiranges built of them (`{************1111}` is
+/// no `int8[]`, and a client that parses one fails).
 fn is_fixed_syntax(oid: u32) -> bool {
     matches!(
         oid,
         16 | 20 | 21 | 23 | 26 | 28 | 700 | 701 | 790 | 1700 // bool, integers, oid, xid, floats, money, numeric
             | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 // date, time, timestamp(tz), interval, timetz
             | 2950 | 650 | 869 | 774 | 829 | 1560 | 1562 | 3220 | 5069 // uuid, cidr, inet, macaddr(8), bit, varbit, pg_lsn, xid8
+            // Their arrays (pg_type.typelem), int2vector and oidvector.
+            | 1000 | 1016 | 1005 | 1007 | 1028 | 1011 | 1021 | 1022 | 791 | 1231
+            | 1182 | 1183 | 1115 | 1185 | 1187 | 1270
+            | 2951 | 651 | 1041 | 775 | 1040 | 1561 | 1563 | 3221 | 271 | 22 | 30
+            // Ranges and multiranges of them (pg_range), and their arrays.
+            | 3904 | 3906 | 3908 | 3910 | 3912 | 3926 | 4451 | 4532 | 4533 | 4534 | 4535 | 4536
+            | 3905 | 3907 | 3909 | 3911 | 3913 | 3927 | 6150 | 6151 | 6152 | 6153 | 6155 | 6157
     )
 }
 
@@ -666,6 +675,16 @@ mod tests {
         assert_eq!(kept, data_row(&[Some(b"-3583503.876544"), Some(b"2026-01-02"), Some(b"x")]));
         let changed = unpack_one(&s, &[b"-3583503.876544", b"2026-01-02", b"x"], &[b"-*******.**6544", b"****", b"*"]);
         assert_eq!(changed, data_row(&[None, None, Some(b"*")]));
+        // So are arrays and ranges of them; an array of text carries the mask.
+        let s = shape(
+            &[field("i8s", 1016, 0), field("ids", 2951, 0), field("r", 3926, 0), field("ts", 1009, 0)],
+            None,
+            &Catalog::default(),
+        );
+        let cells: [&[u8]; 4] = [b"{4111111111111111,7}", b"{42719259-7440-4891-a38b-6ac1a8f4bca0}", b"[1,9)", b"{a}"];
+        assert_eq!(unpack_one(&s, &cells, &cells), data_row(&cells.map(Some)));
+        let masked: [&[u8]; 4] = [b"{************1111,7}", b"{********-****-4891-a38b-6ac1a8f4bca0}", b"[*,9)", b"{*}"];
+        assert_eq!(unpack_one(&s, &cells, &masked), data_row(&[None, None, None, Some(b"{*}")]));
         // json in text format, jsonb in text format: a mask that breaks JSON is quoted.
         let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &Catalog::default());
         let out = unpack_one(&s, &[b"4111111111111111", b"{\"a\": 1}"], &[b"************1111", b"{\"a\": 2}"]);
