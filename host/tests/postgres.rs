@@ -120,6 +120,22 @@ async fn extended_protocol_binary_results_are_masked_and_types_survive() {
     }
 }
 
+/// A value's bytes as the server sent them, whatever its type.
+#[derive(Debug, PartialEq)]
+struct Raw(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_no_masker_reads_skip_the_sandbox_and_are_still_recorded() {
     let g = gateway(Options::default()).await;
@@ -141,6 +157,11 @@ async fn results_no_masker_reads_skip_the_sandbox_and_are_still_recorded() {
     let sql = format!("SELECT ARRAY[4111111111111111::int8, 7], '{uuid}'::uuid, ARRAY['{uuid}'::uuid], '{uuid}'::text");
     let text = simple_rows(&c.simple_query(&sql).await.unwrap());
     assert_eq!(text, vec![vec![None, Some(uuid.into()), Some(format!("{{{uuid}}}")), Some(uuid.into())]]);
+    // A numeric read in binary format is read as its number: masked, NULL;
+    // otherwise its bytes as the server sent them.
+    let r = c.query_one("SELECT 4111111111111111::numeric, 12345.6789::numeric", &[]).await.unwrap();
+    let ok: Vec<u8> = [3u16, 1, 0, 4, 1, 2345, 6789].iter().flat_map(|v| v.to_be_bytes()).collect();
+    assert_eq!((r.get::<_, Option<Raw>>(0), r.get::<_, Option<Raw>>(1)), (None, Some(Raw(ok))));
     let rec = g.recordings();
     assert!(
         rec.contains(r#""rows":3,"sample_rows":[["1","1","\\x00","\\x00000001"],["2","2","\\x01","\\x00000002"],"#),

@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod hold;
 pub mod lineage;
 pub mod listener;
+pub mod numeric;
 pub mod relay;
 pub mod rows;
 pub mod session;

@@ -4,9 +4,9 @@
 //! cell) with the result's column descriptions; the maskers' answer becomes
 //! DataRow messages again. Binary-format cells: text-like types are UTF-8 on
 //! the wire and are masked as text; `jsonb` loses and regains its version
-//! byte; integers are rendered as decimal text so detectors see them, and if a
-//! masker changes one the cell becomes NULL (a typed binary integer cannot
-//! carry a mask); arrays of text are shown as array text and re-encoded
+//! byte; integers and `numeric` are rendered as decimal text so detectors see
+//! them, and if a masker changes one the cell becomes NULL (a typed binary
+//! number cannot carry a mask); arrays of text are shown as array text and re-encoded
 //! (see [`super::arrays`]); any other binary type is passed as opaque bytes
 //! that a masker may keep or turn into NULL.
 //!
@@ -42,6 +42,8 @@ pub enum Conv {
     BinaryJsonb,
     /// Binary int2/int4/int8.
     BinaryInt(u8),
+    /// Binary numeric (see [`super::numeric`]).
+    BinaryNumeric,
     /// Binary array of text (see [`super::arrays`]): masked as array text.
     BinaryTextArray,
     /// Binary, other type.
@@ -162,6 +164,8 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
             Conv::BinaryJsonb
         } else if arrays::is_text_array(f.type_oid) {
             Conv::BinaryTextArray
+        } else if f.type_oid == 1700 {
+            Conv::BinaryNumeric
         } else if let Some(w) = match f.type_oid {
             21 => Some(2),
             23 => Some(4),
@@ -195,7 +199,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
                 Conv::Text | Conv::TextFixed => CellFormat::Text,
                 Conv::Json if format == 0 => CellFormat::Text,
                 Conv::Json | Conv::BinaryText | Conv::BinaryJsonb | Conv::BinaryTextArray => CellFormat::BinaryText,
-                Conv::BinaryInt(_) | Conv::Opaque => CellFormat::BinaryOpaque,
+                Conv::BinaryInt(_) | Conv::BinaryNumeric | Conv::Opaque => CellFormat::BinaryOpaque,
             },
         });
         conv.push(c);
@@ -214,7 +218,13 @@ pub fn unknown_shape(n: usize) -> Arc<Shape> {
     })
 }
 
-fn int_text(bytes: &[u8], width: u8) -> Option<String> {
+/// A binary number as decimal text (None: not one; its bytes go as they are).
+fn number_text(bytes: &[u8], conv: &Conv) -> Option<String> {
+    let width = match conv {
+        Conv::BinaryInt(w) => *w,
+        Conv::BinaryNumeric => return super::numeric::text(bytes),
+        _ => return None,
+    };
     Some(match (width, bytes.len()) {
         (2, 2) => i16::from_be_bytes([bytes[0], bytes[1]]).to_string(),
         (4, 4) => i32::from_be_bytes(bytes.try_into().ok()?).to_string(),
@@ -286,7 +296,7 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
                     }
                     lengths.push((data.len() - at) as i32);
                 }
-                Conv::BinaryInt(w) => match int_text(cell, *w) {
+                Conv::BinaryInt(_) | Conv::BinaryNumeric => match number_text(cell, conv) {
                     Some(t) => {
                         data.extend_from_slice(t.as_bytes());
                         lengths.push(t.len() as i32);
@@ -361,7 +371,7 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     }
                     None => out.put_i32(-1),
                 },
-                Conv::TextFixed | Conv::BinaryInt(_) | Conv::Opaque => out.put_i32(-1),
+                Conv::TextFixed | Conv::BinaryInt(_) | Conv::BinaryNumeric | Conv::Opaque => out.put_i32(-1),
             }
         }
         codec::finish(out, at);
@@ -689,6 +699,27 @@ mod tests {
         let s = shape(&[field("j", 114, 0), field("jb", 3802, 0)], None, &Catalog::default());
         let out = unpack_one(&s, &[b"4111111111111111", b"{\"a\": 1}"], &[b"************1111", b"{\"a\": 2}"]);
         assert_eq!(out, data_row(&[Some(b"\"************1111\""), Some(b"{\"a\": 2}")]));
+    }
+
+    #[test]
+    fn binary_numerics_are_read_as_decimal_text_and_a_changed_one_is_null() {
+        let s = shape(&[field("n", 1700, 1), field("t", 25, 1)], None, &Catalog::default());
+        assert_eq!(s.columns[0].format, CellFormat::BinaryOpaque, "a mask cannot be written back into it");
+        // 4111111111111111: four base-10000 digits, weight 3.
+        let mut card = Vec::new();
+        for v in [4u16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            card.extend_from_slice(&v.to_be_bytes());
+        }
+        let rows = vec![data_row(&[Some(&card), Some(b"x")])];
+        let packed = pack(&rows, &s).unwrap();
+        assert_eq!(&packed.data[..], b"4111111111111111x", "detectors see the number");
+        let kept = unpack_one(&s, &[&card, b"x"], &[b"4111111111111111", b"x"]);
+        assert_eq!(kept, data_row(&[Some(&card), Some(b"x")]), "unchanged: the original bytes");
+        let masked = unpack_one(&s, &[&card, b"x"], &[b"************1111", b"x"]);
+        assert_eq!(masked, data_row(&[None, Some(b"x")]));
+        // Bytes that are no numeric go to maskers as they are.
+        let odd = pack(&[data_row(&[Some(b"\x01"), Some(b"y")])], &s).unwrap();
+        assert_eq!(&odd.data[..], b"\x01y");
     }
 
     #[test]
