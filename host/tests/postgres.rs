@@ -162,6 +162,16 @@ async fn results_no_masker_reads_skip_the_sandbox_and_are_still_recorded() {
     let r = c.query_one("SELECT 4111111111111111::numeric, 12345.6789::numeric", &[]).await.unwrap();
     let ok: Vec<u8> = [3u16, 1, 0, 4, 1, 2345, 6789].iter().flat_map(|v| v.to_be_bytes()).collect();
     assert_eq!((r.get::<_, Option<Raw>>(0), r.get::<_, Option<Raw>>(1)), (None, Some(Raw(ok))));
+    // So are arrays of numbers in binary format.
+    let sql = "SELECT ARRAY[7, 4111111111111111]::int8[], ARRAY[4111111111111111]::numeric[], ARRAY[7, NULL]::int8[]";
+    let r = c.query_one(sql, &[]).await.unwrap();
+    let kept: Option<Vec<Option<i64>>> = r.get(2);
+    assert_eq!((r.get::<_, Option<Raw>>(0), r.get::<_, Option<Raw>>(1), kept), (None, None, Some(vec![Some(7), None])));
+    // A record in binary format holds its text fields between length bytes
+    // (here 0xC8, no UTF-8): read for them all the same.
+    let r = c.query_one("SELECT row('reach me at jane@example.com ' || repeat('x', 171)), row(7)", &[]).await.unwrap();
+    let seven: Vec<u8> = [1u32, 23, 4, 7].iter().flat_map(|v| v.to_be_bytes()).collect();
+    assert_eq!((r.get::<_, Option<Raw>>(0), r.get::<_, Option<Raw>>(1)), (None, Some(Raw(seven))));
     let rec = g.recordings();
     assert!(
         rec.contains(r#""rows":3,"sample_rows":[["1","1","\\x00","\\x00000001"],["2","2","\\x01","\\x00000002"],"#),

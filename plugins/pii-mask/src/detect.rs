@@ -630,15 +630,9 @@ fn not_in_uuids(b: &[u8], out: &mut Vec<Span>, from: usize) {
     if uuids.is_empty() {
         return;
     }
-    let mut k = from;
-    while k < out.len() {
-        let s = out[k];
-        if uuids.iter().any(|&(a, z)| s.start < z && a < s.end) {
-            out.remove(k);
-        } else {
-            k += 1;
-        }
-    }
+    let outside: Vec<Span> =
+        out.drain(from..).filter(|s| !uuids.iter().any(|&(a, z)| s.start < z && a < s.end)).collect();
+    out.extend(outside);
 }
 
 /// The length of a UUID's text: 32 hex digits in groups of 8-4-4-4-12.

@@ -191,11 +191,19 @@ impl Policy {
                     }
                     continue;
                 }
-                let Ok(text) = std::str::from_utf8(bytes) else {
-                    out.push(bytes); // not text: detectors cannot read it
-                    continue;
+                let text = match std::str::from_utf8(bytes) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    // A binary value of another type (a record, an array of
+                    // some other type) holds its text fields as UTF-8 between
+                    // length bytes: read what text there is; a finding makes
+                    // it NULL below, so the lossy reading is never written.
+                    Err(_) if opaque[c] => String::from_utf8_lossy(bytes),
+                    Err(_) => {
+                        out.push(bytes); // not text: detectors cannot read it
+                        continue;
+                    }
                 };
-                self.detectors.scan(text, &mut spans);
+                self.detectors.scan(&text, &mut spans);
                 if spans.is_empty() {
                     out.push(bytes);
                     continue;
@@ -415,6 +423,33 @@ mod tests {
         assert!(e.contains("table.column"), "{e}");
         let e = Policy::from_json(r#"{"colums":{}}"#).unwrap_err();
         assert!(e.contains("colums"), "{e}");
+    }
+
+    #[test]
+    fn opaque_binary_values_are_read_for_the_text_they_hold() {
+        // A binary record (count, then oid, length, bytes per field) whose
+        // text field is 200 bytes long: its length byte 0xC8 is no UTF-8.
+        let note = format!("reach me at jane@example.com {}", "x".repeat(171));
+        let mut record = Vec::new();
+        for v in [1u32, 25, note.len() as u32] {
+            record.extend_from_slice(&v.to_be_bytes());
+        }
+        record.extend_from_slice(note.as_bytes());
+        assert!(std::str::from_utf8(&record).is_err());
+        let plain = [0xC8u8, 0, 1, 2, 0xFF];
+        let mut cols = text_columns(&["r", "b"]);
+        for c in &mut cols {
+            c.format = CellFormat::BinaryOpaque;
+        }
+        let mut cells = PackedBuilder::with_capacity(0, 2);
+        cells.push(&record);
+        cells.push(&plain);
+        let cells = cells.finish();
+        let out = Policy::default().mask_batch(&cols, &cells).unwrap();
+        assert_eq!(out.cells.lengths, vec![-1, plain.len() as i32], "the record is NULL, the other bytes kept");
+        assert_eq!(out.cells.data, plain);
+        assert_eq!(out.findings.len(), 1);
+        assert_eq!(out.findings[0].entity, "email");
     }
 
     #[test]

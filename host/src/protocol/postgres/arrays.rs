@@ -61,7 +61,28 @@ fn elements(wire: &[u8]) -> Option<(Header, Vec<Option<&[u8]>>)> {
 /// Append the array text maskers see; false (nothing appended) if `wire` is
 /// not a well-formed binary array.
 pub fn render(wire: &[u8], out: &mut Vec<u8>) -> bool {
+    render_with(wire, out, |bytes, out| {
+        out.push(b'"');
+        for &c in bytes {
+            if c == b'"' || c == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+        out.push(b'"');
+        true
+    })
+}
+
+/// Append array text whose elements `element` writes (false: not one of the
+/// array's type); false, with nothing appended, if `wire` is not a
+/// well-formed binary array or an element is refused. Arrays of numbers use
+/// it too, with the elements as `numeric_out` and `int8out` write them
+/// (`{4111111111111111,NULL,7}`): they are never rebuilt, a changed one
+/// becomes NULL like a changed number.
+pub fn render_with(wire: &[u8], out: &mut Vec<u8>, element: impl Fn(&[u8], &mut Vec<u8>) -> bool) -> bool {
     let Some((_, elems)) = elements(wire) else { return false };
+    let start = out.len();
     out.push(b'{');
     for (i, e) in elems.iter().enumerate() {
         if i > 0 {
@@ -70,14 +91,10 @@ pub fn render(wire: &[u8], out: &mut Vec<u8>) -> bool {
         match e {
             None => out.extend_from_slice(b"NULL"),
             Some(bytes) => {
-                out.push(b'"');
-                for &c in *bytes {
-                    if c == b'"' || c == b'\\' {
-                        out.push(b'\\');
-                    }
-                    out.push(c);
+                if !element(bytes, out) {
+                    out.truncate(start);
+                    return false;
                 }
-                out.push(b'"');
             }
         }
     }

@@ -9,6 +9,8 @@
 
 use std::fmt::Write;
 
+use super::codec::Reader;
+
 const POSITIVE: u16 = 0x0000;
 const NEGATIVE: u16 = 0x4000;
 const NAN: u16 = 0xC000;
@@ -19,15 +21,15 @@ const MAX_SCALE: u16 = 1000;
 
 /// The decimal text of a binary numeric; `None` if the bytes are not one.
 pub fn text(b: &[u8]) -> Option<String> {
-    let u16_at = |at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
-    let ndigits = usize::from(u16_at(0)?);
-    let weight = i64::from(u16_at(2)? as i16);
-    let sign = u16_at(4)?;
-    let dscale = u16_at(6)?;
-    if b.len() != 8 + 2 * ndigits || dscale > MAX_SCALE {
+    let mut r = Reader::new(b, b'D');
+    let ndigits = usize::from(r.i16().ok()? as u16);
+    let weight = i64::from(r.i16().ok()?);
+    let sign = r.i16().ok()? as u16;
+    let dscale = r.i16().ok()? as u16;
+    if r.remaining() != 2 * ndigits || dscale > MAX_SCALE {
         return None;
     }
-    let digits: Vec<u16> = (0..ndigits).map(|i| u16_at(8 + 2 * i)).collect::<Option<_>>()?;
+    let digits: Vec<u16> = (0..ndigits).map(|_| r.i16().map(|d| d as u16)).collect::<Result<_, _>>().ok()?;
     if digits.iter().any(|d| *d > 9999) {
         return None;
     }
@@ -41,7 +43,8 @@ pub fn text(b: &[u8]) -> Option<String> {
     if let Some(s) = special {
         return (ndigits == 0).then(|| s.to_string());
     }
-    // The base-10000 digit worth 10000^p, for any p.
+    // The base-10000 digit worth 10000^p, for any p; groups the bytes leave
+    // out (above, below or between the given ones) are 0.
     let at = |p: i64| usize::try_from(weight - p).ok().and_then(|i| digits.get(i).copied()).unwrap_or(0);
     let mut out = String::with_capacity(4 * ndigits + 2 + usize::from(dscale));
     if sign == NEGATIVE {
@@ -50,8 +53,6 @@ pub fn text(b: &[u8]) -> Option<String> {
     if weight < 0 {
         out.push('0');
     } else {
-        // A digit group above the highest nonzero one of the whole part would
-        // only be zeros (a weight larger than the digits given is fine).
         let _ = write!(out, "{}", at(weight));
         for p in (0..weight).rev() {
             let _ = write!(out, "{:04}", at(p));
@@ -59,15 +60,13 @@ pub fn text(b: &[u8]) -> Option<String> {
     }
     if dscale > 0 {
         out.push('.');
-        let mut left = usize::from(dscale);
+        let end = out.len() + usize::from(dscale);
         let mut p = -1;
-        while left > 0 {
-            let group = format!("{:04}", at(p));
-            let take = left.min(4);
-            out.push_str(&group[..take]);
-            left -= take;
+        while out.len() < end {
+            let _ = write!(out, "{:04}", at(p));
             p -= 1;
         }
+        out.truncate(end);
     }
     Some(out)
 }

@@ -6,16 +6,19 @@
 //! the wire and are masked as text; `jsonb` loses and regains its version
 //! byte; integers and `numeric` are rendered as decimal text so detectors see
 //! them, and if a masker changes one the cell becomes NULL (a typed binary
-//! number cannot carry a mask); arrays of text are shown as array text and re-encoded
-//! (see [`super::arrays`]); any other binary type is passed as opaque bytes
-//! that a masker may keep or turn into NULL.
+//! number cannot carry a mask); arrays of text are shown as array text and
+//! re-encoded (see [`super::arrays`]); arrays of numbers are shown as array
+//! text of decimal numbers and, like numbers, become NULL when changed; any
+//! other binary type is passed as opaque bytes that a masker may keep or turn
+//! into NULL.
 //!
 //! Clients parse what they receive by its type, so a masked value must still
 //! be one of that type. Text-format cells of fixed-syntax types (numbers,
 //! dates and times, uuid, inet, bool, ..., and arrays, ranges and multiranges
-//! of them) follow the binary integers' rule: a changed value becomes NULL (`-3583503.876544` masked to `-*******.**6544`
-//! would break the client's decimal parser; the same query answers the same in
-//! either format). JSON that a masker left unparseable is sent as a JSON string.
+//! of them) follow the binary integers' rule: a changed value becomes NULL
+//! (`-3583503.876544` masked to `-*******.**6544` would break the client's
+//! decimal parser; the same query answers the same in either format). JSON
+//! that a masker left unparseable is sent as a JSON string.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -40,14 +43,62 @@ pub enum Conv {
     BinaryText,
     /// Binary jsonb: version byte 1 + text.
     BinaryJsonb,
-    /// Binary int2/int4/int8.
-    BinaryInt(u8),
-    /// Binary numeric (see [`super::numeric`]).
-    BinaryNumeric,
+    /// Binary int2/int4/int8 or numeric: masked as decimal text.
+    BinaryNumber(Number),
     /// Binary array of text (see [`super::arrays`]): masked as array text.
     BinaryTextArray,
+    /// Binary array of int2/int4/int8 or numeric: masked as array text of
+    /// decimal numbers.
+    BinaryNumberArray(Number),
     /// Binary, other type.
     Opaque,
+}
+
+/// A number type whose binary form maskers see as decimal text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Number {
+    /// A big-endian integer of this many bytes (int2, int4, int8).
+    Int(u8),
+    /// `numeric` (see [`super::numeric`]).
+    Numeric,
+}
+
+impl Number {
+    /// The number type of a scalar type oid.
+    fn of(oid: u32) -> Option<Number> {
+        Some(match oid {
+            21 => Number::Int(2),
+            23 => Number::Int(4),
+            20 => Number::Int(8),
+            1700 => Number::Numeric,
+            _ => return None,
+        })
+    }
+
+    /// The number type of the elements of an array type oid (int2[], int4[],
+    /// int8[], numeric[]).
+    fn of_array(oid: u32) -> Option<Number> {
+        Number::of(match oid {
+            1005 => 21,
+            1007 => 23,
+            1016 => 20,
+            1231 => 1700,
+            _ => return None,
+        })
+    }
+
+    /// Append the decimal text of one binary value; false (nothing
+    /// appended) if `bytes` are not one of this type.
+    fn write(self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        let text = match (self, bytes.len()) {
+            (Number::Numeric, _) => super::numeric::text(bytes),
+            (Number::Int(2), 2) => Some(i16::from_be_bytes([bytes[0], bytes[1]]).to_string()),
+            (Number::Int(4), 4) => bytes.try_into().ok().map(|b| i32::from_be_bytes(b).to_string()),
+            (Number::Int(8), 8) => bytes.try_into().ok().map(|b| i64::from_be_bytes(b).to_string()),
+            _ => None,
+        };
+        text.map(|t| out.extend_from_slice(t.as_bytes())).is_some()
+    }
 }
 
 /// The columns of a result and how to convert them.
@@ -164,15 +215,10 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
             Conv::BinaryJsonb
         } else if arrays::is_text_array(f.type_oid) {
             Conv::BinaryTextArray
-        } else if f.type_oid == 1700 {
-            Conv::BinaryNumeric
-        } else if let Some(w) = match f.type_oid {
-            21 => Some(2),
-            23 => Some(4),
-            20 => Some(8),
-            _ => None,
-        } {
-            Conv::BinaryInt(w)
+        } else if let Some(n) = Number::of(f.type_oid) {
+            Conv::BinaryNumber(n)
+        } else if let Some(n) = Number::of_array(f.type_oid) {
+            Conv::BinaryNumberArray(n)
         } else {
             Conv::Opaque
         };
@@ -199,7 +245,7 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
                 Conv::Text | Conv::TextFixed => CellFormat::Text,
                 Conv::Json if format == 0 => CellFormat::Text,
                 Conv::Json | Conv::BinaryText | Conv::BinaryJsonb | Conv::BinaryTextArray => CellFormat::BinaryText,
-                Conv::BinaryInt(_) | Conv::BinaryNumeric | Conv::Opaque => CellFormat::BinaryOpaque,
+                Conv::BinaryNumber(_) | Conv::BinaryNumberArray(_) | Conv::Opaque => CellFormat::BinaryOpaque,
             },
         });
         conv.push(c);
@@ -215,21 +261,6 @@ pub fn unknown_shape(n: usize) -> Arc<Shape> {
             .collect(),
         conv: vec![Conv::Text; n],
         width: vec![None; n],
-    })
-}
-
-/// A binary number as decimal text (None: not one; its bytes go as they are).
-fn number_text(bytes: &[u8], conv: &Conv) -> Option<String> {
-    let width = match conv {
-        Conv::BinaryInt(w) => *w,
-        Conv::BinaryNumeric => return super::numeric::text(bytes),
-        _ => return None,
-    };
-    Some(match (width, bytes.len()) {
-        (2, 2) => i16::from_be_bytes([bytes[0], bytes[1]]).to_string(),
-        (4, 4) => i32::from_be_bytes(bytes.try_into().ok()?).to_string(),
-        (8, 8) => i64::from_be_bytes(bytes.try_into().ok()?).to_string(),
-        _ => return None,
     })
 }
 
@@ -288,29 +319,19 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
                 Conv::BinaryJsonb if cell.first() == Some(&1) => &cell[1..],
                 _ => cell,
             };
-            match conv {
-                Conv::BinaryTextArray => {
-                    let at = data.len();
-                    if !arrays::render(cell, &mut data) {
-                        data.extend_from_slice(cell); // malformed: kept or NULLed like opaque bytes
-                    }
-                    lengths.push((data.len() - at) as i32);
-                }
-                Conv::BinaryInt(_) | Conv::BinaryNumeric => match number_text(cell, conv) {
-                    Some(t) => {
-                        data.extend_from_slice(t.as_bytes());
-                        lengths.push(t.len() as i32);
-                    }
-                    None => {
-                        data.extend_from_slice(cell);
-                        lengths.push(cell.len() as i32);
-                    }
-                },
-                _ => {
-                    data.extend_from_slice(cell);
-                    lengths.push(cell.len() as i32);
-                }
+            // Arrays and numbers as the text maskers read; a malformed one
+            // as its bytes (kept or NULLed like opaque bytes).
+            let at = data.len();
+            let rendered = match conv {
+                Conv::BinaryTextArray => arrays::render(cell, &mut data),
+                Conv::BinaryNumberArray(n) => arrays::render_with(cell, &mut data, |b, out| n.write(b, out)),
+                Conv::BinaryNumber(n) => n.write(cell, &mut data),
+                _ => false,
+            };
+            if !rendered {
+                data.extend_from_slice(cell);
             }
+            lengths.push((data.len() - at) as i32);
         }
     }
     Ok(PackedCells { data, lengths })
@@ -371,7 +392,7 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     }
                     None => out.put_i32(-1),
                 },
-                Conv::TextFixed | Conv::BinaryInt(_) | Conv::BinaryNumeric | Conv::Opaque => out.put_i32(-1),
+                Conv::TextFixed | Conv::BinaryNumber(_) | Conv::BinaryNumberArray(_) | Conv::Opaque => out.put_i32(-1),
             }
         }
         codec::finish(out, at);
@@ -726,14 +747,7 @@ mod tests {
     fn binary_text_arrays_are_masked_element_by_element() {
         let s = shape(&[field("emails", 1009, 1)], None, &Catalog::default());
         assert_eq!(s.columns[0].format, CellFormat::BinaryText);
-        let mut wire = Vec::new();
-        for v in [1i32, 0, 25, 2, 1] {
-            wire.extend_from_slice(&v.to_be_bytes());
-        }
-        for e in ["jane@example.com", "x"] {
-            wire.extend_from_slice(&(e.len() as i32).to_be_bytes());
-            wire.extend_from_slice(e.as_bytes());
-        }
+        let wire = binary_array(25, &[Some(b"jane@example.com"), Some(b"x")]);
         let rows = vec![data_row(&[Some(&wire)])];
         let packed = pack(&rows, &s).unwrap();
         assert_eq!(&packed.data[..], br#"{"jane@example.com","x"}"#);
@@ -750,6 +764,58 @@ mod tests {
         let mut out = BytesMut::new();
         unpack(&answer, &packed, &rows, &s, &mut out);
         assert_eq!(codec::take_message(&mut out).unwrap().unwrap().body, data_row(&[None]));
+    }
+
+    /// A one-dimensional binary array of element type `elem` (None = NULL).
+    fn binary_array(elem: u32, elems: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for v in [1i32, i32::from(elems.iter().any(Option::is_none)), elem as i32, elems.len() as i32, 1] {
+            wire.extend_from_slice(&v.to_be_bytes());
+        }
+        for e in elems {
+            match e {
+                None => wire.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(b) => {
+                    wire.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                    wire.extend_from_slice(b);
+                }
+            }
+        }
+        wire
+    }
+
+    #[test]
+    fn binary_number_arrays_are_read_as_array_text_and_a_changed_one_is_null() {
+        let mut card = Vec::new();
+        for v in [4u16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            card.extend_from_slice(&v.to_be_bytes());
+        }
+        let i8s = binary_array(20, &[Some(&4111111111111111i64.to_be_bytes()), None, Some(&(-7i64).to_be_bytes())]);
+        let nums = binary_array(1700, &[Some(&card)]);
+        let i2s = binary_array(21, &[Some(&3i16.to_be_bytes())]);
+        let i4s = binary_array(23, &[]);
+        let s = shape(
+            &[field("a", 1016, 1), field("b", 1231, 1), field("c", 1005, 1), field("d", 1007, 1)],
+            None,
+            &Catalog::default(),
+        );
+        assert!(s.columns.iter().all(|c| c.format == CellFormat::BinaryOpaque), "a mask cannot be written back");
+        let cells: [&[u8]; 4] = [&i8s, &nums, &i2s, &i4s];
+        let rows = vec![data_row(&cells.map(Some))];
+        let packed = pack(&rows, &s).unwrap();
+        assert_eq!(&packed.data[..], b"{4111111111111111,NULL,-7}{4111111111111111}{3}{}", "detectors see numbers");
+        let text: [&[u8]; 4] = [b"{4111111111111111,NULL,-7}", b"{4111111111111111}", b"{3}", b"{}"];
+        assert_eq!(unpack_one(&s, &cells, &text), data_row(&cells.map(Some)), "unchanged: the original bytes");
+        let masked: [&[u8]; 4] = [b"{************1111,NULL,-7}", b"{************1111}", b"{3}", b"{}"];
+        assert_eq!(unpack_one(&s, &cells, &masked), data_row(&[None, None, Some(&i2s), Some(&i4s)]));
+        // An element that is not of the array's type, or a broken array: its bytes, as opaque.
+        let short = binary_array(20, &[Some(&7i32.to_be_bytes())]);
+        let mut cut = i8s.clone();
+        cut.pop();
+        for bad in [short, cut] {
+            let s = shape(&[field("a", 1016, 1)], None, &Catalog::default());
+            assert_eq!(pack(&[data_row(&[Some(&bad)])], &s).unwrap().data, bad);
+        }
     }
 
     #[test]
