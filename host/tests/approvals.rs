@@ -212,6 +212,34 @@ async fn expiry_gives_the_waiting_client_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_a_held_statement_is_in_no_recording_approval_request_or_state_file() {
+    let s = setup("wait", 1, "").await;
+    let secret = "Hunter2-Secret-Pw";
+    let sql = format!("alter role wardgate_nobody with /* x */ password '{secret}' valid until 'infinity'");
+    let out = psql_spawn(s.g.port, &s.g.key, &sql).await.unwrap();
+    assert!(text(&out).contains("without a decision"), "held, then expired: {}", text(&out));
+    let a = admin(&s.g);
+    let list = text(&cli(&a, &s.carol, &["list", "--status", "expired"]));
+    let id = list.split_whitespace().find(|w| w.starts_with("apr_")).expect("the expired request is listed");
+    let show = text(&cli(&a, &s.carol, &["show", id]));
+    assert!(show.contains("password '[REDACTED]' valid until") && !show.contains(secret), "{show}");
+    let rec = s.g.recordings();
+    assert!(!rec.contains(secret), "recorded redacted");
+    let stmt = rec.lines().find(|l| l.contains("wardgate_nobody")).unwrap_or_default();
+    assert!(stmt.contains("password '[REDACTED"), "{stmt}");
+    // Nor a hash of the exact text, which could be checked against guesses.
+    assert!(!rec.contains("fingerprint"), "no fingerprint on record");
+    // The state store's files (SQLite and its journal) hold no copy either.
+    for f in std::fs::read_dir(s.g.dir.join("state")).unwrap() {
+        let path = f.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{}", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defer_mode_binds_the_approval_to_the_statement_and_its_parameters() {
     let s = setup("defer", 60, "").await;
     let a = admin(&s.g);

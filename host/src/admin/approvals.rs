@@ -43,7 +43,9 @@ fn view(s: &AdminState, who: &Identity, req: &ApprovalRequest) -> serde_json::Va
     let mut v = serde_json::to_value(req).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         if !decide {
+            // Masked, and without the exact statement's hash (see `ApprovalRequest::event_body`).
             o.insert("statement".into(), json!(req.statement_masked));
+            o.remove("fingerprint");
         }
         o.insert("can_decide".into(), json!(decide && req.status == Status::Pending));
         o.insert("summary".into(), json!(req.identity.describe()));

@@ -110,7 +110,8 @@ pub struct NewRequest<'a> {
     pub connection: &'a str,
     /// Who asks.
     pub identity: &'a Identity,
-    /// The exact statement (shown to approvers only).
+    /// The exact statement, shown to its deciders only; credentials in it
+    /// redacted (see [`crate::sql::credentials`]).
     pub statement: &'a str,
     /// Its masked form (for notifications and recordings).
     pub statement_masked: &'a str,
@@ -211,7 +212,7 @@ impl Approvals {
         let key = identity_key(identity);
         for id in store::approved_candidates(&self.store, fingerprint, &key, connection).await? {
             if store::consume(&self.store, &id, now).await? {
-                self.log.emit("approval.executed", json!({"approval_id": id, "fingerprint": fingerprint}));
+                self.log.emit("approval.executed", json!({"approval_id": id}));
                 return Ok(Some(id));
             }
         }

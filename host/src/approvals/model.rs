@@ -148,7 +148,7 @@ pub struct ApprovalRequest {
     pub connection: String,
     /// Who asks, with the on-behalf-of chain.
     pub identity: IdentityView,
-    /// The exact statement.
+    /// The exact statement (credentials redacted), for its deciders.
     pub statement: String,
     /// The statement with sensitive values masked.
     pub statement_masked: String,
@@ -179,7 +179,10 @@ pub struct ApprovalRequest {
 }
 
 impl ApprovalRequest {
-    /// Body of the `approval.requested` event: the masked statement only.
+    /// Body of the `approval.requested` event: the masked statement only,
+    /// and no fingerprint: it is a plain hash of the exact statement, against
+    /// which a masked value's few hidden digits could be guessed (an SSN's
+    /// five); it stays in the state store, which holds the statement itself.
     pub fn event_body(&self) -> Value {
         json!({
             "approval_id": self.id,
@@ -188,7 +191,6 @@ impl ApprovalRequest {
             "principal": self.identity.principal,
             "on_behalf_of": self.identity.on_behalf_of,
             "statement": self.statement_masked,
-            "fingerprint": self.fingerprint,
             "plugin": self.plugin,
             "reason": self.reason,
             "approver_groups": self.approver_groups,

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub mod columns;
+pub mod credentials;
 pub mod fingerprint;
 pub mod rowcap;
 pub mod truth;

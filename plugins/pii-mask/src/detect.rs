@@ -115,7 +115,10 @@ impl Detectors {
         if b.len() >= 20 && self.on(Entity::Jwt) && memfind(b, b"eyJ").is_some() {
             jwts(b, out);
         }
-        if self.on(Entity::Secret) && (has_eq_or_colon || (has_space && b.len() >= 15 && contains_ci(b, b"bearer "))) {
+        let sql_literal = has_space && seen & QUOTE != 0 && b.len() >= 10;
+        if self.on(Entity::Secret)
+            && (has_eq_or_colon || sql_literal || (has_space && b.len() >= 15 && contains_ci(b, b"bearer ")))
+        {
             secrets(b, out);
         }
         if upper >= 4 && b.len() >= 20 && self.on(Entity::AwsKey) {
@@ -159,6 +162,7 @@ const EQ_COLON: u8 = 8;
 const SPACE: u8 = 16;
 const DASH: u8 = 32;
 const UNDERSCORE: u8 = 64;
+const QUOTE: u8 = 128;
 
 /// Byte classes for the prefilter.
 const CLASS: [u8; 256] = {
@@ -177,6 +181,7 @@ const CLASS: [u8; 256] = {
                 b' ' => SPACE,
                 b'-' => DASH,
                 b'_' => UNDERSCORE,
+                b'\'' => QUOTE,
                 _ => 0,
             }
         };
@@ -261,39 +266,69 @@ fn jwts(b: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-const SECRET_KEYS: [&[u8]; 14] = [
-    b"password",
-    b"passwd",
+/// Words that make any part of a key a secret's name, wherever that part
+/// stands and whatever it starts with: `AWS_SECRET_ACCESS_KEY`, `PGPASSWORD`,
+/// `db.credentials`, `smtp-passphrase` (parts are split at `_`, `-` and `.`;
+/// `passwordless` and `secretary` end otherwise and are not secrets).
+const SECRET_WORDS: [&[u8]; 6] = [b"password", b"passwd", b"secret", b"passphrase", b"credential", b"credentials"];
+
+/// Keys that name a secret as the whole key or its last parts: `token`,
+/// `github_token`, `signing-key` (but not `token_count` or `key`).
+const SECRET_KEYS: [&[u8]; 18] = [
     b"pwd",
-    b"secret",
-    b"client_secret",
     b"api_key",
     b"apikey",
     b"api-key",
+    b"access_key",
+    b"secret_key",
+    b"private_key",
+    b"signing_key",
+    b"encryption_key",
+    b"master_key",
     b"access_token",
     b"refresh_token",
     b"auth_token",
+    b"session_token",
+    b"id_token",
+    b"private_token",
     b"token",
-    b"private_key",
-    b"passphrase",
+    b"authorization",
 ];
+
+/// Last parts that name a secret only after another part: `DB_PASS`,
+/// `smtp.pass`, but not a bare `pass` (a test report's `pass: 10`).
+const SECRET_SUFFIXES: [&[u8]; 1] = [b"pass"];
 
 fn starts_with_ci(b: &[u8], at: usize, pat: &[u8]) -> bool {
     at + pat.len() <= b.len() && b[at..at + pat.len()].eq_ignore_ascii_case(pat)
+}
+
+fn ends_with_ci(b: &[u8], pat: &[u8]) -> bool {
+    b.len() >= pat.len() && b[b.len() - pat.len()..].eq_ignore_ascii_case(pat)
 }
 
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
 }
 
-/// The secret key that `ident` names, if any: the identifier equals a key or
-/// ends with one after a separator (`db_password`, `X-Api-Key`).
+fn is_key_separator(c: u8) -> bool {
+    matches!(c, b'_' | b'-' | b'.')
+}
+
+/// Whether the key `ident` names a secret (see [`SECRET_WORDS`],
+/// [`SECRET_KEYS`] and [`SECRET_SUFFIXES`]).
 fn names_secret(ident: &[u8]) -> bool {
-    SECRET_KEYS.iter().any(|k| {
-        ident.len() >= k.len()
-            && ident[ident.len() - k.len()..].eq_ignore_ascii_case(k)
-            && (ident.len() == k.len() || matches!(ident[ident.len() - k.len() - 1], b'_' | b'-' | b'.'))
-    })
+    // `ident` ends with `k`, which is all of it or follows a separator.
+    let last_parts = |k: &[u8], alone: bool| {
+        ends_with_ci(ident, k)
+            && match ident.len() - k.len() {
+                0 => alone,
+                n => is_key_separator(ident[n - 1]),
+            }
+    };
+    ident.split(|c| is_key_separator(*c)).any(|part| SECRET_WORDS.iter().any(|w| ends_with_ci(part, w)))
+        || SECRET_KEYS.iter().any(|k| last_parts(k, true))
+        || SECRET_SUFFIXES.iter().any(|k| last_parts(k, false))
 }
 
 /// `key=value`, `key: value`, `"key": "value"` where key names a secret, and
@@ -319,6 +354,13 @@ fn secrets(b: &[u8], out: &mut Vec<Span>) {
             }
             i += 1;
             continue;
+        }
+        if c == b'\'' && i > 0 && b[i - 1] == b' ' {
+            if let Some(end) = sql_secret_literal(b, i) {
+                out.push(Span { start: i + 1, end, entity: Entity::Secret });
+                i = end + 1;
+                continue;
+            }
         }
         if c != b'=' && c != b':' {
             i += 1;
@@ -350,7 +392,17 @@ fn secrets(b: &[u8], out: &mut Vec<Span>) {
         } else {
             None
         };
-        let vs = j;
+        let mut vs = j;
+        if ends_with_ci(&b[k..key_end], b"authorization") {
+            // `Authorization: Basic dXNlcjpw...`: the credentials follow the scheme.
+            let mut w = vs;
+            while w < n && b[w].is_ascii_alphabetic() {
+                w += 1;
+            }
+            if w > vs && w < n && b[w] == b' ' {
+                vs = w + 1;
+            }
+        }
         let mut ve = vs;
         match quote {
             Some(q) => {
@@ -375,6 +427,37 @@ fn secrets(b: &[u8], out: &mut Vec<Span>) {
             i += 1;
         }
     }
+}
+
+/// SQL's form, `PASSWORD 'value'` (`CREATE ROLE`, a user mapping's
+/// options, as a server log or `pg_stat_activity.query` shows them): a key
+/// that names a secret, spaces, then the string at `quote`. The end of the
+/// value (its closing quote, or the end of the text), if so.
+fn sql_secret_literal(b: &[u8], quote: usize) -> Option<usize> {
+    let mut k = quote;
+    while k > 0 && b[k - 1] == b' ' {
+        k -= 1;
+    }
+    let key_end = k;
+    while k > 0 && is_ident(b[k - 1]) {
+        k -= 1;
+    }
+    if key_end == k || !names_secret(&b[k..key_end]) {
+        return None;
+    }
+    // A quote inside is doubled ('').
+    let mut j = quote + 1;
+    while j < b.len() {
+        if b[j] == b'\'' {
+            if b.get(j + 1) == Some(&b'\'') {
+                j += 2;
+                continue;
+            }
+            break;
+        }
+        j += 1;
+    }
+    (j > quote + 1).then_some(j)
 }
 
 fn aws_keys(b: &[u8], out: &mut Vec<Span>) {
@@ -972,6 +1055,43 @@ mod tests {
         assert_eq!(found("DB_PASSWORD = s3cret&x=1"), vec![(Entity::Secret, "s3cret".into())]);
         assert_eq!(found("X-Api-Key: k-123"), vec![(Entity::Secret, "k-123".into())]);
         assert!(found("at 10:05:00 ratio=3:4 passwordless=true").is_empty(), "not secret keys");
+        // Any part of a key that names a secret; keys ending in one.
+        for (text, value) in [
+            (
+                "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            ),
+            ("PGPASSWORD=x1", "x1"),
+            ("secret_key: abcdefgh", "abcdefgh"),
+            ("DB_PASS=hunter2", "hunter2"),
+            ("db.credentials=xyz", "xyz"),
+            (r#"{"aws_session_token": "FQoGZXIvYXdzEJr"}"#, "FQoGZXIvYXdzEJr"),
+            ("GITHUB_TOKEN=abc", "abc"),
+            ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),
+            ("authorization: Bearer abc.def", "abc.def"),
+            (r#"{"Authorization": "Basic dXNlcjpw"}"#, "dXNlcjpw"),
+        ] {
+            assert_eq!(found(text), vec![(Entity::Secret, value.into())], "{text}");
+        }
+        // SQL's `PASSWORD '...'`, as a log line or pg_stat_activity shows it.
+        for (text, value) in [
+            ("ALTER ROLE bob PASSWORD 'Hunter2' VALID UNTIL 'infinity'", "Hunter2"),
+            ("create user x with password 'it''s'", "it''s"),
+            ("OPTIONS (user 'bob', password 'pw')", "pw"),
+        ] {
+            assert_eq!(found(text), vec![(Entity::Secret, value.into())], "{text}");
+        }
+        for text in [
+            "pass: 10, fail: 2",
+            "token_count=5",
+            "secretary: Jane",
+            "key=k1",
+            "compass=north",
+            "SELECT name FROM t WHERE kind = 'password'",
+            "SET app.mode TO 'strict'",
+        ] {
+            assert!(found(text).is_empty(), "{text}");
+        }
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-x";
         assert_eq!(found(&format!("t {jwt} x")), vec![(Entity::Jwt, jwt.into())]);
         // API tokens of well-known services, by prefix.

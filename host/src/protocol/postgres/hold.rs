@@ -112,7 +112,7 @@ pub async fn resolve(
     let fp = crate::sql::fingerprint::fingerprint(&ask.text, params);
     match rc.approvals.use_approval(&fp, &rc.identity, &rc.connection).await {
         Ok(Some(id)) => {
-            recorder.emit("approval.used", json!({"approval_id": id, "request_id": ask.request_id, "fingerprint": fp}));
+            recorder.emit("approval.used", json!({"approval_id": id, "request_id": ask.request_id}));
             return Ok(Ok(()));
         }
         Ok(None) => {}
@@ -129,13 +129,16 @@ pub async fn resolve(
             Some("add a comment to the statement: /* justification: why this must run */"),
         )));
     }
+    // Deciders see the exact statement, but not a password it sets (see
+    // `sql::credentials`); the fingerprint binds the approval to the real text.
+    let shown = crate::sql::credentials::redact(&ask.text);
     let req = match rc
         .approvals
         .request(NewRequest {
             session_id: &rc.session_id,
             connection: &rc.connection,
             identity: &rc.identity,
-            statement: &ask.text,
+            statement: shown.as_deref().unwrap_or(&ask.text),
             statement_masked: &ask.masked,
             fingerprint: &fp,
             plugin: &ask.plugin,
@@ -154,8 +157,7 @@ pub async fn resolve(
     recorder.emit(
         "approval.requested",
         json!({"approval_id": req.id, "request_id": ask.request_id, "mode": req.mode, "plugin": ask.plugin,
-               "reason": ask.review.reason, "approver_groups": req.approver_groups, "expires_at_ms": req.expires_at_ms,
-               "fingerprint": fp}),
+               "reason": ask.review.reason, "approver_groups": req.approver_groups, "expires_at_ms": req.expires_at_ms}),
     );
     if rc.settings.mode == HoldMode::Defer {
         return Ok(Err(error_bytes(

@@ -17,11 +17,14 @@ pub(super) fn decide(
     // masked, judged and its results masked by the same set.
     pipeline.refresh();
     let masks = pipeline.masks();
-    // Recordings hold masked data only: statement literals can carry PII too.
+    // Recordings hold masked data only: statement literals can carry PII
+    // too, and credentials are redacted whatever the plugins.
+    let redacted = crate::sql::credentials::redact(&request.text);
+    let text = redacted.as_deref().unwrap_or(&request.text);
     let recorded_text: String = if masks {
-        pipeline.mask_text(&request.text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
+        pipeline.mask_text(text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
     } else {
-        request.text.clone()
+        text.to_string()
     };
     let phase = if request.phase == SqlPhase::Parse { "parse" } else { "query" };
     let started = std::time::Instant::now();
