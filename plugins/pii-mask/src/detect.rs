@@ -367,16 +367,9 @@ fn secrets(b: &[u8], out: &mut Vec<Span>) {
             continue;
         }
         // Walk back over spaces and one quote to the key.
-        let mut k = i;
-        while k > 0 && b[k - 1] == b' ' {
-            k -= 1;
-        }
-        if k > 0 && (b[k - 1] == b'"' || b[k - 1] == b'\'') {
-            k -= 1;
-        }
-        let key_end = k;
-        while k > 0 && is_ident(b[k - 1]) {
-            k -= 1;
+        let (mut k, mut key_end) = key_before(b, i);
+        if k == key_end && k > 0 && (b[k - 1] == b'"' || b[k - 1] == b'\'') {
+            (k, key_end) = key_before(b, k - 1);
         }
         if key_end == k || !names_secret(&b[k..key_end]) {
             i += 1;
@@ -429,18 +422,29 @@ fn secrets(b: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-/// SQL's form, `PASSWORD 'value'` (`CREATE ROLE`, a user mapping's
-/// options, as a server log or `pg_stat_activity.query` shows them): a key
-/// that names a secret, spaces, then the string at `quote`. The end of the
-/// value (its closing quote, or the end of the text), if so.
-fn sql_secret_literal(b: &[u8], quote: usize) -> Option<usize> {
-    let mut k = quote;
+/// The identifier that ends where the spaces before `end` begin: its start
+/// and end (equal when there is none).
+fn key_before(b: &[u8], end: usize) -> (usize, usize) {
+    let mut k = end;
     while k > 0 && b[k - 1] == b' ' {
         k -= 1;
     }
     let key_end = k;
     while k > 0 && is_ident(b[k - 1]) {
         k -= 1;
+    }
+    (k, key_end)
+}
+
+/// SQL's forms, `PASSWORD 'value'` (`CREATE ROLE`, a user mapping's
+/// options, as a server log or `pg_stat_activity.query` shows them) and
+/// `SET app.api_key TO 'value'`: a key that names a secret, spaces (and a
+/// `TO`), then the string at `quote`. The end of the value (its closing
+/// quote, or the end of the text), if so.
+fn sql_secret_literal(b: &[u8], quote: usize) -> Option<usize> {
+    let (mut k, mut key_end) = key_before(b, quote);
+    if b[k..key_end].eq_ignore_ascii_case(b"to") {
+        (k, key_end) = key_before(b, k);
     }
     if key_end == k || !names_secret(&b[k..key_end]) {
         return None;
@@ -1078,6 +1082,7 @@ mod tests {
             ("ALTER ROLE bob PASSWORD 'Hunter2' VALID UNTIL 'infinity'", "Hunter2"),
             ("create user x with password 'it''s'", "it''s"),
             ("OPTIONS (user 'bob', password 'pw')", "pw"),
+            ("SET app.api_key TO 'k-123'", "k-123"),
         ] {
             assert_eq!(found(text), vec![(Entity::Secret, value.into())], "{text}");
         }
