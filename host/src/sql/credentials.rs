@@ -30,7 +30,9 @@ pub fn redact(text: &str) -> Option<String> {
         let kind = Token::try_from(t.token).unwrap_or(Token::Nul);
         match kind {
             Token::SqlComment | Token::CComment => continue,
-            Token::Sconst | Token::Usconst if after_keyword => {
+            // Bit strings are no password (a syntax error upstream), but
+            // what the agent wrote there is still not recorded.
+            Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst if after_keyword => {
                 ranges.push(t.start.max(0) as usize..(t.end.max(0) as usize).min(text.len()));
             }
             _ => {}
@@ -45,11 +47,16 @@ pub fn redact(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for r in ranges {
-        out.push_str(text.get(last..r.start)?);
+        // Token bounds are character bounds; were one not, the text is cut
+        // at the first keyword rather than recorded as it is.
+        let Some(before) = text.get(last..r.start) else {
+            return Some(format!("{}{REDACTED}", &text[..first]));
+        };
+        out.push_str(before);
         out.push_str(REDACTED);
         last = r.end;
     }
-    out.push_str(text.get(last..)?);
+    out.push_str(text.get(last..).unwrap_or_default());
     Some(out)
 }
 
@@ -87,6 +94,7 @@ mod tests {
                 "ALTER ROLE bob PASSWORD /* c */ '[REDACTED]' VALID UNTIL 'infinity'",
             ),
             ("ALTER ROLE bob PASSWORD U&'p\\0077'", "ALTER ROLE bob PASSWORD '[REDACTED]'"),
+            ("ALTER ROLE bob PASSWORD X'4142'", "ALTER ROLE bob PASSWORD '[REDACTED]'"),
             (
                 "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'pw')",
                 "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[REDACTED]')",

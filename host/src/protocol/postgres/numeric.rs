@@ -43,8 +43,8 @@ pub fn text(b: &[u8]) -> Option<String> {
     if let Some(s) = special {
         return (ndigits == 0).then(|| s.to_string());
     }
-    // The base-10000 digit worth 10000^p, for any p; groups the bytes leave
-    // out (above, below or between the given ones) are 0.
+    // The base-10000 digit worth 10000^p, for any p; groups above or below
+    // the given ones are 0.
     let at = |p: i64| usize::try_from(weight - p).ok().and_then(|i| digits.get(i).copied()).unwrap_or(0);
     let mut out = String::with_capacity(4 * ndigits + 2 + usize::from(dscale));
     if sign == NEGATIVE {
