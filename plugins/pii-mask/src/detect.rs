@@ -273,24 +273,18 @@ fn jwts(b: &[u8], out: &mut Vec<Span>) {
 const SECRET_WORDS: [&[u8]; 6] = [b"password", b"passwd", b"secret", b"passphrase", b"credential", b"credentials"];
 
 /// Keys that name a secret as the whole key or its last parts: `token`,
-/// `github_token`, `signing-key` (but not `token_count` or `key`).
-const SECRET_KEYS: [&[u8]; 18] = [
+/// `github_token`, `access_token`, `signing-key` (but not `token_count` or
+/// `key`). Keys with a part in [`SECRET_WORDS`] (`secret_key`) need no entry.
+const SECRET_KEYS: [&[u8]; 11] = [
     b"pwd",
     b"api_key",
     b"apikey",
     b"api-key",
     b"access_key",
-    b"secret_key",
     b"private_key",
     b"signing_key",
     b"encryption_key",
     b"master_key",
-    b"access_token",
-    b"refresh_token",
-    b"auth_token",
-    b"session_token",
-    b"id_token",
-    b"private_token",
     b"token",
     b"authorization",
 ];

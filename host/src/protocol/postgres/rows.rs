@@ -90,14 +90,17 @@ impl Number {
     /// Append the decimal text of one binary value; false (nothing
     /// appended) if `bytes` are not one of this type.
     fn write(self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
-        let text = match (self, bytes.len()) {
-            (Number::Numeric, _) => super::numeric::text(bytes),
-            (Number::Int(2), 2) => Some(i16::from_be_bytes([bytes[0], bytes[1]]).to_string()),
-            (Number::Int(4), 4) => bytes.try_into().ok().map(|b| i32::from_be_bytes(b).to_string()),
-            (Number::Int(8), 8) => bytes.try_into().ok().map(|b| i64::from_be_bytes(b).to_string()),
-            _ => None,
-        };
-        text.map(|t| out.extend_from_slice(t.as_bytes())).is_some()
+        use std::io::Write as _;
+        // Integers are written in place (no String per cell).
+        match (self, bytes) {
+            (Number::Numeric, _) => super::numeric::text(bytes).map(|t| out.extend_from_slice(t.as_bytes())).is_some(),
+            (Number::Int(2), &[a, b]) => write!(out, "{}", i16::from_be_bytes([a, b])).is_ok(),
+            (Number::Int(4), &[a, b, c, d]) => write!(out, "{}", i32::from_be_bytes([a, b, c, d])).is_ok(),
+            (Number::Int(8), &[a, b, c, d, e, f, g, h]) => {
+                write!(out, "{}", i64::from_be_bytes([a, b, c, d, e, f, g, h])).is_ok()
+            }
+            _ => false,
+        }
     }
 }
 
