@@ -10,6 +10,7 @@
 //! * [`codec`]: message framing.
 
 pub mod arrays;
+pub mod bytea;
 pub mod cancel;
 pub mod catalog;
 pub mod codec;

@@ -10,7 +10,9 @@
 //! re-encoded (see [`super::arrays`]); arrays of numbers are shown as array
 //! text of decimal numbers and, like numbers, become NULL when changed; any
 //! other binary type is passed as opaque bytes that a masker may keep or turn
-//! into NULL.
+//! into NULL. A text-format `bytea` (and `bytea[]`) is decoded from its hex
+//! or escape form, so maskers read the same bytes as in binary format, and
+//! becomes NULL when changed (see [`super::bytea`]).
 //!
 //! Clients parse what they receive by its type, so a masked value must still
 //! be one of that type. Text-format cells of fixed-syntax types (numbers,
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::arrays;
+use super::bytea;
 use super::catalog::Catalog;
 use super::codec::{self, ProtocolError, Reader};
 use crate::pipeline::types::{CellFormat, Column, PackedCells};
@@ -50,8 +53,36 @@ pub enum Conv {
     /// Binary array of int2/int4/int8 or numeric: masked as array text of
     /// decimal numbers.
     BinaryNumberArray(Number),
+    /// Text format `bytea`: masked as the bytes it stands for.
+    TextBytea,
+    /// Text format `bytea[]`: masked as its elements' bytes, one per line.
+    TextByteaArray,
     /// Binary, other type.
     Opaque,
+}
+
+impl Conv {
+    /// Whether maskers see bytes that need not be text (recorded in hex).
+    pub fn is_bytes(self) -> bool {
+        matches!(self, Conv::Opaque | Conv::TextBytea | Conv::TextByteaArray)
+    }
+
+    /// Append what maskers read of one cell: arrays and numbers as text,
+    /// `bytea` decoded; anything else, or a malformed one, as its bytes (kept
+    /// or NULLed like opaque bytes).
+    pub fn read(self, cell: &[u8], out: &mut Vec<u8>) {
+        let rendered = match self {
+            Conv::BinaryTextArray => arrays::render(cell, out),
+            Conv::BinaryNumberArray(n) => arrays::render_with(cell, out, |b, out| n.write(b, out)),
+            Conv::BinaryNumber(n) => n.write(cell, out),
+            Conv::TextBytea => bytea::decode(cell, out),
+            Conv::TextByteaArray => bytea::decode_array(cell, out),
+            _ => false,
+        };
+        if !rendered {
+            out.extend_from_slice(cell);
+        }
+    }
 }
 
 /// A number type whose binary form maskers see as decimal text.
@@ -210,6 +241,10 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
             Conv::Json
         } else if format == 0 && is_fixed_syntax(f.type_oid) {
             Conv::TextFixed
+        } else if format == 0 && f.type_oid == 17 {
+            Conv::TextBytea
+        } else if format == 0 && f.type_oid == 1001 {
+            Conv::TextByteaArray
         } else if format == 0 {
             Conv::Text
         } else if is_text_like(f.type_oid) {
@@ -248,7 +283,11 @@ pub fn shape(fields: &[Field], formats: Option<&[i16]>, catalog: &Catalog) -> Ar
                 Conv::Text | Conv::TextFixed => CellFormat::Text,
                 Conv::Json if format == 0 => CellFormat::Text,
                 Conv::Json | Conv::BinaryText | Conv::BinaryJsonb | Conv::BinaryTextArray => CellFormat::BinaryText,
-                Conv::BinaryNumber(_) | Conv::BinaryNumberArray(_) | Conv::Opaque => CellFormat::BinaryOpaque,
+                Conv::BinaryNumber(_)
+                | Conv::BinaryNumberArray(_)
+                | Conv::Opaque
+                | Conv::TextBytea
+                | Conv::TextByteaArray => CellFormat::BinaryOpaque,
             },
         });
         conv.push(c);
@@ -322,22 +361,29 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
                 Conv::BinaryJsonb if cell.first() == Some(&1) => &cell[1..],
                 _ => cell,
             };
-            // Arrays and numbers as the text maskers read; a malformed one
-            // as its bytes (kept or NULLed like opaque bytes).
             let at = data.len();
-            let rendered = match conv {
-                Conv::BinaryTextArray => arrays::render(cell, &mut data),
-                Conv::BinaryNumberArray(n) => arrays::render_with(cell, &mut data, |b, out| n.write(b, out)),
-                Conv::BinaryNumber(n) => n.write(cell, &mut data),
-                _ => false,
-            };
-            if !rendered {
-                data.extend_from_slice(cell);
-            }
+            conv.read(cell, &mut data);
             lengths.push((data.len() - at) as i32);
         }
     }
     Ok(PackedCells { data, lengths })
+}
+
+/// The cells of a packed batch in order (None for NULL). The lengths must
+/// fit the data, as [`pack`]'s and the pipeline's answers' do.
+pub fn cells(packed: &PackedCells) -> Vec<Option<&[u8]>> {
+    let mut off = 0usize;
+    packed
+        .lengths
+        .iter()
+        .map(|&l| {
+            (l >= 0).then(|| {
+                let cell = &packed.data[off..off + l as usize];
+                off += l as usize;
+                cell
+            })
+        })
+        .collect()
 }
 
 /// Write masked cells back as DataRow messages into `out`. `original` is the
@@ -395,7 +441,12 @@ pub fn unpack(masked: &PackedCells, original: &PackedCells, rows: &[Bytes], shap
                     }
                     None => out.put_i32(-1),
                 },
-                Conv::TextFixed | Conv::BinaryNumber(_) | Conv::BinaryNumberArray(_) | Conv::Opaque => out.put_i32(-1),
+                Conv::TextFixed
+                | Conv::BinaryNumber(_)
+                | Conv::BinaryNumberArray(_)
+                | Conv::Opaque
+                | Conv::TextBytea
+                | Conv::TextByteaArray => out.put_i32(-1),
             }
         }
         codec::finish(out, at);

@@ -142,16 +142,21 @@ pub(super) fn mask_copy_data(
     let mut packed =
         PackedCells { data: Vec::with_capacity(complete.len()), lengths: Vec::with_capacity(parsed.len() * ncols) };
     for r in &parsed {
-        for (c, _) in r {
+        for ((c, _), conv) in r.iter().zip(&shape.conv) {
             match c {
                 None => packed.lengths.push(-1),
                 Some(b) => {
-                    packed.data.extend_from_slice(b);
-                    packed.lengths.push(b.len() as i32);
+                    let at = packed.data.len();
+                    conv.read(b, &mut packed.data);
+                    packed.lengths.push((packed.data.len() - at) as i32);
                 }
             }
         }
     }
+    // What maskers read of a decoded field (`bytea`) is not its text: a
+    // change is found against what they were given, and sends NULL.
+    let decoded = shape.conv.iter().any(|c| c.is_bytes());
+    let given = decoded.then(|| packed.clone());
     let batch = packed.data.len();
     let masked = ctx.pipeline.lock().mask_rows(&shape.columns, packed);
     let m = match masked {
@@ -162,17 +167,10 @@ pub(super) fn mask_copy_data(
     res.bytes += m.cells.data.len() as u64;
     merge_findings(&mut res.findings, &m.findings);
     sample(res, &m.cells, &shape, ctx.record_rows);
-    let mut off = 0usize;
-    for (i, row) in m.cells.lengths.chunks(ncols.max(1)).enumerate() {
-        let mut cells: Vec<Option<&[u8]>> = Vec::with_capacity(ncols);
-        for &l in row {
-            if l < 0 {
-                cells.push(None);
-            } else {
-                cells.push(Some(&m.cells.data[off..off + l as usize]));
-                off += l as usize;
-            }
-        }
+    let given = given.as_ref().map(rows::cells).unwrap_or_default();
+    let mut given_rows = given.chunks(ncols.max(1));
+    for (i, cells) in rows::cells(&m.cells).chunks(ncols.max(1)).enumerate() {
+        let given = given_rows.next();
         // A field the maskers left alone keeps its text byte for byte as the
         // server wrote it (its quoting, FORCE_QUOTE, NULL string, escapes);
         // a masked one is written again in the COPY's format.
@@ -181,8 +179,15 @@ pub(super) fn mask_copy_data(
             if j > 0 {
                 line.push(fmt.delimiter);
             }
-            if before.as_deref() == *cell {
+            let conv = shape.conv[j];
+            let unchanged = match given {
+                Some(given) if conv.is_bytes() => given[j] == *cell,
+                _ => before.as_deref() == *cell,
+            };
+            if unchanged {
                 line.extend_from_slice(&lines[i][raw.clone()]);
+            } else if conv.is_bytes() {
+                fmt.replace_field(None, &lines[i][raw.clone()], &mut line);
             } else if raw_lines {
                 line.extend_from_slice(cell.unwrap_or(b""));
             } else {

@@ -174,7 +174,7 @@ pub(super) fn sample(res: &mut Results, cells: &PackedCells, shape: &Shape, cap:
             let end = off + l as usize;
             let bytes = &cells.data[off..end];
             off = end;
-            r.push(Some(if *conv == rows::Conv::Opaque {
+            r.push(Some(if conv.is_bytes() {
                 let mut hex = String::from("\\x");
                 for b in bytes.iter().take((MAX - 2) / 2) {
                     let _ = write!(hex, "{b:02x}");
