@@ -5,7 +5,7 @@
 #     vs Wardgate (sql-guard + pii-mask active) vs Wardgate with no plugin (its
 #     relay, SQL analysis and recording: what is left is the plugins' policy),
 #     -c4 -j2, with each proxy's CPU per transaction; then single-client
-#     latency p50/p99 of each.
+#     latency p50/p99 of each, in interleaved rounds too (medians).
 # Not a test: numbers vary with the machine. Env: ROUNDS (3), SECS (10), SCALE (10).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -92,20 +92,31 @@ awk -v d="$D" -v b="$B" -v w="$W" -v n="$N" \
   printf "  wardgate with no plugin/pgbouncer %.2f (relay, SQL analysis, recording); the plugins take wardgate to %.2f of that\n", n/b, w/n }'
 
 echo
-echo "== single-client latency (pgbench -S -c1, per-transaction log)"
+echo "== single-client latency (pgbench -S -c1 -T$SECS, per-transaction log), $ROUNDS interleaved rounds"
+# "p50 p99" in µs of one run against a DSN.
 lat() {
   rm -f "$work"/lat.*
   (cd "$work" && "$PGBIN/pgbench" -n -S -c1 -j1 -T "$SECS" -l --log-prefix=lat "$1" >/dev/null 2>&1)
   cat "$work"/lat.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%d %d\n", a[int(NR*0.5)], a[int(NR*0.99)]}'
 }
-read -r dp50 dp99 < <(lat "$direct")
-read -r bp50 bp99 < <(lat "$bouncer")
-read -r wp50 wp99 < <(lat "$wardgate")
-read -r np50 np99 < <(lat "$bare")
-read -r dp50b dp99b < <(lat "$direct")
-dp50=$(( (dp50 + dp50b) / 2 )); dp99=$(( (dp99 + dp99b) / 2 ))
-echo "  direct    p50 ${dp50} µs  p99 ${dp99} µs"
-echo "  pgbouncer p50 ${bp50} µs  p99 ${bp99} µs  (added p50 $((bp50 - dp50)) µs: what a plain proxy costs here)"
-echo "  wardgate  p50 ${wp50} µs  p99 ${wp99} µs"
-echo "  wardgate with no plugin p50 ${np50} µs  p99 ${np99} µs  (added p50 $((np50 - dp50)) µs: relay, SQL analysis, recording)"
-echo "  added p50 $((wp50 - dp50)) µs (target <= 50), added p99 $((wp99 - dp99)) µs"
+# Each round runs the four in another order, so no one always runs first.
+names=(direct pgbouncer wardgate bare); dsns=("$direct" "$bouncer" "$wardgate" "$bare")
+for t in "${names[@]}"; do : > "$work/p50.$t"; : > "$work/p99.$t"; done
+for r in $(seq 1 "$ROUNDS"); do
+  line="  round $r:"
+  for k in 0 1 2 3; do
+    i=$(( (k + r - 1) % 4 ))
+    read -r p50 p99 < <(lat "${dsns[$i]}")
+    echo "$p50" >> "$work/p50.${names[$i]}"; echo "$p99" >> "$work/p99.${names[$i]}"
+    line="$line ${names[$i]} $p50/$p99"
+  done
+  echo "$line µs (p50/p99)"
+done
+for t in "${names[@]}"; do
+  read -r "p50_$t" < <(median < "$work/p50.$t"); read -r "p99_$t" < <(median < "$work/p99.$t")
+done
+echo "  medians: direct p50 ${p50_direct} µs  p99 ${p99_direct} µs"
+echo "  pgbouncer p50 ${p50_pgbouncer} µs  p99 ${p99_pgbouncer} µs  (added p50 $((p50_pgbouncer - p50_direct)) µs: what a plain proxy costs here)"
+echo "  wardgate  p50 ${p50_wardgate} µs  p99 ${p99_wardgate} µs"
+echo "  wardgate with no plugin p50 ${p50_bare} µs  p99 ${p99_bare} µs  (added p50 $((p50_bare - p50_direct)) µs: relay, SQL analysis, recording)"
+echo "  added p50 $((p50_wardgate - p50_direct)) µs (target <= 50), added p99 $((p99_wardgate - p99_direct)) µs"

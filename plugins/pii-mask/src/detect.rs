@@ -98,7 +98,7 @@ impl Detectors {
         // every loop iteration also pays for the deadline check.)
         let mut digits = 0usize;
         let mut upper = 0usize;
-        let mut seen = 0u8;
+        let mut seen = 0u16;
         for &c in b {
             let k = CLASS[c as usize];
             digits += (k & DIGIT != 0) as usize;
@@ -130,7 +130,7 @@ impl Detectors {
         if has_at && self.on(Entity::Email) {
             emails(b, out);
         }
-        if upper >= 2 && digits >= 4 && b.len() >= 15 && self.on(Entity::Iban) {
+        if (upper >= 2 || seen & LOWER != 0) && digits >= 4 && b.len() >= 15 && self.on(Entity::Iban) {
             ibans(b, out);
         }
         // Cards and SSNs need 9+ digits; international phones 8+.
@@ -155,18 +155,19 @@ impl Detectors {
     }
 }
 
-const DIGIT: u8 = 1;
-const UPPER: u8 = 2;
-const AT: u8 = 4;
-const EQ_COLON: u8 = 8;
-const SPACE: u8 = 16;
-const DASH: u8 = 32;
-const UNDERSCORE: u8 = 64;
-const QUOTE: u8 = 128;
+const DIGIT: u16 = 1;
+const UPPER: u16 = 2;
+const AT: u16 = 4;
+const EQ_COLON: u16 = 8;
+const SPACE: u16 = 16;
+const DASH: u16 = 32;
+const UNDERSCORE: u16 = 64;
+const QUOTE: u16 = 128;
+const LOWER: u16 = 256;
 
 /// Byte classes for the prefilter.
-const CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
+const CLASS: [u16; 256] = {
+    let mut t = [0u16; 256];
     let mut i = 0;
     while i < 256 {
         let c = i as u8;
@@ -174,6 +175,8 @@ const CLASS: [u8; 256] = {
             DIGIT
         } else if c.is_ascii_uppercase() {
             UPPER
+        } else if c.is_ascii_lowercase() {
+            LOWER
         } else {
             match c {
                 b'@' => AT,
@@ -643,23 +646,122 @@ fn iban_valid(chars: &[u8]) -> bool {
     rem == 1
 }
 
+/// IBAN length by country (SWIFT's IBAN registry). An IBAN written with lower
+/// case letters (as `lower()` writes one) is taken only at its country's
+/// length: a checksum alone would also take 1 in 97 lower-case hex strings.
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BI", 27),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DJ", 27),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FK", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HN", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"LY", 25),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MN", 20),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NI", 28),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"OM", 23),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"RU", 33),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SD", 18),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"SO", 23),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+    (b"YE", 30),
+];
+
 fn ibans(b: &[u8], out: &mut Vec<Span>) {
     let mut i = 0;
     while i + 15 <= b.len() {
-        if b[i].is_ascii_uppercase()
-            && b[i + 1].is_ascii_uppercase()
+        if b[i].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
             && b[i + 2].is_ascii_digit()
             && b[i + 3].is_ascii_digit()
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
         {
-            // collect alnum, allowing single spaces between groups
+            // collect alnum (upper-cased), allowing single spaces between groups
             let mut chars: Vec<u8> = Vec::with_capacity(34);
+            let mut first_lower = usize::MAX;
             let mut j = i;
             let mut end = i;
             while j < b.len() && chars.len() < 34 {
                 let c = b[j];
-                if c.is_ascii_digit() || c.is_ascii_uppercase() {
-                    chars.push(c);
+                if c.is_ascii_alphanumeric() {
+                    if c.is_ascii_lowercase() && first_lower == usize::MAX {
+                        first_lower = chars.len();
+                    }
+                    chars.push(c.to_ascii_uppercase());
                     j += 1;
                     end = j;
                 } else if c == b' ' && j + 1 < b.len() && b[j + 1].is_ascii_alphanumeric() {
@@ -668,11 +770,14 @@ fn ibans(b: &[u8], out: &mut Vec<Span>) {
                     break;
                 }
             }
-            // try the longest valid prefix (a trailing word may have been glued on)
+            let country = IBAN_LENGTHS.iter().find(|(cc, _)| cc[..] == chars[..2]).map(|&(_, n)| n);
+            // try the longest valid prefix (a trailing word may have been glued on);
+            // with a lower-case letter in it, only the country's length
             let mut matched = false;
             let mut n = chars.len();
             while n >= 15 {
-                if iban_valid(&chars[..n]) {
+                let length_ok = first_lower >= n || country == Some(n);
+                if length_ok && iban_valid(&chars[..n]) {
                     // map n chars back to a byte end
                     let mut cnt = 0;
                     let mut k = i;
@@ -1042,6 +1147,18 @@ mod tests {
         assert_eq!(found("GB82 WEST 1234 5698 7654 32"), vec![(Entity::Iban, "GB82 WEST 1234 5698 7654 32".into())]);
         assert_eq!(found("DE89370400440532013000"), vec![(Entity::Iban, "DE89370400440532013000".into())]);
         assert!(found("GB83 WEST 1234 5698 7654 32").is_empty());
+        // Lower case (as lower() writes it): at the country's length only.
+        assert_eq!(found("iban gb82west12345698765432."), vec![(Entity::Iban, "gb82west12345698765432".into())]);
+        assert_eq!(found("de89 3704 0044 0532 0130 00"), vec![(Entity::Iban, "de89 3704 0044 0532 0130 00".into())]);
+        assert_eq!(found("Gb82West12345698765432"), vec![(Entity::Iban, "Gb82West12345698765432".into())]);
+        // Checksums that hold at another length than the country's, or for no
+        // country: taken in upper case, not in lower case.
+        assert_eq!(found("GB04WEST123456987654"), vec![(Entity::Iban, "GB04WEST123456987654".into())]);
+        assert!(found("gb04west123456987654").is_empty(), "20 characters, GB's are 22");
+        assert_eq!(found("ZZ59ABCD12345678901234"), vec![(Entity::Iban, "ZZ59ABCD12345678901234".into())]);
+        assert!(found("zz59abcd12345678901234").is_empty(), "no such country");
+        // An upper-case IBAN with a lower-case word glued on is still found.
+        assert_eq!(found("DE89370400440532013000abc"), vec![(Entity::Iban, "DE89370400440532013000".into())]);
     }
 
     #[test]
