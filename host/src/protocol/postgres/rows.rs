@@ -68,8 +68,8 @@ impl Conv {
     }
 
     /// Append what maskers read of one cell: arrays and numbers as text,
-    /// `bytea` decoded; anything else, or a malformed one, as its bytes (kept
-    /// or NULLed like opaque bytes).
+    /// `bytea` decoded, anything else as it is. A malformed array, number or
+    /// bytea is given as its bytes (kept if unchanged, else NULL).
     pub fn read(self, cell: &[u8], out: &mut Vec<u8>) {
         let rendered = match self {
             Conv::BinaryTextArray => arrays::render(cell, out),
@@ -371,19 +371,15 @@ pub fn pack(rows: &[Bytes], shape: &Shape) -> Result<PackedCells, ProtocolError>
 
 /// The cells of a packed batch in order (None for NULL). The lengths must
 /// fit the data, as [`pack`]'s and the pipeline's answers' do.
-pub fn cells(packed: &PackedCells) -> Vec<Option<&[u8]>> {
+pub fn cells(packed: &PackedCells) -> impl Iterator<Item = Option<&[u8]>> {
     let mut off = 0usize;
-    packed
-        .lengths
-        .iter()
-        .map(|&l| {
-            (l >= 0).then(|| {
-                let cell = &packed.data[off..off + l as usize];
-                off += l as usize;
-                cell
-            })
+    packed.lengths.iter().map(move |&l| {
+        (l >= 0).then(|| {
+            let cell = &packed.data[off..off + l as usize];
+            off += l as usize;
+            cell
         })
-        .collect()
+    })
 }
 
 /// Write masked cells back as DataRow messages into `out`. `original` is the

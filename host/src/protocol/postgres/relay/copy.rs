@@ -167,9 +167,10 @@ pub(super) fn mask_copy_data(
     res.bytes += m.cells.data.len() as u64;
     merge_findings(&mut res.findings, &m.findings);
     sample(res, &m.cells, &shape, ctx.record_rows);
-    let given = given.as_ref().map(rows::cells).unwrap_or_default();
+    let given: Vec<_> = given.as_ref().map(|g| rows::cells(g).collect()).unwrap_or_default();
     let mut given_rows = given.chunks(ncols.max(1));
-    for (i, cells) in rows::cells(&m.cells).chunks(ncols.max(1)).enumerate() {
+    let masked: Vec<_> = rows::cells(&m.cells).collect();
+    for (i, cells) in masked.chunks(ncols.max(1)).enumerate() {
         let given = given_rows.next();
         // A field the maskers left alone keeps its text byte for byte as the
         // server wrote it (its quoting, FORCE_QUOTE, NULL string, escapes);

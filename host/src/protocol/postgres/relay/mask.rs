@@ -160,20 +160,14 @@ pub(super) fn sample(res: &mut Results, cells: &PackedCells, shape: &Shape, cap:
     if res.sample.len() >= cap || ncols == 0 {
         return;
     }
-    let mut off = 0usize;
-    for row in cells.lengths.chunks(ncols) {
-        if res.sample.len() >= cap {
-            break;
-        }
+    let mut cells = rows::cells(cells);
+    while res.sample.len() < cap {
         let mut r = Vec::with_capacity(ncols);
-        for (&l, conv) in row.iter().zip(&shape.conv) {
-            if l < 0 {
+        for (cell, conv) in cells.by_ref().take(ncols).zip(&shape.conv) {
+            let Some(bytes) = cell else {
                 r.push(None);
                 continue;
-            }
-            let end = off + l as usize;
-            let bytes = &cells.data[off..end];
-            off = end;
+            };
             r.push(Some(if conv.is_bytes() {
                 let mut hex = String::from("\\x");
                 for b in bytes.iter().take((MAX - 2) / 2) {
@@ -183,6 +177,9 @@ pub(super) fn sample(res: &mut Results, cells: &PackedCells, shape: &Shape, cap:
             } else {
                 String::from_utf8_lossy(bytes).chars().take(MAX).collect()
             }));
+        }
+        if r.is_empty() {
+            break;
         }
         res.sample.push(r);
     }
