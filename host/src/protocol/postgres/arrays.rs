@@ -102,9 +102,11 @@ pub fn render_with(wire: &[u8], out: &mut Vec<u8>, element: impl Fn(&[u8], &mut 
     true
 }
 
-/// Read masked array text back into elements: quoted strings and NULLs,
-/// separated by braces, commas and spaces. None if anything else is there.
-fn parse(text: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
+/// Read array text into elements: quoted strings and NULLs, separated by
+/// braces, commas and spaces; with `bare`, also the unquoted elements
+/// PostgreSQL writes for simple values (masked text read back has none).
+/// None if anything else is there.
+pub fn parse(text: &[u8], bare: bool) -> Option<Vec<Option<Vec<u8>>>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < text.len() {
@@ -129,6 +131,12 @@ fn parse(text: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
                 i += 1;
                 out.push(Some(e));
             }
+            _ if bare => {
+                let end = text[i..].iter().position(|&b| b == b',' || b == b'}').map_or(text.len(), |n| i + n);
+                let raw = &text[i..end];
+                out.push((raw != b"NULL").then(|| raw.to_vec()));
+                i = end;
+            }
             b'N' if text[i..].starts_with(b"NULL") => {
                 out.push(None);
                 i += 4;
@@ -143,7 +151,7 @@ fn parse(text: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
 /// if the text no longer holds the same number of elements.
 pub fn rebuild(wire: &[u8], masked: &[u8]) -> Option<Vec<u8>> {
     let h = header(wire)?;
-    let elems = parse(masked)?;
+    let elems = parse(masked, false)?;
     if elems.len() != h.count {
         return None;
     }

@@ -8,6 +8,8 @@
 //! `bytea`'s bytes, and (like any value whose type a mask cannot keep) sends
 //! NULL when one is changed.
 
+use super::arrays;
+
 /// Append the bytes a text-format `bytea` stands for; false (nothing
 /// appended) if `text` is neither of its forms.
 pub fn decode(text: &[u8], out: &mut Vec<u8>) -> bool {
@@ -23,26 +25,9 @@ pub fn decode(text: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 fn decode_hex(hex: &[u8], out: &mut Vec<u8>) -> bool {
-    if !hex.len().is_multiple_of(2) {
-        return false;
-    }
-    out.reserve(hex.len() / 2);
-    for pair in hex.chunks_exact(2) {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(h), Some(l)) => out.push(h << 4 | l),
-            _ => return false,
-        }
-    }
-    true
-}
-
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let at = out.len();
+    out.resize(at + hex.len() / 2, 0);
+    hex::decode_to_slice(hex, &mut out[at..]).is_ok()
 }
 
 fn decode_escape(text: &[u8], out: &mut Vec<u8>) -> bool {
@@ -83,53 +68,12 @@ pub fn decode_array(text: &[u8], out: &mut Vec<u8>) -> bool {
 fn decode_elements(text: &[u8], out: &mut Vec<u8>) -> bool {
     // Lower bounds other than 1 come first: `[0:1]={…}`.
     let Some(open) = text.iter().position(|&b| b == b'{') else { return false };
-    let mut element = Vec::new();
-    let mut first = true;
-    let mut i = open;
-    while i < text.len() {
-        match text[i] {
-            b'{' | b'}' | b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {
-                element.clear();
-                i += 1;
-                loop {
-                    match text.get(i) {
-                        Some(b'\\') => {
-                            let Some(&c) = text.get(i + 1) else { return false };
-                            element.push(c);
-                            i += 2;
-                        }
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(&c) => {
-                            element.push(c);
-                            i += 1;
-                        }
-                        None => return false,
-                    }
-                }
-            }
-            _ => {
-                let end = text[i..].iter().position(|&b| b == b',' || b == b'}').map_or(text.len(), |n| i + n);
-                let raw = &text[i..end];
-                i = end;
-                if raw == b"NULL" {
-                    continue;
-                }
-                element.clear();
-                element.extend_from_slice(raw);
-            }
-        }
-        if !first {
+    let Some(elements) = arrays::parse(&text[open..], true) else { return false };
+    for (n, element) in elements.iter().flatten().enumerate() {
+        if n > 0 {
             out.push(b'\n');
         }
-        first = false;
-        if !decode(&element, out) {
+        if !decode(element, out) {
             return false;
         }
     }
