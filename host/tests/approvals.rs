@@ -284,6 +284,50 @@ async fn defer_mode_binds_the_approval_to_the_statement_and_its_parameters() {
     assert!(!events(&s.g, "approval.used").is_empty());
 }
 
+/// A statement a guard routed to review is held however its name is run:
+/// by SQL's `EXECUTE` of the name a driver parsed it under, inside
+/// `EXPLAIN ANALYZE`, from a statement that executes it, after a failed
+/// Parse of the same name or a Close the server skipped, and when SQL's
+/// `PREPARE` made it and a driver binds it. The approver is shown what the
+/// name stands for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_statement_is_held_whichever_way_its_name_is_run() {
+    use common::raw::{bind, close_statement, exchange, execute, parse, query, raw_session, sync};
+    let s = setup("defer", 60, "").await;
+    let mut raw = raw_session(&s.g).await;
+    let merge = "MERGE INTO orders o USING (SELECT id FROM orders ORDER BY id LIMIT 1) s ON o.id = s.id \
+                 WHEN MATCHED THEN UPDATE SET status = 'run-by-name'";
+    let held = |(tags, text): (String, String), what: &str| {
+        assert!(tags.ends_with("EZ") && text.contains("55000") && text.contains("apr_"), "{what}: {tags} {text}");
+    };
+    assert_eq!(exchange(&mut raw, &[parse("m", merge), sync()]).await.0, "1Z");
+    held(exchange(&mut raw, &[bind("", "m"), execute(""), sync()]).await, "bound");
+    held(exchange(&mut raw, &[query("EXECUTE m")]).await, "SQL EXECUTE");
+    held(exchange(&mut raw, &[query("EXPLAIN ANALYZE EXECUTE m")]).await, "EXPLAIN ANALYZE EXECUTE");
+    held(exchange(&mut raw, &[parse("", "EXECUTE m"), bind("", ""), execute(""), sync()]).await, "parsed EXECUTE");
+    // The server refuses a second Parse of the name: it still stands for the MERGE.
+    let (tags, answer) = exchange(&mut raw, &[parse("m", "SELECT 1"), sync()]).await;
+    assert!(tags == "EZ" && answer.contains("42P05"), "{tags} {answer}");
+    held(exchange(&mut raw, &[bind("", "m"), execute(""), sync()]).await, "after a failed Parse");
+    // After an error the server skips to Sync, the Close included.
+    let (tags, _) =
+        exchange(&mut raw, &[parse("x", "SELECT 1 FROM no_such_table"), close_statement("m"), sync()]).await;
+    assert_eq!(tags, "EZ");
+    held(exchange(&mut raw, &[bind("", "m"), execute(""), sync()]).await, "after a skipped Close");
+    // SQL's PREPARE runs nothing; each execution is held.
+    assert_eq!(exchange(&mut raw, &[query(&format!("PREPARE m2 AS {merge}"))]).await.0, "CZ");
+    held(exchange(&mut raw, &[query("EXECUTE m2")]).await, "EXECUTE of a SQL PREPARE");
+    held(exchange(&mut raw, &[bind("", "m2"), execute(""), sync()]).await, "Bind of a SQL PREPARE");
+    // What the approver sees of `EXECUTE m` names the statement it runs.
+    let pending = cli(&admin(&s.g), &s.carol, &["list"]);
+    assert!(text(&pending).contains("MERGE INTO orders"), "{}", text(&pending));
+    let ran = db().pg.psql("shop", "SELECT count(*) FROM orders WHERE status = 'run-by-name'").unwrap();
+    assert!(ran.contains(" 0"), "nothing ran unapproved: {ran}");
+    // Closed (and confirmed), the name is free for a statement that needs no review.
+    assert_eq!(exchange(&mut raw, &[close_statement("m"), sync()]).await.0, "3Z");
+    assert_eq!(exchange(&mut raw, &[parse("m", "SELECT 1"), bind("", "m"), execute(""), sync()]).await.0, "12DCZ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_withdraws_the_held_statement() {
     let s = setup("wait", 60, "").await;

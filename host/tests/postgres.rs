@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::{msg, raw_session, raw_session_with_login, read_until, tags};
 use common::{assert_no_pii, db, gateway, Options};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
@@ -1026,43 +1027,6 @@ async fn copy_from_stdin_in_extended_protocol_keeps_answers_in_step() {
     assert_eq!(secrets().await.len(), 4);
 }
 
-/// One frontend message: type, length, body.
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    [&[tag][..], &((body.len() + 4) as i32).to_be_bytes(), body].concat()
-}
-
-/// Messages off a raw session until `count` of type `tag` (or the close):
-/// whole messages only.
-async fn read_until(raw: &mut tokio::net::TcpStream, tag: u8, count: usize) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await;
-        let n =
-            read.unwrap_or_else(|_| panic!("no '{}' in {:?}", tag as char, String::from_utf8_lossy(&seen))).unwrap();
-        seen.extend_from_slice(&buf[..n]);
-        if n == 0 || tags_of(&seen).is_some_and(|t| t.iter().filter(|t| **t == tag).count() >= count) {
-            return seen;
-        }
-    }
-}
-
-/// The message types in `bytes`, if it holds whole messages only.
-fn tags_of(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut tags = Vec::new();
-    let mut at = 0;
-    while at + 5 <= bytes.len() {
-        tags.push(bytes[at]);
-        at += 1 + i32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-    }
-    (at == bytes.len()).then_some(tags)
-}
-
-fn tags(bytes: &[u8]) -> Vec<u8> {
-    tags_of(bytes).expect("whole messages")
-}
-
 /// A Bind of a described statement that fails because a cursor holds the
 /// portal's name: the portal that then runs is the cursor, and its rows get
 /// the cursor's columns (and their rules), not the statement's.
@@ -1207,38 +1171,6 @@ async fn a_cancel_request_over_tls_is_answered_with_a_clean_close() {
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
-}
-
-/// A plaintext session logged in by hand, read up to its first ReadyForQuery.
-async fn raw_session(g: &common::TestGateway) -> tokio::net::TcpStream {
-    raw_session_with_login(g).await.0
-}
-
-/// [`raw_session`], with what the gateway sent after the password.
-async fn raw_session_with_login(g: &common::TestGateway) -> (tokio::net::TcpStream, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
-    let mut startup = vec![];
-    let body = b"user\0x\0database\0shop\0\0";
-    startup.extend_from_slice(&((8 + body.len()) as i32).to_be_bytes());
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(body);
-    raw.write_all(&startup).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = raw.read(&mut buf).await.unwrap();
-    assert!(n > 0 && buf[0] == b'R');
-    let mut pw = vec![b'p'];
-    let key = format!("{}\0", g.key);
-    pw.extend_from_slice(&((4 + key.len()) as i32).to_be_bytes());
-    pw.extend_from_slice(key.as_bytes());
-    raw.write_all(&pw).await.unwrap();
-    let mut seen = Vec::new();
-    while !seen.ends_with(b"Z\0\0\0\x05I") {
-        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("logged in").unwrap();
-        assert!(n > 0, "closed during login");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    (raw, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1520,6 +1452,56 @@ async fn transforming_protected_columns_to_evade_masking_is_refused() {
     );
     assert_eq!(rows.len(), 5);
     assert_no_pii(&format!("{rows:?}"), "protected columns returned as they are");
+}
+
+/// SQL's `EXECUTE` runs a prepared statement by name, in one namespace with
+/// the protocol's Parse: the guards judge what the name stands for, so a
+/// copy of a protected column's statement is refused as its own text would
+/// be, whichever way the name was defined, and a name stands for what the
+/// server's answers prove (a failed Parse defines nothing, a failed
+/// re-definition leaves the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_run_by_name_are_judged_as_what_they_run() {
+    use common::raw::{bind, exchange, execute, parse, query, sync};
+    let g = gateway(Options {
+        guard_config: r#"protected_columns = ["customers.email", "customers.ssn"]"#,
+        ..Default::default()
+    })
+    .await;
+    let mut raw = raw_session(&g).await;
+    let refused = |(tags, text): (String, String), what: &str| {
+        assert!(tags == "EZ" && text.contains("42501") && text.contains("is protected"), "{what}: {tags} {text}");
+    };
+    // A driver's statement, copied into a table by name.
+    assert_eq!(exchange(&mut raw, &[parse("q", "SELECT ssn, email FROM customers"), sync()]).await.0, "1Z");
+    refused(exchange(&mut raw, &[query("CREATE TEMP TABLE leak (a, b) AS EXECUTE q")]).await, "CTAS of a Parse");
+    // One SQL prepared; run as it is, it comes back masked.
+    let (tags, _) = exchange(&mut raw, &[query("PREPARE r AS SELECT email FROM customers WHERE id = $1")]).await;
+    assert_eq!(tags, "CZ");
+    refused(exchange(&mut raw, &[query("CREATE TEMP TABLE leak AS EXECUTE r (1)")]).await, "CTAS of a PREPARE");
+    refused(exchange(&mut raw, &[parse("", "CREATE TEMP TABLE leak AS EXECUTE r (1)"), sync()]).await, "parsed");
+    let (tags, text) = exchange(&mut raw, &[query("EXECUTE r (1)")]).await;
+    assert_eq!(tags, "TDCZ", "{text}");
+    assert_no_pii(&text, "EXECUTE of a protected column");
+    let (tags, text) = exchange(&mut raw, &[parse("", "EXECUTE r (1)"), bind("", ""), execute(""), sync()]).await;
+    assert_eq!(tags, "12DCZ", "{text}");
+    assert_no_pii(&text, "EXECUTE of a protected column, parsed");
+    // Dropped and prepared again, the name stands for the new statement only.
+    assert_eq!(exchange(&mut raw, &[query("DEALLOCATE q; PREPARE q AS SELECT 1 AS a, 2 AS b")]).await.0, "CCZ");
+    let (tags, text) = exchange(&mut raw, &[query("CREATE TEMP TABLE harmless AS EXECUTE q")]).await;
+    assert_eq!(tags, "CZ", "{text}");
+    // A Parse of a name in use fails: the name keeps its first statement.
+    assert_eq!(exchange(&mut raw, &[parse("p", "SELECT email FROM customers"), sync()]).await.0, "1Z");
+    let (tags, text) = exchange(&mut raw, &[parse("p", "SELECT 1 AS a"), sync()]).await;
+    assert!(tags == "EZ" && text.contains("42P05"), "{tags} {text}");
+    refused(exchange(&mut raw, &[query("CREATE TEMP TABLE leak AS EXECUTE p")]).await, "after a failed Parse");
+    // A Parse that failed defined nothing: the next one is the name's statement.
+    let (tags, _) = exchange(&mut raw, &[parse("u", "SELECT 1 AS a FROM no_such_table"), sync()]).await;
+    assert_eq!(tags, "EZ");
+    assert_eq!(exchange(&mut raw, &[parse("u", "SELECT ssn FROM customers"), sync()]).await.0, "1Z");
+    refused(exchange(&mut raw, &[query("CREATE TEMP TABLE leak AS EXECUTE u")]).await, "after a failed first Parse");
+    // The session is healthy after all of it.
+    assert_eq!(exchange(&mut raw, &[query("SELECT 1")]).await.0, "TDCZ");
 }
 
 /// A view's column that is a plain reference to another table's column is

@@ -15,6 +15,7 @@ use std::sync::Arc;
 pub mod columns;
 pub mod credentials;
 pub mod fingerprint;
+pub mod prepared;
 pub mod rowcap;
 pub mod truth;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub mod oidc;
+pub mod raw;
 
 use wardgate::config::Config;
 use wardgate::devenv::{seed_demo, PgCluster};

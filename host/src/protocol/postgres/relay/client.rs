@@ -3,6 +3,7 @@
 //! runs goes upstream with its expectation queued.
 
 use super::*;
+use crate::sql::prepared::{Executed, NameRefs};
 
 pub(super) async fn client_to_upstream(
     ctx: &Ctx<'_>,
@@ -15,9 +16,8 @@ pub(super) async fn client_to_upstream(
         skipping: false,
         unsynced: false,
         next_id: 0,
-        review_stmts: HashMap::new(),
         review_portals: HashMap::new(),
-        statement_ids: HashMap::new(),
+        portal_changes: HashMap::new(),
         described_portals: HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
@@ -57,7 +57,7 @@ pub(super) async fn client_to_upstream(
                             if let Expect::Query { copies, .. } = &mut then {
                                 *copies = look_up_columns(ctx, std::mem::take(copies).into(), &mut out);
                             }
-                            ctx.shared.lock().expect.push_back(then);
+                            queue(ctx, then, &held.changes, Some(&held.ask));
                             codec::put_message(&mut out, held.message.tag, &held.message.body);
                         }
                         Err(bytes) => {
@@ -129,6 +129,9 @@ pub(super) fn on_client_message(
         b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => true,
         _ => st.unsynced,
     };
+    if matches!(m.tag, b'S' | b'Q' | b'F') {
+        ctx.shared.lock().names.synced();
+    }
     if st.skipping {
         if m.tag == b'S' {
             st.skipping = false;
@@ -142,36 +145,48 @@ pub(super) fn on_client_message(
             let text = Reader::new(&m.body, m.tag).cstr()?.to_string();
             st.next_id += 1;
             let id = st.next_id;
-            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
+            let (mut request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
             // It may close or declare cursors (`CLOSE c; DECLARE c …`).
             st.described_portals.clear();
+            let refs = name_refs(&request);
+            let definitions = expand(ctx, &mut request, &refs.executes);
+            let only_prepares = refs.only_prepares();
+            let changes = Changes { ops: refs.tops, request: id };
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
-            match decide(ctx, request, violation, id, unmaskable) {
+            let query = |copies, inserted| Expect::Query {
+                copies,
+                id,
+                at: std::time::Instant::now(),
+                inserted,
+                names: Effects::default(),
+            };
+            match decide(ctx, request, violation, id, unmaskable, &definitions) {
+                // Preparing runs nothing: hold each execution instead, as for a Parse.
+                Decided::Review(ask) if only_prepares => {
+                    queue(ctx, query(VecDeque::new(), Inserted::default()), &changes, Some(&Arc::new(ask)));
+                    codec::put_message(out, b'Q', &m.body);
+                }
                 Decided::Review(ask) => {
                     // Its COPYs' columns are looked up when it is released.
-                    let copies = copies.into();
                     return Ok(Some(Held {
                         ask: Arc::new(ask),
                         params: vec![],
-                        then: Expect::Query {
-                            copies,
-                            id,
-                            at: std::time::Instant::now(),
-                            inserted: Inserted::default(),
-                        },
+                        then: query(copies.into(), Inserted::default()),
                         message: m,
+                        changes: Arc::new(changes),
                     }));
                 }
                 Decided::Run(forward) => {
                     let copies = look_up_columns(ctx, forwarded(copies, &forward, at_boundary), out);
-                    let inserted = forward.inserted;
-                    ctx.shared.lock().expect.push_back(Expect::Query {
-                        copies,
-                        id,
-                        at: std::time::Instant::now(),
-                        inserted,
-                    });
+                    // A guard's rewrite may prepare other names.
+                    let changes = match &forward.text {
+                        Some(text) if forward.by_guard => {
+                            Changes { ops: crate::sql::prepared::name_refs(text).tops, request: id }
+                        }
+                        _ => changes,
+                    };
+                    queue(ctx, query(copies, forward.inserted), &changes, None);
                     match forward.text {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
@@ -194,36 +209,46 @@ pub(super) fn on_client_message(
             let param_types = r.rest();
             st.next_id += 1;
             let id = st.next_id;
-            let (request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
+            let (mut request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
+            let mentions_names = crate::sql::prepared::mentions_names(&request.statements);
+            let refs = name_refs(&request);
+            let uses_names = ctx.shared.lock().names.judged(refs.executes.iter().map(|e| e.name.clone()).collect());
+            let definitions = expand(ctx, &mut request, &refs.executes);
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
-            st.review_stmts.remove(&name);
-            let decided = match decide(ctx, request, violation, id, unmaskable) {
+            let (review, decided) = match decide(ctx, request, violation, id, unmaskable, &definitions) {
                 // Preparing runs nothing: hold each execution, with its parameters, instead.
-                Decided::Review(ask) => {
-                    st.review_stmts.insert(name.clone(), Arc::new(ask));
-                    Decided::Run(Forward::default())
-                }
-                other => other,
+                Decided::Review(ask) => (Some(Arc::new(ask)), Decided::Run(Forward::default())),
+                other => (None, other),
             };
             match decided {
                 Decided::Review(_) => unreachable!("handled above"),
                 Decided::Run(forward) => {
-                    st.statement_ids.insert(name.clone(), id);
                     let copies = forwarded(copies, &forward, at_boundary);
                     let copy = look_up_columns(ctx, copies, out).pop_front();
                     let inserted = forward.inserted;
-                    ctx.shared.lock().expect.push_back(Expect::Parse { name: name.clone(), copy, inserted });
-                    match forward.text {
+                    match &forward.text {
                         None => codec::put_message(out, b'P', &m.body),
                         Some(text) => {
                             let at = codec::begin(out, b'P');
                             codec::put_cstr(out, &name);
-                            codec::put_cstr(out, &text);
+                            codec::put_cstr(out, text);
                             bytes::BufMut::put_slice(out, param_types);
                             codec::finish(out, at);
                         }
                     }
+                    // The name stands for what the server was sent.
+                    let def = Def {
+                        request: id,
+                        text: forward.text.unwrap_or(text).into(),
+                        sql_prepare: false,
+                        review,
+                        uses_names,
+                        mentions_names,
+                    };
+                    let mut s = ctx.shared.lock();
+                    let seq = s.names.define(&name, def);
+                    s.expect.push_back(Expect::Parse { name, seq, copy, inserted });
                 }
                 Decided::Refuse(bytes) => {
                     ctx.shared.lock().expect.push_back(Expect::Synthetic { bytes, ready: false });
@@ -241,7 +266,20 @@ pub(super) fn on_client_message(
             for _ in 0..nfmt {
                 param_formats.extend_from_slice(&r.i16()?.to_be_bytes());
             }
-            let reviewed = st.review_stmts.get(&stmt).cloned();
+            let Bound { review: reviewed, request, changes } = match bound(ctx, &stmt) {
+                Ok(bound) => bound,
+                Err(why) => {
+                    ctx.recorder.emit("request.refused", json!({"protocol": "bind", "statement": stmt, "reason": why}));
+                    let hint = Some("close the statement, Sync, and prepare it again");
+                    ctx.shared.lock().expect.push_back(Expect::Synthetic {
+                        bytes: error_bytes("42P03", &format!("Wardgate: prepared statement \"{stmt}\": {why}"), hint),
+                        ready: false,
+                    });
+                    st.skipping = true;
+                    ctx.notify.notify_one();
+                    return Ok(None);
+                }
+            };
             let mut params = vec![Some(param_formats)];
             let nparams = r.i16()?.max(0) as usize;
             for _ in 0..nparams {
@@ -255,8 +293,11 @@ pub(super) fn on_client_message(
                 Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
                 None => st.review_portals.remove(&portal),
             };
+            match changes {
+                Some(changes) => st.portal_changes.insert(portal.clone(), Arc::new(changes)),
+                None => st.portal_changes.remove(&portal),
+            };
             st.described_portals.remove(&portal);
-            let request = st.statement_ids.get(&stmt).copied().unwrap_or(0);
             ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, request });
             codec::put_message(out, b'B', &m.body);
         }
@@ -287,25 +328,22 @@ pub(super) fn on_client_message(
                 codec::put_cstr(out, &portal);
                 codec::finish(out, at);
             }
-            if let Some((ask, params)) = st.review_portals.get(&portal).cloned() {
-                return Ok(Some(Held {
-                    ask,
-                    params,
-                    then: Expect::Execute { portal, at: std::time::Instant::now() },
-                    message: m,
-                }));
+            let changes = st.portal_changes.get(&portal).cloned().unwrap_or_default();
+            let held = st.review_portals.get(&portal).cloned();
+            let then = Expect::Execute { portal, at: std::time::Instant::now(), names: Effects::default() };
+            if let Some((ask, params)) = held {
+                return Ok(Some(Held { ask, params, then, message: m, changes }));
             }
-            ctx.shared.lock().expect.push_back(Expect::Execute { portal, at: std::time::Instant::now() });
+            queue(ctx, then, &changes, None);
             codec::put_message(out, b'E', &m.body);
         }
         b'C' => {
             let mut r = Reader::new(&m.body, m.tag);
             let (kind, name) = (r.u8()?, r.cstr()?.to_string());
-            if kind == b'S' {
-                st.review_stmts.remove(&name);
-                st.statement_ids.remove(&name);
-            } else {
+            // A statement's name is dropped when the server confirms it (see [`names`]).
+            if kind != b'S' {
                 st.review_portals.remove(&name);
+                st.portal_changes.remove(&name);
                 st.described_portals.remove(&name);
             }
             ctx.shared.lock().expect.push_back(Expect::Close { portal: kind != b'S', name });
@@ -347,9 +385,10 @@ pub(super) fn on_client_message(
                 at: std::time::Instant::now(),
                 result: (call.name, call.result_type, call.result_format),
             };
-            match decide(ctx, request, violation, id, false) {
+            match decide(ctx, request, violation, id, false, "") {
                 Decided::Review(ask) => {
-                    return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m }));
+                    let changes = Arc::default();
+                    return Ok(Some(Held { ask: Arc::new(ask), params: vec![], then, message: m, changes }));
                 }
                 Decided::Run(Forward { text: None, .. }) => {
                     ctx.shared.lock().expect.push_back(then);
@@ -464,4 +503,90 @@ pub(super) fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut Byt
             c
         })
         .collect()
+}
+
+/// Queue what a forwarded message will produce; the `PREPARE`s a Query or
+/// an Execute runs are pending definitions from now on (held for review
+/// with `review`).
+pub(super) fn queue(ctx: &Ctx<'_>, mut then: Expect, changes: &Changes, review: Option<&Arc<ReviewAsk>>) {
+    let mut s = ctx.shared.lock();
+    if !changes.ops.is_empty() {
+        if let Expect::Query { names, .. } | Expect::Execute { names, .. } = &mut then {
+            *names = s.names.effects(changes, review);
+        }
+    }
+    s.expect.push_back(then);
+}
+
+/// The names a request's text prepares, drops and runs (parsed again only
+/// when its analysis shows any).
+pub(super) fn name_refs(request: &SqlRequest) -> NameRefs {
+    if crate::sql::prepared::mentions_names(&request.statements) {
+        crate::sql::prepared::name_refs(&request.text)
+    } else {
+        NameRefs::default()
+    }
+}
+
+/// Most levels of statements run by name that [`expand`] follows.
+const EXPAND_DEPTH: usize = 8;
+
+/// Give the guards what each name the request `EXECUTE`s stands for: the
+/// statements of every definition it may have (see [`names`]), and of the
+/// names those run in turn. Returns the definitions as `PREPARE`
+/// statements, for the approver and the recording.
+pub(super) fn expand(ctx: &Ctx<'_>, request: &mut SqlRequest, executes: &[Executed]) -> String {
+    let mut definitions = String::new();
+    let mut todo: VecDeque<(Executed, usize)> = executes.iter().map(|e| (e.clone(), 0)).collect();
+    let mut seen = HashSet::new();
+    while let Some((e, depth)) = todo.pop_front() {
+        let defs: Vec<_> = {
+            let s = ctx.shared.lock();
+            let defs = s.names.candidates(&e.name);
+            defs.iter()
+                .map(|d| &d.def)
+                .map(|d| (d.text.clone(), d.sql_prepare, d.mentions_names, d.shown(&e.name)))
+                .collect()
+        };
+        for (text, sql_prepare, mentions_names, shown) in defs {
+            if !seen.insert((e.name.clone(), text.clone(), e.wrapped)) {
+                continue;
+            }
+            request.statements.extend(crate::sql::prepared::executed_statements(&text, sql_prepare, e.wrapped));
+            definitions.push_str(&shown);
+            definitions.push_str(";\n");
+            if mentions_names && depth < EXPAND_DEPTH {
+                for inner in crate::sql::prepared::name_refs(&text).executes {
+                    todo.push_back((Executed { wrapped: inner.wrapped || e.wrapped, ..inner }, depth + 1));
+                }
+            }
+        }
+    }
+    definitions
+}
+
+/// What a Bind binds, as far as the gateway follows it.
+#[derive(Default)]
+struct Bound {
+    /// The review its statement's definition asks for: each execution is held.
+    review: Option<Arc<ReviewAsk>>,
+    /// The request that defined the statement (0: none the gateway saw).
+    request: u64,
+    /// What running it does to the names.
+    changes: Option<Changes>,
+}
+
+/// What a Bind of `stmt` binds. `Err`: it cannot be told (see
+/// [`names::Names::bound`]) or it runs a name defined again since it was judged.
+fn bound(ctx: &Ctx<'_>, stmt: &str) -> Result<Bound, String> {
+    let s = ctx.shared.lock();
+    let Some(def) = s.names.bound(stmt).map_err(str::to_string)? else { return Ok(Bound::default()) };
+    if let Some(name) = s.names.stale(&def.uses_names) {
+        return Err(format!("it runs prepared statement \"{name}\", which was prepared again after it was judged"));
+    }
+    let changes = (def.mentions_names && !def.sql_prepare)
+        .then(|| crate::sql::prepared::name_refs(&def.text))
+        .filter(|r| r.changes_names())
+        .map(|r| Changes { ops: r.tops, request: def.request });
+    Ok(Bound { review: def.review.clone(), request: def.request, changes })
 }

@@ -3,13 +3,17 @@
 
 use super::*;
 
-/// Guards decide; the decision is recorded.
+/// Guards decide; the decision is recorded. `definitions`: what the
+/// prepared statements the request runs by name stand for, as `PREPARE`
+/// statements (see [`super::names`]); they go in front of its text where an
+/// approver sees it, in its approval's fingerprint and in the recording.
 pub(super) fn decide(
     ctx: &Ctx<'_>,
     mut request: SqlRequest,
     host_violation: Option<String>,
     id: u64,
     unmaskable_copy: bool,
+    definitions: &str,
 ) -> Decided {
     with_catalog(ctx, &mut request);
     let mut pipeline = ctx.pipeline.lock();
@@ -19,8 +23,10 @@ pub(super) fn decide(
     let masks = pipeline.masks();
     // Recordings hold masked data only: statement literals can carry PII
     // too, and credentials are redacted whatever the plugins.
-    let redacted = crate::sql::credentials::redact(&request.text);
-    let text = redacted.as_deref().unwrap_or(&request.text);
+    let shown = (!definitions.is_empty()).then(|| format!("{definitions}{}", request.text));
+    let shown_text = shown.as_deref().unwrap_or(&request.text);
+    let redacted = crate::sql::credentials::redact(shown_text);
+    let text = redacted.as_deref().unwrap_or(shown_text);
     let recorded_text: String = if masks {
         pipeline.mask_text(text).unwrap_or_else(|e| format!("[statement not recorded: {e}]"))
     } else {
@@ -129,7 +135,8 @@ pub(super) fn decide(
     match result {
         Err(bytes) => Decided::Refuse(bytes),
         Ok((_, Some((plugin, review)))) => {
-            Decided::Review(ReviewAsk { plugin, review, text: request.text, masked: recorded_text, request_id: id })
+            let text = shown.unwrap_or(request.text);
+            Decided::Review(ReviewAsk { plugin, review, text, masked: recorded_text, request_id: id })
         }
         Ok((forward, None)) => Decided::Run(forward),
     }

@@ -22,6 +22,8 @@
 //! * `results`: the upstream side (matching answers to expectations).
 //! * `mask`: result rows through the maskers, and their recording.
 //! * `copy`: `COPY … TO STDOUT` output through the maskers.
+//! * `names`: what each prepared-statement name stands for, as the
+//!   server's answers prove it (holds and `EXECUTE`s follow it).
 //!
 //! The state both sides share is defined here.
 
@@ -55,12 +57,14 @@ mod client;
 mod copy;
 mod decide;
 mod mask;
+mod names;
 mod results;
 
 use client::*;
 use copy::*;
 use decide::*;
 use mask::*;
+use names::{Answer, Changes, Def, Effects, Names};
 use results::*;
 
 /// Rows masked per plugin call.
@@ -84,9 +88,13 @@ enum Expect {
         at: std::time::Instant,
         /// What a row cap inserted into its text (error positions map back).
         inserted: Inserted,
+        /// What its statements do to the prepared-statement names.
+        names: Effects,
     },
     Parse {
         name: String,
+        /// Its definition of the name (see [`names`]).
+        seq: u64,
         /// The statement is a `COPY ... TO STDOUT`.
         copy: Option<CopyOut>,
         /// What a row cap inserted into its text.
@@ -110,6 +118,8 @@ enum Expect {
         portal: String,
         /// When it was forwarded.
         at: std::time::Instant,
+        /// What its statement does to the prepared-statement names.
+        names: Effects,
     },
     Close {
         portal: bool,
@@ -167,6 +177,8 @@ struct Shared {
     fatal: Option<Bytes>,
     /// Where a `COPY … FROM STDIN` stands (see [`client::copy_step`]).
     copy_in: CopyIn,
+    /// What each prepared-statement name stands for.
+    names: Names,
 }
 
 /// How far a `COPY … FROM STDIN` has come, from both sides' messages.
@@ -190,7 +202,7 @@ impl Shared {
     fn answering(&self) -> Option<(u64, std::time::Instant)> {
         match self.expect.front()? {
             Expect::Query { id, at, .. } | Expect::Function { id, at, .. } => Some((*id, *at)),
-            Expect::Execute { portal, at } => Some((self.portals.get(portal).map_or(0, |p| p.request), *at)),
+            Expect::Execute { portal, at, .. } => Some((self.portals.get(portal).map_or(0, |p| p.request), *at)),
             _ => None,
         }
     }
@@ -258,14 +270,11 @@ struct ClientState {
     /// simple Query): nothing of the gateway's own may be put between them.
     unsynced: bool,
     next_id: u64,
-    /// Prepared statements a guard routed to review: their executions are held.
-    review_stmts: HashMap<String, Arc<ReviewAsk>>,
-    /// Portals of such statements, with their bound parameters.
+    /// Portals of statements a guard routed to review, with their bound
+    /// parameters: their executions are held.
     review_portals: HashMap<String, (Arc<ReviewAsk>, hold::Params)>,
-    /// Request id of each prepared statement, in the client's order (a
-    /// pipelining client binds before the upstream has confirmed anything):
-    /// a portal's rows are recorded against the Parse they answer.
-    statement_ids: HashMap<String, u64>,
+    /// Portals whose statement prepares or drops names when it runs.
+    portal_changes: HashMap<String, Arc<Changes>>,
     /// Portals the client described since they were bound and since
     /// anything else ran. An Execute of any other portal gets a Describe of
     /// the gateway's own first: a client may skip Describe, a `DECLARE`d
@@ -285,6 +294,8 @@ struct Held {
     params: hold::Params,
     message: Message,
     then: Expect,
+    /// What it does to the prepared-statement names if it runs.
+    changes: Arc<Changes>,
 }
 
 /// What goes upstream for a request that runs.

@@ -226,7 +226,8 @@ pub(super) fn on_upstream_message(
     }
     match m.tag {
         b'1' => {
-            if let Some(Expect::Parse { name, copy, .. }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
+            if let Some(Expect::Parse { name, seq, copy, .. }) = pop_if(&mut s, |e| matches!(e, Expect::Parse { .. })) {
+                s.names.answered(&name, seq, Answer::Done);
                 match copy {
                     Some(copy) => s.copy_statements.insert(name, copy),
                     None => s.copy_statements.remove(&name),
@@ -245,6 +246,7 @@ pub(super) fn on_upstream_message(
                     s.portals.remove(&name);
                 } else {
                     s.copy_statements.remove(&name);
+                    s.names.dropped(&name);
                 }
             }
         }
@@ -284,9 +286,19 @@ pub(super) fn on_upstream_message(
             drop(s);
             record_response(ctx, res, tag.as_deref(), None);
             s = ctx.shared.lock();
-            match s.expect.front() {
-                Some(Expect::Execute { .. }) => {
-                    s.expect.pop_front();
+            let Shared { expect, names, .. } = &mut *s;
+            match expect.front_mut() {
+                Some(Expect::Execute { names: fx, .. }) => {
+                    if m.tag == b'C' {
+                        names.completed(fx);
+                    }
+                    expect.pop_front();
+                }
+                Some(Expect::Query { names: fx, .. }) => {
+                    if m.tag == b'C' {
+                        names.completed(fx);
+                    }
+                    res.current = None;
                 }
                 _ => res.current = None,
             }
@@ -337,8 +349,14 @@ pub(super) fn on_upstream_message(
                     if matches!(e, Expect::Sync) {
                         break;
                     }
-                    s.expect.pop_front();
+                    if let Some(e) = s.expect.pop_front() {
+                        unanswered(&mut s.names, e, Answer::Failed);
+                    }
                 }
+            } else if let Some(Expect::Query { names: fx, .. }) = s.expect.front_mut() {
+                // The rest of the Query does not run.
+                let mut fx = std::mem::take(fx);
+                s.names.abandoned(&mut fx, Answer::Failed);
             }
             res.copy_out = None;
             res.current = None;
@@ -352,7 +370,10 @@ pub(super) fn on_upstream_message(
                 s.portals.retain(|_, p| !p.bound);
             }
             while let Some(e) = s.expect.pop_front() {
-                if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::Function { .. }) {
+                let last = matches!(e, Expect::Sync | Expect::Query { .. } | Expect::Function { .. });
+                // What the server answered nothing to was not seen to fail.
+                unanswered(&mut s.names, e, Answer::Unknown);
+                if last {
                     break;
                 }
             }
@@ -574,4 +595,14 @@ pub(super) fn upstream_malformed(e: ProtocolError, out: &mut BytesMut) -> Sessio
     tracing::error!("upstream sent malformed bytes: {e}");
     out.extend_from_slice(&codec::fatal_bytes("08P01", "Wardgate: upstream protocol error", None));
     SessionError::Protocol(e)
+}
+
+/// `e` leaves the queue without the answer that settles its names: a
+/// Parse's definition, a Query's or Execute's remaining `PREPARE`s.
+fn unanswered(names: &mut Names, e: Expect, answer: Answer) {
+    match e {
+        Expect::Parse { name, seq, .. } => names.answered(&name, seq, answer),
+        Expect::Query { names: mut fx, .. } | Expect::Execute { names: mut fx, .. } => names.abandoned(&mut fx, answer),
+        _ => {}
+    }
 }
