@@ -287,9 +287,10 @@ async fn defer_mode_binds_the_approval_to_the_statement_and_its_parameters() {
 /// A statement a guard routed to review is held however its name is run:
 /// by SQL's `EXECUTE` of the name a driver parsed it under, inside
 /// `EXPLAIN ANALYZE`, from a statement that executes it, after a failed
-/// Parse of the same name or a Close the server skipped, and when SQL's
-/// `PREPARE` made it and a driver binds it. The approver is shown what the
-/// name stands for.
+/// Parse of the same name or a Close the server skipped, when SQL's
+/// `PREPARE` made it and a driver binds it, and by SQL's FETCH of its portal
+/// (held at Bind, it has none before approval). The approver is shown what
+/// the name stands for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewed_statement_is_held_whichever_way_its_name_is_run() {
     use common::raw::{bind, close_statement, exchange, execute, parse, query, raw_session, sync};
@@ -318,6 +319,15 @@ async fn a_reviewed_statement_is_held_whichever_way_its_name_is_run() {
     assert_eq!(exchange(&mut raw, &[query(&format!("PREPARE m2 AS {merge}"))]).await.0, "CZ");
     held(exchange(&mut raw, &[query("EXECUTE m2")]).await, "EXECUTE of a SQL PREPARE");
     held(exchange(&mut raw, &[bind("", "m2"), execute(""), sync()]).await, "Bind of a SQL PREPARE");
+    // A reviewed statement's portal does not exist before approval: SQL's
+    // FETCH cannot run it either.
+    let role = "SELECT set_config('role', current_user, false)";
+    assert_eq!(exchange(&mut raw, &[parse("r", role), sync()]).await.0, "1Z");
+    assert_eq!(exchange(&mut raw, &[query("BEGIN")]).await.0, "CZ");
+    held(exchange(&mut raw, &[bind("p", "r"), sync()]).await, "bound to a named portal");
+    let (tags, answer) = exchange(&mut raw, &[query("FETCH ALL p")]).await;
+    assert!(tags == "EZ" && answer.contains("34000"), "FETCH of a held portal: {tags} {answer}");
+    assert_eq!(exchange(&mut raw, &[query("ROLLBACK")]).await.0, "CZ");
     // What the approver sees of `EXECUTE m` names the statement it runs.
     let pending = cli(&admin(&s.g), &s.carol, &["list"]);
     assert!(text(&pending).contains("MERGE INTO orders"), "{}", text(&pending));

@@ -16,7 +16,6 @@ pub(super) async fn client_to_upstream(
         skipping: false,
         unsynced: false,
         next_id: 0,
-        review_portals: HashMap::new(),
         portal_changes: HashMap::new(),
         described_portals: HashSet::new(),
     };
@@ -57,7 +56,7 @@ pub(super) async fn client_to_upstream(
                             if let Expect::Query { copies, .. } = &mut then {
                                 *copies = look_up_columns(ctx, std::mem::take(copies).into(), &mut out);
                             }
-                            queue(ctx, then, &held.changes, Some(&held.ask));
+                            queue(ctx, then, &held.changes);
                             codec::put_message(&mut out, held.message.tag, &held.message.body);
                         }
                         Err(bytes) => {
@@ -151,7 +150,7 @@ pub(super) fn on_client_message(
             let refs = name_refs(&request);
             let definitions = expand(ctx, &mut request, &refs.executes);
             let only_prepares = refs.only_prepares();
-            let changes = Changes { ops: refs.tops, request: id };
+            let mut changes = Changes { ops: refs.tops, request: id, review: None };
             let copies = copy_outs(&request, &text, at_boundary);
             let unmaskable = unmaskable_copy(ctx, &copies);
             let query = |copies, inserted| Expect::Query {
@@ -164,13 +163,17 @@ pub(super) fn on_client_message(
             match decide(ctx, request, violation, id, unmaskable, &definitions) {
                 // Preparing runs nothing: hold each execution instead, as for a Parse.
                 Decided::Review(ask) if only_prepares => {
-                    queue(ctx, query(VecDeque::new(), Inserted::default()), &changes, Some(&Arc::new(ask)));
+                    changes.review = Some(Arc::new(ask));
+                    queue(ctx, query(VecDeque::new(), Inserted::default()), &changes);
                     codec::put_message(out, b'Q', &m.body);
                 }
                 Decided::Review(ask) => {
+                    // What it prepares is held again when it runs.
+                    let ask = Arc::new(ask);
+                    changes.review = Some(ask.clone());
                     // Its COPYs' columns are looked up when it is released.
                     return Ok(Some(Held {
-                        ask: Arc::new(ask),
+                        ask,
                         params: vec![],
                         then: query(copies.into(), Inserted::default()),
                         message: m,
@@ -182,11 +185,11 @@ pub(super) fn on_client_message(
                     // A guard's rewrite may prepare other names.
                     let changes = match &forward.text {
                         Some(text) if forward.by_guard => {
-                            Changes { ops: crate::sql::prepared::name_refs(text).tops, request: id }
+                            Changes { ops: crate::sql::prepared::name_refs(text).tops, request: id, review: None }
                         }
                         _ => changes,
                     };
-                    queue(ctx, query(copies, forward.inserted), &changes, None);
+                    queue(ctx, query(copies, forward.inserted), &changes);
                     match forward.text {
                         None => codec::put_message(out, b'Q', &m.body),
                         Some(text) => {
@@ -289,16 +292,18 @@ pub(super) fn on_client_message(
                     params.push(value.map(|v| v.to_vec()));
                 }
             }
-            match reviewed {
-                Some(ask) => st.review_portals.insert(portal.clone(), (ask, params)),
-                None => st.review_portals.remove(&portal),
-            };
             match changes {
                 Some(changes) => st.portal_changes.insert(portal.clone(), Arc::new(changes)),
                 None => st.portal_changes.remove(&portal),
             };
             st.described_portals.remove(&portal);
-            ctx.shared.lock().expect.push_back(Expect::Bind { portal, stmt, request });
+            let then = Expect::Bind { portal, stmt, request };
+            // A reviewed statement's portal does not exist until approved:
+            // once bound, SQL's FETCH or MOVE could run it as well as Execute.
+            if let Some(ask) = reviewed {
+                return Ok(Some(Held { ask, params, then, message: m, changes: Arc::default() }));
+            }
+            ctx.shared.lock().expect.push_back(then);
             codec::put_message(out, b'B', &m.body);
         }
         b'D' => {
@@ -329,12 +334,7 @@ pub(super) fn on_client_message(
                 codec::finish(out, at);
             }
             let changes = st.portal_changes.get(&portal).cloned().unwrap_or_default();
-            let held = st.review_portals.get(&portal).cloned();
-            let then = Expect::Execute { portal, at: std::time::Instant::now(), names: Effects::default() };
-            if let Some((ask, params)) = held {
-                return Ok(Some(Held { ask, params, then, message: m, changes }));
-            }
-            queue(ctx, then, &changes, None);
+            queue(ctx, Expect::Execute { portal, at: std::time::Instant::now(), names: Effects::default() }, &changes);
             codec::put_message(out, b'E', &m.body);
         }
         b'C' => {
@@ -342,7 +342,6 @@ pub(super) fn on_client_message(
             let (kind, name) = (r.u8()?, r.cstr()?.to_string());
             // A statement's name is dropped when the server confirms it (see [`names`]).
             if kind != b'S' {
-                st.review_portals.remove(&name);
                 st.portal_changes.remove(&name);
                 st.described_portals.remove(&name);
             }
@@ -506,13 +505,12 @@ pub(super) fn look_up_columns(ctx: &Ctx<'_>, copies: Vec<CopyOut>, out: &mut Byt
 }
 
 /// Queue what a forwarded message will produce; the `PREPARE`s a Query or
-/// an Execute runs are pending definitions from now on (held for review
-/// with `review`).
-pub(super) fn queue(ctx: &Ctx<'_>, mut then: Expect, changes: &Changes, review: Option<&Arc<ReviewAsk>>) {
+/// an Execute runs are pending definitions from now on.
+pub(super) fn queue(ctx: &Ctx<'_>, mut then: Expect, changes: &Changes) {
     let mut s = ctx.shared.lock();
     if !changes.ops.is_empty() {
         if let Expect::Query { names, .. } | Expect::Execute { names, .. } = &mut then {
-            *names = s.names.effects(changes, review);
+            *names = s.names.effects(changes);
         }
     }
     s.expect.push_back(then);
@@ -568,7 +566,7 @@ pub(super) fn expand(ctx: &Ctx<'_>, request: &mut SqlRequest, executes: &[Execut
 /// What a Bind binds, as far as the gateway follows it.
 #[derive(Default)]
 struct Bound {
-    /// The review its statement's definition asks for: each execution is held.
+    /// The review its statement's definition asks for: the Bind is held.
     review: Option<Arc<ReviewAsk>>,
     /// The request that defined the statement (0: none the gateway saw).
     request: u64,
@@ -587,6 +585,6 @@ fn bound(ctx: &Ctx<'_>, stmt: &str) -> Result<Bound, String> {
     let changes = (def.mentions_names && !def.sql_prepare)
         .then(|| crate::sql::prepared::name_refs(&def.text))
         .filter(|r| r.changes_names())
-        .map(|r| Changes { ops: r.tops, request: def.request });
+        .map(|r| Changes { ops: r.tops, request: def.request, review: def.review.clone() });
     Ok(Bound { review: def.review.clone(), request: def.request, changes })
 }

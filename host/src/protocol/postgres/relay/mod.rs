@@ -270,9 +270,6 @@ struct ClientState {
     /// simple Query): nothing of the gateway's own may be put between them.
     unsynced: bool,
     next_id: u64,
-    /// Portals of statements a guard routed to review, with their bound
-    /// parameters: their executions are held.
-    review_portals: HashMap<String, (Arc<ReviewAsk>, hold::Params)>,
     /// Portals whose statement prepares or drops names when it runs.
     portal_changes: HashMap<String, Arc<Changes>>,
     /// Portals the client described since they were bound and since

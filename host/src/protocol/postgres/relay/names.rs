@@ -69,6 +69,8 @@ pub(super) struct Changes {
     pub ops: Vec<Option<NameOp>>,
     /// The request it answers (what its `PREPARE`d statements' rows are recorded against).
     pub request: u64,
+    /// The review it was held for: what it prepares is held again when it runs.
+    pub review: Option<Arc<ReviewAsk>>,
 }
 
 /// How the server answered a definition.
@@ -207,8 +209,8 @@ enum Effect {
 
 impl Names {
     /// A text's top-level statements go upstream: its `PREPARE`s are pending
-    /// definitions from now on, held for review if `review`.
-    pub fn effects(&mut self, changes: &Changes, review: Option<&Arc<ReviewAsk>>) -> Effects {
+    /// definitions from now on.
+    pub fn effects(&mut self, changes: &Changes) -> Effects {
         Effects(
             changes
                 .ops
@@ -220,7 +222,7 @@ impl Names {
                                 request: changes.request,
                                 text: text.as_str().into(),
                                 sql_prepare: true,
-                                review: review.cloned(),
+                                review: changes.review.clone(),
                                 uses_names: Default::default(),
                                 mentions_names: false,
                             };
@@ -323,7 +325,7 @@ mod tests {
     fn prepares_settle_by_their_command_completes_in_turn() {
         let mut n = Names::default();
         let ops = crate::sql::prepared::name_refs("PREPARE a AS SELECT 1; SELECT 2; PREPARE b AS SELECT 3").tops;
-        let mut fx = n.effects(&Changes { ops, request: 7 }, None);
+        let mut fx = n.effects(&Changes { ops, request: 7, review: None });
         assert_eq!(n.candidates("a").len(), 1);
         n.completed(&mut fx);
         n.completed(&mut fx);
@@ -338,7 +340,7 @@ mod tests {
         assert_eq!(n.stale(&judged), None);
         let again = n.define("a", def("SELECT 4", false));
         let ops = crate::sql::prepared::name_refs("DISCARD ALL").tops;
-        let mut fx = n.effects(&Changes { ops, request: 8 }, None);
+        let mut fx = n.effects(&Changes { ops, request: 8, review: None });
         n.completed(&mut fx);
         // The pending definition is not dropped by a DISCARD sent before it was answered.
         assert_eq!(n.candidates("a").len(), 1);
