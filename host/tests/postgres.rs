@@ -1486,6 +1486,9 @@ async fn statements_run_by_name_are_judged_as_what_they_run() {
     let (tags, text) = exchange(&mut raw, &[parse("", "EXECUTE r (1)"), bind("", ""), execute(""), sync()]).await;
     assert_eq!(tags, "12DCZ", "{text}");
     assert_no_pii(&text, "EXECUTE of a protected column, parsed");
+    // A plan shows no values: as for `EXPLAIN ANALYZE SELECT ssn …`.
+    let (tags, text) = exchange(&mut raw, &[query("EXPLAIN ANALYZE EXECUTE r (1)")]).await;
+    assert!(tags.starts_with("TD") && tags.ends_with("CZ"), "{tags} {text}");
     // Dropped and prepared again, the name stands for the new statement only.
     assert_eq!(exchange(&mut raw, &[query("DEALLOCATE q; PREPARE q AS SELECT 1 AS a, 2 AS b")]).await.0, "CCZ");
     let (tags, text) = exchange(&mut raw, &[query("CREATE TEMP TABLE harmless AS EXECUTE q")]).await;

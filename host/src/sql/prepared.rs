@@ -34,9 +34,11 @@ pub enum NameOp {
 pub struct Executed {
     /// The name, as the server folds it.
     pub name: String,
-    /// Inside `CREATE TABLE … AS` or `EXPLAIN`: its rows do not come back
-    /// as they are (a table gets them, or only a plan is shown).
-    pub wrapped: bool,
+    /// Inside `CREATE TABLE … AS`: its rows go into a table, not back to
+    /// the client as they are. (`EXPLAIN [ANALYZE]` shows a plan, no values:
+    /// its `EXECUTE` is judged as the statement alone, as `EXPLAIN ANALYZE
+    /// SELECT …` is.)
+    pub copied: bool,
 }
 
 /// The names a text prepares, drops and runs.
@@ -90,14 +92,15 @@ pub fn name_refs(text: &str) -> NameRefs {
         };
         refs.tops.push(op);
         if let NodeEnum::ExecuteStmt(e) = node {
-            refs.executes.push(Executed { name: e.name.clone(), wrapped: false });
+            refs.executes.push(Executed { name: e.name.clone(), copied: false });
         }
         // `EXPLAIN [ANALYZE] EXECUTE`, `CREATE TABLE … AS EXECUTE` (the
-        // grammar has no other place for it; any is counted).
+        // grammar has no other place for it; any other would count as copied).
+        let explained = matches!(node, NodeEnum::ExplainStmt(_));
         for (child, depth, _, _) in node.nodes() {
             // (The statement itself is at depth 1.)
             if let (NodeRef::ExecuteStmt(e), 2..) = (child, depth) {
-                refs.executes.push(Executed { name: e.name.clone(), wrapped: true });
+                refs.executes.push(Executed { name: e.name.clone(), copied: !explained });
             }
         }
     }
@@ -106,14 +109,14 @@ pub fn name_refs(text: &str) -> NameRefs {
 
 /// The statements a prepared statement stands for when `EXECUTE` runs it:
 /// the analysis of its text (`sql_prepare`: the text is a whole `PREPARE`
-/// statement, whose own entry is left out). Wrapped, no column comes back
-/// as it is: each `output` is `transformed` (copied into a table).
-pub fn executed_statements(text: &str, sql_prepare: bool, wrapped: bool) -> Vec<SqlStatement> {
+/// statement, whose own entry is left out). `copied`: no column comes back
+/// as it is, each `output` is `transformed`.
+pub fn executed_statements(text: &str, sql_prepare: bool, copied: bool) -> Vec<SqlStatement> {
     let mut statements = super::analyze(text, SqlPhase::Parse, "").statements;
     if sql_prepare && statements.first().is_some_and(|s| s.node == "PrepareStmt") {
         statements.remove(0);
     }
-    if wrapped {
+    if copied {
         for c in statements.iter_mut().flat_map(|s| s.columns.iter_mut()) {
             if c.usage == ColumnUsage::Output {
                 c.usage = ColumnUsage::Transformed;
@@ -162,20 +165,20 @@ mod tests {
         let r = name_refs(
             "EXECUTE m(1); explain analyze execute \"M\"; CREATE TEMP TABLE t (a, b) AS EXECUTE q (2) WITH NO DATA",
         );
-        let e = |name: &str, wrapped| Executed { name: name.into(), wrapped };
-        assert_eq!(r.executes, vec![e("m", false), e("M", true), e("q", true)]);
+        let e = |name: &str, copied| Executed { name: name.into(), copied };
+        assert_eq!(r.executes, vec![e("m", false), e("M", false), e("q", true)]);
         assert_eq!(r.tops, vec![None, None, None]);
     }
 
     #[test]
-    fn a_wrapped_execute_returns_no_column_as_it_is() {
+    fn a_copied_execute_returns_no_column_as_it_is() {
         let plain = executed_statements("PREPARE q AS SELECT ssn FROM customers", true, false);
         assert_eq!(plain.len(), 1);
         assert_eq!(plain[0].node, "SelectStmt");
         assert_eq!(plain[0].columns[0].usage, ColumnUsage::Output);
-        let wrapped = executed_statements("SELECT ssn FROM customers WHERE id = $1", false, true);
-        assert_eq!(wrapped[0].columns[0].usage, ColumnUsage::Transformed);
-        assert!(wrapped[0].columns.iter().any(|c| c.usage == ColumnUsage::Filter));
+        let copied = executed_statements("SELECT ssn FROM customers WHERE id = $1", false, true);
+        assert_eq!(copied[0].columns[0].usage, ColumnUsage::Transformed);
+        assert!(copied[0].columns.iter().any(|c| c.usage == ColumnUsage::Filter));
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub(super) fn on_client_message(
             let (mut request, violation) = crate::sql::analyze_checked(&text, SqlPhase::SimpleQuery, "");
             // It may close or declare cursors (`CLOSE c; DECLARE c …`).
             st.described_portals.clear();
-            let refs = name_refs(&request);
+            let refs = names_used(&request);
             let definitions = expand(ctx, &mut request, &refs.executes);
             let only_prepares = refs.only_prepares();
             let mut changes = Changes { ops: refs.tops, request: id, review: None };
@@ -214,7 +214,7 @@ pub(super) fn on_client_message(
             let id = st.next_id;
             let (mut request, violation) = crate::sql::analyze_checked(&text, SqlPhase::Parse, &name);
             let mentions_names = crate::sql::prepared::mentions_names(&request.statements);
-            let refs = name_refs(&request);
+            let refs = names_used(&request);
             let uses_names = ctx.shared.lock().names.judged(refs.executes.iter().map(|e| e.name.clone()).collect());
             let definitions = expand(ctx, &mut request, &refs.executes);
             let copies = copy_outs(&request, &text, at_boundary);
@@ -518,7 +518,7 @@ pub(super) fn queue(ctx: &Ctx<'_>, mut then: Expect, changes: &Changes) {
 
 /// The names a request's text prepares, drops and runs (parsed again only
 /// when its analysis shows any).
-pub(super) fn name_refs(request: &SqlRequest) -> NameRefs {
+pub(super) fn names_used(request: &SqlRequest) -> NameRefs {
     if crate::sql::prepared::mentions_names(&request.statements) {
         crate::sql::prepared::name_refs(&request.text)
     } else {
@@ -547,15 +547,15 @@ pub(super) fn expand(ctx: &Ctx<'_>, request: &mut SqlRequest, executes: &[Execut
                 .collect()
         };
         for (text, sql_prepare, mentions_names, shown) in defs {
-            if !seen.insert((e.name.clone(), text.clone(), e.wrapped)) {
+            if !seen.insert((e.name.clone(), text.clone(), e.copied)) {
                 continue;
             }
-            request.statements.extend(crate::sql::prepared::executed_statements(&text, sql_prepare, e.wrapped));
+            request.statements.extend(crate::sql::prepared::executed_statements(&text, sql_prepare, e.copied));
             definitions.push_str(&shown);
             definitions.push_str(";\n");
             if mentions_names && depth < EXPAND_DEPTH {
                 for inner in crate::sql::prepared::name_refs(&text).executes {
-                    todo.push_back((Executed { wrapped: inner.wrapped || e.wrapped, ..inner }, depth + 1));
+                    todo.push_back((Executed { copied: inner.copied || e.copied, ..inner }, depth + 1));
                 }
             }
         }
