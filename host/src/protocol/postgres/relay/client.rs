@@ -577,14 +577,18 @@ struct Bound {
 /// What a Bind of `stmt` binds. `Err`: it cannot be told (see
 /// [`names::Names::bound`]) or it runs a name defined again since it was judged.
 fn bound(ctx: &Ctx<'_>, stmt: &str) -> Result<Bound, String> {
-    let s = ctx.shared.lock();
-    let Some(def) = s.names.bound(stmt).map_err(str::to_string)? else { return Ok(Bound::default()) };
-    if let Some(name) = s.names.stale(&def.uses_names) {
-        return Err(format!("it runs prepared statement \"{name}\", which was prepared again after it was judged"));
-    }
-    let changes = (def.mentions_names && !def.sql_prepare)
-        .then(|| crate::sql::prepared::name_refs(&def.text))
+    let (review, request, dynamic) = {
+        let s = ctx.shared.lock();
+        let Some(def) = s.names.bound(stmt).map_err(str::to_string)? else { return Ok(Bound::default()) };
+        if let Some(name) = s.names.stale(&def.uses_names) {
+            return Err(format!("it runs prepared statement \"{name}\", which was prepared again after it was judged"));
+        }
+        (def.review.clone(), def.request, (def.mentions_names && !def.sql_prepare).then(|| def.text.clone()))
+    };
+    // (Parsed outside the session's lock: the other side may be waiting for it.)
+    let changes = dynamic
+        .map(|text| crate::sql::prepared::name_refs(&text))
         .filter(|r| r.changes_names())
-        .map(|r| Changes { ops: r.tops, request: def.request, review: def.review.clone() });
-    Ok(Bound { review: def.review.clone(), request: def.request, changes })
+        .map(|r| Changes { ops: r.tops, request, review: review.clone() });
+    Ok(Bound { review, request, changes })
 }

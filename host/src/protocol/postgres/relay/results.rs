@@ -287,18 +287,14 @@ pub(super) fn on_upstream_message(
             record_response(ctx, res, tag.as_deref(), None);
             s = ctx.shared.lock();
             let Shared { expect, names, .. } = &mut *s;
-            match expect.front_mut() {
-                Some(Expect::Execute { names: fx, .. }) => {
-                    if m.tag == b'C' {
-                        names.completed(fx);
-                    }
+            if let (Some(Expect::Execute { names: fx, .. } | Expect::Query { names: fx, .. }), b'C') =
+                (expect.front_mut(), m.tag)
+            {
+                names.completed(fx);
+            }
+            match expect.front() {
+                Some(Expect::Execute { .. }) => {
                     expect.pop_front();
-                }
-                Some(Expect::Query { names: fx, .. }) => {
-                    if m.tag == b'C' {
-                        names.completed(fx);
-                    }
-                    res.current = None;
                 }
                 _ => res.current = None,
             }
