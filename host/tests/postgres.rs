@@ -1670,6 +1670,20 @@ async fn a_star_is_judged_by_the_columns_the_catalog_gives_it() {
         let m = refusal(&c, sql).await;
         assert!(m.contains(says), "{sql}: {m}");
     }
+    // A statement that creates a table reads the catalog as it stands before
+    // it runs: its own star is resolved (copying no protected column runs,
+    // copying one is refused, naming it); a star after it, in the same
+    // request or a later one, is not.
+    let m = refusal(&g.client().await, "CREATE TEMP TABLE star_leak AS SELECT * FROM customers").await;
+    assert!(m.contains("customers.email is protected"), "{m}");
+    let fresh = g.client().await;
+    fresh.simple_query("CREATE TEMP TABLE star_copy AS SELECT * FROM star_plain").await.unwrap();
+    let m = refusal(&fresh, "CREATE TEMP TABLE star_copy2 AS SELECT * FROM star_plain").await;
+    assert!(m.contains("email (read through *"), "{m}");
+    let m =
+        refusal(&g.client().await, "CREATE TEMP TABLE t1 (x int); CREATE TEMP TABLE t2 AS SELECT * FROM star_plain")
+            .await;
+    assert!(m.contains("email (read through *"), "{m}");
     // Adding a protected column is itself reviewed (here: refused).
     let m = refusal(&c, "ALTER TABLE star_plain ADD COLUMN email text").await;
     assert!(m.contains("changes a table with protected columns"), "{m}");

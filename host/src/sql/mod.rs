@@ -750,8 +750,12 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             }
             K::Create
         }
-        NodeEnum::CreateTableAsStmt(_) => {
+        NodeEnum::CreateTableAsStmt(c) => {
             s.object_type = "table".into();
+            // The table it creates comes first (see `columns::expand_stars`).
+            if let Some(into) = c.into.as_ref().and_then(|i| i.rel.as_ref()) {
+                s.tables_written.push(relname(into));
+            }
             K::Create
         }
         NodeEnum::ViewStmt(_) => {
@@ -1246,6 +1250,13 @@ mod tests {
         assert_eq!(s.functions, vec!["pg_catalog.pg_read_file".to_string()]);
         assert!(s.tables_read.contains(&"public.customers".to_string()));
         assert!(s.tables_read.contains(&"orders".to_string()));
+    }
+
+    #[test]
+    fn create_table_as_lists_the_table_it_creates_first() {
+        let c = first("CREATE TEMP TABLE x AS WITH d AS (DELETE FROM o WHERE id = 1 RETURNING *) SELECT * FROM d, t");
+        assert_eq!(c.tables_written, ["x", "o"]);
+        assert_eq!(c.tables_read, ["t"]);
     }
 
     #[test]

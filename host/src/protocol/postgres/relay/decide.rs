@@ -160,12 +160,22 @@ fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
     // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
     // Any table of that name (in any schema, for an unqualified one) counts.
     crate::sql::apply_not_null(request, |table, column| ctx.catalog.not_null_in_any(table, column));
-    // A statement that may change columns makes the read stale for stars
-    // from here on (its own included: `ALTER …; SELECT DISTINCT * …`).
-    if request.statements.iter().any(|s| may_change_columns(s.kind)) {
+    // A statement that may change columns makes the read stale for the stars
+    // of the statements after it (`ALTER …; SELECT DISTINCT * …`), not for
+    // its own: `CREATE TABLE … AS SELECT * FROM t` reads t as it is. A
+    // statement's nested entries (the query of a CREATE TABLE AS, a
+    // data-modifying CTE) follow it with its text: one statement.
+    let mut changes = false;
+    for i in 0..request.statements.len() {
+        if changes && (i == 0 || request.statements[i].text != request.statements[i - 1].text) {
+            ctx.catalog.columns_changed();
+        }
+        crate::sql::columns::expand_stars(&mut request.statements[i..=i], |table| ctx.catalog.columns_of(table));
+        changes |= may_change_columns(request.statements[i].kind);
+    }
+    if changes {
         ctx.catalog.columns_changed();
     }
-    crate::sql::columns::expand_stars(&mut request.statements, |table| ctx.catalog.columns_of(table));
     if ctx.catalog.has_view_sources() {
         crate::sql::columns::add_view_sources(&mut request.statements, |table, column| {
             ctx.catalog.sources_of(table, column)
