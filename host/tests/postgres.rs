@@ -1676,6 +1676,9 @@ async fn a_star_is_judged_by_the_columns_the_catalog_gives_it() {
     // request or a later one, is not.
     let m = refusal(&g.client().await, "CREATE TEMP TABLE star_leak AS SELECT * FROM customers").await;
     assert!(m.contains("customers.email is protected"), "{m}");
+    g.client().await.simple_query("CREATE TEMP VIEW star_view AS SELECT * FROM star_plain").await.unwrap();
+    let m = refusal(&g.client().await, "CREATE TEMP VIEW star_leak AS SELECT DISTINCT * FROM customers").await;
+    assert!(m.contains("customers.email is protected"), "{m}");
     let fresh = g.client().await;
     fresh.simple_query("CREATE TEMP TABLE star_copy AS SELECT * FROM star_plain").await.unwrap();
     let m = refusal(&fresh, "CREATE TEMP TABLE star_copy2 AS SELECT * FROM star_plain").await;

@@ -411,8 +411,8 @@ fn record_fields(fields: &[Option<&str>], usage: ColumnUsage, rel: &Scope, out: 
 /// per column of the tables it may come from, with the star's usage: for
 /// `t.*`, every table the name `t` may mean (in any schema, when
 /// unqualified); for a bare `*`, every table the statement reads or writes (a
-/// superset of its FROM's; not the table a `CREATE TABLE … AS` creates, which
-/// its query cannot read), and so for `s.*` when `s` names a subquery or a
+/// superset of its FROM's; not the table or view a `CREATE TABLE … AS` or a
+/// `CREATE VIEW` creates, which its query cannot read), and so for `s.*` when `s` names a subquery or a
 /// CTE. `columns_of(table)` gives the columns of the tables a name may mean,
 /// `None` when the catalog knows none by that name (a table created since the
 /// catalog was read): a star over such a table stays `*`, which policies
@@ -435,8 +435,9 @@ pub fn expand_stars<'c>(statements: &mut [SqlStatement], columns_of: impl Fn(&st
                 continue;
             }
             let named = |t: &String| s.tables_read.contains(t) || s.tables_written.contains(t);
-            // The table a CREATE TABLE … AS creates (listed first) is no star's source.
-            let created = usize::from(s.node == "CreateTableAsStmt");
+            // The table or view a CREATE TABLE … AS or a CREATE VIEW creates
+            // (listed first) is no star's source.
+            let created = usize::from(s.node == "CreateTableAsStmt" || s.node == "ViewStmt");
             let sources = || s.tables_read.iter().chain(s.tables_written.iter().skip(created));
             let known: Option<Vec<(&String, Vec<&str>)>> = match (&c.table, c.table.as_deref().map(&columns_of)) {
                 (Some(t), Some(Some(columns))) => Some(vec![(t, columns)]),

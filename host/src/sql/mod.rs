@@ -758,8 +758,12 @@ fn describe(node: &NodeEnum, text: &str) -> SqlStatement {
             }
             K::Create
         }
-        NodeEnum::ViewStmt(_) => {
+        NodeEnum::ViewStmt(v) => {
             s.object_type = "view".into();
+            // The view it creates comes first (see `columns::expand_stars`).
+            if let Some(view) = &v.view {
+                s.tables_written.push(relname(view));
+            }
             K::Create
         }
         NodeEnum::IndexStmt(_) => {
@@ -1253,10 +1257,13 @@ mod tests {
     }
 
     #[test]
-    fn create_table_as_lists_the_table_it_creates_first() {
+    fn create_table_as_and_view_list_what_they_create_first() {
         let c = first("CREATE TEMP TABLE x AS WITH d AS (DELETE FROM o WHERE id = 1 RETURNING *) SELECT * FROM d, t");
         assert_eq!(c.tables_written, ["x", "o"]);
         assert_eq!(c.tables_read, ["t"]);
+        let v = first("CREATE OR REPLACE VIEW s.v AS SELECT * FROM t");
+        assert_eq!(v.tables_written, ["s.v"]);
+        assert_eq!(v.tables_read, ["t"]);
     }
 
     #[test]
