@@ -412,8 +412,8 @@ fn record_fields(fields: &[Option<&str>], usage: ColumnUsage, rel: &Scope, out: 
 /// `t.*`, every table the name `t` may mean (in any schema, when
 /// unqualified); for a bare `*`, every table the statement reads or writes (a
 /// superset of its FROM's; not the table or view a `CREATE TABLE … AS` or a
-/// `CREATE VIEW` creates, which its query cannot read), and so for `s.*` when `s` names a subquery or a
-/// CTE. `columns_of(table)` gives the columns of the tables a name may mean,
+/// `CREATE VIEW` creates, which its query cannot read), and so for `s.*`
+/// when `s` names a subquery or a CTE. `columns_of(table)` gives the columns of the tables a name may mean,
 /// `None` when the catalog knows none by that name (a table created since the
 /// catalog was read): a star over such a table stays `*`, which policies
 /// take as any column. A bare star of a statement that names no table

@@ -166,12 +166,12 @@ fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
     // statement's nested entries (the query of a CREATE TABLE AS, a
     // data-modifying CTE) follow it with its text: one statement.
     let mut changes = false;
-    for i in 0..request.statements.len() {
-        if changes && (i == 0 || request.statements[i].text != request.statements[i - 1].text) {
+    for statement in request.statements.chunk_by_mut(|a, b| a.text == b.text) {
+        if changes {
             ctx.catalog.columns_changed();
         }
-        crate::sql::columns::expand_stars(&mut request.statements[i..=i], |table| ctx.catalog.columns_of(table));
-        changes |= may_change_columns(request.statements[i].kind);
+        crate::sql::columns::expand_stars(statement, |table| ctx.catalog.columns_of(table));
+        changes |= statement.iter().any(|s| may_change_columns(s.kind));
     }
     if changes {
         ctx.catalog.columns_changed();
