@@ -26,6 +26,11 @@ pub struct Catalog {
     /// The session ran (or asked to run) a statement that may change tables'
     /// columns: stars are no longer resolved from this read.
     columns_changed: AtomicBool,
+    /// Reading the catalog again failed since the last such statement (see
+    /// [`Catalog::wants_reread`]).
+    reread_failed: AtomicBool,
+    /// See [`Catalog::for_one_request`].
+    one_request: AtomicBool,
 }
 
 impl Catalog {
@@ -62,7 +67,76 @@ impl Catalog {
             by_unqualified,
             keys_changed: AtomicBool::new(false),
             columns_changed: AtomicBool::new(false),
+            reread_failed: AtomicBool::new(false),
+            one_request: AtomicBool::new(false),
         }
+    }
+
+    /// The catalog read again inside a session, from the rows its
+    /// [`Catalog::reread_sql`] got; `None` if a view's query tree it left out
+    /// is no longer in `views`.
+    pub fn from_rows(
+        rows: Vec<Vec<Option<String>>>,
+        views: &ViewCache,
+        connection: &str,
+    ) -> Result<Option<Self>, UpstreamError> {
+        Ok(tables_from_rows(rows, views, connection)?.map(Self::from_tables))
+    }
+
+    /// The statements that read the catalog again on a session's
+    /// connection and leave the session as it was, in two batches (each
+    /// ends with a Sync; the second runs even when the first failed): the
+    /// first pins `search_path` for the read in a transaction of its own (or,
+    /// `in_transaction`, under a savepoint in the client's) and reads; the
+    /// second rolls that back.
+    pub fn reread_sql(views: &ViewCache, connection: &str, in_transaction: bool) -> [Vec<String>; 2] {
+        let pin = "SET LOCAL search_path = pg_catalog, pg_temp".to_string();
+        let select = read_sql(&views.keys(connection));
+        if in_transaction {
+            [
+                vec!["SAVEPOINT wardgate_catalog".into(), pin, select],
+                vec!["ROLLBACK TO SAVEPOINT wardgate_catalog".into(), "RELEASE SAVEPOINT wardgate_catalog".into()],
+            ]
+        } else {
+            [vec!["BEGIN".into(), pin, select], vec!["ROLLBACK".into()]]
+        }
+    }
+
+    /// Should the session read the catalog again before a request that
+    /// consults it? Yes once it ran a statement that may change columns,
+    /// unless a read since then failed.
+    pub fn wants_reread(&self) -> bool {
+        self.columns_changed.load(Ordering::Relaxed) && !self.reread_failed.load(Ordering::Relaxed)
+    }
+
+    /// A read inside the client's transaction: what it saw may be rolled
+    /// back, so it is stale once the request it was made for is judged (see
+    /// [`Catalog::judged`]).
+    pub fn for_one_request(&self) {
+        self.one_request.store(true, Ordering::Relaxed);
+    }
+
+    /// A request was judged with this read (see [`Catalog::for_one_request`]).
+    pub fn judged(&self) {
+        if self.one_request.load(Ordering::Relaxed) {
+            self.columns_changed();
+        }
+    }
+
+    /// Reading the catalog again failed: not tried again until the session
+    /// runs another statement that may change columns.
+    pub fn reread_failed(&self) {
+        self.reread_failed.store(true, Ordering::Relaxed);
+    }
+
+    /// How many tables and views the read holds.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Does the read know a table or view that `table` (as a statement names it) may mean?
+    pub fn knows(&self, table: &str) -> bool {
+        self.named(table).next().is_some()
     }
 
     /// Every table that `table` (as a statement names it) may mean: `schema.t`
@@ -165,6 +239,7 @@ impl Catalog {
     /// stars from this read.
     pub fn columns_changed(&self) {
         self.columns_changed.store(true, Ordering::Relaxed);
+        self.reread_failed.store(false, Ordering::Relaxed);
     }
 
     /// A pinned write found the table its name resolves to, or that table's
@@ -233,45 +308,61 @@ fn column_names(list: &str) -> Option<Vec<String>> {
     list.split(',').map(|h| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok())).collect()
 }
 
-/// Read the tables and views, the system catalogs' included (oid -> name,
-/// columns, their NOT NULL and unique-key flags, a view's column sources).
-/// The query trees of the views in `known` (`(oid, rule xmin)`) come from
-/// `views`; `None` if one is no longer there.
+/// The catalog read: one row per table, view, materialized view, partitioned
+/// and foreign table, the system catalogs' included (see [`tables_from_rows`]).
+/// The query trees of the views in `known` (`(oid, rule xmin)`) are not sent.
+/// Runs with `search_path` pinned to `pg_catalog, pg_temp` (the role's own
+/// could list a schema before pg_catalog, whose look-alike tables would then
+/// answer). Each catalog is scanned once: `pg_attribute` grouped by table,
+/// `pg_index` by (table, column).
+fn read_sql(known: &[(u32, u32)]) -> String {
+    let known_list = known.iter().map(|(oid, xmin)| format!("{oid}:{xmin}")).collect::<Vec<_>>().join(",");
+    format!(
+        "SELECT c.oid::text, n.nspname || '.' || c.relname, coalesce(a.names, ''), coalesce(a.not_null, ''), \
+         coalesce(a.keys, ''), (c.relkind = 'p' OR NOT c.relhassubclass)::text, \
+         CASE WHEN r.oid IS NOT NULL AND NOT (c.oid::text || ':' || r.xmin::text = ANY ('{{{known_list}}}'::text[])) \
+              THEN r.ev_action::text END, \
+         r.xmin::text \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN (SELECT a.attrelid, \
+              string_agg(CASE WHEN a.attisdropped THEN '' ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, \
+                         ',' ORDER BY a.attnum) AS names, \
+              string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' ORDER BY a.attnum) \
+                         AS not_null, \
+              string_agg(CASE WHEN a.attisdropped THEN '' ELSE coalesce(k.unique_index::text, '') END, ',' ORDER BY a.attnum) \
+                         AS keys \
+              FROM pg_attribute a \
+              LEFT JOIN (SELECT i.indrelid, i.indkey[0] AS attnum, min(i.indexrelid) AS unique_index FROM pg_index i \
+                         WHERE i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL \
+                         AND i.indexprs IS NULL GROUP BY 1, 2) k ON k.indrelid = a.attrelid AND k.attnum = a.attnum \
+              WHERE a.attnum > 0 GROUP BY a.attrelid) a ON a.attrelid = c.oid \
+         LEFT JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' AND c.relkind IN ('v','m') \
+              AND n.nspname NOT IN ('pg_catalog','information_schema') \
+         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000"
+    )
+}
+
+/// Read the tables and views on a fresh connection (see [`read_sql`]); `None`
+/// if a view in `known` is no longer in `views`.
 async fn read_tables(
     up: &mut Upstream,
     known: &[(u32, u32)],
     views: &ViewCache,
     connection: &str,
 ) -> Result<Option<HashMap<u32, TableInfo>>, UpstreamError> {
-    let known_list = known.iter().map(|(oid, xmin)| format!("{oid}:{xmin}")).collect::<Vec<_>>().join(",");
-    let rows = simple_query(
-        up,
-        // The role's own search_path could list a schema before pg_catalog,
-        // whose look-alike tables would then answer: pinned for this read.
-        &format!(
-            "BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; \
-         SELECT c.oid::text, n.nspname || '.' || c.relname, \
-         coalesce((SELECT string_agg(CASE WHEN a.attisdropped THEN '' \
-                   ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         coalesce((SELECT string_agg(CASE WHEN a.attnotnull AND NOT a.attisdropped THEN 't' ELSE 'f' END, '' \
-                   ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         coalesce((SELECT string_agg(CASE WHEN NOT a.attisdropped AND (c.relkind = 'p' OR NOT c.relhassubclass) \
-                   THEN coalesce((SELECT i.indexrelid::text FROM pg_index i WHERE i.indrelid = c.oid \
-                   AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indpred IS NULL \
-                   AND i.indexprs IS NULL AND i.indkey[0] = a.attnum ORDER BY i.indexrelid LIMIT 1), '') \
-                   ELSE '' END, ',' ORDER BY a.attnum) \
-                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
-         CASE WHEN r.oid IS NOT NULL AND NOT (c.oid::text || ':' || r.xmin::text = ANY ('{{{known_list}}}'::text[])) \
-              THEN r.ev_action::text END, \
-         r.xmin::text \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         LEFT JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' AND c.relkind IN ('v','m') \
-              AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000; COMMIT"
-        ),
-    )
-    .await?;
+    let sql = format!("BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; {}; COMMIT", read_sql(known));
+    let rows = simple_query(up, &sql).await?;
+    tables_from_rows(rows, views, connection)
+}
+
+/// The tables and views of the catalog read's rows (oid -> name, columns,
+/// their NOT NULL and unique-key flags, a view's column sources). Query
+/// trees not sent come from `views`; `None` if one is no longer there.
+fn tables_from_rows(
+    rows: Vec<Vec<Option<String>>>,
+    views: &ViewCache,
+    connection: &str,
+) -> Result<Option<HashMap<u32, TableInfo>>, UpstreamError> {
     let mut cache = views.views.lock();
     let cache = cache.entry(connection.to_string()).or_default();
     let mut seen = std::collections::HashSet::new();
@@ -284,10 +375,12 @@ async fn read_tables(
                 })?;
                 let flags = r.get(3).and_then(|f| f.as_deref()).unwrap_or("");
                 let not_null = flags.bytes().map(|b| b == b't').collect();
+                // A table with inheritance children: its unique indexes hold for its own rows only.
+                let keys_hold = r.get(5).and_then(|f| f.as_deref()) == Some("true");
                 let indexes = r.get(4).and_then(|f| f.as_deref()).unwrap_or("");
-                let unique_index = indexes.split(',').map(|i| i.parse().ok()).collect();
-                let xmin = r.get(6).and_then(|f| f.as_deref()).and_then(|x| x.parse::<u32>().ok());
-                let origins = match (xmin, r.get(5).and_then(|f| f.as_deref())) {
+                let unique_index = indexes.split(',').map(|i| i.parse().ok().filter(|_| keys_hold)).collect();
+                let xmin = r.get(7).and_then(|f| f.as_deref()).and_then(|x| x.parse::<u32>().ok());
+                let origins = match (xmin, r.get(6).and_then(|f| f.as_deref())) {
                     (None, _) => Vec::new(),
                     (Some(xmin), Some(tree)) => {
                         let origins = view_origins(tree, columns.len()).ok_or_else(|| {

@@ -324,7 +324,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, id: String, ctx: Arc<PgConte
         buf,
         up,
         pipeline,
-        catalog,
+        (catalog, &ctx.views),
         &recorder,
         ctx.config.record_rows as usize,
         ctx.stats.clone(),

@@ -9,7 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::codec::{self, error_fields, take_message, Message, Reader};
+use super::codec::{self, error_fields, take_message, Message, ProtocolError, Reader};
 use super::stream::BoxStream;
 use crate::config::Connection;
 
@@ -236,6 +236,18 @@ pub async fn connect(conn: &Connection, params: &[(String, String)]) -> Result<U
     }
 }
 
+/// A text-format DataRow's values (not UTF-8: replaced characters).
+pub fn text_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let mut r = Reader::new(body, b'D');
+    let n = r.i16()?;
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        row.push(if len < 0 { None } else { Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned()) });
+    }
+    Ok(row)
+}
+
 /// Run one simple query on a fresh upstream connection (before the relay starts)
 /// and return its text rows.
 pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
@@ -250,21 +262,7 @@ pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option
     loop {
         let m = read_message(&mut up.stream, &mut buf).await?;
         match m.tag {
-            b'D' => {
-                let mut r = Reader::new(&m.body, m.tag);
-                let n = r.i16().map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                let mut row = Vec::with_capacity(n.max(0) as usize);
-                for _ in 0..n {
-                    let len = r.i32().map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                    if len < 0 {
-                        row.push(None);
-                    } else {
-                        let b = r.bytes(len as usize).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        row.push(Some(String::from_utf8_lossy(b).into_owned()));
-                    }
-                }
-                rows.push(row);
-            }
+            b'D' => rows.push(text_row(&m.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?),
             b'E' => err = Some(refused(&m)),
             b'Z' => {
                 up.tx_status = m.body.first().copied().unwrap_or(b'I');

@@ -34,6 +34,9 @@ pub(super) async fn client_to_upstream(
                 let _ = stream::send(upstream, &out).await;
                 return Ok(());
             }
+            if matches!(m.tag, b'Q' | b'P') && !st.unsynced && !st.skipping {
+                reread::before_request(ctx, &m, upstream, &mut out).await?;
+            }
             match on_client_message(ctx, &mut st, m, &mut out) {
                 Ok(None) => {}
                 Ok(Some(held)) => {

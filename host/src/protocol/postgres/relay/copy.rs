@@ -13,7 +13,8 @@ pub(super) fn start_copy(ctx: &Ctx<'_>, copy: Option<CopyOut>, body: &[u8]) -> R
     let ncols = r.i16().map_err(|e| e.to_string())?.max(0) as usize;
     let format: i16 = if binary { 1 } else { 0 };
     let described = copy.as_ref().and_then(CopyOut::fields).filter(|f| f.len() == ncols);
-    let shape = described.map(|f| rows::shape(f, Some(&[format]), &ctx.catalog));
+    let catalog = ctx.catalog.get();
+    let shape = described.map(|f| rows::shape(f, Some(&[format]), &catalog));
     match (copy, shape) {
         (Some(c), Some(shape)) => {
             Ok(ActiveCopy { shape, format: c.format, binary: binary.then(|| BinaryRows::new(ncols)), header: None })
@@ -22,7 +23,7 @@ pub(super) fn start_copy(ctx: &Ctx<'_>, copy: Option<CopyOut>, body: &[u8]) -> R
                             so it cannot mask them; use FORMAT text or csv"
             .into()),
         (Some(c), None) => {
-            Ok(ActiveCopy { shape: copy_shape(&c.format, &ctx.catalog), format: c.format, binary: None, header: None })
+            Ok(ActiveCopy { shape: copy_shape(&c.format, &catalog), format: c.format, binary: None, header: None })
         }
         // We cannot tell how these rows are laid out: mask each line as text.
         (None, _) => {

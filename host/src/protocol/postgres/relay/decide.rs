@@ -105,6 +105,7 @@ pub(super) fn decide(
         (result.map(|text| (Forward { text, by_guard, inserted }, review)), decision, verdicts, request)
     };
     drop(pipeline);
+    ctx.catalog.get().judged();
     if result.is_err() {
         ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
     }
@@ -147,7 +148,8 @@ pub(super) fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<(St
     use crate::sql::rowcap::{cap_writes, Capped};
     // A key is unique only if it is in every table the name may mean (the
     // statement's check confirms it of the table the name resolves to).
-    let unique_key = |table: &str, column: &str| ctx.catalog.unique_in_every(table, column);
+    let catalog = ctx.catalog.get();
+    let unique_key = |table: &str, column: &str| catalog.unique_in_every(table, column);
     match cap_writes(text, max, &unique_key) {
         Capped::Unchanged => Ok(None),
         Capped::Rewritten(capped, inserted) => Ok(Some((capped, inserted))),
@@ -157,9 +159,10 @@ pub(super) fn cap_rows(ctx: &Ctx<'_>, text: &str, max: u64) -> Result<Option<(St
 
 /// What the session's catalog adds to a request's analysis.
 fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
+    let catalog = ctx.catalog.get();
     // `WHERE id IS NOT NULL` keeps every row when `id` is NOT NULL: no WHERE.
     // Any table of that name (in any schema, for an unqualified one) counts.
-    crate::sql::apply_not_null(request, |table, column| ctx.catalog.not_null_in_any(table, column));
+    crate::sql::apply_not_null(request, |table, column| catalog.not_null_in_any(table, column));
     // A statement that may change columns makes the read stale for the stars
     // of the statements after it (`ALTER …; SELECT DISTINCT * …`), not for
     // its own: `CREATE TABLE … AS SELECT * FROM t` reads t as it is. A
@@ -168,24 +171,24 @@ fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
     let mut changes = false;
     for statement in request.statements.chunk_by_mut(|a, b| a.text == b.text) {
         if changes {
-            ctx.catalog.columns_changed();
+            catalog.columns_changed();
         }
-        crate::sql::columns::expand_stars(statement, |table| ctx.catalog.columns_of(table));
+        crate::sql::columns::expand_stars(statement, |table| catalog.columns_of(table));
         changes |= statement.iter().any(|s| may_change_columns(s.kind));
     }
     if changes {
-        ctx.catalog.columns_changed();
+        catalog.columns_changed();
     }
-    if ctx.catalog.has_view_sources() {
+    if catalog.has_view_sources() {
         crate::sql::columns::add_view_sources(&mut request.statements, |table, column| {
-            ctx.catalog.sources_of(table, column)
+            catalog.sources_of(table, column)
         });
     }
 }
 
 /// Statements that may add, rename or drop a table's columns, or run code
 /// the gateway cannot see into.
-fn may_change_columns(kind: StatementKind) -> bool {
+pub(super) fn may_change_columns(kind: StatementKind) -> bool {
     use StatementKind as K;
     matches!(kind, K::Create | K::Alter | K::Drop | K::DoBlock | K::Call | K::Other)
 }

@@ -10,7 +10,7 @@ pub(super) fn mask_rows(
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
     let ncols = Reader::new(&rows_in[0], b'D').i16().unwrap_or(0).max(0) as usize;
-    let shape = current_shape(&mut ctx.shared.lock(), res, &ctx.catalog).filter(|s| s.conv.len() == ncols);
+    let shape = current_shape(&mut ctx.shared.lock(), res, &ctx.catalog.get()).filter(|s| s.conv.len() == ncols);
     let Some(shape) = shape else {
         // Rows the gateway cannot attribute to their columns would reach
         // maskers without column rules. Every Execute's portal is described

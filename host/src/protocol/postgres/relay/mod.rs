@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, ViewCache};
 use super::codec::{self, error_bytes, error_fields, frame_len, take_message, Message, ProtocolError, Reader};
 use super::copyout::{self, BinaryRows, CopyOut};
 use super::hold::{self, ReviewAsk, ReviewCtx};
@@ -58,6 +58,7 @@ mod copy;
 mod decide;
 mod mask;
 mod names;
+mod reread;
 mod results;
 
 use client::*;
@@ -65,6 +66,7 @@ use copy::*;
 use decide::*;
 use mask::*;
 use names::{Answer, Changes, Def, Effects, Names};
+use reread::SessionCatalog;
 use results::*;
 
 /// Rows masked per plugin call.
@@ -213,7 +215,7 @@ struct Ctx<'a> {
     pipeline: Arc<Mutex<SessionPipeline>>,
     notify: Arc<Notify>,
     recorder: &'a SessionRecorder,
-    catalog: Catalog,
+    catalog: SessionCatalog<'a>,
     record_rows: usize,
     stats: Arc<Stats>,
     /// Approvals off: review verdicts are refused where they are made.
@@ -229,7 +231,7 @@ pub async fn run(
     client_buf: BytesMut,
     upstream: Upstream,
     pipeline: SessionPipeline,
-    catalog: Catalog,
+    (catalog, views): (Catalog, &ViewCache),
     recorder: &SessionRecorder,
     record_rows: usize,
     stats: Arc<Stats>,
@@ -238,12 +240,13 @@ pub async fn run(
 ) -> Result<(), SessionError> {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
+    let connection = review.connection.clone();
     let ctx = Ctx {
         shared: Arc::new(Mutex::new(Shared { tx_status: upstream.tx_status, ..Default::default() })),
         pipeline: Arc::new(Mutex::new(pipeline)),
         notify: Arc::new(Notify::new()),
         recorder,
-        catalog,
+        catalog: SessionCatalog::new(catalog, views, &connection),
         record_rows,
         stats,
         approvals_off: (review.settings.mode == crate::config::HoldMode::Off).then(|| review.connection.clone()),

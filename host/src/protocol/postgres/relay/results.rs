@@ -91,6 +91,14 @@ pub(super) fn drain(
             Ok(None) => break,
             Err(e) => return Err(upstream_malformed(e, out)),
         };
+        if ctx.catalog.reading() {
+            // (Nothing else is in flight: no rows are pending.)
+            let Some(m) = take_message(buf).map_err(SessionError::Protocol)? else { break };
+            if let Some(m) = ctx.catalog.answer(&ctx.shared, m)? {
+                on_upstream_message(ctx, res, masks, m, out)?;
+            }
+            continue;
+        }
         if buf[0] == b'D' && masks {
             let mut frame = buf.split_to(total);
             bytes::Buf::advance(&mut frame, 5);
@@ -275,9 +283,9 @@ pub(super) fn on_upstream_message(
                 }
                 Some(Expect::Query { id, at, .. }) => {
                     (res.request_id, res.started) = (*id, Some(*at));
-                    res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog));
+                    res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog.get()));
                 }
-                _ => res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog)),
+                _ => res.current = fields.map(|f| rows::shape(&f, None, &ctx.catalog.get())),
             }
         }
         b'C' | b'I' | b's' => {
@@ -552,7 +560,7 @@ pub(super) fn row_cap_refusal(ctx: &Ctx<'_>, fields: &[(u8, String)]) -> Option<
     let message = fields.iter().find(|(k, _)| *k == b'M')?;
     let refusal = crate::sql::rowcap::refusal(&message.1)?;
     if refusal == crate::sql::rowcap::Refusal::KeyChanged {
-        ctx.catalog.keys_changed();
+        ctx.catalog.get().keys_changed();
     }
     Some(codec::error_body("42501", &refusal.message(max), Some(refusal.hint())))
 }
