@@ -5,22 +5,26 @@
 //! a statement that may add, rename or drop columns (DDL, or code the
 //! gateway cannot see into): its stars are no longer resolved (they are
 //! refused wherever a policy would need their columns), and the tables it
-//! created, their NOT NULL columns and keys are unknown. So when the next
-//! request that would consult the catalog arrives at a quiet moment — at a
-//! Sync boundary, every earlier request answered, no COPY under way, in no
-//! failed transaction — the gateway reads the catalog again first, on the
-//! session's connection (so it sees the session's temporary tables and its
-//! open transaction's DDL). That request waits one round trip; nothing else
-//! does. The read leaves the session as it was: it runs in a transaction of
-//! its own (`BEGIN … ROLLBACK`), or inside the client's under a savepoint
-//! rolled back and released, by a second batch that runs even when the
-//! first failed; in the extended protocol, under statement and portal names
-//! of its own, so the client's unnamed statement and portal live on. A read inside the client's transaction sees what a later
-//! `ROLLBACK [TO SAVEPOINT]` may undo (a dropped table comes back with its
-//! columns), so it serves the request it was made for and no other: the
-//! next request that consults the catalog reads it again. A read that fails (the client's `statement_timeout`, its cancel
-//! request) keeps the stale catalog, and the stars refused, until the
-//! session runs another statement that may change columns.
+//! created and their NOT NULL columns are unknown. So when the next request
+//! that would consult the catalog (see [`consults`]) arrives at a quiet
+//! moment — at a Sync boundary, every earlier request answered, no COPY
+//! under way, in no failed transaction — the gateway reads the catalog
+//! again first, on the session's connection (so it sees the session's
+//! temporary tables and its open transaction's DDL). That request waits for
+//! the read; nothing else does.
+//!
+//! The read leaves the session as it was: it runs in a transaction of its
+//! own (`BEGIN … ROLLBACK`), or inside the client's under a savepoint rolled
+//! back and released by a second batch that runs even when the first
+//! failed; in the extended protocol, under statement and portal names of its
+//! own, so the client's unnamed statement and portal live on. A read inside
+//! the client's transaction sees what a later `ROLLBACK [TO SAVEPOINT]` may
+//! undo (a dropped table comes back with its columns), so it serves the
+//! request it was made for and no other: the next request that consults the
+//! catalog reads it again. A read that fails (the client's
+//! `statement_timeout`, its cancel request) keeps the stale catalog, and the
+//! stars refused, until the session runs another statement that may change
+//! columns.
 //!
 //! Upstream messages answer the read while it is in flight (the client side
 //! sends nothing else meanwhile): rows are gathered, its own notices
@@ -233,14 +237,19 @@ fn put_batch(out: &mut BytesMut, batch: &str, statements: &[String]) {
 }
 
 /// Would the request consult what a stale catalog cannot tell? A star that
-/// is not plain output (its columns come from the catalog), a DELETE or
-/// UPDATE with a WHERE (which may rely on NOT NULL columns), or a table the
+/// is not plain output (its columns come from the catalog), a table the
 /// read does not know, named by a statement that does not itself change
-/// columns.
+/// columns, or a DELETE or UPDATE whose WHERE null-tests columns (it keeps
+/// every row if they are NOT NULL). (A write pinned to a unique key the
+/// read no longer tells right is caught where it runs: see
+/// [`crate::sql::rowcap`].)
 fn consults(catalog: &Catalog, request: &SqlRequest) -> bool {
-    request.statements.iter().any(|s| {
+    use StatementKind as K;
+    let mut writes_where = false;
+    let named = request.statements.iter().any(|s| {
+        writes_where |= s.has_where && matches!(s.kind, K::Delete | K::Update);
         s.columns.iter().any(|c| c.column == "*" && c.usage != ColumnUsage::Output)
-            || (s.has_where && matches!(s.kind, StatementKind::Delete | StatementKind::Update))
             || (!may_change_columns(s.kind) && s.tables_read.iter().chain(&s.tables_written).any(|t| !catalog.knows(t)))
-    })
+    });
+    named || (writes_where && !crate::sql::null_reliance(&request.text).is_empty())
 }
