@@ -118,9 +118,17 @@ impl Catalog {
 
     /// A request was judged with this read (see [`Catalog::for_one_request`]).
     pub fn judged(&self) {
-        if self.one_request.load(Ordering::Relaxed) {
+        if self.read_in_transaction() {
             self.columns_changed();
         }
+    }
+
+    /// Was this read made inside the client's transaction (see
+    /// [`Catalog::for_one_request`])? Then, within its request too, a
+    /// transaction statement (`ROLLBACK TO SAVEPOINT`, `PREPARE
+    /// TRANSACTION`, …) may undo what it saw.
+    pub fn read_in_transaction(&self) -> bool {
+        self.one_request.load(Ordering::Relaxed)
     }
 
     /// Reading the catalog again failed: not tried again until the session

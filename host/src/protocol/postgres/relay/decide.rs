@@ -165,16 +165,20 @@ fn with_catalog(ctx: &Ctx<'_>, request: &mut SqlRequest) {
     crate::sql::apply_not_null(request, |table, column| catalog.not_null_in_any(table, column));
     // A statement that may change columns makes the read stale for the stars
     // of the statements after it (`ALTER …; SELECT DISTINCT * …`), not for
-    // its own: `CREATE TABLE … AS SELECT * FROM t` reads t as it is. A
-    // statement's nested entries (the query of a CREATE TABLE AS, a
-    // data-modifying CTE) follow it with its text: one statement.
+    // its own: `CREATE TABLE … AS SELECT * FROM t` reads t as it is. So does
+    // a transaction statement after a read made inside the transaction
+    // (`ROLLBACK TO SAVEPOINT s; SELECT DISTINCT * …` may see a table the
+    // read saw dropped). A statement's nested entries (the query of a CREATE
+    // TABLE AS, a data-modifying CTE) follow it with its text: one statement.
+    let undoable = catalog.read_in_transaction();
     let mut changes = false;
     for statement in request.statements.chunk_by_mut(|a, b| a.text == b.text) {
         if changes {
             catalog.columns_changed();
         }
         crate::sql::columns::expand_stars(statement, |table| catalog.columns_of(table));
-        changes |= statement.iter().any(|s| may_change_columns(s.kind));
+        changes |=
+            statement.iter().any(|s| may_change_columns(s.kind) || (undoable && s.kind == StatementKind::Transaction));
     }
     if changes {
         catalog.columns_changed();

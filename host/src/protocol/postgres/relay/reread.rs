@@ -20,7 +20,8 @@
 //! own, so the client's unnamed statement and portal live on. A read inside
 //! the client's transaction sees what a later `ROLLBACK [TO SAVEPOINT]` may
 //! undo (a dropped table comes back with its columns), so it serves the
-//! request it was made for and no other: the next request that consults the
+//! request it was made for and no other — and in that request, not the
+//! stars after a transaction statement: the next request that consults the
 //! catalog reads it again. A read that fails (the client's
 //! `statement_timeout`, its cancel request) keeps the stale catalog, and the
 //! stars refused, until the session runs another statement that may change
