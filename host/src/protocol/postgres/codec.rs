@@ -171,6 +171,70 @@ pub fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(body);
 }
 
+/// The parameter-types section of a Parse that declares none.
+pub const NO_PARAM_TYPES: &[u8] = &[0, 0];
+
+// Frontend messages the gateway writes itself (a guard's rewritten text,
+// its own Describe before an Execute, a catalog read, a COPY's column
+// lookup), each appended to `out`.
+
+/// Query: a simple-protocol request.
+pub fn put_query(out: &mut BytesMut, text: &str) {
+    let at = begin(out, b'Q');
+    put_cstr(out, text);
+    finish(out, at);
+}
+
+/// Parse `text` as statement `name`; `param_types` is the message's raw
+/// parameter-types section (count, then OIDs), [`NO_PARAM_TYPES`] for none.
+pub fn put_parse(out: &mut BytesMut, name: &str, text: &str, param_types: &[u8]) {
+    let at = begin(out, b'P');
+    put_cstr(out, name);
+    put_cstr(out, text);
+    out.put_slice(param_types);
+    finish(out, at);
+}
+
+/// Bind statement `statement` to portal `portal` with no parameters and
+/// every result column in text.
+pub fn put_bind_text(out: &mut BytesMut, portal: &str, statement: &str) {
+    let at = begin(out, b'B');
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    // No parameter formats, no parameters, no result formats (all text).
+    out.put_slice(&[0, 0, 0, 0, 0, 0]);
+    finish(out, at);
+}
+
+/// Describe (`kind` b'S' for a statement, b'P' for a portal).
+pub fn put_describe(out: &mut BytesMut, kind: u8, name: &str) {
+    let at = begin(out, b'D');
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// Execute every row of `portal`.
+pub fn put_execute(out: &mut BytesMut, portal: &str) {
+    let at = begin(out, b'E');
+    put_cstr(out, portal);
+    out.put_i32(0);
+    finish(out, at);
+}
+
+/// Close (`kind` b'S' for a statement, b'P' for a portal).
+pub fn put_close(out: &mut BytesMut, kind: u8, name: &str) {
+    let at = begin(out, b'C');
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// Sync.
+pub fn put_sync(out: &mut BytesMut) {
+    put_message(out, b'S', &[]);
+}
+
 /// Append an ErrorResponse (or NoticeResponse with `tag = b'N'`).
 pub fn put_error(
     out: &mut BytesMut,
@@ -252,9 +316,77 @@ pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
     v
 }
 
+/// Field `code` of an ErrorResponse or NoticeResponse read by
+/// [`error_fields`] ("" when absent).
+pub fn field(fields: &[(u8, String)], code: u8) -> &str {
+    fields.iter().find(|(k, _)| *k == code).map_or("", |(_, v)| v.as_str())
+}
+
+/// Whether an ErrorResponse ends the session: its severity is FATAL or
+/// PANIC (`V`, never localized, from 9.6 on; `S` from older servers).
+pub fn is_fatal(fields: &[(u8, String)]) -> bool {
+    let severity = Some(field(fields, b'V')).filter(|v| !v.is_empty()).unwrap_or_else(|| field(fields, b'S'));
+    matches!(severity, "FATAL" | "PANIC")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's own frontend messages, byte for byte what an
+    /// independent encoder (the one tokio-postgres uses) writes.
+    #[test]
+    fn frontend_messages_match_an_independent_encoder() {
+        use postgres_protocol::message::frontend as f;
+        let (mut ours, mut theirs) = (BytesMut::new(), BytesMut::new());
+        put_query(&mut ours, "select 1");
+        f::query("select 1", &mut theirs).unwrap();
+        put_parse(&mut ours, "s1", "select $1", NO_PARAM_TYPES);
+        f::parse("s1", "select $1", std::iter::empty(), &mut theirs).unwrap();
+        put_parse(&mut ours, "s2", "select $1", &[0, 1, 0, 0, 0, 23]);
+        f::parse("s2", "select $1", [23], &mut theirs).unwrap();
+        put_bind_text(&mut ours, "p", "s1");
+        let no_values: [Option<&[u8]>; 0] = [];
+        f::bind(
+            "p",
+            "s1",
+            std::iter::empty(),
+            no_values,
+            |v, buf| match v {
+                Some(v) => {
+                    buf.put_slice(v);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            },
+            std::iter::empty(),
+            &mut theirs,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        put_describe(&mut ours, b'P', "p");
+        f::describe(b'P', "p", &mut theirs).unwrap();
+        put_execute(&mut ours, "p");
+        f::execute("p", 0, &mut theirs).unwrap();
+        put_close(&mut ours, b'S', "s1");
+        f::close(b'S', "s1", &mut theirs).unwrap();
+        put_sync(&mut ours);
+        f::sync(&mut theirs);
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn fatal_is_read_from_the_unlocalized_severity_first() {
+        let fields = |v: &[(u8, &str)]| v.iter().map(|(k, s)| (*k, s.to_string())).collect::<Vec<_>>();
+        assert!(is_fatal(&fields(&[(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "57P01")])));
+        assert!(is_fatal(&fields(&[(b'S', "PANIC")])), "a server before 9.6 sends S only");
+        // A localized S ("SCHWERWIEGEND") is read through V.
+        assert!(is_fatal(&fields(&[(b'S', "SCHWERWIEGEND"), (b'V', "FATAL")])));
+        assert!(!is_fatal(&fields(&[(b'S', "FEHLER"), (b'V', "ERROR")])));
+        assert!(!is_fatal(&fields(&[(b'C', "42501")])));
+        assert_eq!(field(&fields(&[(b'C', "42501")]), b'C'), "42501");
+        assert_eq!(field(&fields(&[(b'C', "42501")]), b'M'), "");
+    }
 
     #[test]
     fn an_error_body_is_the_framed_errors_body_and_reads_back() {

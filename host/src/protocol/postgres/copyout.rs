@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::codec::{self, ProtocolError};
 use super::rows::{CopyFormat, Field};
@@ -160,20 +160,10 @@ fn select_of(c: &pg_query::protobuf::CopyStmt, statement: &str) -> Option<String
 /// ParseComplete, ParameterDescription, RowDescription (or NoData),
 /// CloseComplete and ReadyForQuery; or by an ErrorResponse and ReadyForQuery.
 pub fn put_lookup(out: &mut BytesMut, select: &str) {
-    let at = codec::begin(out, b'P');
-    codec::put_cstr(out, LOOKUP_STATEMENT);
-    codec::put_cstr(out, select);
-    out.put_i16(0);
-    codec::finish(out, at);
-    let at = codec::begin(out, b'D');
-    out.put_u8(b'S');
-    codec::put_cstr(out, LOOKUP_STATEMENT);
-    codec::finish(out, at);
-    let at = codec::begin(out, b'C');
-    out.put_u8(b'S');
-    codec::put_cstr(out, LOOKUP_STATEMENT);
-    codec::finish(out, at);
-    codec::put_message(out, b'S', &[]);
+    codec::put_parse(out, LOOKUP_STATEMENT, select, codec::NO_PARAM_TYPES);
+    codec::put_describe(out, b'S', LOOKUP_STATEMENT);
+    codec::put_close(out, b'S', LOOKUP_STATEMENT);
+    codec::put_sync(out);
 }
 
 /// Where a binary COPY stream is.

@@ -252,9 +252,7 @@ pub fn text_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
 /// and return its text rows.
 pub async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
     let mut out = BytesMut::new();
-    let at = codec::begin(&mut out, b'Q');
-    codec::put_cstr(&mut out, sql);
-    codec::finish(&mut out, at);
+    codec::put_query(&mut out, sql);
     super::stream::send(&mut up.stream, &out).await?;
     let mut buf = std::mem::take(&mut up.leftover);
     let mut rows = vec![];

@@ -195,11 +195,7 @@ pub(super) fn on_client_message(
                     queue(ctx, query(copies, forward.inserted), &changes);
                     match forward.text {
                         None => codec::put_message(out, b'Q', &m.body),
-                        Some(text) => {
-                            let at = codec::begin(out, b'Q');
-                            codec::put_cstr(out, &text);
-                            codec::finish(out, at);
-                        }
+                        Some(text) => codec::put_query(out, &text),
                     }
                 }
                 Decided::Refuse(bytes) => {
@@ -235,13 +231,7 @@ pub(super) fn on_client_message(
                     let inserted = forward.inserted;
                     match &forward.text {
                         None => codec::put_message(out, b'P', &m.body),
-                        Some(text) => {
-                            let at = codec::begin(out, b'P');
-                            codec::put_cstr(out, &name);
-                            codec::put_cstr(out, text);
-                            bytes::BufMut::put_slice(out, param_types);
-                            codec::finish(out, at);
-                        }
+                        Some(text) => codec::put_parse(out, &name, text, param_types),
                     }
                     // The name stands for what the server was sent.
                     let def = Def {
@@ -331,10 +321,7 @@ pub(super) fn on_client_message(
                     name: portal.clone(),
                     hidden: true,
                 });
-                let at = codec::begin(out, b'D');
-                bytes::BufMut::put_u8(out, b'P');
-                codec::put_cstr(out, &portal);
-                codec::finish(out, at);
+                codec::put_describe(out, b'P', &portal);
             }
             let changes = st.portal_changes.get(&portal).cloned().unwrap_or_default();
             queue(ctx, Expect::Execute { portal, at: std::time::Instant::now(), names: Effects::default() }, &changes);

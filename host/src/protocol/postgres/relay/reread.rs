@@ -37,6 +37,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::pipeline::types::ColumnUsage;
+use crate::protocol::postgres::upstream::text_row;
 
 /// Rows of a catalog read, as text.
 type Rows = Vec<Vec<Option<String>>>;
@@ -97,13 +98,13 @@ impl<'a> SessionCatalog<'a> {
             return Ok(Some(m));
         };
         match m.tag {
-            b'D' => read.rows.push(super::super::upstream::text_row(&m.body).map_err(SessionError::Protocol)?),
+            b'D' => read.rows.push(text_row(&m.body).map_err(SessionError::Protocol)?),
             b'E' => {
                 let fields = error_fields(&m.body);
-                let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str()).unwrap_or("");
-                if matches!(get(b'V'), "FATAL" | "PANIC") || matches!(get(b'S'), "FATAL" | "PANIC") {
+                if codec::is_fatal(&fields) {
                     return Ok(Some(m));
                 }
+                let get = |c| codec::field(&fields, c);
                 read.error.get_or_insert_with(|| format!("{} ({})", get(b'M'), get(b'C')));
             }
             b'Z' => {
@@ -202,39 +203,20 @@ pub(super) async fn before_request(
 /// run, then closed; what a failed batch left (a failure skips to its Sync)
 /// is closed first.
 fn put_batch(out: &mut BytesMut, batch: &str, statements: &[String]) {
-    use bytes::BufMut;
     let name = |i: usize| format!("{batch}:{i}");
-    let close = |out: &mut BytesMut, kind: u8, name: &str| {
-        let at = codec::begin(out, b'C');
-        out.put_u8(kind);
-        codec::put_cstr(out, name);
-        codec::finish(out, at);
-    };
     for i in 0..statements.len() {
-        close(out, b'P', &name(i));
-        close(out, b'S', &name(i));
+        codec::put_close(out, b'P', &name(i));
+        codec::put_close(out, b'S', &name(i));
     }
     for (i, sql) in statements.iter().enumerate() {
         let name = name(i);
-        let at = codec::begin(out, b'P');
-        codec::put_cstr(out, &name);
-        codec::put_cstr(out, sql);
-        out.put_i16(0);
-        codec::finish(out, at);
-        // No parameters; every result column in text.
-        let at = codec::begin(out, b'B');
-        codec::put_cstr(out, &name);
-        codec::put_cstr(out, &name);
-        out.put_slice(&[0, 0, 0, 0, 0, 0]);
-        codec::finish(out, at);
-        let at = codec::begin(out, b'E');
-        codec::put_cstr(out, &name);
-        out.put_i32(0);
-        codec::finish(out, at);
-        close(out, b'P', &name);
-        close(out, b'S', &name);
+        codec::put_parse(out, &name, sql, codec::NO_PARAM_TYPES);
+        codec::put_bind_text(out, &name, &name);
+        codec::put_execute(out, &name);
+        codec::put_close(out, b'P', &name);
+        codec::put_close(out, b'S', &name);
     }
-    codec::put_message(out, b'S', &[]);
+    codec::put_sync(out);
 }
 
 /// Would the request consult what a stale catalog cannot tell? A star that

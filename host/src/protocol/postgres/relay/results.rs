@@ -333,14 +333,11 @@ pub(super) fn on_upstream_message(
                 }
                 _ => (m, fields),
             };
-            let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default();
             res.answers(s.answering());
             drop(s);
             let masked = mask_notice(ctx, masks, &m)?;
-            record_response(ctx, res, None, Some((get(b'C'), masked.1.clone())));
-            // V: the severity never localized (9.6+); S: the one older servers send.
-            let severity = Some(get(b'V')).filter(|v| !v.is_empty()).unwrap_or_else(|| get(b'S'));
-            res.upstream_fatal = matches!(severity.as_str(), "FATAL" | "PANIC");
+            record_response(ctx, res, None, Some((codec::field(&fields, b'C').to_string(), masked.1.clone())));
+            res.upstream_fatal = codec::is_fatal(&fields);
             s = ctx.shared.lock();
             // In extended protocol the server skips to Sync: so do we.
             // A COPY FROM STDIN that fails has stopped reading data.
