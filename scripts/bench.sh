@@ -57,37 +57,47 @@ wardgate="host=127.0.0.1 port=$gw_port dbname=shop user=demo-agent password=$age
 bare="host=127.0.0.1 port=$bare_port dbname=shop user=demo-agent password=$agent_key sslmode=disable"
 for _ in $(seq 1 50); do psql -X -q "$wardgate" -c 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 
-# CPU seconds (user + system, all threads) a process has used so far.
-cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($12 + $13) / hz}'; }
-# "TPS µs" for a DSN: pgbench's TPS and the CPU the proxy whose pid is $2
-# spent per transaction (0 for none).
+# "USER SYSTEM": CPU seconds (all threads) a process has used so far in user
+# space and in the kernel.
+cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f %.2f\n", $12 / hz, $13 / hz}'; }
+# "TPS µs user-µs kernel-µs" for a DSN: pgbench's TPS and the CPU the proxy
+# whose pid is $2 spent per transaction, and its split (0 for none).
 tps() {
   local before out
-  before=$([ -n "$2" ] && cpu_s "$2" || echo 0)
+  before=$([ -n "$2" ] && cpu_s "$2" || echo 0 0)
   out=$("$PGBIN/pgbench" -n -S -c4 -j2 -T "$SECS" "$1" 2>/dev/null)
-  awk -v before="$before" -v after="$([ -n "$2" ] && cpu_s "$2" || echo 0)" '
+  awk -v before="$before" -v after="$([ -n "$2" ] && cpu_s "$2" || echo 0 0)" '
     /^number of transactions actually processed/ { n = $NF }
     /^tps = / { tps = $3 }
-    END { printf "%.0f %.1f\n", tps, n ? (after - before) * 1e6 / n : 0 }' <<<"$out"
+    END {
+      split(before, b, " "); split(after, a, " ");
+      u = n ? (a[1] - b[1]) * 1e6 / n : 0; k = n ? (a[2] - b[2]) * 1e6 / n : 0;
+      printf "%.0f %.1f %.1f %.1f\n", tps, u + k, u, k }' <<<"$out"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "== pgbench -S -c4 -j2 -T$SECS, scale $SCALE, $ROUNDS interleaved rounds (TPS; the proxy's CPU per transaction)"
-: > "$work/d"; : > "$work/b"; : > "$work/w"; : > "$work/n"; : > "$work/bc"; : > "$work/wc"; : > "$work/nc"
+: > "$work/d"; : > "$work/b"; : > "$work/w"; : > "$work/n"
+for f in bc wc nc bu wu nu bk wk nk; do : > "$work/$f"; done
 for r in $(seq 1 "$ROUNDS"); do
   read -r d _ < <(tps "$direct" "")
-  read -r b bc < <(tps "$bouncer" "$bouncer_pid")
-  read -r w wc < <(tps "$wardgate" "$SERVE_PID")
-  read -r n nc < <(tps "$bare" "$bare_pid")
+  read -r b bc bu bk < <(tps "$bouncer" "$bouncer_pid")
+  read -r w wc wu wk < <(tps "$wardgate" "$SERVE_PID")
+  read -r n nc nu nk < <(tps "$bare" "$bare_pid")
   echo "  round $r: direct $d  pgbouncer $b ($bc µs)  wardgate $w ($wc µs)  wardgate, no plugin $n ($nc µs)"
   echo "$d" >> "$work/d"; echo "$b" >> "$work/b"; echo "$w" >> "$work/w"; echo "$n" >> "$work/n"
   echo "$bc" >> "$work/bc"; echo "$wc" >> "$work/wc"; echo "$nc" >> "$work/nc"
+  echo "$bu" >> "$work/bu"; echo "$wu" >> "$work/wu"; echo "$nu" >> "$work/nu"
+  echo "$bk" >> "$work/bk"; echo "$wk" >> "$work/wk"; echo "$nk" >> "$work/nk"
 done
 D=$(median < "$work/d"); B=$(median < "$work/b"); W=$(median < "$work/w"); N=$(median < "$work/n")
 awk -v d="$D" -v b="$B" -v w="$W" -v n="$N" \
-    -v bc="$(median < "$work/bc")" -v wc="$(median < "$work/wc")" -v nc="$(median < "$work/nc")" 'BEGIN {
+    -v bc="$(median < "$work/bc")" -v wc="$(median < "$work/wc")" -v nc="$(median < "$work/nc")" \
+    -v bu="$(median < "$work/bu")" -v wu="$(median < "$work/wu")" -v nu="$(median < "$work/nu")" \
+    -v bk="$(median < "$work/bk")" -v wk="$(median < "$work/wk")" -v nk="$(median < "$work/nk")" 'BEGIN {
   printf "  median TPS: direct %.0f, pgbouncer %.0f, wardgate %.0f, wardgate with no plugin %.0f\n", d, b, w, n;
   printf "  median CPU per transaction: pgbouncer %.1f µs, wardgate %.1f µs, wardgate with no plugin %.1f µs\n", bc, wc, nc;
+  printf "    of which user space / kernel: pgbouncer %.1f / %.1f, wardgate %.1f / %.1f, no plugin %.1f / %.1f\n", bu, bk, wu, wk, nu, nk;
   printf "  ratios: pgbouncer/direct %.2f, wardgate/direct %.2f, wardgate/pgbouncer %.2f\n", b/d, w/d, w/b;
   printf "  wardgate with no plugin/pgbouncer %.2f (relay, SQL analysis, recording); the plugins take wardgate to %.2f of that\n", n/b, w/n }'
 
