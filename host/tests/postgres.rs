@@ -1736,6 +1736,8 @@ async fn a_session_reads_its_catalog_again_after_it_changes_columns() {
         &[
             "CREATE TEMP TABLE rr_copy AS SELECT * FROM reread_plain",
             "SELECT count(*) FROM (SELECT * FROM rr_copy) s",
+            // The session's temporary tables by their schema's alias too.
+            "SELECT count(*) FROM (SELECT * FROM pg_temp.rr_copy) s",
             "CREATE TEMP TABLE rr_copy2 AS SELECT * FROM rr_copy",
         ],
     )
@@ -1752,6 +1754,7 @@ async fn a_session_reads_its_catalog_again_after_it_changes_columns() {
     all_run(&c, &["BEGIN", "SET LOCAL search_path = public", "CREATE TEMP TABLE rr_tx AS SELECT * FROM reread_plain"])
         .await;
     assert_eq!(rows(c.simple_query("SELECT s.* FROM (SELECT DISTINCT * FROM rr_tx) s").await.unwrap()), 2);
+    assert_eq!(rows(c.simple_query("SELECT s.* FROM (SELECT DISTINCT * FROM pg_temp.rr_tx) s").await.unwrap()), 2);
     assert_eq!(c.query_one("SHOW search_path", &[]).await.unwrap().get::<_, String>(0), "public");
     c.simple_query("ROLLBACK").await.unwrap();
     assert_eq!(c.query_one("SHOW search_path", &[]).await.unwrap().get::<_, String>(0), before);

@@ -58,6 +58,11 @@ impl Catalog {
             if let Some((_, table)) = t.name.rsplit_once('.') {
                 by_unqualified.entry(table.to_string()).or_default().push(*oid);
             }
+            // `pg_temp.t` is the session's own temporary table `t`, whatever
+            // its schema's number (`pg_temp_3`).
+            if let Some((_, table)) = t.name.split_once('.').filter(|_| t.temp) {
+                by_qualified.entry(format!("pg_temp.{table}")).or_default().push(*oid);
+            }
         }
         let has_view_sources = tables.values().any(|t| t.origins.iter().any(Option::is_some));
         Catalog {
@@ -258,7 +263,7 @@ impl Catalog {
 }
 
 /// A table known to the upstream's catalog.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TableInfo {
     /// `schema.table`.
     pub name: String,
@@ -275,6 +280,10 @@ pub struct TableInfo {
     /// column's source, when it is a plain reference to another table's
     /// column (table OID, attnum; same order; empty for tables).
     pub origins: Vec<Option<(u32, i16)>>,
+    /// One of the session's own temporary tables: statements may also name
+    /// it `pg_temp.table` (other sessions' temporary tables are not read:
+    /// no statement of this session can reach them).
+    pub temp: bool,
 }
 
 impl TableInfo {
@@ -330,7 +339,7 @@ fn read_sql(known: &[(u32, u32)]) -> String {
          coalesce(a.keys, ''), (c.relkind = 'p' OR NOT c.relhassubclass)::text, \
          CASE WHEN r.oid IS NOT NULL AND NOT (c.oid::text || ':' || r.xmin::text = ANY ('{{{known_list}}}'::text[])) \
               THEN r.ev_action::text END, \
-         r.xmin::text \
+         r.xmin::text, (n.oid = pg_catalog.pg_my_temp_schema())::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN (SELECT a.attrelid, \
               string_agg(CASE WHEN a.attisdropped THEN '' ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, \
@@ -346,7 +355,8 @@ fn read_sql(known: &[(u32, u32)]) -> String {
               WHERE a.attnum > 0 GROUP BY a.attrelid) a ON a.attrelid = c.oid \
          LEFT JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' AND c.relkind IN ('v','m') \
               AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000"
+         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' \
+         AND NOT pg_catalog.pg_is_other_temp_schema(n.oid) LIMIT 20000"
     )
 }
 
@@ -408,7 +418,8 @@ fn tables_from_rows(
                         None => return Ok(None),
                     },
                 };
-                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index, origins });
+                let temp = r.get(8).and_then(|f| f.as_deref()) == Some("true");
+                map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index, origins, temp });
             }
         }
     }
@@ -437,8 +448,22 @@ mod tests {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             not_null: vec![true; n],
             unique_index: vec![None; n],
-            origins: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_sessions_own_temporary_tables_answer_to_pg_temp() {
+        let mut tables = HashMap::new();
+        tables.insert(1, TableInfo { temp: true, ..table("pg_temp_3.scratch", &["id"]) });
+        tables.insert(2, table("public.scratch", &["id", "email"]));
+        tables.insert(3, table("pg_temp_4.other", &["id"]));
+        let catalog = Catalog::from_tables(tables);
+        assert_eq!(catalog.columns_of("pg_temp.scratch"), Some(vec!["id"]));
+        assert!(catalog.knows("pg_temp_3.scratch"));
+        assert_eq!(catalog.columns_of("scratch").map(|c| c.len()), Some(3));
+        // Only the session's own: a schema the read did not flag is not pg_temp.
+        assert!(!catalog.knows("pg_temp.other"));
     }
 
     #[test]

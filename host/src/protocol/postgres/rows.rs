@@ -878,7 +878,7 @@ mod tests {
                 columns: vec!["id".into(), "ssn".into()],
                 not_null: vec![true, false],
                 unique_index: vec![Some(1), None],
-                origins: Vec::new(),
+                ..Default::default()
             },
         );
         let f = Field { name: "x".into(), table_oid: 42, attnum: 2, type_oid: 25, format: 0 };
