@@ -281,8 +281,8 @@ pub struct TableInfo {
     /// column (table OID, attnum; same order; empty for tables).
     pub origins: Vec<Option<(u32, i16)>>,
     /// One of the session's own temporary tables: statements may also name
-    /// it `pg_temp.table` (other sessions' temporary tables are not read:
-    /// no statement of this session can reach them).
+    /// it `pg_temp.table` (other sessions' temporary tables are left out of
+    /// the catalog: no statement of this session can reach them).
     pub temp: bool,
 }
 
@@ -331,7 +331,10 @@ fn column_names(list: &str) -> Option<Vec<String>> {
 /// Runs with `search_path` pinned to `pg_catalog, pg_temp` (the role's own
 /// could list a schema before pg_catalog, whose look-alike tables would then
 /// answer). Each catalog is scanned once: `pg_attribute` grouped by table,
-/// `pg_index` by (table, column).
+/// `pg_index` by (table, column). The last column tells the session's own
+/// temporary tables (`own`) and other sessions' (`other`): those are read so
+/// that their views' cached trees, shared by the connection's sessions, stay
+/// cached, and then left out.
 fn read_sql(known: &[(u32, u32)]) -> String {
     let known_list = known.iter().map(|(oid, xmin)| format!("{oid}:{xmin}")).collect::<Vec<_>>().join(",");
     format!(
@@ -339,7 +342,8 @@ fn read_sql(known: &[(u32, u32)]) -> String {
          coalesce(a.keys, ''), (c.relkind = 'p' OR NOT c.relhassubclass)::text, \
          CASE WHEN r.oid IS NOT NULL AND NOT (c.oid::text || ':' || r.xmin::text = ANY ('{{{known_list}}}'::text[])) \
               THEN r.ev_action::text END, \
-         r.xmin::text, (n.oid = pg_catalog.pg_my_temp_schema())::text \
+         r.xmin::text, CASE WHEN n.oid = pg_catalog.pg_my_temp_schema() THEN 'own' \
+              WHEN pg_catalog.pg_is_other_temp_schema(n.oid) THEN 'other' END \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN (SELECT a.attrelid, \
               string_agg(CASE WHEN a.attisdropped THEN '' ELSE encode(convert_to(a.attname::text, 'UTF8'), 'hex') END, \
@@ -355,8 +359,7 @@ fn read_sql(known: &[(u32, u32)]) -> String {
               WHERE a.attnum > 0 GROUP BY a.attrelid) a ON a.attrelid = c.oid \
          LEFT JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' AND c.relkind IN ('v','m') \
               AND n.nspname NOT IN ('pg_catalog','information_schema') \
-         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' \
-         AND NOT pg_catalog.pg_is_other_temp_schema(n.oid) LIMIT 20000"
+         WHERE c.relkind IN ('r','v','m','p','f') AND n.nspname NOT LIKE 'pg_toast%' LIMIT 20000"
     )
 }
 
@@ -418,7 +421,13 @@ fn tables_from_rows(
                         None => return Ok(None),
                     },
                 };
-                let temp = r.get(8).and_then(|f| f.as_deref()) == Some("true");
+                // Another session's temporary table: no statement of this
+                // session can reach it, so no name resolves to it (its view
+                // tree above stays cached for that session).
+                let temp = match r.get(8).and_then(|f| f.as_deref()) {
+                    Some("other") => continue,
+                    temp => temp == Some("own"),
+                };
                 map.insert(oid, TableInfo { name: name.clone(), columns, not_null, unique_index, origins, temp });
             }
         }
@@ -464,6 +473,42 @@ mod tests {
         assert_eq!(catalog.columns_of("scratch").map(|c| c.len()), Some(3));
         // Only the session's own: a schema the read did not flag is not pg_temp.
         assert!(!catalog.knows("pg_temp.other"));
+    }
+
+    /// Rows as the catalog read sends them (see [`read_sql`]).
+    fn read_row(oid: &str, name: &str, columns: &[&str], temp: Option<&str>) -> Vec<Option<String>> {
+        let hex_names = columns.iter().map(hex::encode).collect::<Vec<_>>().join(",");
+        let flags = "f".repeat(columns.len());
+        let keys = vec![""; columns.len()].join(",");
+        [
+            Some(oid),
+            Some(name),
+            Some(hex_names.as_str()),
+            Some(flags.as_str()),
+            Some(keys.as_str()),
+            Some("true"),
+            None,
+            None,
+            temp,
+        ]
+        .into_iter()
+        .map(|v| v.map(str::to_string))
+        .collect()
+    }
+
+    #[test]
+    fn another_sessions_temporary_tables_are_left_out_of_the_read() {
+        let rows = vec![
+            read_row("1", "pg_temp_3.scratch", &["id"], Some("own")),
+            read_row("2", "pg_temp_4.scratch", &["id", "email"], Some("other")),
+            read_row("3", "public.orders", &["id"], None),
+        ];
+        let catalog = Catalog::from_rows(rows, &ViewCache::default(), "shop").unwrap().unwrap();
+        assert_eq!(catalog.table_count(), 2);
+        assert_eq!(catalog.columns_of("scratch"), Some(vec!["id"]));
+        assert_eq!(catalog.columns_of("pg_temp.scratch"), Some(vec!["id"]));
+        assert!(!catalog.knows("pg_temp_4.scratch"));
+        assert!(catalog.knows("public.orders"));
     }
 
     #[test]
