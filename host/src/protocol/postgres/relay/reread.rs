@@ -228,11 +228,11 @@ fn put_batch(out: &mut BytesMut, batch: &str, statements: &[String]) {
 /// [`crate::sql::rowcap`].)
 fn consults(catalog: &Catalog, request: &SqlRequest) -> bool {
     use StatementKind as K;
-    let mut writes_where = false;
-    let named = request.statements.iter().any(|s| {
-        writes_where |= s.has_where && matches!(s.kind, K::Delete | K::Update);
+    let statements = &request.statements;
+    let named = statements.iter().any(|s| {
         s.columns.iter().any(|c| c.column == "*" && c.usage != ColumnUsage::Output)
             || (!may_change_columns(s.kind) && s.tables_read.iter().chain(&s.tables_written).any(|t| !catalog.knows(t)))
     });
-    named || (writes_where && !crate::sql::null_reliance(&request.text).is_empty())
+    let writes_where = || statements.iter().any(|s| s.has_where && matches!(s.kind, K::Delete | K::Update));
+    named || (writes_where() && !crate::sql::null_reliance(&request.text).is_empty())
 }
